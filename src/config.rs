@@ -1,0 +1,135 @@
+//! Everything the server is told at start, parsed and checked once: the flags of `mqd serve`
+//! (including MemcacheQ's short options) become one [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::{QueueLimits, SyncPolicy};
+
+/// Largest message size the protocols allow: mqmq's 32 MiB.
+pub const MAX_MESSAGE_SIZE_LIMIT: usize = 32 << 20;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Addresses to listen on (ignored when systemd passes sockets).
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub max_message_size: usize,
+    pub sync: SyncPolicy,
+    /// Event-loop threads.
+    pub threads: usize,
+    pub max_connections: usize,
+    /// Open (unconfirmed) messages one connection may hold.
+    pub max_open_reads: usize,
+    /// An open message not confirmed within this time goes back to its queue.
+    pub open_timeout: Option<Duration>,
+    /// Per-queue limits.
+    pub limits: QueueLimits,
+    /// Shared RocksDB block cache, bytes.
+    pub cache_bytes: usize,
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: default_listen(),
+            data_dir: PathBuf::from("./mqd-data"),
+            max_message_size: 1 << 20,
+            sync: SyncPolicy::Always,
+            threads: default_threads(),
+            max_connections: 1024,
+            max_open_reads: 100,
+            open_timeout: None,
+            limits: QueueLimits::default(),
+            cache_bytes: 64 << 20,
+            pid_file: None,
+        }
+    }
+}
+
+/// MemcacheQ's port and mqmq's port, on loopback; each accepts both protocols.
+pub fn default_listen() -> Vec<SocketAddr> {
+    vec![
+        "127.0.0.1:22201".parse().unwrap(),
+        "127.0.0.1:47774".parse().unwrap(),
+    ]
+}
+
+/// One event loop per core: the committer and RocksDB's own threads mostly wait on the disk.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// `always`, `none`, or `interval:<ms>`.
+pub fn parse_sync(text: &str) -> Result<SyncPolicy, String> {
+    match text {
+        "always" => Ok(SyncPolicy::Always),
+        "none" => Ok(SyncPolicy::Never),
+        _ => match text.strip_prefix("interval:").map(str::parse::<u64>) {
+            Some(Ok(ms)) if ms > 0 => Ok(SyncPolicy::Interval(Duration::from_millis(ms))),
+            _ => Err(format!(
+                "bad --sync {text:?}: expected always, none or interval:<ms> (ms > 0)"
+            )),
+        },
+    }
+}
+
+/// A size in bytes, with an optional k/m suffix (MemcacheQ's -B takes plain bytes).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let lower = text.to_ascii_lowercase();
+    let (digits, unit) = match lower.strip_suffix(['k', 'm']) {
+        Some(digits) if lower.ends_with('k') => (digits, 1 << 10),
+        Some(digits) => (digits, 1 << 20),
+        None => (lower.as_str(), 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("bad size {text:?}"))
+}
+
+/// Checks that the combination makes sense.
+pub fn validate(config: &Config) -> Result<(), String> {
+    if config.max_message_size == 0 || config.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
+        return Err(format!(
+            "--max-message-size must be between 1 and {MAX_MESSAGE_SIZE_LIMIT} bytes"
+        ));
+    }
+    if config.threads == 0 || config.threads > 256 {
+        return Err("--threads must be between 1 and 256".into());
+    }
+    if config.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_policies() {
+        assert_eq!(parse_sync("always"), Ok(SyncPolicy::Always));
+        assert_eq!(parse_sync("none"), Ok(SyncPolicy::Never));
+        assert_eq!(
+            parse_sync("interval:100"),
+            Ok(SyncPolicy::Interval(Duration::from_millis(100)))
+        );
+        assert!(parse_sync("interval:0").is_err());
+        assert!(parse_sync("sometimes").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert!(parse_size("x").is_err());
+    }
+}

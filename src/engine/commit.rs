@@ -1,0 +1,437 @@
+//! Group commit: one thread owns every RocksDB write. It drains whatever requests arrived while
+//! the previous batch was syncing, commits them as one WriteBatch with at most one fsync, and only
+//! then publishes the new messages, answers the writers and serves blocked readers. One fsync for
+//! many messages is how a durable queue keeps up with many producers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use rocksdb::{WriteBatch, WriteOptions};
+
+use super::events::{ConnRef, Event, Outbox, Outcome};
+use super::message::{self, Header};
+use super::queue::{QueueState, TakeMode};
+use super::store::{self, QueueMeta, META_CF};
+use super::{Engine, Error, QueueRef, SyncPolicy};
+
+/// Most requests gathered into one batch, and most body bytes: bounds the latency one batch adds.
+const MAX_BATCH_OPS: usize = 8192;
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+pub(super) enum Op {
+    Put {
+        queue: Vec<u8>,
+        flags: u32,
+        expires_at: u64,
+        body: Vec<u8>,
+        reply_to: ConnRef,
+    },
+    /// A consumed message to delete (and its queue's record to rewrite).
+    Remove {
+        queue: QueueRef,
+        seq: u64,
+    },
+    /// The queue's record changed (a message was opened).
+    Touch {
+        queue: QueueRef,
+    },
+    DeleteQueue {
+        name: Vec<u8>,
+        reply_to: ConnRef,
+    },
+    /// Empty one queue, or all of them.
+    Flush {
+        name: Option<Vec<u8>>,
+        reply_to: ConnRef,
+    },
+    Stop,
+}
+
+impl Op {
+    pub(super) fn reply_to(&self) -> Option<ConnRef> {
+        match self {
+            Op::Put { reply_to, .. }
+            | Op::DeleteQueue { reply_to, .. }
+            | Op::Flush { reply_to, .. } => Some(*reply_to),
+            _ => None,
+        }
+    }
+
+    fn weight(&self) -> usize {
+        match self {
+            Op::Put { body, .. } => body.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// A queue a batch writes to.
+struct Touched {
+    queue: QueueRef,
+    /// Body bytes this batch adds.
+    added_bytes: u64,
+    has_puts: bool,
+}
+
+/// The batch being built.
+#[derive(Default)]
+struct Batch {
+    write: WriteBatch,
+    touched: HashMap<u64, Touched>,
+    /// Writers to answer, in submission order.
+    writers: Vec<ConnRef>,
+}
+
+impl Batch {
+    fn touch(&mut self, queue: &QueueRef, id: u64) -> &mut Touched {
+        self.touched.entry(id).or_insert_with(|| Touched {
+            queue: queue.clone(),
+            added_bytes: 0,
+            has_puts: false,
+        })
+    }
+}
+
+pub(super) fn run(engine: &Engine, requests: Receiver<Vec<Op>>) {
+    let mut committer = Committer {
+        engine,
+        carry: Vec::new(),
+    };
+    loop {
+        let mut ops = std::mem::take(&mut committer.carry);
+        if ops.is_empty() {
+            match requests.recv() {
+                Ok(first) => ops = first,
+                Err(_) => return,
+            }
+        }
+        let mut weight: usize = ops.iter().map(Op::weight).sum();
+        while ops.len() < MAX_BATCH_OPS && weight < MAX_BATCH_BYTES {
+            match requests.try_recv() {
+                Ok(more) => {
+                    weight += more.iter().map(Op::weight).sum::<usize>();
+                    ops.extend(more);
+                }
+                Err(_) => break,
+            }
+        }
+        if committer.apply(ops) {
+            return;
+        }
+    }
+}
+
+struct Committer<'a> {
+    engine: &'a Engine,
+    /// Removals the committer itself caused (expired messages met while serving readers), for
+    /// the next batch.
+    carry: Vec<Op>,
+}
+
+impl Committer<'_> {
+    /// Applies the ops in order; true once asked to stop.
+    fn apply(&mut self, ops: Vec<Op>) -> bool {
+        let mut batch = Batch::default();
+        for op in ops {
+            match op {
+                Op::Put {
+                    queue,
+                    flags,
+                    expires_at,
+                    body,
+                    reply_to,
+                } => self.stage_put(&mut batch, &queue, flags, expires_at, &body, reply_to),
+                Op::Remove { queue, seq } => {
+                    let id = queue.lock().id;
+                    if let Some(cf) = self.cf(id) {
+                        batch.write.delete_cf(&cf, store::message_key(seq));
+                    }
+                    batch.touch(&queue, id);
+                }
+                Op::Touch { queue } => {
+                    let id = queue.lock().id;
+                    batch.touch(&queue, id);
+                }
+                Op::DeleteQueue { name, reply_to } => {
+                    self.commit(std::mem::take(&mut batch));
+                    let outcome = self.delete_queue(&name);
+                    self.answer(reply_to, outcome);
+                }
+                Op::Flush { name, reply_to } => {
+                    self.commit(std::mem::take(&mut batch));
+                    let outcome = self.flush(name.as_deref());
+                    self.answer(reply_to, outcome);
+                }
+                Op::Stop => {
+                    self.commit(batch);
+                    return true;
+                }
+            }
+        }
+        self.commit(batch);
+        false
+    }
+
+    fn cf(&self, id: u64) -> Option<Arc<rocksdb::BoundColumnFamily<'_>>> {
+        self.engine.db.cf_handle(&store::queue_cf_name(id))
+    }
+
+    fn answer(&self, to: ConnRef, outcome: Outcome) {
+        Outbox::new(&self.engine.mailboxes).send(
+            to,
+            Event::Completed {
+                conn: to.conn,
+                outcome,
+            },
+        );
+    }
+
+    /// Stages a put to `name` and a copy to each of its fan-out queues (`name+<child>`).
+    fn stage_put(
+        &mut self,
+        batch: &mut Batch,
+        name: &[u8],
+        flags: u32,
+        expires_at: u64,
+        body: &[u8],
+        reply_to: ConnRef,
+    ) {
+        match self.stage_one(batch, name, flags, expires_at, body) {
+            Ok(()) => batch.writers.push(reply_to),
+            Err(e) => {
+                self.answer(reply_to, Outcome::Failed(e));
+                return;
+            }
+        }
+        for child in self.engine.fanout_children(name) {
+            if let Err(e) = self.stage_one(batch, &child, flags, expires_at, body) {
+                log::debug!(
+                    "fan-out copy to {} refused: {e:?}",
+                    String::from_utf8_lossy(&child)
+                );
+            }
+        }
+    }
+
+    /// Stages one message: assigns its sequence number and adds it to the batch, after making
+    /// room under the queue's limits.
+    fn stage_one(
+        &mut self,
+        batch: &mut Batch,
+        name: &[u8],
+        flags: u32,
+        expires_at: u64,
+        body: &[u8],
+    ) -> Result<(), Error> {
+        let queue = self.queue_on_disk(name)?;
+        let (id, seq) = {
+            let mut q = queue.lock();
+            let staged = batch.touched.get(&q.id).map_or(0, |t| t.added_bytes);
+            self.make_room(&queue, &mut q, staged, body.len() as u64)?;
+            q.next_seq += 1;
+            (q.id, q.next_seq - 1)
+        };
+        let cf = self.cf(id).ok_or(Error::Storage)?;
+        let header = Header {
+            flags,
+            expires_at,
+            enqueued_at: message::now_ms(),
+        };
+        batch
+            .write
+            .put_cf(&cf, store::message_key(seq), message::encode(&header, body));
+        let touched = batch.touch(&queue, id);
+        touched.added_bytes += body.len() as u64;
+        touched.has_puts = true;
+        Ok(())
+    }
+
+    /// Checks the queue's limits for one more message of `len` bytes (`staged` bytes already in
+    /// this batch), dropping the oldest messages if the queue discards when full.
+    fn make_room(
+        &mut self,
+        queue: &QueueRef,
+        q: &mut QueueState,
+        staged: u64,
+        len: u64,
+    ) -> Result<(), Error> {
+        let limits = self.engine.config.limits;
+        let over = |q: &QueueState| {
+            let items = q.next_seq - q.head + q.returned.len() as u64 + q.open.len() as u64;
+            limits.max_items.is_some_and(|max| items + 1 > max)
+                || limits
+                    .max_bytes
+                    .is_some_and(|max| q.counters.bytes + staged + len > max)
+        };
+        if !over(q) {
+            return Ok(());
+        }
+        if !limits.discard_old {
+            return Err(Error::QueueFull);
+        }
+        let mut intents = super::Intents::default();
+        let now = message::now_ms();
+        while over(q) {
+            match self
+                .engine
+                .take_locked(queue, q, TakeMode::Remove, now, &mut intents)
+            {
+                Ok(Some(_)) => q.counters.discarded += 1,
+                _ => break,
+            }
+        }
+        self.carry.extend(intents.ops);
+        if over(q) {
+            return Err(Error::QueueFull);
+        }
+        Ok(())
+    }
+
+    /// The queue named `name`, its column family created if this is its first message.
+    fn queue_on_disk(&self, name: &[u8]) -> Result<QueueRef, Error> {
+        let queue = self.engine.lookup_or_create(name);
+        let (id, persisted) = {
+            let q = queue.lock();
+            (q.id, q.persisted)
+        };
+        if !persisted {
+            let cf_name = store::queue_cf_name(id);
+            self.engine
+                .db
+                .create_cf(&cf_name, &self.engine.options.queue_cf)
+                .map_err(|e| {
+                    log::error!("cannot create column family {cf_name}: {e}");
+                    Error::Storage
+                })?;
+            queue.lock().persisted = true;
+        }
+        Ok(queue)
+    }
+
+    /// Writes the batch with every touched queue's record, then publishes and answers.
+    fn commit(&mut self, mut batch: Batch) {
+        if batch.touched.is_empty() {
+            return;
+        }
+        let meta = self
+            .engine
+            .db
+            .cf_handle(META_CF)
+            .expect("meta column family");
+        let mut has_puts = false;
+        for touched in batch.touched.values() {
+            let q = touched.queue.lock();
+            if q.deleted || !q.persisted {
+                continue;
+            }
+            has_puts |= touched.has_puts;
+            let mut record = QueueMeta::of(&q, q.next_seq);
+            record.counters.bytes += touched.added_bytes;
+            batch
+                .write
+                .put_cf(&meta, store::meta_key(&q.name), record.encode());
+        }
+        drop(meta);
+        let mut options = WriteOptions::default();
+        options.set_sync(has_puts && self.engine.config.sync == SyncPolicy::Always);
+        let result = self.engine.db.write_opt(batch.write, &options);
+        if let Err(e) = &result {
+            log::error!("commit of {} writes failed: {e}", batch.writers.len());
+        }
+        let mut outbox = Outbox::new(&self.engine.mailboxes);
+        for touched in batch.touched.values().filter(|t| t.has_puts) {
+            let mut q = touched.queue.lock();
+            if result.is_ok() {
+                q.tail = q.next_seq;
+                q.counters.bytes += touched.added_bytes;
+                self.engine
+                    .serve_waiters(&touched.queue, &mut q, &mut self.carry, &mut outbox);
+            } else {
+                q.next_seq = q.tail;
+            }
+        }
+        let outcome = match result {
+            Ok(()) => Outcome::Stored,
+            Err(_) => Outcome::Failed(Error::Storage),
+        };
+        for writer in batch.writers {
+            outbox.send(
+                writer,
+                Event::Completed {
+                    conn: writer.conn,
+                    outcome,
+                },
+            );
+        }
+    }
+
+    fn delete_queue(&mut self, name: &[u8]) -> Outcome {
+        let Some(queue) = self.engine.queues.write().remove(name) else {
+            return Outcome::NotFound;
+        };
+        let (id, persisted, waiters) = {
+            let mut q = queue.lock();
+            q.deleted = true;
+            (q.id, q.persisted, std::mem::take(&mut q.waiters))
+        };
+        if !waiters.is_empty() {
+            // Readers blocked on the queue keep waiting on its empty successor.
+            self.engine.lookup_or_create(name).lock().waiters = waiters;
+        }
+        if persisted {
+            let db = &self.engine.db;
+            let meta = db.cf_handle(META_CF).expect("meta column family");
+            let mut options = WriteOptions::default();
+            options.set_sync(self.engine.config.sync == SyncPolicy::Always);
+            let mut write = WriteBatch::default();
+            write.delete_cf(&meta, store::meta_key(name));
+            if let Err(e) = db.write_opt(write, &options) {
+                log::error!("cannot delete queue record: {e}");
+                return Outcome::Failed(Error::Storage);
+            }
+            if let Err(e) = db.drop_cf(&store::queue_cf_name(id)) {
+                // The record is gone, so recovery drops the column family.
+                log::error!("cannot drop column family of deleted queue: {e}");
+            }
+        }
+        Outcome::Deleted
+    }
+
+    fn flush(&mut self, name: Option<&[u8]>) -> Outcome {
+        let queues: Vec<QueueRef> = match name {
+            Some(name) => self.engine.lookup(name).into_iter().collect(),
+            None => self.engine.queues.read().values().cloned().collect(),
+        };
+        let mut batch = Batch::default();
+        for queue in &queues {
+            let mut q = queue.lock();
+            if !q.persisted || q.deleted {
+                continue;
+            }
+            let Some(cf) = self.cf(q.id) else { continue };
+            batch.write.delete_range_cf(
+                &cf,
+                store::message_key(q.head),
+                store::message_key(q.tail),
+            );
+            for &seq in &q.returned {
+                batch.write.delete_cf(&cf, store::message_key(seq));
+            }
+            flush_state(&mut q);
+            let id = q.id;
+            drop(q);
+            batch.touch(queue, id);
+        }
+        self.commit(batch);
+        Outcome::Flushed
+    }
+}
+
+/// Empties a queue's state: everything not held open is gone.
+fn flush_state(q: &mut QueueState) {
+    q.head = q.tail;
+    q.returned.clear();
+    q.counters.bytes = q.open.values().sum();
+    q.counters.flushes += 1;
+}

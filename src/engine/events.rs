@@ -1,0 +1,102 @@
+//! How the engine answers the event loops: completions of committed writes and messages handed to
+//! blocked readers arrive in a loop's mailbox, and the loop is woken once per batch.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use super::queue::QueueState;
+use parking_lot::Mutex;
+
+/// Identifies a connection: which event loop's mailbox, and the connection within that loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub mailbox: u32,
+    pub conn: u64,
+}
+
+/// The result of a write that went through the committer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    Deleted,
+    NotFound,
+    Flushed,
+    Failed(super::Error),
+}
+
+/// A message taken from a queue.
+#[derive(Clone)]
+pub struct Taken {
+    pub queue: Arc<Mutex<QueueState>>,
+    pub seq: u64,
+    pub flags: u32,
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Taken")
+            .field("seq", &self.seq)
+            .field("len", &self.body.len())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// A write this connection submitted is done.
+    Completed { conn: u64, outcome: Outcome },
+    /// A message for this connection's blocked read. It is held open for the connection: the
+    /// loop confirms it (plain read), keeps it (open read) or gives it back (reader gone).
+    Delivered {
+        conn: u64,
+        wait_id: u64,
+        taken: Taken,
+    },
+}
+
+/// Something that wakes an event loop.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+/// An event loop's inbox.
+#[derive(Clone)]
+pub struct Mailbox {
+    pub sender: Sender<Event>,
+    pub waker: Arc<dyn Wake>,
+}
+
+/// Collects events per mailbox so each loop is woken once for a whole batch.
+pub struct Outbox<'a> {
+    mailboxes: &'a [Mailbox],
+    touched: Vec<bool>,
+}
+
+impl<'a> Outbox<'a> {
+    pub fn new(mailboxes: &'a [Mailbox]) -> Outbox<'a> {
+        Outbox {
+            mailboxes,
+            touched: vec![false; mailboxes.len()],
+        }
+    }
+
+    pub fn send(&mut self, to: ConnRef, event: Event) {
+        if let Some(mailbox) = self.mailboxes.get(to.mailbox as usize) {
+            // A closed mailbox means that loop has stopped: nothing is waiting for this.
+            let _ = mailbox.sender.send(event);
+            self.touched[to.mailbox as usize] = true;
+        }
+    }
+}
+
+impl Drop for Outbox<'_> {
+    fn drop(&mut self) {
+        for (mailbox, touched) in self.mailboxes.iter().zip(&self.touched) {
+            if *touched {
+                mailbox.waker.wake();
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! How a message is stored: a small fixed header (flags, expiry, enqueue time) before the body.
+//! Also the memcache exptime rule, turned into an absolute expiry the engine can compare.
+
+/// Layout version of the stored value.
+const VERSION: u8 = 1;
+/// version (1) + flags (4) + expires_at ms (8) + enqueued_at ms (8).
+pub const HEADER_LEN: usize = 21;
+
+/// memcached's rule: an exptime up to 30 days is relative seconds, larger is a unix time.
+pub const RELATIVE_EXPTIME_LIMIT: i64 = 60 * 60 * 24 * 30;
+
+/// A stored message's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub flags: u32,
+    /// Unix milliseconds after which the message is never delivered; 0 = never expires.
+    pub expires_at: u64,
+    /// Unix milliseconds when it was committed.
+    pub enqueued_at: u64,
+}
+
+impl Header {
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at != 0 && now_ms >= self.expires_at
+    }
+}
+
+/// Encodes header and body into one stored value.
+pub fn encode(header: &Header, body: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(HEADER_LEN + body.len());
+    value.push(VERSION);
+    value.extend_from_slice(&header.flags.to_be_bytes());
+    value.extend_from_slice(&header.expires_at.to_be_bytes());
+    value.extend_from_slice(&header.enqueued_at.to_be_bytes());
+    value.extend_from_slice(body);
+    value
+}
+
+/// Splits a stored value into header and body; `None` if it is not one of ours.
+pub fn decode(value: &[u8]) -> Option<(Header, &[u8])> {
+    if value.len() < HEADER_LEN || value[0] != VERSION {
+        return None;
+    }
+    let u64_at = |at: usize| u64::from_be_bytes(value[at..at + 8].try_into().unwrap());
+    let header = Header {
+        flags: u32::from_be_bytes(value[1..5].try_into().unwrap()),
+        expires_at: u64_at(5),
+        enqueued_at: u64_at(13),
+    };
+    Some((header, &value[HEADER_LEN..]))
+}
+
+/// The absolute expiry (unix ms, 0 = never) for a memcache `exptime` received at `now_ms`.
+/// A negative exptime means already expired, as in memcached.
+pub fn expiry_from_exptime(exptime: i64, now_ms: u64) -> u64 {
+    match exptime {
+        0 => 0,
+        e if e < 0 => now_ms.max(1),
+        e if e <= RELATIVE_EXPTIME_LIMIT => now_ms + e as u64 * 1000,
+        e => (e as u64).saturating_mul(1000),
+    }
+}
+
+/// Milliseconds since the unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let header = Header {
+            flags: 0xdead_beef,
+            expires_at: 7,
+            enqueued_at: 9,
+        };
+        let value = encode(&header, b"body");
+        assert_eq!(decode(&value), Some((header, &b"body"[..])));
+        assert_eq!(decode(b"short"), None);
+    }
+
+    #[test]
+    fn exptime_follows_memcached() {
+        let now = 1_700_000_000_000;
+        assert_eq!(expiry_from_exptime(0, now), 0);
+        assert_eq!(expiry_from_exptime(10, now), now + 10_000);
+        assert_eq!(
+            expiry_from_exptime(RELATIVE_EXPTIME_LIMIT, now),
+            now + 2_592_000_000
+        );
+        assert_eq!(expiry_from_exptime(1_800_000_000, now), 1_800_000_000_000);
+        assert!(Header {
+            flags: 0,
+            expires_at: expiry_from_exptime(-1, now),
+            enqueued_at: 0
+        }
+        .is_expired(now));
+    }
+}

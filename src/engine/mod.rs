@@ -1,0 +1,531 @@
+//! The queue engine: every queue's state, on RocksDB, behind a small API that knows no wire format.
+//!
+//! Reads happen on the caller's thread: a read claims the head sequence number under the queue's
+//! lock and fetches that one key (no scans, so the cost does not grow with what was consumed
+//! before). Writes go to one committer thread (`commit`), which assigns sequence numbers, commits
+//! many requests in one WriteBatch and one sync, and only then makes messages visible, answers the
+//! writers and hands messages to blocked readers. Removals of consumed messages ride along in the
+//! next batch unsynced: after a crash a message may come back, but it never vanishes.
+
+mod commit;
+pub mod events;
+pub mod message;
+pub mod queue;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+
+use commit::Op;
+use events::Outbox;
+pub use events::{ConnRef, Event, Mailbox, Outcome, Taken, Wake};
+pub use queue::TakeMode;
+use queue::{QueueState, Waiter};
+use store::{Db, MemoryBudget, StoreOptions};
+
+/// When a committed write is on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fsync before acknowledging (the default).
+    Always,
+    /// Acknowledge once in the WAL; fsync every so often.
+    Interval(Duration),
+    /// Acknowledge once in the WAL; let the OS decide.
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub sync: SyncPolicy,
+    pub memory: MemoryBudget,
+    pub limits: QueueLimits,
+}
+
+/// Per-queue limits, the same for every queue.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueueLimits {
+    /// Most messages a queue holds (open ones included).
+    pub max_items: Option<u64>,
+    /// Most body bytes a queue holds (open ones included).
+    pub max_bytes: Option<u64>,
+    /// When full, drop the oldest messages to make room instead of refusing the new one.
+    pub discard_old: bool,
+}
+
+/// How often expired messages at the head of each queue are swept away.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the engine refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// RocksDB failed (disk full, I/O error).
+    Storage,
+    /// The queue is at a limit.
+    QueueFull,
+    /// The engine is stopping.
+    ShuttingDown,
+}
+
+/// What one queue looks like now, for stats.
+#[derive(Clone, Debug)]
+pub struct QueueStats {
+    pub name: Arc<[u8]>,
+    pub items: u64,
+    pub bytes: u64,
+    pub enqueued: u64,
+    pub removed: u64,
+    pub expired: u64,
+    pub discarded: u64,
+    pub flushes: u64,
+    pub waiters: u64,
+    pub open: u64,
+    /// Milliseconds the head message has waited, 0 if empty (only when asked for).
+    pub age_ms: u64,
+}
+
+type QueueRef = Arc<Mutex<QueueState>>;
+
+/// Writes a caller collected during one event-loop iteration, handed to the committer at once.
+#[derive(Default)]
+pub struct Intents {
+    ops: Vec<Op>,
+}
+
+impl Intents {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+pub struct Engine {
+    db: Db,
+    options: StoreOptions,
+    config: EngineConfig,
+    queues: RwLock<HashMap<Arc<[u8]>, QueueRef>>,
+    next_queue_id: AtomicU64,
+    commits: Sender<Vec<Op>>,
+    mailboxes: Vec<Mailbox>,
+    stopping: AtomicBool,
+    /// Whether any queue name has a `+`, so puts need to look for fan-out queues.
+    has_fanout: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Opens the data directory, recovers every queue, and starts the committer. Events for
+    /// connections go to `mailboxes[ConnRef::mailbox]`.
+    pub fn start(config: EngineConfig, mailboxes: Vec<Mailbox>) -> Result<Arc<Engine>, String> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+        let options = StoreOptions::new(config.memory);
+        let recovered = store::open(&config.data_dir, &options)
+            .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))?;
+        let mut queues = HashMap::new();
+        for (name, meta) in recovered.queues {
+            let name: Arc<[u8]> = Arc::from(name);
+            let mut state = QueueState::new(meta.id, name.clone());
+            state.persisted = true;
+            state.head = meta.head;
+            state.tail = meta.tail;
+            state.next_seq = meta.tail;
+            state.counters = meta.counters;
+            // Messages that were open or given back when the server stopped are delivered again.
+            state.returned = meta.pending.into_iter().collect();
+            queues.insert(name, Arc::new(Mutex::new(state)));
+        }
+        log::info!(
+            "opened {} with {} queues",
+            config.data_dir.display(),
+            queues.len()
+        );
+        let has_fanout = queues.keys().any(|name| name.contains(&b'+'));
+        let (commits, receiver) = crossbeam_channel::unbounded();
+        let engine = Arc::new(Engine {
+            db: recovered.db,
+            options,
+            config,
+            queues: RwLock::new(queues),
+            next_queue_id: AtomicU64::new(recovered.next_queue_id),
+            commits,
+            mailboxes,
+            stopping: AtomicBool::new(false),
+            has_fanout: AtomicBool::new(has_fanout),
+            threads: Mutex::new(Vec::new()),
+        });
+        let committer = {
+            let engine = engine.clone();
+            std::thread::Builder::new()
+                .name("committer".into())
+                .spawn(move || commit::run(&engine, receiver))
+                .map_err(|e| e.to_string())?
+        };
+        engine.threads.lock().push(committer);
+        let sweeper = {
+            let engine = engine.clone();
+            std::thread::Builder::new()
+                .name("expiry-sweep".into())
+                .spawn(move || engine.sweep_every(SWEEP_EVERY))
+                .map_err(|e| e.to_string())?
+        };
+        engine.threads.lock().push(sweeper);
+        if let SyncPolicy::Interval(every) = engine.config.sync {
+            let syncer = {
+                let engine = engine.clone();
+                std::thread::Builder::new()
+                    .name("wal-sync".into())
+                    .spawn(move || engine.sync_every(every))
+                    .map_err(|e| e.to_string())?
+            };
+            engine.threads.lock().push(syncer);
+        }
+        Ok(engine)
+    }
+
+    fn sync_every(&self, every: Duration) {
+        while !self.stopping.load(Ordering::Acquire) {
+            std::thread::sleep(every);
+            if let Err(e) = self.db.flush_wal(true) {
+                log::error!("WAL sync failed: {e}");
+            }
+        }
+    }
+
+    /// Drops expired messages from the head of every queue, so their space is reclaimed even if
+    /// nobody reads the queue.
+    fn sweep_every(&self, every: Duration) {
+        let mut intents = Intents::default();
+        let mut slept = Duration::ZERO;
+        while !self.stopping.load(Ordering::Acquire) {
+            // Short naps so that shutdown is not held up by the sweep interval.
+            std::thread::sleep(Duration::from_millis(50));
+            slept += Duration::from_millis(50);
+            if slept < every {
+                continue;
+            }
+            slept = Duration::ZERO;
+            let queues: Vec<QueueRef> = self.queues.read().values().cloned().collect();
+            let now = message::now_ms();
+            for state in queues {
+                let mut q = state.lock();
+                if q.items() > 0 {
+                    // A peek drops expired messages on its way to the first live one.
+                    let _ = self.take_locked(&state, &mut q, TakeMode::Peek, now, &mut intents);
+                }
+            }
+            self.submit(&mut intents);
+        }
+    }
+
+    /// Commits what is queued, stops the committer and the syncer. Writes submitted after this
+    /// are refused with `ShuttingDown`.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.commits.send(vec![Op::Stop]);
+        for thread in self.threads.lock().drain(..) {
+            let _ = thread.join();
+        }
+        if let Err(e) = self.db.flush_wal(true) {
+            log::error!("final WAL sync failed: {e}");
+        }
+    }
+
+    /// Hands what `intents` collected to the committer.
+    pub fn submit(&self, intents: &mut Intents) {
+        if !intents.ops.is_empty() {
+            let ops = std::mem::take(&mut intents.ops);
+            if let Err(refused) = self.commits.send(ops) {
+                // The committer is gone: answer every writer now.
+                let mut outbox = Outbox::new(&self.mailboxes);
+                for op in refused.into_inner() {
+                    if let Some(to) = op.reply_to() {
+                        let outcome = Outcome::Failed(Error::ShuttingDown);
+                        outbox.send(
+                            to,
+                            Event::Completed {
+                                conn: to.conn,
+                                outcome,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends a message; `reply_to` gets `Completed` once it is committed.
+    pub fn put(
+        &self,
+        queue: &[u8],
+        flags: u32,
+        expires_at: u64,
+        body: Vec<u8>,
+        reply_to: ConnRef,
+        intents: &mut Intents,
+    ) {
+        intents.ops.push(Op::Put {
+            queue: queue.to_vec(),
+            flags,
+            expires_at,
+            body,
+            reply_to,
+        });
+    }
+
+    /// Takes (or opens, or peeks at) the next message of `queue`. If there is none and `wait` is
+    /// given, registers it as a waiter: it will get an `Event::Delivered` when a message arrives,
+    /// unless `cancel_wait` removes it first.
+    pub fn take(
+        &self,
+        queue: &[u8],
+        mode: TakeMode,
+        wait: Option<(ConnRef, u64)>,
+        intents: &mut Intents,
+    ) -> Result<Option<Taken>, Error> {
+        let state = match (self.lookup(queue), wait) {
+            (Some(state), _) => state,
+            (None, None) => return Ok(None),
+            (None, Some(_)) => self.lookup_or_create(queue),
+        };
+        let mut q = state.lock();
+        let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), intents)?;
+        if taken.is_none() {
+            if let Some((conn, wait_id)) = wait {
+                q.waiters.push_back(Waiter { conn, wait_id });
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Withdraws a waiter after its timeout. False if a message was already handed to it: the
+    /// `Delivered` event is on its way and must be handled.
+    pub fn cancel_wait(&self, queue: &[u8], conn: ConnRef, wait_id: u64) -> bool {
+        match self.lookup(queue) {
+            Some(state) => state.lock().cancel_wait(wait_id, conn),
+            None => true,
+        }
+    }
+
+    /// Confirms open messages: they are removed for good.
+    pub fn confirm(&self, state: &QueueRef, seqs: &[u64], intents: &mut Intents) {
+        let mut q = state.lock();
+        if q.deleted {
+            return;
+        }
+        for seq in seqs {
+            if let Some(len) = q.open.remove(seq) {
+                q.counters.bytes = q.counters.bytes.saturating_sub(len);
+                intents.ops.push(Op::Remove {
+                    queue: state.clone(),
+                    seq: *seq,
+                });
+            }
+        }
+    }
+
+    /// Gives open messages back to the head of their queue, and serves any waiting reader.
+    pub fn give_back(&self, state: &QueueRef, seqs: &[u64], intents: &mut Intents) {
+        let mut q = state.lock();
+        if q.deleted || q.give_back(seqs) == 0 {
+            return;
+        }
+        let mut outbox = Outbox::new(&self.mailboxes);
+        self.serve_waiters(state, &mut q, &mut intents.ops, &mut outbox);
+    }
+
+    /// Removes a queue and its messages; `reply_to` gets `Deleted` or `NotFound`.
+    pub fn delete_queue(&self, queue: &[u8], reply_to: ConnRef, intents: &mut Intents) {
+        intents.ops.push(Op::DeleteQueue {
+            name: queue.to_vec(),
+            reply_to,
+        });
+    }
+
+    /// Empties a queue (`None`: every queue); `reply_to` gets `Flushed`.
+    pub fn flush(&self, queue: Option<&[u8]>, reply_to: ConnRef, intents: &mut Intents) {
+        intents.ops.push(Op::Flush {
+            name: queue.map(<[u8]>::to_vec),
+            reply_to,
+        });
+    }
+
+    /// Every queue's counters, sorted by name. `with_age` reads each head message's timestamp.
+    pub fn stats(&self, with_age: bool) -> Vec<QueueStats> {
+        let queues: Vec<QueueRef> = self.queues.read().values().cloned().collect();
+        let now = message::now_ms();
+        let mut stats: Vec<QueueStats> = queues
+            .iter()
+            .map(|state| {
+                let q = state.lock();
+                let age_ms = match (with_age, q.front()) {
+                    (true, Some(seq)) => self
+                        .read(&q, seq)
+                        .ok()
+                        .flatten()
+                        .and_then(|v| {
+                            message::decode(&v).map(|(h, _)| now.saturating_sub(h.enqueued_at))
+                        })
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                QueueStats {
+                    name: q.name.clone(),
+                    items: q.items(),
+                    bytes: q.counters.bytes,
+                    enqueued: q.enqueued(),
+                    removed: q.removed(),
+                    expired: q.counters.expired,
+                    discarded: q.counters.discarded,
+                    flushes: q.counters.flushes,
+                    waiters: q.waiters.len() as u64,
+                    open: q.open.len() as u64,
+                    age_ms,
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    /// Queues that receive a copy of every message put to `queue`: those named `queue+<child>`.
+    fn fanout_children(&self, queue: &[u8]) -> Vec<Arc<[u8]>> {
+        if !self.has_fanout.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        self.queues
+            .read()
+            .keys()
+            .filter(|name| {
+                name.len() > queue.len() + 1 && name.starts_with(queue) && name[queue.len()] == b'+'
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn lookup(&self, queue: &[u8]) -> Option<QueueRef> {
+        self.queues.read().get(queue).cloned()
+    }
+
+    /// The queue's state, created in memory (not yet on disk) if it is new.
+    fn lookup_or_create(&self, queue: &[u8]) -> QueueRef {
+        if let Some(state) = self.lookup(queue) {
+            return state;
+        }
+        let mut queues = self.queues.write();
+        queues
+            .entry(Arc::from(queue))
+            .or_insert_with_key(|name| {
+                if name.contains(&b'+') {
+                    self.has_fanout.store(true, Ordering::Relaxed);
+                }
+                let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
+                Arc::new(Mutex::new(QueueState::new(id, name.clone())))
+            })
+            .clone()
+    }
+
+    fn read(&self, q: &QueueState, seq: u64) -> Result<Option<Vec<u8>>, Error> {
+        let Some(cf) = self.db.cf_handle(&store::queue_cf_name(q.id)) else {
+            return Ok(None);
+        };
+        self.db.get_cf(&cf, store::message_key(seq)).map_err(|e| {
+            log::error!("read failed: {e}");
+            Error::Storage
+        })
+    }
+
+    /// Claims the next deliverable message, dropping expired ones and skipping sequence numbers
+    /// whose message is gone (removed just before a crash).
+    fn take_locked(
+        &self,
+        state: &QueueRef,
+        q: &mut QueueState,
+        mode: TakeMode,
+        now_ms: u64,
+        ops: &mut Intents,
+    ) -> Result<Option<Taken>, Error> {
+        if q.deleted {
+            return Ok(None);
+        }
+        while let Some(seq) = q.front() {
+            let value = self.read(q, seq)?;
+            let Some((header, body)) = value.as_deref().and_then(message::decode) else {
+                q.pop_front();
+                continue;
+            };
+            let len = body.len() as u64;
+            if header.is_expired(now_ms) {
+                q.pop_front();
+                q.counters.expired += 1;
+                q.counters.bytes = q.counters.bytes.saturating_sub(len);
+                ops.ops.push(Op::Remove {
+                    queue: state.clone(),
+                    seq,
+                });
+                continue;
+            }
+            match mode {
+                TakeMode::Remove => {
+                    q.pop_front();
+                    q.counters.bytes = q.counters.bytes.saturating_sub(len);
+                    ops.ops.push(Op::Remove {
+                        queue: state.clone(),
+                        seq,
+                    });
+                }
+                TakeMode::Open => {
+                    q.pop_front();
+                    q.open.insert(seq, len);
+                    ops.ops.push(Op::Touch {
+                        queue: state.clone(),
+                    });
+                }
+                TakeMode::Peek => {}
+            }
+            return Ok(Some(Taken {
+                queue: state.clone(),
+                seq,
+                flags: header.flags,
+                body: body.to_vec(),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Hands available messages to waiting readers, oldest waiter first. Each is delivered open:
+    /// the reader's loop confirms it, or gives it back if the reader is gone.
+    fn serve_waiters(
+        &self,
+        state: &QueueRef,
+        q: &mut QueueState,
+        ops: &mut Vec<Op>,
+        outbox: &mut Outbox,
+    ) {
+        let mut intents = Intents {
+            ops: std::mem::take(ops),
+        };
+        let now = message::now_ms();
+        while !q.waiters.is_empty() && q.items() > 0 {
+            match self.take_locked(state, q, TakeMode::Open, now, &mut intents) {
+                Ok(Some(taken)) => {
+                    let waiter = q.waiters.pop_front().expect("checked non-empty");
+                    let event = Event::Delivered {
+                        conn: waiter.conn.conn,
+                        wait_id: waiter.wait_id,
+                        taken,
+                    };
+                    outbox.send(waiter.conn, event);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        *ops = intents.ops;
+    }
+}

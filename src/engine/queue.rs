@@ -1,0 +1,194 @@
+//! One queue's in-memory state: where its messages start and end, which were given back or are
+//! held open, who waits for it, and its counters. RocksDB holds the messages; this holds only
+//! what is small. Every field that must survive a restart is written to the metadata column
+//! family by the committer (see `store::QueueMeta`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::events::ConnRef;
+
+/// How a read treats the message it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TakeMode {
+    /// Remove it: delivered at most once while the server runs.
+    Remove,
+    /// Hand it out but keep it until confirmed or given back.
+    Open,
+    /// Look at the head without changing anything.
+    Peek,
+}
+
+/// A connection blocked in a read on this queue.
+#[derive(Clone, Debug)]
+pub struct Waiter {
+    pub conn: ConnRef,
+    pub wait_id: u64,
+}
+
+/// Counters kept across restarts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages dropped unread because they expired.
+    pub expired: u64,
+    /// Messages dropped to make room (`--discard-old-when-full`).
+    pub discarded: u64,
+    /// Times the queue was flushed.
+    pub flushes: u64,
+    /// Body bytes of the messages still in the queue (open ones included).
+    pub bytes: u64,
+}
+
+pub struct QueueState {
+    /// Unique for the life of the data directory; names the column family.
+    pub id: u64,
+    pub name: Arc<[u8]>,
+    /// Whether the column family exists yet: a queue first named by a read lives only in memory
+    /// until its first message is committed.
+    pub persisted: bool,
+    /// Set once the queue is deleted; holders of a stale handle must treat it as gone.
+    pub deleted: bool,
+    /// Next sequence number never handed out.
+    pub head: u64,
+    /// End (exclusive) of the committed messages: `head..tail` are waiting to be read.
+    pub tail: u64,
+    /// Next sequence number the committer assigns (only the committer touches it); equals
+    /// `tail` between batches.
+    pub next_seq: u64,
+    /// Messages given back (abort, disconnect, restart), served before `head`, oldest first.
+    pub returned: VecDeque<u64>,
+    /// Messages handed out with `/open`, not yet confirmed: sequence number → body length.
+    pub open: HashMap<u64, u64>,
+    pub waiters: VecDeque<Waiter>,
+    pub counters: Counters,
+}
+
+impl QueueState {
+    pub fn new(id: u64, name: Arc<[u8]>) -> QueueState {
+        QueueState {
+            id,
+            name,
+            persisted: false,
+            deleted: false,
+            head: 0,
+            tail: 0,
+            next_seq: 0,
+            returned: VecDeque::new(),
+            open: HashMap::new(),
+            waiters: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Messages that a read could be handed now.
+    pub fn items(&self) -> u64 {
+        self.tail - self.head + self.returned.len() as u64
+    }
+
+    /// Messages ever committed to this queue.
+    pub fn enqueued(&self) -> u64 {
+        self.tail
+    }
+
+    /// Messages that have left the queue for good (confirmed, expired, discarded, flushed).
+    pub fn removed(&self) -> u64 {
+        self.enqueued() - self.items() - self.open.len() as u64
+    }
+
+    /// The sequence number a read would look at next, without claiming it.
+    pub fn front(&self) -> Option<u64> {
+        match self.returned.front() {
+            Some(&seq) => Some(seq),
+            None if self.head < self.tail => Some(self.head),
+            None => None,
+        }
+    }
+
+    /// Claims the sequence number a read looks at next.
+    pub fn pop_front(&mut self) -> Option<u64> {
+        if let Some(seq) = self.returned.pop_front() {
+            return Some(seq);
+        }
+        if self.head < self.tail {
+            self.head += 1;
+            return Some(self.head - 1);
+        }
+        None
+    }
+
+    /// Sequence numbers below `head` that are not gone: what a restart must deliver again.
+    pub fn pending(&self) -> Vec<u64> {
+        let mut pending: Vec<u64> = self.returned.iter().copied().collect();
+        pending.extend(self.open.keys().copied());
+        pending.sort_unstable();
+        pending
+    }
+
+    /// Gives open messages back to the head of the queue, keeping their original order.
+    /// Returns how many were open.
+    pub fn give_back(&mut self, seqs: &[u64]) -> usize {
+        let mut back: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|seq| self.open.remove(seq).is_some())
+            .collect();
+        back.sort_unstable();
+        for &seq in back.iter().rev() {
+            self.returned.push_front(seq);
+        }
+        back.len()
+    }
+
+    /// Removes a waiter; false if it was already served (its delivery is on the way).
+    pub fn cancel_wait(&mut self, wait_id: u64, conn: ConnRef) -> bool {
+        match self
+            .waiters
+            .iter()
+            .position(|w| w.wait_id == wait_id && w.conn == conn)
+        {
+            Some(at) => {
+                self.waiters.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> QueueState {
+        let mut q = QueueState::new(1, Arc::from(&b"q"[..]));
+        q.tail = 5;
+        q.next_seq = 5;
+        q
+    }
+
+    #[test]
+    fn pops_in_order_and_counts() {
+        let mut q = queue();
+        assert_eq!(q.items(), 5);
+        assert_eq!(q.pop_front(), Some(0));
+        assert_eq!(q.pop_front(), Some(1));
+        assert_eq!(q.items(), 3);
+        assert_eq!(q.removed(), 2);
+    }
+
+    #[test]
+    fn given_back_messages_come_first_in_original_order() {
+        let mut q = queue();
+        for _ in 0..3 {
+            let seq = q.pop_front().unwrap();
+            q.open.insert(seq, 1);
+        }
+        assert_eq!(q.pending(), vec![0, 1, 2]);
+        assert_eq!(q.give_back(&[2, 0]), 2);
+        assert_eq!(q.pop_front(), Some(0));
+        assert_eq!(q.pop_front(), Some(2));
+        assert_eq!(q.pop_front(), Some(3));
+        assert_eq!(q.removed(), 3, "0, 2 and 3 were taken; 1 is still open");
+        assert_eq!(q.pending(), vec![1]);
+    }
+}

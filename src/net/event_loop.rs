@@ -1,0 +1,316 @@
+//! One event-loop thread: readiness from mio, connections in a slab, deadlines of blocked reads,
+//! and the engine's events (committed writes, delivered messages) from this loop's mailbox.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::connection::Connection;
+use super::timers::Timers;
+use super::{Ctx, LoopStats, Shared};
+use crate::engine::{Event, Intents};
+
+const WAKER: Token = Token(0);
+const FIRST_LISTENER: usize = 1;
+const FIRST_CONNECTION: usize = 1024;
+/// How long a stopping server waits for connections to finish their writes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where loop 0 sends a connection it accepted for another loop.
+pub struct Peer {
+    pub handoff: Sender<TcpStream>,
+    pub waker: Arc<Waker>,
+}
+
+pub struct EventLoop {
+    pub index: u32,
+    pub poll: Poll,
+    pub listeners: Vec<TcpListener>,
+    /// Every loop (this one included), for dealing out accepted connections.
+    pub peers: Vec<Peer>,
+    pub handoffs: Receiver<TcpStream>,
+    pub mailbox: Receiver<Event>,
+    pub shared: Arc<Shared>,
+    pub stats: Arc<LoopStats>,
+    conns: Vec<Option<Connection>>,
+    generations: Vec<u32>,
+    free: Vec<usize>,
+    timers: Timers,
+    open_timers: Timers,
+    intents: Intents,
+    next_wait_id: u64,
+    next_peer: usize,
+    drain_deadline: Option<Instant>,
+}
+
+impl EventLoop {
+    pub fn new(
+        index: u32,
+        poll: Poll,
+        handoffs: Receiver<TcpStream>,
+        mailbox: Receiver<Event>,
+        shared: Arc<Shared>,
+        stats: Arc<LoopStats>,
+    ) -> EventLoop {
+        EventLoop {
+            index,
+            poll,
+            listeners: Vec::new(),
+            peers: Vec::new(),
+            handoffs,
+            mailbox,
+            shared,
+            stats,
+            conns: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            timers: Timers::default(),
+            open_timers: Timers::default(),
+            intents: Intents::default(),
+            next_wait_id: 0,
+            next_peer: 0,
+            drain_deadline: None,
+        }
+    }
+
+    /// Registers the listeners this loop accepts on.
+    pub fn listen(&mut self, listeners: Vec<TcpListener>) -> std::io::Result<()> {
+        for (i, mut listener) in listeners.into_iter().enumerate() {
+            let token = Token(FIRST_LISTENER + i);
+            self.poll
+                .registry()
+                .register(&mut listener, token, Interest::READABLE)?;
+            self.listeners.push(listener);
+        }
+        Ok(())
+    }
+
+    /// Runs until the server stops and every connection is closed.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let mut timeout = match (self.timers.timeout(now), self.open_timers.timeout(now)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if self.drain_deadline.is_some() {
+                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
+                    t.min(Duration::from_millis(50))
+                }));
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("poll failed: {e}");
+                    return;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    Token(t) if t < FIRST_CONNECTION => self.accept(t - FIRST_LISTENER),
+                    Token(t) => {
+                        let slot = t - FIRST_CONNECTION;
+                        if let Some(Some(conn)) = self.conns.get_mut(slot) {
+                            if event.is_readable() || event.is_read_closed() {
+                                conn.readable = true;
+                            }
+                            self.drive(slot);
+                        }
+                    }
+                }
+            }
+            while let Ok(stream) = self.handoffs.try_recv() {
+                self.adopt(stream);
+            }
+            while let Ok(event) = self.mailbox.try_recv() {
+                self.dispatch(event);
+            }
+            let now = Instant::now();
+            while let Some((conn, wait_id)) = self.timers.pop_due(now) {
+                if let Some(slot) = self.slot_of(conn) {
+                    self.with_conn(slot, |c, ctx| c.wait_expired(wait_id, ctx));
+                    self.drive(slot);
+                }
+            }
+            while let Some((conn, open_id)) = self.open_timers.pop_due(now) {
+                if let Some(slot) = self.slot_of(conn) {
+                    self.with_conn(slot, |c, ctx| c.open_expired(open_id, ctx));
+                }
+            }
+            self.shared.engine.submit(&mut self.intents);
+            if self.shared.shutting_down.load(Ordering::Acquire) && self.drain() {
+                self.shared.engine.submit(&mut self.intents);
+                return;
+            }
+        }
+    }
+
+    /// Accepts every pending connection on a listener and deals them out to the loops.
+    fn accept(&mut self, listener: usize) {
+        loop {
+            let Some(l) = self.listeners.get(listener) else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, peer)) => {
+                    let shared = &self.shared;
+                    if shared.curr_connections.load(Ordering::Relaxed) >= shared.max_connections {
+                        log::warn!("refusing {peer}: --max-connections reached");
+                        continue;
+                    }
+                    shared.curr_connections.fetch_add(1, Ordering::Relaxed);
+                    shared.total_connections.fetch_add(1, Ordering::Relaxed);
+                    let _ = stream.set_nodelay(true);
+                    let target = self.next_peer % self.peers.len().max(1);
+                    self.next_peer += 1;
+                    if target == self.index as usize || self.peers.is_empty() {
+                        self.adopt(stream);
+                    } else {
+                        let peer = &self.peers[target];
+                        if peer.handoff.send(stream).is_ok() {
+                            let _ = peer.waker.wake();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors, say: try again on the next readiness event.
+                    log::error!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes a connection into this loop.
+    fn adopt(&mut self, mut stream: TcpStream) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.generations.push(0);
+            self.conns.len() - 1
+        });
+        let token = Token(FIRST_CONNECTION + slot);
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("cannot register connection: {e}");
+            self.free.push(slot);
+            self.shared.curr_connections.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let id = (u64::from(self.generations[slot]) << 32) | slot as u64;
+        self.conns[slot] = Some(Connection::new(stream, id));
+        self.drive(slot);
+    }
+
+    fn slot_of(&self, conn: u64) -> Option<usize> {
+        let slot = (conn & 0xffff_ffff) as usize;
+        let generation = (conn >> 32) as u32;
+        match self.conns.get(slot) {
+            Some(Some(_)) if self.generations[slot] == generation => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` on a connection with the loop's context.
+    fn with_conn<R>(
+        &mut self,
+        slot: usize,
+        f: impl FnOnce(&mut Connection, &mut Ctx) -> R,
+    ) -> Option<R> {
+        let conn = self.conns.get_mut(slot)?.as_mut()?;
+        let mut ctx = Ctx {
+            shared: &self.shared,
+            stats: &self.stats,
+            intents: &mut self.intents,
+            timers: &mut self.timers,
+            open_timers: &mut self.open_timers,
+            mailbox: self.index,
+            next_wait_id: &mut self.next_wait_id,
+        };
+        Some(f(conn, &mut ctx))
+    }
+
+    /// Lets a connection make progress, and closes it if it is done.
+    fn drive(&mut self, slot: usize) {
+        let finished = self.with_conn(slot, |c, ctx| {
+            c.drive(ctx);
+            c.finished()
+        });
+        if finished == Some(true) {
+            self.close(slot);
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        self.with_conn(slot, |c, ctx| c.release(ctx));
+        if let Some(mut conn) = self.conns[slot].take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.generations[slot] = self.generations[slot].wrapping_add(1);
+            self.free.push(slot);
+            self.shared.curr_connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::Completed { conn, outcome } => {
+                if let Some(slot) = self.slot_of(conn) {
+                    self.with_conn(slot, |c, ctx| c.complete_write(outcome, ctx));
+                    self.drive(slot);
+                }
+            }
+            Event::Delivered {
+                conn,
+                wait_id,
+                taken,
+            } => {
+                let refused = match self.slot_of(conn) {
+                    Some(slot) => {
+                        let result = self.with_conn(slot, |c, ctx| c.deliver(wait_id, taken, ctx));
+                        self.drive(slot);
+                        result.and_then(Result::err)
+                    }
+                    None => Some(taken),
+                };
+                if let Some(taken) = refused {
+                    // Its reader is gone: the message goes back to the head of its queue.
+                    let engine = self.shared.engine.clone();
+                    engine.give_back(&taken.queue, &[taken.seq], &mut self.intents);
+                }
+            }
+        }
+    }
+
+    /// Stops accepting, answers blocked reads, lets pending writes finish, then closes
+    /// everything. True once no connection is left.
+    fn drain(&mut self) -> bool {
+        let deadline = *self
+            .drain_deadline
+            .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+        for mut listener in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let overdue = Instant::now() >= deadline;
+        for slot in 0..self.conns.len() {
+            let finished = self.with_conn(slot, |c, ctx| {
+                c.end_wait(ctx);
+                c.closing = true;
+                c.flush(ctx);
+                overdue || c.finished()
+            });
+            if finished == Some(true) {
+                self.close(slot);
+            }
+        }
+        self.conns.iter().all(Option::is_none)
+    }
+}

@@ -1,0 +1,121 @@
+//! The network side: listeners, event loops, connections and what each command does on them.
+//! It owns connections and time; the engine owns the queues.
+//!
+//! Each event loop is a thread with its own mio `Poll`. Loop 0 accepts and deals connections out
+//! round-robin, so both cores parse and answer; a connection stays on its loop for life. Writes
+//! a loop collects in one iteration go to the engine's committer together.
+
+mod connection;
+mod event_loop;
+mod report;
+pub mod server;
+mod session;
+pub mod systemd;
+mod timers;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crate::engine::{Engine, Intents};
+use crate::protocol::Limits;
+use timers::Timers;
+
+/// One event loop's counters; only that loop writes them, `stats` sums them.
+#[derive(Default)]
+pub struct LoopStats {
+    pub get_cmds: AtomicU64,
+    pub get_hits: AtomicU64,
+    pub get_misses: AtomicU64,
+    pub cmd_peek: AtomicU64,
+    pub set_cmds: AtomicU64,
+    pub set_hits: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+/// A plain copy of the counters.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Totals {
+    pub get_cmds: u64,
+    pub get_hits: u64,
+    pub get_misses: u64,
+    pub cmd_peek: u64,
+    pub set_cmds: u64,
+    pub set_hits: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+impl LoopStats {
+    fn counters(&self) -> [&AtomicU64; 8] {
+        [
+            &self.get_cmds,
+            &self.get_hits,
+            &self.get_misses,
+            &self.cmd_peek,
+            &self.set_cmds,
+            &self.set_hits,
+            &self.bytes_read,
+            &self.bytes_written,
+        ]
+    }
+
+    fn reset(&self) {
+        for counter in self.counters() {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What every loop shares.
+pub struct Shared {
+    pub engine: Arc<Engine>,
+    pub limits: Limits,
+    /// Most bytes buffered from one connection before it is processed.
+    pub input_limit: usize,
+    pub max_connections: u64,
+    pub max_open_reads: usize,
+    pub open_timeout: Option<std::time::Duration>,
+    pub threads: usize,
+    pub started: Instant,
+    pub curr_connections: AtomicU64,
+    pub total_connections: AtomicU64,
+    pub loop_stats: OnceLock<Vec<Arc<LoopStats>>>,
+    pub shutting_down: AtomicBool,
+}
+
+impl Shared {
+    pub fn loop_totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for s in self.loop_stats.get().into_iter().flatten() {
+            let v: Vec<u64> = s
+                .counters()
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect();
+            t.get_cmds += v[0];
+            t.get_hits += v[1];
+            t.get_misses += v[2];
+            t.cmd_peek += v[3];
+            t.set_cmds += v[4];
+            t.set_hits += v[5];
+            t.bytes_read += v[6];
+            t.bytes_written += v[7];
+        }
+        t
+    }
+}
+
+/// What a connection needs from its loop while it runs a command.
+pub struct Ctx<'a> {
+    pub shared: &'a Shared,
+    pub stats: &'a LoopStats,
+    pub intents: &'a mut Intents,
+    pub timers: &'a mut Timers,
+    /// Deadlines of open messages (`--open-timeout`), keyed by open-read id.
+    pub open_timers: &'a mut Timers,
+    /// This loop's mailbox index, for `ConnRef`s.
+    pub mailbox: u32,
+    pub next_wait_id: &'a mut u64,
+}

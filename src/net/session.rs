@@ -1,0 +1,371 @@
+//! What each command does on a connection: the protocol-independent meaning of set, get (with
+//! blocking, open, close, abort and peek), delete, flush and the reports. Writes are handed to the
+//! engine and answered when committed; reads are answered at once, or when a message arrives or
+//! the wait times out.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::connection::Connection;
+use super::{report, Ctx};
+use crate::engine::message;
+use crate::engine::{ConnRef, Error, Outcome, TakeMode, Taken};
+use crate::protocol::{Command, ErrorKind, Read, Reply, StatsKind, Value};
+
+/// A write sent to the committer, answered in order when its outcome arrives.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PendingWrite {
+    Put { noreply: bool },
+    Delete { noreply: bool },
+    Flush { noreply: bool },
+    FlushAll { noreply: bool },
+}
+
+/// A `get` being answered key by key; it may be waiting for a message.
+pub(super) struct GetInProgress {
+    reads: Vec<Read>,
+    next: usize,
+    values: Vec<Value>,
+    /// The wait id of the read blocked now.
+    waiting: Option<u64>,
+}
+
+/// A message this connection opened and has not yet closed or aborted.
+pub(super) struct OpenRead {
+    /// Unique within the loop, for `--open-timeout`.
+    id: u64,
+    queue: Vec<u8>,
+    taken: Taken,
+}
+
+/// Commands that go through the committer and may be pipelined behind one another.
+pub fn is_write(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Set(_) | Command::Delete { .. } | Command::Flush { .. } | Command::FlushAll { .. }
+    )
+}
+
+fn error_kind(error: Error) -> ErrorKind {
+    match error {
+        Error::Storage => ErrorKind::Storage,
+        Error::QueueFull => ErrorKind::QueueFull,
+        Error::ShuttingDown => ErrorKind::ShuttingDown,
+    }
+}
+
+impl Connection {
+    fn conn_ref(&self, ctx: &Ctx) -> ConnRef {
+        ConnRef {
+            mailbox: ctx.mailbox,
+            conn: self.id,
+        }
+    }
+
+    pub(super) fn execute(&mut self, command: Command, ctx: &mut Ctx) {
+        let engine = &ctx.shared.engine;
+        match command {
+            Command::Set(set) => {
+                ctx.stats.set_cmds.fetch_add(1, Ordering::Relaxed);
+                let expires_at = message::expiry_from_exptime(set.exptime, message::now_ms());
+                let me = self.conn_ref(ctx);
+                engine.put(&set.queue, set.flags, expires_at, set.body, me, ctx.intents);
+                let noreply = set.noreply;
+                self.pending_writes.push_back(PendingWrite::Put { noreply });
+            }
+            Command::Get(reads) => self.start_get(reads, ctx),
+            Command::Delete { queue, noreply } => {
+                engine.delete_queue(&queue, self.conn_ref(ctx), ctx.intents);
+                self.pending_writes
+                    .push_back(PendingWrite::Delete { noreply });
+            }
+            Command::Flush { queue, noreply } => {
+                engine.flush(Some(&queue), self.conn_ref(ctx), ctx.intents);
+                self.pending_writes
+                    .push_back(PendingWrite::Flush { noreply });
+            }
+            Command::FlushAll { noreply } => {
+                engine.flush(None, self.conn_ref(ctx), ctx.intents);
+                self.pending_writes
+                    .push_back(PendingWrite::FlushAll { noreply });
+            }
+            Command::Stats(StatsKind::General) => {
+                self.reply(&Reply::Stats(report::general(ctx.shared)))
+            }
+            Command::Stats(StatsKind::Queue) => {
+                self.reply(&Reply::Stats(report::queues(ctx.shared)))
+            }
+            Command::Stats(StatsKind::Reset) => {
+                report::reset(ctx.shared);
+                self.reply(&Reply::Reset);
+            }
+            Command::Info => self.reply(&Reply::Info(report::info(ctx.shared))),
+            Command::Version => self.reply(&Reply::Version(env!("CARGO_PKG_VERSION"))),
+            Command::Verbosity { level, noreply } => {
+                log::set_max_level(match level {
+                    0 => log::LevelFilter::Warn,
+                    1 => log::LevelFilter::Info,
+                    2 => log::LevelFilter::Debug,
+                    _ => log::LevelFilter::Trace,
+                });
+                if !noreply {
+                    self.reply(&Reply::Ok);
+                }
+            }
+            Command::Quit => self.closing = true,
+        }
+    }
+
+    /// The committer finished this connection's oldest outstanding write.
+    pub(super) fn complete_write(&mut self, outcome: Outcome, ctx: &mut Ctx) {
+        let Some(pending) = self.pending_writes.pop_front() else {
+            log::error!("write outcome for a connection with no write outstanding");
+            return;
+        };
+        let (reply, noreply) = match (pending, outcome) {
+            (_, Outcome::Failed(error)) => (Reply::Error(error_kind(error)), false),
+            (PendingWrite::Put { noreply }, _) => {
+                ctx.stats.set_hits.fetch_add(1, Ordering::Relaxed);
+                (Reply::Stored, noreply)
+            }
+            (PendingWrite::Delete { noreply }, Outcome::Deleted) => (Reply::Deleted, noreply),
+            (PendingWrite::Delete { noreply }, _) => (Reply::NotFound, noreply),
+            (PendingWrite::Flush { noreply }, _) => (Reply::End, noreply),
+            (PendingWrite::FlushAll { noreply }, _) => (Reply::Ok, noreply),
+        };
+        if !noreply {
+            self.reply(&reply);
+        }
+    }
+
+    fn start_get(&mut self, reads: Vec<Read>, ctx: &mut Ctx) {
+        if let Err(kind) = self.check_reads(&reads, ctx.shared.max_open_reads) {
+            self.reply(&Reply::Error(kind));
+            return;
+        }
+        self.get = Some(GetInProgress {
+            reads,
+            next: 0,
+            values: Vec::new(),
+            waiting: None,
+        });
+        self.continue_get(ctx);
+    }
+
+    /// Refuses, before anything is taken, a get that Kestrel would refuse: a plain read of a
+    /// queue this connection holds an open message of, or more open messages than allowed.
+    fn check_reads(&self, reads: &[Read], max_open: usize) -> Result<(), ErrorKind> {
+        let mut held: HashMap<&[u8], usize> = HashMap::new();
+        for open in &self.open_reads {
+            *held.entry(&open.queue).or_default() += 1;
+        }
+        let mut total = self.open_reads.len();
+        for read in reads {
+            let on_queue = held.entry(&read.queue).or_default();
+            if read.abort || read.close {
+                total -= *on_queue;
+                *on_queue = 0;
+            }
+            if read.abort || (read.close && !read.open) {
+                continue;
+            }
+            if read.open {
+                if total >= max_open {
+                    return Err(ErrorKind::TooManyOpenReads);
+                }
+                *on_queue += 1;
+                total += 1;
+            } else if !read.peek && *on_queue > 0 {
+                return Err(ErrorKind::OpenReadPending);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the get's remaining keys until one has to wait or all are done.
+    pub(super) fn continue_get(&mut self, ctx: &mut Ctx) {
+        let Some(mut get) = self.get.take() else {
+            return;
+        };
+        while let Some(read) = get.reads.get(get.next) {
+            if read.abort || read.close {
+                self.settle_open(&read.queue.clone(), read.close, ctx);
+                if !read.open {
+                    get.next += 1;
+                    continue;
+                }
+            }
+            let mode = match (read.open, read.peek) {
+                (true, _) => TakeMode::Open,
+                (_, true) => TakeMode::Peek,
+                _ => TakeMode::Remove,
+            };
+            ctx.stats.get_cmds.fetch_add(1, Ordering::Relaxed);
+            if read.peek {
+                ctx.stats.cmd_peek.fetch_add(1, Ordering::Relaxed);
+            }
+            let wait = match read.wait_ms {
+                Some(ms) if ms > 0 => {
+                    *ctx.next_wait_id += 1;
+                    Some((self.conn_ref(ctx), *ctx.next_wait_id, ms))
+                }
+                _ => None,
+            };
+            let registration = wait.map(|(me, id, _)| (me, id));
+            match ctx
+                .shared
+                .engine
+                .take(&read.queue, mode, registration, ctx.intents)
+            {
+                Ok(Some(taken)) => {
+                    let read = read.clone();
+                    self.accept(&mut get, &read, taken, ctx);
+                }
+                Ok(None) => match wait {
+                    Some((_, id, ms)) => {
+                        get.waiting = Some(id);
+                        let deadline = Instant::now() + Duration::from_millis(ms);
+                        ctx.timers.add(deadline, self.id, id);
+                        self.get = Some(get);
+                        return;
+                    }
+                    None => {
+                        ctx.stats.get_misses.fetch_add(1, Ordering::Relaxed);
+                        get.next += 1;
+                    }
+                },
+                Err(error) => {
+                    // Answer with what was taken so far, so nothing taken is lost.
+                    if get.values.is_empty() {
+                        self.reply(&Reply::Error(error_kind(error)));
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        self.reply(&Reply::Values(get.values));
+    }
+
+    /// Records a message taken for `read` and moves on to the next key.
+    fn accept(&mut self, get: &mut GetInProgress, read: &Read, taken: Taken, ctx: &mut Ctx) {
+        ctx.stats.get_hits.fetch_add(1, Ordering::Relaxed);
+        get.values.push(Value {
+            key: read.key.clone(),
+            flags: taken.flags,
+            body: taken.body.clone(),
+            cas: read.cas.then_some(taken.seq),
+        });
+        if read.open {
+            *ctx.next_wait_id += 1;
+            let id = *ctx.next_wait_id;
+            if let Some(timeout) = ctx.shared.open_timeout {
+                ctx.open_timers.add(Instant::now() + timeout, self.id, id);
+            }
+            self.open_reads.push(OpenRead {
+                id,
+                queue: read.queue.clone(),
+                taken,
+            });
+        }
+        get.next += 1;
+    }
+
+    /// Confirms (`close`) or gives back (`abort`) this connection's open messages on `queue`.
+    fn settle_open(&mut self, queue: &[u8], confirm: bool, ctx: &mut Ctx) {
+        let (settled, kept): (Vec<OpenRead>, Vec<OpenRead>) = std::mem::take(&mut self.open_reads)
+            .into_iter()
+            .partition(|open| open.queue == queue);
+        self.open_reads = kept;
+        for open in settled {
+            let engine = &ctx.shared.engine;
+            if confirm {
+                engine.confirm(&open.taken.queue, &[open.taken.seq], ctx.intents);
+            } else {
+                engine.give_back(&open.taken.queue, &[open.taken.seq], ctx.intents);
+            }
+        }
+    }
+
+    /// A message arrived for a blocked read. Hands it back if this connection was not waiting
+    /// for it (the caller gives it back to the queue).
+    pub(super) fn deliver(
+        &mut self,
+        wait_id: u64,
+        taken: Taken,
+        ctx: &mut Ctx,
+    ) -> Result<(), Taken> {
+        let Some(mut get) = self.get.take() else {
+            return Err(taken);
+        };
+        if get.waiting != Some(wait_id) {
+            self.get = Some(get);
+            return Err(taken);
+        }
+        get.waiting = None;
+        let read = get.reads[get.next].clone();
+        // The engine hands a waiter its message open; settle it as the read asked.
+        let engine = &ctx.shared.engine;
+        if read.peek {
+            engine.give_back(&taken.queue, &[taken.seq], ctx.intents);
+        } else if !read.open {
+            engine.confirm(&taken.queue, &[taken.seq], ctx.intents);
+        }
+        self.accept(&mut get, &read, taken, ctx);
+        self.get = Some(get);
+        self.continue_get(ctx);
+        Ok(())
+    }
+
+    /// An open message was not confirmed in time: it goes back to its queue.
+    pub(super) fn open_expired(&mut self, open_id: u64, ctx: &mut Ctx) {
+        if let Some(at) = self.open_reads.iter().position(|o| o.id == open_id) {
+            let open = self.open_reads.swap_remove(at);
+            ctx.shared
+                .engine
+                .give_back(&open.taken.queue, &[open.taken.seq], ctx.intents);
+        }
+    }
+
+    /// A blocked read's deadline passed.
+    pub(super) fn wait_expired(&mut self, wait_id: u64, ctx: &mut Ctx) {
+        let me = self.conn_ref(ctx);
+        let Some(get) = self.get.as_mut() else { return };
+        if get.waiting != Some(wait_id) {
+            return;
+        }
+        let queue = &get.reads[get.next].queue;
+        if ctx.shared.engine.cancel_wait(queue, me, wait_id) {
+            ctx.stats.get_misses.fetch_add(1, Ordering::Relaxed);
+            get.waiting = None;
+            get.next += 1;
+            self.continue_get(ctx);
+        }
+        // Otherwise a message is already on its way to us: `deliver` will finish the read.
+    }
+
+    /// Ends a blocked read now (the server is stopping), answering what was found so far.
+    pub(super) fn end_wait(&mut self, ctx: &mut Ctx) {
+        if let Some(wait_id) = self.get.as_ref().and_then(|g| g.waiting) {
+            self.wait_expired(wait_id, ctx);
+        }
+    }
+
+    /// The connection is going away: stop waiting and give every open message back at once.
+    pub(super) fn release(&mut self, ctx: &mut Ctx) {
+        let me = self.conn_ref(ctx);
+        if let Some(get) = self.get.take() {
+            if let Some(wait_id) = get.waiting {
+                ctx.shared
+                    .engine
+                    .cancel_wait(&get.reads[get.next].queue, me, wait_id);
+            }
+        }
+        for open in std::mem::take(&mut self.open_reads) {
+            ctx.shared
+                .engine
+                .give_back(&open.taken.queue, &[open.taken.seq], ctx.intents);
+        }
+    }
+}

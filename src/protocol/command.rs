@@ -1,0 +1,163 @@
+//! The one command vocabulary: what a client can ask for and what the server can answer,
+//! independent of how either protocol spells it on the wire.
+
+/// A request, decoded from either protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Append a message (memcache `set`, mqmq `Put`).
+    Set(Set),
+    /// Take (or peek, open, close, abort) messages from one or more queues, in order
+    /// (memcache `get`/`gets`, mqmq `Get`).
+    Get(Vec<Read>),
+    /// Remove a queue and all its messages.
+    Delete { queue: Vec<u8>, noreply: bool },
+    /// Empty one queue, keeping it.
+    Flush { queue: Vec<u8>, noreply: bool },
+    /// Empty every queue.
+    FlushAll { noreply: bool },
+    /// memcache `stats [queue|reset]`.
+    Stats(StatsKind),
+    /// mqmq `Info`.
+    Info,
+    /// memcache `version`.
+    Version,
+    /// memcache `verbosity <n>`: sets the log level.
+    Verbosity { level: u32, noreply: bool },
+    /// Close the connection without a reply.
+    Quit,
+}
+
+/// The body of a `set`/`Put`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Set {
+    pub queue: Vec<u8>,
+    pub flags: u32,
+    /// memcache exptime as sent: 0 never expires, up to 30 days is relative seconds,
+    /// larger is an absolute unix time, negative is already expired.
+    pub exptime: i64,
+    pub body: Vec<u8>,
+    pub noreply: bool,
+}
+
+/// One key of a `get`: a queue and what to do with it.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Read {
+    /// The key exactly as the client sent it (queue plus options), echoed in `VALUE` lines.
+    pub key: Vec<u8>,
+    pub queue: Vec<u8>,
+    /// Block up to this many milliseconds for a message (`/t=`, mqmq's timeout).
+    pub wait_ms: Option<u64>,
+    /// Keep the message until `close` or `abort` (`/open`).
+    pub open: bool,
+    /// Confirm this connection's open messages on the queue (`/close`).
+    pub close: bool,
+    /// Give this connection's open messages back to the head of the queue (`/abort`).
+    pub abort: bool,
+    /// Return the head message without removing it (`/peek`).
+    pub peek: bool,
+    /// Reply with a cas field (`gets`).
+    pub cas: bool,
+}
+
+impl Read {
+    /// A plain, non-blocking take of one message.
+    pub fn take(queue: &[u8]) -> Read {
+        Read {
+            key: queue.to_vec(),
+            queue: queue.to_vec(),
+            wait_ms: None,
+            open: false,
+            close: false,
+            abort: false,
+            peek: false,
+            cas: false,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum StatsKind {
+    General,
+    Queue,
+    Reset,
+}
+
+/// A message handed to a client.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Value {
+    /// The key as requested, echoed back.
+    pub key: Vec<u8>,
+    pub flags: u32,
+    pub body: Vec<u8>,
+    /// `Some` when the client asked with `gets`.
+    pub cas: Option<u64>,
+}
+
+/// An answer, encoded by the codec of the connection that asked.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum Reply {
+    /// The message is committed per the sync policy.
+    Stored,
+    /// Messages taken by a `get` (possibly none). memcache: `VALUE` blocks then `END`;
+    /// mqmq: `OK, <body>`, or `Timeout` when empty.
+    Values(Vec<Value>),
+    Deleted,
+    NotFound,
+    /// memcache `END` alone (flush).
+    End,
+    /// `OK` (flush_all, verbosity).
+    Ok,
+    /// `RESET` (stats reset).
+    Reset,
+    /// `VERSION <v>`.
+    Version(&'static str),
+    /// `STAT <name> <value>` lines then `END`.
+    Stats(Vec<(String, String)>),
+    /// mqmq `Info`: what the server holds now.
+    Info(Info),
+    Error(ErrorKind),
+}
+
+/// What mqmq's `Info` reports.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Info {
+    pub connections: u64,
+    /// Every queue and its message count, sorted by name.
+    pub queues: Vec<(Vec<u8>, u64)>,
+}
+
+/// Every error the server can answer with. Each codec spells them its own way; see
+/// `protocol-spec/` for the exact strings.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum ErrorKind {
+    /// Not a command this server knows (memcache `ERROR`; mqmq `REQUEST_UNKNOWN_COMMAND`).
+    UnknownCommand,
+    /// A malformed request; the text is memcache's `CLIENT_ERROR` reason.
+    BadFormat(&'static str),
+    /// Too few values in an mqmq frame, or an empty frame.
+    BadParams,
+    /// Queue name too long, or with bytes the protocol does not allow.
+    BadQueueName,
+    /// mqmq timeout not an integer or over an hour.
+    BadTimeout,
+    /// memcache data block not followed by `\r\n`.
+    BadDataChunk,
+    /// memcache command line longer than the limit without a newline.
+    LineTooLong,
+    /// Body over `--max-message-size`.
+    MessageTooLarge,
+    /// mqmq frame length over the absolute frame limit.
+    FrameTooLarge,
+    /// mqmq frame whose values do not add up to its length.
+    BadFrame,
+    /// The queue is at its item or byte limit.
+    QueueFull,
+    /// The store failed to commit (disk full, I/O error): nothing was stored.
+    Storage,
+    /// The server is shutting down and takes no new writes.
+    ShuttingDown,
+    /// A plain read of a queue this connection holds an open message of.
+    OpenReadPending,
+    /// More open messages than `--max-open-reads` on one connection.
+    TooManyOpenReads,
+}

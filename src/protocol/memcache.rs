@@ -1,0 +1,342 @@
+//! The memcache ASCII codec, with MemcacheQ's queue meaning and Kestrel's read options.
+//!
+//! `parse` reads one request from the front of a buffer; `encode` appends one reply. Lines end at
+//! `\n` with an optional `\r` before it; tokens are separated by spaces. Every rule here is in
+//! `protocol-spec/memcache.md`.
+
+use super::command::{Command, ErrorKind, Read, Reply, Set, StatsKind};
+use super::{Limits, Parsed};
+
+/// Longest queue name, as in memcached and MemcacheQ.
+pub const MAX_KEY_LEN: usize = 250;
+/// Longest command line; a longer one without a newline is an error and closes the connection.
+pub const MAX_LINE: usize = 2048;
+/// `get`/`gets` lines may name many keys, so they may be longer (as in memcached).
+pub const MAX_GET_LINE: usize = 64 * 1024;
+
+/// Parses the request at the front of `buf`.
+pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
+    let window = &buf[..buf.len().min(MAX_GET_LINE + 1)];
+    let Some(newline) = window.iter().position(|&b| b == b'\n') else {
+        let limit = if is_get_line(buf) {
+            MAX_GET_LINE
+        } else {
+            MAX_LINE
+        };
+        if buf.len() > limit {
+            return invalid(buf.len(), ErrorKind::LineTooLong, true);
+        }
+        return Parsed::NeedMore;
+    };
+    if newline > MAX_LINE && !is_get_line(buf) {
+        return invalid(newline + 1, ErrorKind::LineTooLong, true);
+    }
+    let line_len = newline + 1;
+    let line = buf[..newline]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..newline]);
+    let tokens: Vec<&[u8]> = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let Some((&name, args)) = tokens.split_first() else {
+        return invalid(line_len, ErrorKind::UnknownCommand, false);
+    };
+    let command = match name {
+        b"set" => return parse_set(buf, line_len, args, limits),
+        b"get" => parse_get(args, false),
+        b"gets" => parse_get(args, true),
+        b"delete" => parse_delete(args),
+        b"flush" => parse_flush(args),
+        b"flush_all" => parse_flush_all(args),
+        b"stats" => parse_stats(args),
+        b"version" if args.is_empty() => Ok(Command::Version),
+        b"verbosity" => parse_verbosity(args),
+        b"quit" if args.is_empty() => Ok(Command::Quit),
+        _ => Err(ErrorKind::UnknownCommand),
+    };
+    match command {
+        Ok(command) => Parsed::Command {
+            consumed: line_len,
+            command,
+        },
+        Err(kind) => invalid(line_len, kind, false),
+    }
+}
+
+fn invalid(consumed: usize, kind: ErrorKind, close: bool) -> Parsed {
+    Parsed::Invalid {
+        consumed,
+        skip: 0,
+        reply: Reply::Error(kind),
+        close,
+    }
+}
+
+fn is_get_line(buf: &[u8]) -> bool {
+    buf.starts_with(b"get ") || buf.starts_with(b"gets ")
+}
+
+const BAD_FORMAT: ErrorKind = ErrorKind::BadFormat("bad command line format");
+
+/// `set <queue> <flags> <exptime> <bytes> [noreply]` followed by a data block.
+fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Parsed {
+    if args.len() != 4 && args.len() != 5 {
+        return invalid(line_len, ErrorKind::UnknownCommand, false);
+    }
+    let header = (|| {
+        let queue = queue_name(args[0])?;
+        let flags = parse_number::<u32>(args[1])?;
+        let exptime = parse_number::<i64>(args[2])?;
+        let bytes = parse_number::<usize>(args[3])?;
+        let noreply = parse_noreply(args.get(4))?;
+        Ok((queue, flags, exptime, bytes, noreply))
+    })();
+    let (queue, flags, exptime, bytes, noreply) = match header {
+        Ok(header) => header,
+        Err(kind) => return invalid(line_len, kind, false),
+    };
+    if bytes > limits.max_message_size {
+        return Parsed::Invalid {
+            consumed: line_len,
+            skip: bytes.saturating_add(2),
+            reply: Reply::Error(ErrorKind::MessageTooLarge),
+            close: false,
+        };
+    }
+    let end = line_len + bytes + 2;
+    if buf.len() < end {
+        return Parsed::NeedMore;
+    }
+    if &buf[end - 2..end] != b"\r\n" {
+        return invalid(end, ErrorKind::BadDataChunk, false);
+    }
+    Parsed::Command {
+        consumed: end,
+        command: Command::Set(Set {
+            queue: queue.to_vec(),
+            flags,
+            exptime,
+            body: buf[line_len..end - 2].to_vec(),
+            noreply,
+        }),
+    }
+}
+
+/// `get <key> [<key> ...]`; every key is checked before any is acted on.
+fn parse_get(args: &[&[u8]], cas: bool) -> Result<Command, ErrorKind> {
+    if args.is_empty() {
+        return Err(ErrorKind::UnknownCommand);
+    }
+    let reads = args
+        .iter()
+        .map(|key| parse_read(key, cas))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Command::Get(reads))
+}
+
+/// A get key: `<queue>[/t=<ms>][/open][/close][/abort][/peek]`, options in any order.
+pub fn parse_read(key: &[u8], cas: bool) -> Result<Read, ErrorKind> {
+    let mut parts = key.split(|&b| b == b'/');
+    let queue = queue_name(parts.next().unwrap_or_default())?;
+    let mut read = Read::take(queue);
+    read.key = key.to_vec();
+    read.cas = cas;
+    for option in parts {
+        match option {
+            b"open" => read.open = true,
+            b"close" => read.close = true,
+            b"abort" => read.abort = true,
+            b"peek" => read.peek = true,
+            _ => match option.strip_prefix(b"t=") {
+                Some(ms) => {
+                    let ms =
+                        parse_number::<u64>(ms).map_err(|_| ErrorKind::BadFormat("bad timeout"))?;
+                    read.wait_ms = Some(ms);
+                }
+                None => return Err(ErrorKind::BadFormat("unknown get option")),
+            },
+        }
+    }
+    if (read.peek || read.abort) && (read.open || read.close) || (read.peek && read.abort) {
+        return Err(ErrorKind::BadFormat("bad option combination"));
+    }
+    Ok(read)
+}
+
+fn parse_delete(args: &[&[u8]]) -> Result<Command, ErrorKind> {
+    // `delete <q> [0] [noreply]`: memcached still accepts the legacy hold time of 0.
+    let (queue, rest) = args.split_first().ok_or(ErrorKind::UnknownCommand)?;
+    let rest = match rest {
+        [b"0", rest @ ..] => rest,
+        rest => rest,
+    };
+    if rest.len() > 1 {
+        return Err(ErrorKind::UnknownCommand);
+    }
+    Ok(Command::Delete {
+        queue: queue_name(queue)?.to_vec(),
+        noreply: parse_noreply(rest.first())?,
+    })
+}
+
+fn parse_flush(args: &[&[u8]]) -> Result<Command, ErrorKind> {
+    match args {
+        [queue] | [queue, _] => Ok(Command::Flush {
+            queue: queue_name(queue)?.to_vec(),
+            noreply: parse_noreply(args.get(1))?,
+        }),
+        _ => Err(ErrorKind::UnknownCommand),
+    }
+}
+
+fn parse_flush_all(args: &[&[u8]]) -> Result<Command, ErrorKind> {
+    // `flush_all [delay] [noreply]`: the delay is accepted and ignored (queues flush at once).
+    let rest = match args {
+        [delay, rest @ ..] if *delay != b"noreply" => {
+            parse_number::<u64>(delay)?;
+            rest
+        }
+        rest => rest,
+    };
+    if rest.len() > 1 {
+        return Err(ErrorKind::UnknownCommand);
+    }
+    Ok(Command::FlushAll {
+        noreply: parse_noreply(rest.first())?,
+    })
+}
+
+fn parse_stats(args: &[&[u8]]) -> Result<Command, ErrorKind> {
+    match args {
+        [] => Ok(Command::Stats(StatsKind::General)),
+        [b"queue"] => Ok(Command::Stats(StatsKind::Queue)),
+        [b"reset"] => Ok(Command::Stats(StatsKind::Reset)),
+        _ => Err(ErrorKind::UnknownCommand),
+    }
+}
+
+fn parse_verbosity(args: &[&[u8]]) -> Result<Command, ErrorKind> {
+    match args {
+        [level] | [level, _] => Ok(Command::Verbosity {
+            level: parse_number(level)?,
+            noreply: parse_noreply(args.get(1))?,
+        }),
+        _ => Err(ErrorKind::UnknownCommand),
+    }
+}
+
+/// A queue name: 1 to 250 bytes, none of them a control character or space.
+fn queue_name(name: &[u8]) -> Result<&[u8], ErrorKind> {
+    if name.is_empty() || name.len() > MAX_KEY_LEN || name.iter().any(|&b| b < 0x21 || b == 0x7f) {
+        return Err(ErrorKind::BadQueueName);
+    }
+    Ok(name)
+}
+
+fn parse_noreply(token: Option<&&[u8]>) -> Result<bool, ErrorKind> {
+    match token {
+        None => Ok(false),
+        Some(&b"noreply") => Ok(true),
+        Some(_) => Err(BAD_FORMAT),
+    }
+}
+
+/// Strict decimal: digits only (a leading `-` for signed types), no overflow.
+fn parse_number<T: std::str::FromStr>(token: &[u8]) -> Result<T, ErrorKind> {
+    if token.starts_with(b"+") {
+        return Err(BAD_FORMAT);
+    }
+    std::str::from_utf8(token)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(BAD_FORMAT)
+}
+
+/// Appends the wire form of `reply`.
+pub fn encode(reply: &Reply, out: &mut Vec<u8>) {
+    match reply {
+        Reply::Stored => out.extend_from_slice(b"STORED\r\n"),
+        Reply::Values(values) => {
+            for value in values {
+                out.extend_from_slice(b"VALUE ");
+                out.extend_from_slice(&value.key);
+                push_number(out, b' ', value.flags as u64);
+                push_number(out, b' ', value.body.len() as u64);
+                if let Some(cas) = value.cas {
+                    push_number(out, b' ', cas);
+                }
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&value.body);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"END\r\n");
+        }
+        Reply::Deleted => out.extend_from_slice(b"DELETED\r\n"),
+        Reply::NotFound => out.extend_from_slice(b"NOT_FOUND\r\n"),
+        Reply::End => out.extend_from_slice(b"END\r\n"),
+        Reply::Ok => out.extend_from_slice(b"OK\r\n"),
+        Reply::Reset => out.extend_from_slice(b"RESET\r\n"),
+        Reply::Version(version) => {
+            out.extend_from_slice(b"VERSION ");
+            out.extend_from_slice(version.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Reply::Stats(stats) => {
+            for (name, value) in stats {
+                out.extend_from_slice(b"STAT ");
+                out.extend_from_slice(name.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"END\r\n");
+        }
+        // Info is mqmq's; a memcache client cannot ask for it.
+        Reply::Info(_) => out.extend_from_slice(b"ERROR\r\n"),
+        Reply::Error(kind) => {
+            out.extend_from_slice(error_line(*kind).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// The memcache spelling of each error.
+pub fn error_line(kind: ErrorKind) -> String {
+    match kind {
+        ErrorKind::UnknownCommand | ErrorKind::OpenReadPending | ErrorKind::TooManyOpenReads => {
+            "ERROR".into()
+        }
+        ErrorKind::BadFormat(reason) => format!("CLIENT_ERROR {reason}"),
+        ErrorKind::BadQueueName
+        | ErrorKind::BadParams
+        | ErrorKind::BadTimeout
+        | ErrorKind::BadFrame
+        | ErrorKind::FrameTooLarge => "CLIENT_ERROR bad command line format".into(),
+        ErrorKind::BadDataChunk => "CLIENT_ERROR bad data chunk".into(),
+        ErrorKind::LineTooLong => "CLIENT_ERROR line too long".into(),
+        ErrorKind::MessageTooLarge => "SERVER_ERROR object too large for cache".into(),
+        ErrorKind::QueueFull => "SERVER_ERROR queue full".into(),
+        ErrorKind::Storage => "SERVER_ERROR storage failure".into(),
+        ErrorKind::ShuttingDown => "SERVER_ERROR shutting down".into(),
+    }
+}
+
+fn push_number(out: &mut Vec<u8>, separator: u8, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push(separator);
+    out.extend_from_slice(&digits[at..]);
+}
+
+#[cfg(test)]
+#[path = "memcache_tests.rs"]
+mod tests;
