@@ -1,0 +1,271 @@
+//! mqd-bench: a load generator for mqd (or any MemcacheQ or mqmq server), in the manner of
+//! redis-benchmark: one thread, many non-blocking connections, each keeping `--pipeline`
+//! requests in flight, so the client costs little CPU next to the server it measures. Prints
+//! throughput and latency percentiles.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use argh::FromArgs;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use mqd::protocol::mqmq;
+
+#[derive(FromArgs)]
+/// Load generator for mqd: N connections doing set (put) or get against one or more queues.
+struct Args {
+    /// server address (default 127.0.0.1:22201)
+    #[argh(option, default = "\"127.0.0.1:22201\".parse().unwrap()")]
+    addr: SocketAddr,
+    /// memcache or mqmq (default memcache)
+    #[argh(option, default = "String::from(\"memcache\")")]
+    protocol: String,
+    /// set or get (default set)
+    #[argh(option, default = "String::from(\"set\")")]
+    op: String,
+    /// connections (default 50)
+    #[argh(option, default = "50")]
+    connections: usize,
+    /// total requests (default 100000)
+    #[argh(option, default = "100000")]
+    requests: usize,
+    /// message size in bytes (default 64)
+    #[argh(option, default = "64")]
+    size: usize,
+    /// requests in flight per connection (default 1)
+    #[argh(option, default = "1")]
+    pipeline: usize,
+    /// queues to spread over, connection i uses queue i % queues (default 1)
+    #[argh(option, default = "1")]
+    queues: usize,
+    /// queue name prefix (default bench)
+    #[argh(option, default = "String::from(\"bench\")")]
+    prefix: String,
+}
+
+struct Conn {
+    stream: TcpStream,
+    queue: String,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    in_flight: VecDeque<Instant>,
+    remaining: usize,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    hits: u64,
+    misses: u64,
+    errors: u64,
+}
+
+fn main() {
+    let args: Args = argh::from_env();
+    let mqmq = match args.protocol.as_str() {
+        "memcache" => false,
+        "mqmq" => true,
+        other => return eprintln!("unknown --protocol {other}"),
+    };
+    let set = match args.op.as_str() {
+        "set" | "put" => true,
+        "get" => false,
+        other => return eprintln!("unknown --op {other}"),
+    };
+    let body = vec![b'x'; args.size];
+    let mut poll = Poll::new().expect("poll");
+    let mut conns = Vec::new();
+    for i in 0..args.connections {
+        let std_stream = std::net::TcpStream::connect(args.addr).unwrap_or_else(|e| {
+            eprintln!("cannot connect to {}: {e}", args.addr);
+            std::process::exit(1)
+        });
+        std_stream.set_nonblocking(true).expect("nonblocking");
+        let mut stream = TcpStream::from_std(std_stream);
+        stream.set_nodelay(true).ok();
+        poll.registry()
+            .register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .expect("register");
+        let share =
+            args.requests / args.connections + usize::from(i < args.requests % args.connections);
+        conns.push(Conn {
+            stream,
+            queue: format!("{}{}", args.prefix, i % args.queues.max(1)),
+            input: Vec::new(),
+            output: Vec::new(),
+            in_flight: VecDeque::new(),
+            remaining: share,
+        });
+    }
+    let request = |conn: &mut Conn| {
+        if mqmq {
+            if set {
+                mqmq::frame(&mut conn.output, &[b"Put", conn.queue.as_bytes(), &body]);
+            } else {
+                mqmq::frame(&mut conn.output, &[b"Get", conn.queue.as_bytes(), b"1"]);
+            }
+        } else if set {
+            conn.output
+                .extend_from_slice(format!("set {} 0 0 {}\r\n", conn.queue, body.len()).as_bytes());
+            conn.output.extend_from_slice(&body);
+            conn.output.extend_from_slice(b"\r\n");
+        } else {
+            conn.output
+                .extend_from_slice(format!("get {}\r\n", conn.queue).as_bytes());
+        }
+        conn.in_flight.push_back(Instant::now());
+        conn.remaining -= 1;
+    };
+    for conn in &mut conns {
+        for _ in 0..args.pipeline.min(conn.remaining) {
+            request(conn);
+        }
+    }
+    let mut tally = Tally::default();
+    let started = Instant::now();
+    let mut events = Events::with_capacity(1024);
+    let mut open = conns.len();
+    while open > 0 {
+        poll.poll(&mut events, Some(Duration::from_secs(10)))
+            .expect("poll");
+        if events.is_empty() {
+            eprintln!("no progress for 10 s; giving up");
+            break;
+        }
+        for event in events.iter() {
+            let conn = &mut conns[event.token().0];
+            if conn.in_flight.is_empty() && conn.remaining == 0 {
+                continue;
+            }
+            if !flush(conn) || !fill(conn) {
+                eprintln!("connection lost");
+                std::process::exit(1);
+            }
+            while let Some((consumed, outcome)) = parse_reply(&conn.input, mqmq) {
+                conn.input.drain(..consumed);
+                let sent = conn
+                    .in_flight
+                    .pop_front()
+                    .expect("a reply to a request we sent");
+                tally.latencies_us.push(sent.elapsed().as_micros() as u64);
+                match outcome {
+                    Outcome::Hit => tally.hits += 1,
+                    Outcome::Miss => tally.misses += 1,
+                    Outcome::Error => tally.errors += 1,
+                }
+                if conn.remaining > 0 {
+                    request(conn);
+                }
+            }
+            flush(conn);
+            if conn.in_flight.is_empty() && conn.remaining == 0 {
+                open -= 1;
+            }
+        }
+    }
+    report(&args, &mut tally, started.elapsed());
+}
+
+fn flush(conn: &mut Conn) -> bool {
+    while !conn.output.is_empty() {
+        match conn.stream.write(&conn.output) {
+            Ok(n) => {
+                conn.output.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn fill(conn: &mut Conn) -> bool {
+    let mut chunk = [0u8; 64 << 10];
+    loop {
+        match conn.stream.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+enum Outcome {
+    Hit,
+    Miss,
+    Error,
+}
+
+/// One complete reply at the front of `buf`: its length and what it said.
+fn parse_reply(buf: &[u8], mqmq: bool) -> Option<(usize, Outcome)> {
+    if mqmq {
+        let (consumed, values) = mqmq::decode_frame(buf)?;
+        let outcome = match values.first().map(Vec::as_slice) {
+            Some(b"OK") => Outcome::Hit,
+            Some(b"Timeout") => Outcome::Miss,
+            _ => Outcome::Error,
+        };
+        return Some((consumed, outcome));
+    }
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
+    let line = &buf[..line_end - 2];
+    if line == b"STORED" {
+        return Some((line_end, Outcome::Hit));
+    }
+    if line == b"END" {
+        return Some((line_end, Outcome::Miss));
+    }
+    if let Some(rest) = line.strip_prefix(b"VALUE ") {
+        let len: usize = std::str::from_utf8(rest)
+            .ok()?
+            .split(' ')
+            .nth(2)?
+            .parse()
+            .ok()?;
+        let end = line_end + len + 2 + 5;
+        if buf.len() < end {
+            return None;
+        }
+        return Some((end, Outcome::Hit));
+    }
+    Some((line_end, Outcome::Error))
+}
+
+fn report(args: &Args, tally: &mut Tally, elapsed: Duration) {
+    let n = tally.latencies_us.len();
+    tally.latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        if n == 0 {
+            return 0.0;
+        }
+        tally.latencies_us[((n as f64 * p) as usize).min(n - 1)] as f64 / 1000.0
+    };
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "{} {} x{}B: {n} requests, {} connections, pipeline {}, {:.2} s, {:.0} req/s",
+        args.protocol,
+        args.op,
+        args.size,
+        args.connections,
+        args.pipeline,
+        secs,
+        n as f64 / secs
+    );
+    println!(
+        "  hits {} misses {} errors {} | latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+        tally.hits,
+        tally.misses,
+        tally.errors,
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(1.0)
+    );
+}
