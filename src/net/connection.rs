@@ -15,6 +15,8 @@ use crate::protocol::{self, memcache, mqmq, Parsed, Protocol, Reply};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 << 10;
+/// An empty input buffer larger than this is freed rather than kept.
+const SHRINK_ABOVE: usize = 256 << 10;
 /// Stop taking requests while this much output waits for a slow reader.
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
 
@@ -23,9 +25,11 @@ pub struct Connection {
     /// Slot and generation in the loop's connection table.
     pub id: u64,
     pub protocol: Option<Protocol>,
+    /// Input buffer; `input[input_start..input_end]` is received and not yet handled. Its length
+    /// is its zeroed capacity, so reads need no fresh memset.
     input: Vec<u8>,
-    /// Bytes at the front of `input` already handled.
     input_start: usize,
+    input_end: usize,
     output: Vec<u8>,
     output_start: usize,
     /// Bytes of a refused request still to discard as they arrive.
@@ -51,6 +55,7 @@ impl Connection {
             protocol: None,
             input: Vec::new(),
             input_start: 0,
+            input_end: 0,
             output: Vec::new(),
             output_start: 0,
             skip: 0,
@@ -92,21 +97,21 @@ impl Connection {
     fn accepting_input(&self, ctx: &Ctx) -> bool {
         self.get.is_none()
             && self.output.len() - self.output_start < OUTPUT_HIGH_WATER
-            && self.input.len() - self.input_start < ctx.shared.input_limit
+            && self.input_end - self.input_start < ctx.shared.input_limit
     }
 
     /// Parses and runs every complete request that may run now.
     fn process(&mut self, ctx: &mut Ctx) {
         while self.get.is_none() && !self.closing && !self.dead {
             if self.skip > 0 {
-                let n = self.skip.min(self.input.len() - self.input_start);
+                let n = self.skip.min(self.input_end - self.input_start);
                 self.input_start += n;
                 self.skip -= n;
                 if self.skip > 0 {
                     break;
                 }
             }
-            let buf = &self.input[self.input_start..];
+            let buf = &self.input[self.input_start..self.input_end];
             let Some(&first) = buf.first() else { break };
             let protocol = match self.protocol {
                 Some(protocol) => protocol,
@@ -149,9 +154,13 @@ impl Connection {
                 }
             }
         }
-        if self.input_start == self.input.len() {
-            self.input.clear();
+        if self.input_start == self.input_end {
             self.input_start = 0;
+            self.input_end = 0;
+            if self.input.len() > SHRINK_ABOVE {
+                // A large message passed through: do not keep its buffer for an idle client.
+                self.input = Vec::new();
+            }
         }
     }
 
@@ -166,15 +175,18 @@ impl Connection {
     /// Reads until the socket has no more or the input limit is reached. True if anything came.
     fn fill(&mut self, ctx: &mut Ctx) -> bool {
         if self.input_start > 0 {
-            self.input.drain(..self.input_start);
+            self.input.copy_within(self.input_start..self.input_end, 0);
+            self.input_end -= self.input_start;
             self.input_start = 0;
         }
         let mut progressed = false;
-        while self.input.len() < ctx.shared.input_limit {
-            let len = self.input.len();
-            self.input.resize(len + READ_CHUNK, 0);
-            let result = self.stream.read(&mut self.input[len..]);
-            self.input.truncate(len + *result.as_ref().unwrap_or(&0));
+        while self.input_end < ctx.shared.input_limit {
+            if self.input.len() - self.input_end < READ_CHUNK / 2 {
+                let grown = (self.input.len() * 2).max(self.input_end + READ_CHUNK);
+                self.input
+                    .resize(grown.min(ctx.shared.input_limit + READ_CHUNK), 0);
+            }
+            let result = self.stream.read(&mut self.input[self.input_end..]);
             match result {
                 Ok(0) => {
                     self.eof = true;
@@ -183,6 +195,7 @@ impl Connection {
                 }
                 Ok(n) => {
                     ctx.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                    self.input_end += n;
                     progressed = true;
                 }
                 Err(e) if e.kind() == IoErrorKind::WouldBlock => {

@@ -1,7 +1,7 @@
 //! One event-loop thread: readiness from mio, connections in a slab, deadlines of blocked reads,
 //! and the engine's events (committed writes, delivered messages) from this loop's mailbox.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::connection::Connection;
 use super::timers::Timers;
 use super::{Ctx, LoopStats, Shared};
-use crate::engine::{Event, Intents};
+use crate::engine::{Event, Intents, Wake};
 
 const WAKER: Token = Token(0);
 const FIRST_LISTENER: usize = 1;
@@ -20,15 +20,48 @@ const FIRST_CONNECTION: usize = 1024;
 /// How long a stopping server waits for connections to finish their writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Wakes a loop from other threads, but only when it is asleep in `poll`: a busy loop looks at
+/// its mailbox before it sleeps anyway, and an eventfd write per event would cost a syscall and
+/// a context switch each.
+pub struct LoopWaker {
+    waker: Waker,
+    asleep: AtomicBool,
+}
+
+impl LoopWaker {
+    pub fn new(waker: Waker) -> LoopWaker {
+        LoopWaker {
+            waker,
+            asleep: AtomicBool::new(false),
+        }
+    }
+
+    /// Wakes the loop even if it is busy (shutdown).
+    pub fn force(&self) {
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake event loop: {e}");
+        }
+    }
+}
+
+impl Wake for LoopWaker {
+    fn wake(&self) {
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            self.force();
+        }
+    }
+}
+
 /// Where loop 0 sends a connection it accepted for another loop.
 pub struct Peer {
     pub handoff: Sender<TcpStream>,
-    pub waker: Arc<Waker>,
+    pub waker: Arc<LoopWaker>,
 }
 
 pub struct EventLoop {
     pub index: u32,
     pub poll: Poll,
+    pub waker: Arc<LoopWaker>,
     pub listeners: Vec<TcpListener>,
     /// Every loop (this one included), for dealing out accepted connections.
     pub peers: Vec<Peer>,
@@ -51,6 +84,7 @@ impl EventLoop {
     pub fn new(
         index: u32,
         poll: Poll,
+        waker: Arc<LoopWaker>,
         handoffs: Receiver<TcpStream>,
         mailbox: Receiver<Event>,
         shared: Arc<Shared>,
@@ -59,6 +93,7 @@ impl EventLoop {
         EventLoop {
             index,
             poll,
+            waker,
             listeners: Vec::new(),
             peers: Vec::new(),
             handoffs,
@@ -103,7 +138,15 @@ impl EventLoop {
                     t.min(Duration::from_millis(50))
                 }));
             }
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            // Say we are going to sleep, then look once more: an event sent before the flag was
+            // set is seen here, one sent after it wakes the poll.
+            self.waker.asleep.store(true, Ordering::SeqCst);
+            if !self.mailbox.is_empty() || !self.handoffs.is_empty() {
+                timeout = Some(Duration::ZERO);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            self.waker.asleep.store(false, Ordering::SeqCst);
+            if let Err(e) = polled {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("poll failed: {e}");
                     return;
@@ -173,7 +216,7 @@ impl EventLoop {
                     } else {
                         let peer = &self.peers[target];
                         if peer.handoff.send(stream).is_ok() {
-                            let _ = peer.waker.wake();
+                            peer.waker.wake();
                         }
                     }
                 }

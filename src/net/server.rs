@@ -10,23 +10,12 @@ use mio::{Poll, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::event_loop::{EventLoop, Peer};
+use super::event_loop::{EventLoop, LoopWaker, Peer};
 use super::{systemd, LoopStats, Shared};
 use crate::config::Config;
 use crate::engine::store::MemoryBudget;
-use crate::engine::{Engine, EngineConfig, Mailbox, Wake};
+use crate::engine::{Engine, EngineConfig, Mailbox};
 use crate::protocol::{memcache, Limits};
-
-/// Wakes an event loop from the engine's threads.
-struct LoopWaker(Arc<Waker>);
-
-impl Wake for LoopWaker {
-    fn wake(&self) {
-        if let Err(e) = self.0.wake() {
-            log::error!("cannot wake event loop: {e}");
-        }
-    }
-}
 
 /// Serves until SIGTERM or SIGINT.
 pub fn serve(config: Config) -> Result<(), String> {
@@ -45,12 +34,12 @@ pub fn serve(config: Config) -> Result<(), String> {
     let mut handoffs = Vec::new();
     for _ in 0..threads {
         let poll = Poll::new().map_err(|e| e.to_string())?;
-        let waker =
-            Arc::new(Waker::new(poll.registry(), mio::Token(0)).map_err(|e| e.to_string())?);
+        let waker = Waker::new(poll.registry(), mio::Token(0)).map_err(|e| e.to_string())?;
+        let waker = Arc::new(LoopWaker::new(waker));
         let (sender, receiver) = crossbeam_channel::unbounded();
         mailboxes.push(Mailbox {
             sender,
-            waker: Arc::new(LoopWaker(waker.clone())),
+            waker: waker.clone(),
         });
         mailbox_receivers.push(receiver);
         handoffs.push(crossbeam_channel::unbounded());
@@ -94,6 +83,7 @@ pub fn serve(config: Config) -> Result<(), String> {
         loops.push(EventLoop::new(
             index as u32,
             poll,
+            wakers[index].clone(),
             handoffs[index].1.clone(),
             receiver,
             shared.clone(),
@@ -140,7 +130,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     systemd::notify("STOPPING=1");
     shared.shutting_down.store(true, Ordering::Release);
     for waker in &wakers {
-        let _ = waker.wake();
+        waker.force();
     }
     for handle in handles {
         if handle.join().is_err() {
