@@ -79,8 +79,9 @@ struct Touched {
 struct Batch {
     write: WriteBatch,
     touched: HashMap<u64, Touched>,
-    /// Writers to answer, in submission order.
-    writers: Vec<ConnRef>,
+    /// Writers to answer, in submission order, with the error of those refused while staging.
+    /// All are answered together after the commit, so a connection's replies stay in order.
+    writers: Vec<(ConnRef, Option<Error>)>,
 }
 
 impl Batch {
@@ -197,13 +198,11 @@ impl Committer<'_> {
         body: &[u8],
         reply_to: ConnRef,
     ) {
-        match self.stage_one(batch, name, flags, expires_at, body) {
-            Ok(()) => batch.writers.push(reply_to),
-            Err(e) => {
-                self.answer(reply_to, Outcome::Failed(e));
-                return;
-            }
+        if let Err(e) = self.stage_one(batch, name, flags, expires_at, body) {
+            batch.writers.push((reply_to, Some(e)));
+            return;
         }
+        batch.writers.push((reply_to, None));
         for child in self.engine.fanout_children(name) {
             if let Err(e) = self.stage_one(batch, &child, flags, expires_at, body) {
                 log::debug!(
@@ -267,7 +266,10 @@ impl Committer<'_> {
         if !over(q) {
             return Ok(());
         }
-        if !limits.discard_old {
+        // A message that could never fit must not empty the queue on its way to being refused.
+        let never_fits =
+            limits.max_items == Some(0) || limits.max_bytes.is_some_and(|max| staged + len > max);
+        if !limits.discard_old || never_fits {
             return Err(Error::QueueFull);
         }
         let mut intents = super::Intents::default();
@@ -312,6 +314,17 @@ impl Committer<'_> {
     /// Writes the batch with every touched queue's record, then publishes and answers.
     fn commit(&mut self, mut batch: Batch) {
         if batch.touched.is_empty() {
+            let mut outbox = Outbox::new(&self.engine.mailboxes);
+            for (writer, error) in batch.writers {
+                let outcome = Outcome::Failed(error.unwrap_or(Error::Storage));
+                outbox.send(
+                    writer,
+                    Event::Completed {
+                        conn: writer.conn,
+                        outcome,
+                    },
+                );
+            }
             return;
         }
         let meta = self
@@ -351,11 +364,12 @@ impl Committer<'_> {
                 q.next_seq = q.tail;
             }
         }
-        let outcome = match result {
-            Ok(()) => Outcome::Stored,
-            Err(_) => Outcome::Failed(Error::Storage),
-        };
-        for writer in batch.writers {
+        for (writer, error) in batch.writers {
+            let outcome = match (error, &result) {
+                (Some(e), _) => Outcome::Failed(e),
+                (None, Ok(())) => Outcome::Stored,
+                (None, Err(_)) => Outcome::Failed(Error::Storage),
+            };
             outbox.send(
                 writer,
                 Event::Completed {

@@ -81,7 +81,8 @@ impl Connection {
                 break;
             }
         }
-        if self.eof && self.pending_writes.is_empty() {
+        // The peer sent all it will: close once everything it asked is answered.
+        if self.eof && self.pending_writes.is_empty() && self.get.is_none() {
             self.closing = true;
         }
     }

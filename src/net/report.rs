@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Shared;
-use crate::protocol::Info;
+use crate::protocol::{memcache, Info};
 
 /// `stats`: MemcacheQ's keys, memcached's and Kestrel's totals, then Kestrel's per-queue lines.
 pub fn general(shared: &Shared) -> Vec<(String, String)> {
@@ -59,7 +59,7 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
         ("curr_queues".into(), queues.len().to_string()),
     ];
     for q in &queues {
-        let name = String::from_utf8_lossy(&q.name);
+        let name = memcache::printable_name(&q.name);
         for (field, value) in [
             ("items", q.items),
             ("bytes", q.bytes),
@@ -84,7 +84,7 @@ pub fn queues(shared: &Shared) -> Vec<(String, String)> {
         .stats(false)
         .into_iter()
         .map(|q| {
-            let name = String::from_utf8_lossy(&q.name).into_owned();
+            let name = memcache::printable_name(&q.name);
             (name, format!("{}/{}", q.enqueued, q.removed))
         })
         .collect()

@@ -1,6 +1,6 @@
 //! The little JSON mqmq's `Info` needs. Writing follows Go's `encoding/json`, so our `Info` is
 //! byte-for-byte what an mqmq client has always parsed: map keys sorted, `<`, `>`, `&`, U+2028
-//! and U+2029 escaped, invalid UTF-8 replaced by U+FFFD. Reading handles objects, strings and
+//! and U+2029 escaped, each invalid UTF-8 byte written as `\ufffd` (Go 1.22 and later). Reading handles objects, strings and
 //! whole numbers: enough for `mqd info` to read an `Info` reply.
 
 /// A parsed JSON value of the kinds `Info` uses.
@@ -141,8 +141,9 @@ pub fn push_string(out: &mut Vec<u8>, bytes: &[u8]) {
         for c in chunk.valid().chars() {
             push_char(out, c);
         }
-        if !chunk.invalid().is_empty() {
-            push_char(out, '\u{fffd}');
+        // Go writes one escaped replacement character per invalid byte.
+        for _ in chunk.invalid() {
+            out.extend_from_slice(b"\\ufffd");
         }
     }
     out.push(b'"');
@@ -155,6 +156,8 @@ fn push_char(out: &mut Vec<u8>, c: char) {
         '\n' => out.extend_from_slice(b"\\n"),
         '\r' => out.extend_from_slice(b"\\r"),
         '\t' => out.extend_from_slice(b"\\t"),
+        '\u{8}' => out.extend_from_slice(b"\\b"),
+        '\u{c}' => out.extend_from_slice(b"\\f"),
         '<' | '>' | '&' | '\u{2028}' | '\u{2029}' | '\u{0}'..='\u{1f}' => {
             out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
         }
@@ -195,7 +198,8 @@ mod tests {
         assert_eq!(json(b"a\"b\\c"), r#""a\"b\\c""#);
         assert_eq!(json(b"<&>"), r#""\u003c\u0026\u003e""#);
         assert_eq!(json(b"\x01\n"), r#""\u0001\n""#);
-        assert_eq!(json(b"a\xffb"), "\"a\u{fffd}b\"");
+        assert_eq!(json(b"a\xff\xfeb"), r#""a\ufffd\ufffdb""#);
+        assert_eq!(json(b"\x08\x0c"), r#""\b\f""#);
         assert_eq!(json("é".as_bytes()), "\"é\"");
     }
 }

@@ -11,6 +11,9 @@ use super::{Limits, Parsed};
 pub const MAX_KEY_LEN: usize = 250;
 /// Longest command line; a longer one without a newline is an error and closes the connection.
 pub const MAX_LINE: usize = 2048;
+/// Largest body length an oversized `set` may announce and still have its body skipped; a larger
+/// one is a malformed request and closes the connection.
+pub const MAX_SKIP: usize = 1 << 30;
 /// `get`/`gets` lines may name many keys, so they may be longer (as in memcached).
 pub const MAX_GET_LINE: usize = 64 * 1024;
 
@@ -96,6 +99,10 @@ fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Pa
         Ok(header) => header,
         Err(kind) => return invalid(line_len, kind, false),
     };
+    if bytes > MAX_SKIP {
+        // No client sends this much in one set: the stream cannot be trusted to resync.
+        return invalid(line_len, BAD_FORMAT, true);
+    }
     if bytes > limits.max_message_size {
         return Parsed::Invalid {
             consumed: line_len,
@@ -135,29 +142,33 @@ fn parse_get(args: &[&[u8]], cas: bool) -> Result<Command, ErrorKind> {
     Ok(Command::Get(reads))
 }
 
-/// A get key: `<queue>[/t=<ms>][/open][/close][/abort][/peek]`, options in any order.
+/// A get key: `<queue>[/t=<ms>][/open][/close][/abort][/peek]`, options in any order. A key
+/// with a `/` whose parts are not all options is a plain queue name, as in MemcacheQ, so queues
+/// named like `jobs/daily` keep working.
 pub fn parse_read(key: &[u8], cas: bool) -> Result<Read, ErrorKind> {
-    let mut parts = key.split(|&b| b == b'/');
-    let queue = queue_name(parts.next().unwrap_or_default())?;
-    let mut read = Read::take(queue);
-    read.key = key.to_vec();
+    let mut read = Read::take(key);
     read.cas = cas;
-    for option in parts {
+    let mut parts = key.split(|&b| b == b'/');
+    let queue = parts.next().unwrap_or_default();
+    let mut options = read.clone();
+    let all_options = parts.all(|option| {
         match option {
-            b"open" => read.open = true,
-            b"close" => read.close = true,
-            b"abort" => read.abort = true,
-            b"peek" => read.peek = true,
-            _ => match option.strip_prefix(b"t=") {
-                Some(ms) => {
-                    let ms =
-                        parse_number::<u64>(ms).map_err(|_| ErrorKind::BadFormat("bad timeout"))?;
-                    read.wait_ms = Some(ms);
-                }
-                None => return Err(ErrorKind::BadFormat("unknown get option")),
+            b"open" => options.open = true,
+            b"close" => options.close = true,
+            b"abort" => options.abort = true,
+            b"peek" => options.peek = true,
+            _ => match option.strip_prefix(b"t=").map(parse_number::<u64>) {
+                Some(Ok(ms)) => options.wait_ms = Some(ms),
+                _ => return false,
             },
         }
+        true
+    });
+    if queue.len() < key.len() && all_options {
+        read = options;
+        read.queue = queue.to_vec();
     }
+    queue_name(&read.queue)?;
     if (read.peek || read.abort) && (read.open || read.close) || (read.peek && read.abort) {
         return Err(ErrorKind::BadFormat("bad option combination"));
     }
@@ -299,6 +310,29 @@ pub fn encode(reply: &Reply, out: &mut Vec<u8>) {
             out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// A queue name as one token of a text reply (`stats`): printable characters stay, anything
+/// that could break the line (control bytes, spaces, invalid UTF-8, `\\`) becomes `\\xNN`.
+/// Names a memcache client can create are printed unchanged.
+pub fn printable_name(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c.is_whitespace() || c == '\\' {
+                let mut utf8 = [0u8; 4];
+                for byte in c.encode_utf8(&mut utf8).bytes() {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
 }
 
 /// The memcache spelling of each error.
