@@ -37,7 +37,7 @@ struct Args {
     /// requests in flight per connection (default 1)
     #[argh(option, default = "1")]
     pipeline: usize,
-    /// queues to spread over, connection i uses queue i % queues (default 1)
+    /// queues to spread over, round-robin by request (default 1)
     #[argh(option, default = "1")]
     queues: usize,
     /// queue name prefix (default bench)
@@ -47,7 +47,6 @@ struct Args {
 
 struct Conn {
     stream: TcpStream,
-    queue: String,
     input: Vec<u8>,
     output: Vec<u8>,
     in_flight: VecDeque<Instant>,
@@ -96,28 +95,33 @@ fn main() {
             args.requests / args.connections + usize::from(i < args.requests % args.connections);
         conns.push(Conn {
             stream,
-            queue: format!("{}{}", args.prefix, i % args.queues.max(1)),
             input: Vec::new(),
             output: Vec::new(),
             in_flight: VecDeque::new(),
             remaining: share,
         });
     }
-    let request = |conn: &mut Conn| {
+    let queues: Vec<String> = (0..args.queues.max(1))
+        .map(|i| format!("{}{i}", args.prefix))
+        .collect();
+    let mut next_queue = 0usize;
+    let mut request = |conn: &mut Conn| {
+        let queue = &queues[next_queue % queues.len()];
+        next_queue += 1;
         if mqmq {
             if set {
-                mqmq::frame(&mut conn.output, &[b"Put", conn.queue.as_bytes(), &body]);
+                mqmq::frame(&mut conn.output, &[b"Put", queue.as_bytes(), &body]);
             } else {
-                mqmq::frame(&mut conn.output, &[b"Get", conn.queue.as_bytes(), b"1"]);
+                mqmq::frame(&mut conn.output, &[b"Get", queue.as_bytes(), b"1"]);
             }
         } else if set {
             conn.output
-                .extend_from_slice(format!("set {} 0 0 {}\r\n", conn.queue, body.len()).as_bytes());
+                .extend_from_slice(format!("set {queue} 0 0 {}\r\n", body.len()).as_bytes());
             conn.output.extend_from_slice(&body);
             conn.output.extend_from_slice(b"\r\n");
         } else {
             conn.output
-                .extend_from_slice(format!("get {}\r\n", conn.queue).as_bytes());
+                .extend_from_slice(format!("get {queue}\r\n").as_bytes());
         }
         conn.in_flight.push_back(Instant::now());
         conn.remaining -= 1;

@@ -4,7 +4,6 @@
 //! many messages is how a durable queue keeps up with many producers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 use rocksdb::{WriteBatch, WriteOptions};
@@ -12,7 +11,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use super::events::{ConnRef, Event, Outbox, Outcome};
 use super::message::{self, Header};
 use super::queue::{QueueState, TakeMode};
-use super::store::{self, QueueMeta, META_CF};
+use super::store::{self, QueueMeta};
 use super::{Engine, Error, QueueRef, SyncPolicy};
 
 /// Most requests gathered into one batch, and most body bytes: bounds the latency one batch adds.
@@ -145,9 +144,8 @@ impl Committer<'_> {
                 } => self.stage_put(&mut batch, &queue, flags, expires_at, &body, reply_to),
                 Op::Remove { queue, seq } => {
                     let id = queue.lock().id;
-                    if let Some(cf) = self.cf(id) {
-                        batch.write.delete_cf(&cf, store::message_key(seq));
-                    }
+                    let messages = self.engine.messages();
+                    batch.write.delete_cf(messages, store::message_key(id, seq));
                     batch.touch(&queue, id);
                 }
                 Op::Touch { queue } => {
@@ -172,10 +170,6 @@ impl Committer<'_> {
         }
         self.commit(batch);
         false
-    }
-
-    fn cf(&self, id: u64) -> Option<Arc<rocksdb::BoundColumnFamily<'_>>> {
-        self.engine.db.cf_handle(&store::queue_cf_name(id))
     }
 
     fn answer(&self, to: ConnRef, outcome: Outcome) {
@@ -223,7 +217,7 @@ impl Committer<'_> {
         expires_at: u64,
         body: &[u8],
     ) -> Result<(), Error> {
-        let queue = self.queue_on_disk(name)?;
+        let queue = self.engine.lookup_or_create(name);
         let (id, seq) = {
             let mut q = queue.lock();
             let staged = batch.touched.get(&q.id).map_or(0, |t| t.added_bytes);
@@ -231,15 +225,16 @@ impl Committer<'_> {
             q.next_seq += 1;
             (q.id, q.next_seq - 1)
         };
-        let cf = self.cf(id).ok_or(Error::Storage)?;
         let header = Header {
             flags,
             expires_at,
             enqueued_at: message::now_ms(),
         };
-        batch
-            .write
-            .put_cf(&cf, store::message_key(seq), message::encode(&header, body));
+        batch.write.put_cf(
+            self.engine.messages(),
+            store::message_key(id, seq),
+            message::encode(&header, body),
+        );
         let touched = batch.touch(&queue, id);
         touched.added_bytes += body.len() as u64;
         touched.has_puts = true;
@@ -290,27 +285,6 @@ impl Committer<'_> {
         Ok(())
     }
 
-    /// The queue named `name`, its column family created if this is its first message.
-    fn queue_on_disk(&self, name: &[u8]) -> Result<QueueRef, Error> {
-        let queue = self.engine.lookup_or_create(name);
-        let (id, persisted) = {
-            let q = queue.lock();
-            (q.id, q.persisted)
-        };
-        if !persisted {
-            let cf_name = store::queue_cf_name(id);
-            self.engine
-                .db
-                .create_cf(&cf_name, &self.engine.options.queue_cf)
-                .map_err(|e| {
-                    log::error!("cannot create column family {cf_name}: {e}");
-                    Error::Storage
-                })?;
-            queue.lock().persisted = true;
-        }
-        Ok(queue)
-    }
-
     /// Writes the batch with every touched queue's record, then publishes and answers.
     fn commit(&mut self, mut batch: Batch) {
         if batch.touched.is_empty() {
@@ -327,25 +301,32 @@ impl Committer<'_> {
             }
             return;
         }
-        let meta = self
-            .engine
-            .db
-            .cf_handle(META_CF)
-            .expect("meta column family");
+        let meta = self.engine.meta();
         let mut has_puts = false;
+        let mut new_queues = false;
         for touched in batch.touched.values() {
             let q = touched.queue.lock();
-            if q.deleted || !q.persisted {
+            if q.deleted {
                 continue;
             }
+            new_queues |= !q.persisted;
             has_puts |= touched.has_puts;
             let mut record = QueueMeta::of(&q, q.next_seq);
             record.counters.bytes += touched.added_bytes;
             batch
                 .write
-                .put_cf(&meta, store::meta_key(&q.name), record.encode());
+                .put_cf(meta, store::meta_key(&q.name), record.encode());
         }
-        drop(meta);
+        if new_queues {
+            // Ids are never reused, even for a queue deleted before the restart.
+            let next = self
+                .engine
+                .next_queue_id
+                .load(std::sync::atomic::Ordering::Relaxed);
+            batch
+                .write
+                .put_cf(meta, store::NEXT_ID_KEY, next.to_be_bytes());
+        }
         let mut options = WriteOptions::default();
         options.set_sync(has_puts && self.engine.config.sync == SyncPolicy::Always);
         let result = self.engine.db.write_opt(batch.write, &options);
@@ -353,8 +334,12 @@ impl Committer<'_> {
             log::error!("commit of {} writes failed: {e}", batch.writers.len());
         }
         let mut outbox = Outbox::new(&self.engine.mailboxes);
-        for touched in batch.touched.values().filter(|t| t.has_puts) {
+        for touched in batch.touched.values() {
             let mut q = touched.queue.lock();
+            q.persisted |= result.is_ok();
+            if !touched.has_puts {
+                continue;
+            }
             if result.is_ok() {
                 q.tail = q.next_seq;
                 q.counters.bytes += touched.added_bytes;
@@ -394,19 +379,15 @@ impl Committer<'_> {
             self.engine.lookup_or_create(name).lock().waiters = waiters;
         }
         if persisted {
-            let db = &self.engine.db;
-            let meta = db.cf_handle(META_CF).expect("meta column family");
+            let (first, end) = (store::message_key(id, 0), store::message_key(id + 1, 0));
+            let mut write = WriteBatch::default();
+            write.delete_cf(self.engine.meta(), store::meta_key(name));
+            write.delete_range_cf(self.engine.messages(), first, end);
             let mut options = WriteOptions::default();
             options.set_sync(self.engine.config.sync == SyncPolicy::Always);
-            let mut write = WriteBatch::default();
-            write.delete_cf(&meta, store::meta_key(name));
-            if let Err(e) = db.write_opt(write, &options) {
-                log::error!("cannot delete queue record: {e}");
+            if let Err(e) = self.engine.db.write_opt(write, &options) {
+                log::error!("cannot delete queue: {e}");
                 return Outcome::Failed(Error::Storage);
-            }
-            if let Err(e) = db.drop_cf(&store::queue_cf_name(id)) {
-                // The record is gone, so recovery drops the column family.
-                log::error!("cannot drop column family of deleted queue: {e}");
             }
         }
         Outcome::Deleted
@@ -423,14 +404,16 @@ impl Committer<'_> {
             if !q.persisted || q.deleted {
                 continue;
             }
-            let Some(cf) = self.cf(q.id) else { continue };
-            batch.write.delete_range_cf(
-                &cf,
-                store::message_key(q.head),
-                store::message_key(q.tail),
+            let messages = self.engine.messages();
+            let (head, tail) = (
+                store::message_key(q.id, q.head),
+                store::message_key(q.id, q.tail),
             );
+            batch.write.delete_range_cf(messages, head, tail);
             for &seq in &q.returned {
-                batch.write.delete_cf(&cf, store::message_key(seq));
+                batch
+                    .write
+                    .delete_cf(messages, store::message_key(q.id, seq));
             }
             flush_state(&mut q);
             let id = q.id;

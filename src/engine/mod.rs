@@ -107,7 +107,6 @@ impl Intents {
 
 pub struct Engine {
     db: Db,
-    options: StoreOptions,
     config: EngineConfig,
     queues: RwLock<HashMap<Arc<[u8]>, QueueRef>>,
     next_queue_id: AtomicU64,
@@ -150,7 +149,6 @@ impl Engine {
         let (commits, receiver) = crossbeam_channel::unbounded();
         let engine = Arc::new(Engine {
             db: recovered.db,
-            options,
             config,
             queues: RwLock::new(queues),
             next_queue_id: AtomicU64::new(recovered.next_queue_id),
@@ -432,13 +430,24 @@ impl Engine {
     }
 
     fn read(&self, q: &QueueState, seq: u64) -> Result<Option<Vec<u8>>, Error> {
-        let Some(cf) = self.db.cf_handle(&store::queue_cf_name(q.id)) else {
-            return Ok(None);
-        };
-        self.db.get_cf(&cf, store::message_key(seq)).map_err(|e| {
-            log::error!("read failed: {e}");
-            Error::Storage
-        })
+        self.db
+            .get_cf(self.messages(), store::message_key(q.id, seq))
+            .map_err(|e| {
+                log::error!("read failed: {e}");
+                Error::Storage
+            })
+    }
+
+    fn messages(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(store::MESSAGES_CF)
+            .expect("messages column family is always opened")
+    }
+
+    fn meta(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(store::META_CF)
+            .expect("meta column family is always opened")
     }
 
     /// Claims the next deliverable message, dropping expired ones and skipping sequence numbers

@@ -40,10 +40,10 @@ pub struct Counters {
 }
 
 pub struct QueueState {
-    /// Unique for the life of the data directory; names the column family.
+    /// Unique for the life of the data directory; prefixes the keys of its messages.
     pub id: u64,
     pub name: Arc<[u8]>,
-    /// Whether the column family exists yet: a queue first named by a read lives only in memory
+    /// Whether the queue has a record on disk: a queue first named by a read lives only in memory
     /// until its first message is committed.
     pub persisted: bool,
     /// Set once the queue is deleted; holders of a stale handle must treat it as gone.
