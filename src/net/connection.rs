@@ -81,8 +81,10 @@ impl Connection {
                 break;
             }
         }
-        // The peer sent all it will: close once everything it asked is answered.
-        if self.eof && self.pending_writes.is_empty() && self.get.is_none() {
+        // The peer sent all it will: close once its writes are answered. A read still waiting
+        // is cancelled rather than answered: a client that went away while blocked must not
+        // take a message with it (reading goes on while a read waits, so we notice).
+        if self.eof && self.pending_writes.is_empty() {
             self.closing = true;
         }
     }
@@ -96,8 +98,7 @@ impl Connection {
     }
 
     fn accepting_input(&self, ctx: &Ctx) -> bool {
-        self.get.is_none()
-            && self.output.len() - self.output_start < OUTPUT_HIGH_WATER
+        self.output.len() - self.output_start < OUTPUT_HIGH_WATER
             && self.input_end - self.input_start < ctx.shared.input_limit
     }
 
