@@ -148,7 +148,7 @@ fn main() -> ExitCode {
         })
         .collect();
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let cli = match Cli::from_args(&strs[..1], &strs[1..]) {
+    let cli = match Cli::from_args(&["mqd"], &strs[1..]) {
         Ok(cli) => cli,
         Err(exit) => {
             if exit.status.is_ok() {
