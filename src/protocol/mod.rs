@@ -73,3 +73,7 @@ mod tests {
         assert_eq!(sniff(0xff), None);
     }
 }
+
+#[cfg(test)]
+#[path = "noise_tests.rs"]
+mod noise_tests;
