@@ -26,6 +26,8 @@ pub struct Config {
     pub open_timeout: Option<Duration>,
     /// Per-queue limits.
     pub limits: QueueLimits,
+    /// Free disk space below which new messages are refused.
+    pub min_free_bytes: u64,
     /// Shared RocksDB block cache, bytes.
     pub cache_bytes: usize,
     pub pid_file: Option<PathBuf>,
@@ -43,6 +45,7 @@ impl Default for Config {
             max_open_reads: 100,
             open_timeout: None,
             limits: QueueLimits::default(),
+            min_free_bytes: 256 << 20,
             cache_bytes: 64 << 20,
             pid_file: None,
         }
@@ -78,13 +81,14 @@ pub fn parse_sync(text: &str) -> Result<SyncPolicy, String> {
     }
 }
 
-/// A size in bytes, with an optional k/m suffix (MemcacheQ's -B takes plain bytes).
+/// A size in bytes, with an optional k/m/g suffix (MemcacheQ's -B takes plain bytes).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let lower = text.to_ascii_lowercase();
-    let (digits, unit) = match lower.strip_suffix(['k', 'm']) {
-        Some(digits) if lower.ends_with('k') => (digits, 1 << 10),
-        Some(digits) => (digits, 1 << 20),
-        None => (lower.as_str(), 1),
+    let (digits, unit) = match lower.as_bytes().last() {
+        Some(b'k') => (&lower[..lower.len() - 1], 1 << 10),
+        Some(b'm') => (&lower[..lower.len() - 1], 1 << 20),
+        Some(b'g') => (&lower[..lower.len() - 1], 1 << 30),
+        _ => (lower.as_str(), 1),
     };
     digits
         .parse::<usize>()
@@ -130,6 +134,7 @@ mod tests {
         assert_eq!(parse_size("1024"), Ok(1024));
         assert_eq!(parse_size("4k"), Ok(4096));
         assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert_eq!(parse_size("3g"), Ok(3 << 30));
         assert!(parse_size("x").is_err());
     }
 }

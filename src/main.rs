@@ -72,6 +72,10 @@ struct Serve {
     /// most message bytes one queue may hold, k/m suffixes allowed (default: no limit)
     #[argh(option)]
     max_queue_bytes: Option<String>,
+    /// refuse new messages while the data directory's disk has less free space than this
+    /// (k/m/g suffixes; default 256m; 0 turns the check off)
+    #[argh(option)]
+    min_free_space: Option<String>,
     /// when a queue is full, drop its oldest messages instead of refusing new ones
     #[argh(switch)]
     discard_old_when_full: bool,
@@ -239,6 +243,9 @@ fn serve_config(args: Serve) -> Result<Config, String> {
         config.limits.max_bytes = Some(config::parse_size(&bytes)? as u64);
     }
     config.limits.discard_old = args.discard_old_when_full;
+    if let Some(space) = args.min_free_space {
+        config.min_free_bytes = config::parse_size(&space)? as u64;
+    }
     if let Some(mb) = args.cache_mb {
         config.cache_bytes = mb << 20;
     }

@@ -47,6 +47,10 @@ pub struct EngineConfig {
     pub sync: SyncPolicy,
     pub memory: MemoryBudget,
     pub limits: QueueLimits,
+    /// New messages are refused while the data directory's file system has less free space
+    /// than this, so RocksDB never meets a full disk (it cannot recover from one by itself)
+    /// and reads, deletes and flushes, which free space, keep working.
+    pub min_free_bytes: u64,
 }
 
 /// Per-queue limits, the same for every queue.
@@ -72,6 +76,8 @@ pub enum Error {
     QueueFull,
     /// The engine is stopping.
     ShuttingDown,
+    /// Free disk space is below the reserve: no new messages until some is freed.
+    DiskFull,
 }
 
 /// What one queue looks like now, for stats.

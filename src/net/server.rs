@@ -56,6 +56,7 @@ pub fn serve(config: Config) -> Result<(), String> {
                 ..MemoryBudget::default()
             },
             limits: config.limits,
+            min_free_bytes: config.min_free_bytes,
         },
         mailboxes,
     )?;

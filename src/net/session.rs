@@ -52,6 +52,7 @@ fn error_kind(error: Error) -> ErrorKind {
         Error::Storage => ErrorKind::Storage,
         Error::QueueFull => ErrorKind::QueueFull,
         Error::ShuttingDown => ErrorKind::ShuttingDown,
+        Error::DiskFull => ErrorKind::DiskFull,
     }
 }
 

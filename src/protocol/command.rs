@@ -156,6 +156,8 @@ pub enum ErrorKind {
     Storage,
     /// The server is shutting down and takes no new writes.
     ShuttingDown,
+    /// Free disk space is below the reserve (`--min-free-space`).
+    DiskFull,
     /// A plain read of a queue this connection holds an open message of.
     OpenReadPending,
     /// More open messages than `--max-open-reads` on one connection.

@@ -353,6 +353,7 @@ pub fn error_line(kind: ErrorKind) -> String {
         ErrorKind::QueueFull => "SERVER_ERROR queue full".into(),
         ErrorKind::Storage => "SERVER_ERROR storage failure".into(),
         ErrorKind::ShuttingDown => "SERVER_ERROR shutting down".into(),
+        ErrorKind::DiskFull => "SERVER_ERROR out of disk space".into(),
     }
 }
 

@@ -177,6 +177,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::QueueFull => "REQUEST_QUEUE_FULL",
         ErrorKind::Storage => "SERVER_STORAGE_FAILURE",
         ErrorKind::ShuttingDown => "SERVER_SHUTTING_DOWN",
+        ErrorKind::DiskFull => "SERVER_DISK_FULL",
         ErrorKind::OpenReadPending | ErrorKind::TooManyOpenReads => "REQUEST_BAD_PARAMS",
     }
 }
