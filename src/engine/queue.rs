@@ -55,7 +55,8 @@ pub struct QueueState {
     /// Next sequence number the committer assigns (only the committer touches it); equals
     /// `tail` between batches.
     pub next_seq: u64,
-    /// Messages given back (abort, disconnect, restart), served before `head`, oldest first.
+    /// Messages given back (abort, disconnect, restart), served before `head`, sorted: oldest
+    /// first.
     pub returned: VecDeque<u64>,
     /// Messages handed out with `/open`, not yet confirmed: sequence number → body length.
     pub open: HashMap<u64, u64>,
@@ -124,19 +125,19 @@ impl QueueState {
         pending
     }
 
-    /// Gives open messages back to the head of the queue, keeping their original order.
+    /// Gives open messages back to the head of the queue. `returned` stays sorted, so messages
+    /// given back at different times, in any order, are read again in their original order.
     /// Returns how many were open.
     pub fn give_back(&mut self, seqs: &[u64]) -> usize {
-        let mut back: Vec<u64> = seqs
-            .iter()
-            .copied()
-            .filter(|seq| self.open.remove(seq).is_some())
-            .collect();
-        back.sort_unstable();
-        for &seq in back.iter().rev() {
-            self.returned.push_front(seq);
+        let mut count = 0;
+        for &seq in seqs {
+            if self.open.remove(&seq).is_some() {
+                let at = self.returned.partition_point(|&r| r < seq);
+                self.returned.insert(at, seq);
+                count += 1;
+            }
         }
-        back.len()
+        count
     }
 
     /// Removes a waiter; false if it was already served (its delivery is on the way).
@@ -184,7 +185,10 @@ mod tests {
             q.open.insert(seq, 1);
         }
         assert_eq!(q.pending(), vec![0, 1, 2]);
-        assert_eq!(q.give_back(&[2, 0]), 2);
+        // Given back one at a time, newest first: still read again oldest first.
+        assert_eq!(q.give_back(&[2]), 1);
+        assert_eq!(q.give_back(&[0]), 1);
+        assert_eq!(q.give_back(&[0]), 0, "not open any more");
         assert_eq!(q.pop_front(), Some(0));
         assert_eq!(q.pop_front(), Some(2));
         assert_eq!(q.pop_front(), Some(3));
