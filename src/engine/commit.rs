@@ -430,7 +430,7 @@ impl Committer<'_> {
     }
 
     fn delete_queue(&mut self, name: &[u8]) -> Outcome {
-        let Some(queue) = self.engine.queues.write().remove(name) else {
+        let Some(queue) = self.engine.forget(name) else {
             return Outcome::NotFound;
         };
         let (id, persisted, waiters) = {

@@ -13,7 +13,8 @@ pub mod message;
 pub mod queue;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -119,8 +120,9 @@ pub struct Engine {
     commits: Sender<Vec<Op>>,
     mailboxes: Vec<Mailbox>,
     stopping: AtomicBool,
-    /// Whether any queue name has a `+`, so puts need to look for fan-out queues.
-    has_fanout: AtomicBool,
+    /// Names of the queues with a `+` in them, ordered, so a put finds its fan-out queues
+    /// (`<queue>+<child>`) with one range query. Locked after `queues` when both are needed.
+    fanout: RwLock<BTreeSet<Arc<[u8]>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -151,7 +153,11 @@ impl Engine {
             config.data_dir.display(),
             queues.len()
         );
-        let has_fanout = queues.keys().any(|name| name.contains(&b'+'));
+        let fanout = queues
+            .keys()
+            .filter(|name| name.contains(&b'+'))
+            .cloned()
+            .collect();
         let (commits, receiver) = crossbeam_channel::unbounded();
         let engine = Arc::new(Engine {
             db: recovered.db,
@@ -161,7 +167,7 @@ impl Engine {
             commits,
             mailboxes,
             stopping: AtomicBool::new(false),
-            has_fanout: AtomicBool::new(has_fanout),
+            fanout: RwLock::new(fanout),
             threads: Mutex::new(Vec::new()),
         });
         let committer = {
@@ -400,17 +406,25 @@ impl Engine {
 
     /// Queues that receive a copy of every message put to `queue`: those named `queue+<child>`.
     fn fanout_children(&self, queue: &[u8]) -> Vec<Arc<[u8]>> {
-        if !self.has_fanout.load(Ordering::Relaxed) {
+        let names = self.fanout.read();
+        if names.is_empty() {
             return Vec::new();
         }
-        self.queues
-            .read()
-            .keys()
-            .filter(|name| {
-                name.len() > queue.len() + 1 && name.starts_with(queue) && name[queue.len()] == b'+'
-            })
+        let mut prefix = queue.to_vec();
+        prefix.push(b'+');
+        names
+            .range::<[u8], _>((Bound::Excluded(&prefix[..]), Bound::Unbounded))
+            .take_while(|name| name.starts_with(&prefix))
             .cloned()
             .collect()
+    }
+
+    /// Removes a queue from the engine's maps (deletion).
+    fn forget(&self, queue: &[u8]) -> Option<QueueRef> {
+        // Lock order: `queues` before `fanout` (as in lookup_or_create), never the reverse.
+        let removed = self.queues.write().remove(queue);
+        self.fanout.write().remove(queue);
+        removed
     }
 
     fn lookup(&self, queue: &[u8]) -> Option<QueueRef> {
@@ -427,7 +441,7 @@ impl Engine {
             .entry(Arc::from(queue))
             .or_insert_with_key(|name| {
                 if name.contains(&b'+') {
-                    self.has_fanout.store(true, Ordering::Relaxed);
+                    self.fanout.write().insert(name.clone());
                 }
                 let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
                 Arc::new(Mutex::new(QueueState::new(id, name.clone())))
