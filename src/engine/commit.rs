@@ -11,6 +11,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use super::events::{ConnRef, Event, Outbox, Outcome};
 use super::message::{self, Header};
 use super::queue::{QueueState, TakeMode};
+use super::space::FreeSpace;
 use super::store::{self, QueueMeta};
 use super::{Engine, Error, QueueRef, SyncPolicy};
 
@@ -129,64 +130,6 @@ struct Committer<'a> {
     /// the next batch.
     carry: Vec<Op>,
     space: FreeSpace,
-}
-
-/// Whether the data directory's file system has room above the reserve, asked of the kernel
-/// at most every 100 ms.
-struct FreeSpace {
-    dir: std::path::PathBuf,
-    reserve: u64,
-    checked: Option<std::time::Instant>,
-    enough: bool,
-}
-
-impl FreeSpace {
-    fn new(dir: std::path::PathBuf, reserve: u64) -> FreeSpace {
-        FreeSpace {
-            dir,
-            reserve,
-            checked: None,
-            enough: true,
-        }
-    }
-
-    fn enough(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        if self.reserve == 0 || self.checked.is_some_and(|at| now - at < FREE_SPACE_RECHECK) {
-            return self.enough;
-        }
-        self.checked = Some(now);
-        let was = self.enough;
-        self.enough = match free_bytes(&self.dir) {
-            Some(free) => free >= self.reserve,
-            None => true,
-        };
-        if was != self.enough {
-            if self.enough {
-                log::warn!("free disk space is above the reserve again: accepting messages");
-            } else {
-                log::error!(
-                    "free disk space under the {} MiB reserve: refusing new messages",
-                    self.reserve >> 20
-                );
-            }
-        }
-        self.enough
-    }
-}
-
-const FREE_SPACE_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Bytes available to this process on the file system holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes only into the struct we pass, and reads the NUL-terminated path.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 impl Committer<'_> {

@@ -11,6 +11,7 @@ mod commit;
 pub mod events;
 pub mod message;
 pub mod queue;
+mod space;
 pub mod store;
 
 use std::collections::{BTreeSet, HashMap};
