@@ -218,3 +218,18 @@ def test_slow_reader_of_large_values(server):
         for _ in range(20):
             c.expect(b"VALUE slowread 0 200000\r\n" + body + b"\r\nEND\r\n", timeout=30)
     assert_serving(server)
+
+
+def test_a_huge_multi_get_is_capped_and_leaves_the_rest_queued(make_server):
+    """One 64 KiB get line could name thousands of keys holding big messages; the reply stops at
+    8 MiB of bodies (spec 3.2) and the remaining messages stay in their queues."""
+    server = make_server(args=["--max-message-size", "1m"])
+    body = b"x" * (1 << 20)
+    with server.mc() as c:
+        for _ in range(12):
+            assert c.set(b"big", body) == b"STORED\r\n"
+        values = c.get(*([b"big"] * 12))
+        assert len(values) == 8 and all(v[2] == body for v in values)
+        c.send(b"stats queue\r\n")
+        c.expect(b"STAT big 12/8\r\nEND\r\n")
+        assert len(c.get(*([b"big"] * 12))) == 4

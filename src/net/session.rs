@@ -13,6 +13,10 @@ use crate::engine::message;
 use crate::engine::{ConnRef, Error, Outcome, TakeMode, Taken};
 use crate::protocol::{Command, ErrorKind, Read, Reply, StatsKind, Value};
 
+/// Body bytes after which a multi-key get takes no more messages (at least one message of
+/// `--max-message-size` always fits).
+const GET_REPLY_BUDGET: usize = 8 << 20;
+
 /// A write sent to the committer, answered in order when its outcome arrives.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum PendingWrite {
@@ -27,6 +31,8 @@ pub(super) struct GetInProgress {
     reads: Vec<Read>,
     next: usize,
     values: Vec<Value>,
+    /// Body bytes in `values`.
+    bytes: usize,
     /// The wait id of the read blocked now.
     waiting: Option<u64>,
 }
@@ -152,6 +158,7 @@ impl Connection {
             reads,
             next: 0,
             values: Vec::new(),
+            bytes: 0,
             waiting: None,
         });
         self.continue_get(ctx);
@@ -192,7 +199,13 @@ impl Connection {
         let Some(mut get) = self.get.take() else {
             return;
         };
+        // One get line can name thousands of keys: stop taking messages once the reply is big
+        // enough, and leave the remaining keys' messages in their queues.
+        let budget = GET_REPLY_BUDGET.max(ctx.shared.limits.max_message_size);
         while let Some(read) = get.reads.get(get.next) {
+            if get.bytes >= budget {
+                break;
+            }
             if read.abort || read.close {
                 self.settle_open(&read.queue.clone(), read.close, ctx);
                 if !read.open {
@@ -255,6 +268,7 @@ impl Connection {
     /// Records a message taken for `read` and moves on to the next key.
     fn accept(&mut self, get: &mut GetInProgress, read: &Read, taken: Taken, ctx: &mut Ctx) {
         ctx.stats.get_hits.fetch_add(1, Ordering::Relaxed);
+        get.bytes += taken.body.len();
         get.values.push(Value {
             key: read.key.clone(),
             flags: taken.flags,
