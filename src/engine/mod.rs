@@ -7,10 +7,12 @@
 //! writers and hands messages to blocked readers. Removals of consumed messages ride along in the
 //! next batch unsynced: after a crash a message may come back, but it never vanishes.
 
+mod background;
 mod commit;
 pub mod events;
 pub mod message;
 pub mod queue;
+mod reading;
 mod space;
 pub mod store;
 
@@ -65,9 +67,6 @@ pub struct QueueLimits {
     /// When full, drop the oldest messages to make room instead of refusing the new one.
     pub discard_old: bool,
 }
-
-/// How often expired messages at the head of each queue are swept away.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the engine refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,7 +182,7 @@ impl Engine {
             let engine = engine.clone();
             std::thread::Builder::new()
                 .name("expiry-sweep".into())
-                .spawn(move || engine.sweep_every(SWEEP_EVERY))
+                .spawn(move || engine.sweep_every(background::SWEEP_EVERY))
                 .map_err(|e| e.to_string())?
         };
         engine.threads.lock().push(sweeper);
@@ -198,41 +197,6 @@ impl Engine {
             engine.threads.lock().push(syncer);
         }
         Ok(engine)
-    }
-
-    fn sync_every(&self, every: Duration) {
-        while !self.stopping.load(Ordering::Acquire) {
-            std::thread::sleep(every);
-            if let Err(e) = self.db.flush_wal(true) {
-                log::error!("WAL sync failed: {e}");
-            }
-        }
-    }
-
-    /// Drops expired messages from the head of every queue, so their space is reclaimed even if
-    /// nobody reads the queue.
-    fn sweep_every(&self, every: Duration) {
-        let mut intents = Intents::default();
-        let mut slept = Duration::ZERO;
-        while !self.stopping.load(Ordering::Acquire) {
-            // Short naps so that shutdown is not held up by the sweep interval.
-            std::thread::sleep(Duration::from_millis(50));
-            slept += Duration::from_millis(50);
-            if slept < every {
-                continue;
-            }
-            slept = Duration::ZERO;
-            let queues: Vec<QueueRef> = self.queues.read().values().cloned().collect();
-            let now = message::now_ms();
-            for state in queues {
-                let mut q = state.lock();
-                if q.items() > 0 {
-                    // A peek drops expired messages on its way to the first live one.
-                    let _ = self.take_locked(&state, &mut q, TakeMode::Peek, now, &mut intents);
-                }
-            }
-            self.submit(&mut intents);
-        }
     }
 
     /// Commits what is queued, stops the committer and the syncer. Writes submitted after this
@@ -448,114 +412,5 @@ impl Engine {
                 Arc::new(Mutex::new(QueueState::new(id, name.clone())))
             })
             .clone()
-    }
-
-    fn read(&self, q: &QueueState, seq: u64) -> Result<Option<Vec<u8>>, Error> {
-        self.db
-            .get_cf(self.messages(), store::message_key(q.id, seq))
-            .map_err(|e| {
-                log::error!("read failed: {e}");
-                Error::Storage
-            })
-    }
-
-    fn messages(&self) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(store::MESSAGES_CF)
-            .expect("messages column family is always opened")
-    }
-
-    fn meta(&self) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(store::META_CF)
-            .expect("meta column family is always opened")
-    }
-
-    /// Claims the next deliverable message, dropping expired ones and skipping sequence numbers
-    /// whose message is gone (removed just before a crash).
-    fn take_locked(
-        &self,
-        state: &QueueRef,
-        q: &mut QueueState,
-        mode: TakeMode,
-        now_ms: u64,
-        ops: &mut Intents,
-    ) -> Result<Option<Taken>, Error> {
-        if q.deleted {
-            return Ok(None);
-        }
-        while let Some(seq) = q.front() {
-            let value = self.read(q, seq)?;
-            let Some((header, body)) = value.as_deref().and_then(message::decode) else {
-                q.pop_front();
-                continue;
-            };
-            let len = body.len() as u64;
-            if header.is_expired(now_ms) {
-                q.pop_front();
-                q.counters.expired += 1;
-                q.counters.bytes = q.counters.bytes.saturating_sub(len);
-                ops.ops.push(Op::Remove {
-                    queue: state.clone(),
-                    seq,
-                });
-                continue;
-            }
-            match mode {
-                TakeMode::Remove => {
-                    q.pop_front();
-                    q.counters.bytes = q.counters.bytes.saturating_sub(len);
-                    ops.ops.push(Op::Remove {
-                        queue: state.clone(),
-                        seq,
-                    });
-                }
-                TakeMode::Open => {
-                    q.pop_front();
-                    q.open.insert(seq, len);
-                    ops.ops.push(Op::Touch {
-                        queue: state.clone(),
-                    });
-                }
-                TakeMode::Peek => {}
-            }
-            return Ok(Some(Taken {
-                queue: state.clone(),
-                seq,
-                flags: header.flags,
-                body: body.to_vec(),
-            }));
-        }
-        Ok(None)
-    }
-
-    /// Hands available messages to waiting readers, oldest waiter first. Each is delivered open:
-    /// the reader's loop confirms it, or gives it back if the reader is gone.
-    fn serve_waiters(
-        &self,
-        state: &QueueRef,
-        q: &mut QueueState,
-        ops: &mut Vec<Op>,
-        outbox: &mut Outbox,
-    ) {
-        let mut intents = Intents {
-            ops: std::mem::take(ops),
-        };
-        let now = message::now_ms();
-        while !q.waiters.is_empty() && q.items() > 0 {
-            match self.take_locked(state, q, TakeMode::Open, now, &mut intents) {
-                Ok(Some(taken)) => {
-                    let waiter = q.waiters.pop_front().expect("checked non-empty");
-                    let event = Event::Delivered {
-                        conn: waiter.conn.conn,
-                        wait_id: waiter.wait_id,
-                        taken,
-                    };
-                    outbox.send(waiter.conn, event);
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        *ops = intents.ops;
     }
 }

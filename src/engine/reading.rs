@@ -1,0 +1,118 @@
+//! How a read claims a message: under the queue's lock it takes the next sequence number (a given
+//! back one first), fetches that one key, drops it if expired, skips it if gone, and removes,
+//! opens or merely looks at it. Also how waiting readers are handed messages as they arrive.
+
+use super::events::{Event, Outbox, Taken};
+use super::queue::QueueState;
+use super::{message, store, Engine, Error, Intents, Op, QueueRef, TakeMode};
+
+impl Engine {
+    pub(super) fn read(&self, q: &QueueState, seq: u64) -> Result<Option<Vec<u8>>, Error> {
+        self.db
+            .get_cf(self.messages(), store::message_key(q.id, seq))
+            .map_err(|e| {
+                log::error!("read failed: {e}");
+                Error::Storage
+            })
+    }
+
+    pub(super) fn messages(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(store::MESSAGES_CF)
+            .expect("messages column family is always opened")
+    }
+
+    pub(super) fn meta(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(store::META_CF)
+            .expect("meta column family is always opened")
+    }
+
+    /// Claims the next deliverable message, dropping expired ones and skipping sequence numbers
+    /// whose message is gone (removed just before a crash).
+    pub(super) fn take_locked(
+        &self,
+        state: &QueueRef,
+        q: &mut QueueState,
+        mode: TakeMode,
+        now_ms: u64,
+        ops: &mut Intents,
+    ) -> Result<Option<Taken>, Error> {
+        if q.deleted {
+            return Ok(None);
+        }
+        while let Some(seq) = q.front() {
+            let value = self.read(q, seq)?;
+            let Some((header, body)) = value.as_deref().and_then(message::decode) else {
+                q.pop_front();
+                continue;
+            };
+            let len = body.len() as u64;
+            if header.is_expired(now_ms) {
+                q.pop_front();
+                q.counters.expired += 1;
+                q.counters.bytes = q.counters.bytes.saturating_sub(len);
+                ops.ops.push(Op::Remove {
+                    queue: state.clone(),
+                    seq,
+                });
+                continue;
+            }
+            match mode {
+                TakeMode::Remove => {
+                    q.pop_front();
+                    q.counters.bytes = q.counters.bytes.saturating_sub(len);
+                    ops.ops.push(Op::Remove {
+                        queue: state.clone(),
+                        seq,
+                    });
+                }
+                TakeMode::Open => {
+                    q.pop_front();
+                    q.open.insert(seq, len);
+                    ops.ops.push(Op::Touch {
+                        queue: state.clone(),
+                    });
+                }
+                TakeMode::Peek => {}
+            }
+            return Ok(Some(Taken {
+                queue: state.clone(),
+                seq,
+                flags: header.flags,
+                body: body.to_vec(),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Hands available messages to waiting readers, oldest waiter first. Each is delivered open:
+    /// the reader's loop confirms it, or gives it back if the reader is gone.
+    pub(super) fn serve_waiters(
+        &self,
+        state: &QueueRef,
+        q: &mut QueueState,
+        ops: &mut Vec<Op>,
+        outbox: &mut Outbox,
+    ) {
+        let mut intents = Intents {
+            ops: std::mem::take(ops),
+        };
+        let now = message::now_ms();
+        while !q.waiters.is_empty() && q.items() > 0 {
+            match self.take_locked(state, q, TakeMode::Open, now, &mut intents) {
+                Ok(Some(taken)) => {
+                    let waiter = q.waiters.pop_front().expect("checked non-empty");
+                    let event = Event::Delivered {
+                        conn: waiter.conn.conn,
+                        wait_id: waiter.wait_id,
+                        taken,
+                    };
+                    outbox.send(waiter.conn, event);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        *ops = intents.ops;
+    }
+}
