@@ -266,13 +266,15 @@ impl Connection {
     }
 
     /// Records a message taken for `read` and moves on to the next key.
-    fn accept(&mut self, get: &mut GetInProgress, read: &Read, taken: Taken, ctx: &mut Ctx) {
+    fn accept(&mut self, get: &mut GetInProgress, read: &Read, mut taken: Taken, ctx: &mut Ctx) {
         ctx.stats.get_hits.fetch_add(1, Ordering::Relaxed);
-        get.bytes += taken.body.len();
+        // The body moves into the reply; an open read keeps only the queue and sequence number.
+        let body = std::mem::take(&mut taken.body);
+        get.bytes += body.len();
         get.values.push(Value {
             key: read.key.clone(),
             flags: taken.flags,
-            body: taken.body.clone(),
+            body,
             cas: read.cas.then_some(taken.seq),
         });
         if read.open {
