@@ -14,6 +14,9 @@ pub const MAX_MESSAGE_SIZE_LIMIT: usize = 32 << 20;
 pub struct Config {
     /// Addresses to listen on (ignored when systemd passes sockets).
     pub listen: Vec<SocketAddr>,
+    /// A unix socket to listen on too (MemcacheQ's `-s`), and its permission bits (`-a`).
+    pub unix_socket: Option<PathBuf>,
+    pub unix_mode: u32,
     pub data_dir: PathBuf,
     pub max_message_size: usize,
     pub sync: SyncPolicy,
@@ -31,12 +34,16 @@ pub struct Config {
     /// Shared RocksDB block cache, bytes.
     pub cache_bytes: usize,
     pub pid_file: Option<PathBuf>,
+    /// When started as root, the user to run as once listening (MemcacheQ's `-u`).
+    pub user: Option<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: default_listen(),
+            unix_socket: None,
+            unix_mode: 0o700,
             data_dir: PathBuf::from("./mqd-data"),
             max_message_size: 1 << 20,
             sync: SyncPolicy::Always,
@@ -48,6 +55,7 @@ impl Default for Config {
             min_free_bytes: 256 << 20,
             cache_bytes: 64 << 20,
             pid_file: None,
+            user: None,
         }
     }
 }
@@ -106,6 +114,9 @@ pub fn validate(config: &Config) -> Result<(), String> {
     }
     if config.threads == 0 || config.threads > 256 {
         return Err("--threads must be between 1 and 256".into());
+    }
+    if config.listen.is_empty() && config.unix_socket.is_none() {
+        return Err("nothing to listen on".into());
     }
     if config.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());

@@ -7,5 +7,9 @@
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod logging;
+pub mod memcacheq_cli;
 pub mod net;
+pub mod process;
 pub mod protocol;
+pub mod serve_args;

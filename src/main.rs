@@ -1,14 +1,14 @@
 //! The `mqd` command: `serve` runs the server; `info`, `put` and `get` talk to a running one over
 //! the mqmq protocol for use from a shell.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use argh::FromArgs;
 use mqd::client::MqmqClient;
-use mqd::config::{self, Config};
-use mqd::engine::SyncPolicy;
+use mqd::logging::{self, LogFormat};
+use mqd::memcacheq_cli;
+use mqd::process;
+use mqd::serve_args::{Plan, Serve, Start};
 
 #[derive(FromArgs)]
 /// mqd: a durable message queue for MemcacheQ (memcache text) and mqmq (binary frame) clients.
@@ -24,85 +24,6 @@ enum Command {
     Info(Info),
     Put(Put),
     Get(Get),
-}
-
-#[derive(FromArgs)]
-#[argh(subcommand, name = "serve")]
-/// run the server (MemcacheQ's short options are accepted too)
-struct Serve {
-    /// address to listen on, repeatable (default 127.0.0.1:22201 and 127.0.0.1:47774; either
-    /// port speaks both protocols)
-    #[argh(option)]
-    listen: Vec<SocketAddr>,
-    /// TCP port, MemcacheQ style (with -l, replaces the default listeners)
-    #[argh(option, short = 'p')]
-    port: Option<u16>,
-    /// address for -p, MemcacheQ style (default 127.0.0.1)
-    #[argh(option, short = 'l')]
-    address: Option<std::net::IpAddr>,
-    /// data directory (default ./mqd-data)
-    #[argh(option, short = 'H')]
-    data_dir: Option<PathBuf>,
-    /// largest message in bytes, k/m suffixes allowed (default 1m, at most 32m)
-    #[argh(option, short = 'B')]
-    max_message_size: Option<String>,
-    /// when a write is durable: always (fsync before acknowledging, default), interval:<ms>,
-    /// or none
-    #[argh(option)]
-    sync: Option<String>,
-    /// same as --sync none (MemcacheQ's -N)
-    #[argh(switch, short = 'N')]
-    no_sync: bool,
-    /// event-loop threads (default: one per core)
-    #[argh(option, short = 't')]
-    threads: Option<usize>,
-    /// most simultaneous connections (default 1024)
-    #[argh(option, short = 'c')]
-    max_connections: Option<usize>,
-    /// most open (unconfirmed) messages one connection may hold (default 100)
-    #[argh(option)]
-    max_open_reads: Option<usize>,
-    /// an open message not confirmed within this many milliseconds goes back to its queue
-    /// (default: never)
-    #[argh(option)]
-    open_timeout: Option<u64>,
-    /// most messages one queue may hold (default: no limit)
-    #[argh(option)]
-    max_queue_items: Option<u64>,
-    /// most message bytes one queue may hold, k/m suffixes allowed (default: no limit)
-    #[argh(option)]
-    max_queue_bytes: Option<String>,
-    /// refuse new messages while the data directory's disk has less free space than this
-    /// (k/m/g suffixes; default 256m; 0 turns the check off)
-    #[argh(option)]
-    min_free_space: Option<String>,
-    /// when a queue is full, drop its oldest messages instead of refusing new ones
-    #[argh(switch)]
-    discard_old_when_full: bool,
-    /// block cache of RocksDB in MB (MemcacheQ's -m; default 64)
-    #[argh(option, short = 'm')]
-    cache_mb: Option<usize>,
-    /// write the process id to this file
-    #[argh(option, short = 'P')]
-    pid_file: Option<PathBuf>,
-    /// more logging; twice for even more (RUST_LOG overrides)
-    #[argh(switch, short = 'v')]
-    verbose: u8,
-    /// daemon mode (MemcacheQ -d): not supported, run under systemd instead (ignored)
-    #[argh(switch, short = 'd')]
-    daemon: bool,
-    /// user (MemcacheQ -u): ignored (use the systemd unit's User=)
-    #[argh(option, short = 'u')]
-    user: Option<String>,
-    /// remove logs (MemcacheQ -R): ignored, RocksDB manages its own
-    #[argh(switch, short = 'R')]
-    remove_logs: bool,
-    /// checkpoint seconds (MemcacheQ -C): ignored, RocksDB manages its own
-    #[argh(option, short = 'C')]
-    checkpoint: Option<u64>,
-    /// UDP port (MemcacheQ -U): only 0 (off) is accepted
-    #[argh(option, short = 'U')]
-    udp_port: Option<u16>,
 }
 
 #[derive(FromArgs)]
@@ -142,17 +63,17 @@ struct Get {
 }
 
 fn main() -> ExitCode {
-    // MemcacheQ users write -vv; argh wants -v -v.
-    let args: Vec<String> = std::env::args()
-        .flat_map(|arg| match arg.strip_prefix('-') {
-            Some(vs) if vs.len() > 1 && vs.bytes().all(|b| b == b'v') => {
-                vec!["-v".to_string(); vs.len()]
-            }
-            _ => vec![arg],
-        })
-        .collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "serve") {
+        // MemcacheQ users write -vv, -dr, -p22201; argh wants separate words.
+        args = [
+            vec!["serve".to_string()],
+            memcacheq_cli::split_short_options(&args[1..]),
+        ]
+        .concat();
+    }
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let cli = match Cli::from_args(&["mqd"], &strs[1..]) {
+    let cli = match Cli::from_args(&["mqd"], &strs) {
         Ok(cli) => cli,
         Err(exit) => {
             if exit.status.is_ok() {
@@ -163,20 +84,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let verbose = match &cli.command {
-        Command::Serve(serve) => serve.verbose,
-        _ => 0,
-    };
-    let default_level = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .format_timestamp_millis()
-        .init();
+    if !matches!(cli.command, Command::Serve(_)) {
+        logging::init("info", LogFormat::detect());
+    }
     let result = match cli.command {
-        Command::Serve(serve) => serve_config(*serve).and_then(mqd::net::server::serve),
+        Command::Serve(serve) => match serve.plan() {
+            Ok(Start::Usage) => print_out(&format!("{}\n", memcacheq_cli::USAGE)),
+            Ok(Start::License) => print_out(memcacheq_cli::LICENSE),
+            Ok(Start::Run(plan)) => run(*plan),
+            Err(e) => Err(e),
+        },
         Command::Info(info) => print_info(&info.addr),
         Command::Put(put) => MqmqClient::connect(put.addr.as_str())
             .and_then(|mut c| c.put(put.queue.as_bytes(), put.message.as_bytes()))
@@ -206,58 +123,67 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_config(args: Serve) -> Result<Config, String> {
-    let mut config = Config::default();
-    let mut listen = args.listen;
-    if args.port.is_some() || args.address.is_some() {
-        let ip = args.address.unwrap_or([127, 0, 0, 1].into());
-        listen.push(SocketAddr::new(ip, args.port.unwrap_or(22201)));
-    }
-    if !listen.is_empty() {
-        config.listen = listen;
-    }
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(size) = args.max_message_size {
-        config.max_message_size = config::parse_size(&size)?;
-    }
-    config.sync = match (args.sync, args.no_sync) {
-        (Some(_), true) => return Err("give --sync or -N, not both".into()),
-        (Some(sync), false) => config::parse_sync(&sync)?,
-        (None, true) => SyncPolicy::Never,
-        (None, false) => SyncPolicy::Always,
+/// `mqd serve`: logging, then what MemcacheQ's process options ask (core limit, daemon), then
+/// the server. A daemon's start-up error goes back to the shell that started it.
+fn run(mut plan: Plan) -> Result<(), String> {
+    let level = match plan.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
     };
-    if let Some(threads) = args.threads {
-        config.threads = threads;
+    let format = plan.log_format.unwrap_or_else(LogFormat::detect);
+    logging::init(level, format);
+    if !plan.without_effect.is_empty() {
+        log::info!(
+            "MemcacheQ's BerkeleyDB options {} have no effect here: RocksDB sizes its own caches, \
+             logs and files",
+            plan.without_effect.join(" ")
+        );
     }
-    if let Some(n) = args.max_connections {
-        config.max_connections = n;
+    if plan.raise_core_limit {
+        let limit = process::raise_core_limit()?;
+        log::info!("core file limit raised to {}", core_limit_text(limit));
     }
-    if let Some(n) = args.max_open_reads {
-        config.max_open_reads = n;
+    let mut startup = None;
+    if plan.daemon {
+        let config = &mut plan.config;
+        for path in [
+            Some(&mut config.data_dir),
+            config.pid_file.as_mut(),
+            config.unix_socket.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = std::path::absolute(&*path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let keep_stderr = process::stderr_is_file() || logging::stderr_is_journal();
+        startup = Some(process::daemonize(keep_stderr)?);
     }
-    config.open_timeout = args.open_timeout.map(std::time::Duration::from_millis);
-    config.limits.max_items = args.max_queue_items;
-    if let Some(bytes) = args.max_queue_bytes {
-        config.limits.max_bytes = Some(config::parse_size(&bytes)? as u64);
+    let result = mqd::net::server::serve_then(plan.config, &mut || {
+        if let Some(pipe) = startup.take() {
+            pipe.ready();
+        }
+    });
+    if let (Err(e), Some(pipe)) = (&result, startup.take()) {
+        pipe.failed(e);
     }
-    config.limits.discard_old = args.discard_old_when_full;
-    if let Some(space) = args.min_free_space {
-        config.min_free_bytes = config::parse_size(&space)? as u64;
+    result
+}
+
+/// Prints to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    Ok(())
+}
+
+fn core_limit_text(limit: u64) -> String {
+    if limit == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{limit} bytes")
     }
-    if let Some(mb) = args.cache_mb {
-        config.cache_bytes = mb << 20;
-    }
-    config.pid_file = args.pid_file;
-    if args.daemon || args.user.is_some() || args.remove_logs || args.checkpoint.is_some() {
-        log::warn!("MemcacheQ options -d, -u, -R and -C are accepted and ignored");
-    }
-    if args.udp_port.unwrap_or(0) != 0 {
-        return Err("UDP is not supported: use -U 0 or leave it out".into());
-    }
-    config::validate(&config)?;
-    Ok(config)
 }
 
 /// Prints `Info` the way the mqmq tool prints it.

@@ -7,9 +7,8 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind as IoErrorKind, Read as _, Write as _};
 use std::sync::atomic::Ordering;
 
-use mio::net::TcpStream;
-
 use super::session::{GetInProgress, OpenRead, PendingWrite};
+use super::stream::Stream;
 use super::Ctx;
 use crate::protocol::{self, memcache, mqmq, Parsed, Protocol, Reply};
 
@@ -21,7 +20,7 @@ const SHRINK_ABOVE: usize = 256 << 10;
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
 
 pub struct Connection {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Slot and generation in the loop's connection table.
     pub id: u64,
     pub protocol: Option<Protocol>,
@@ -48,7 +47,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, id: u64) -> Connection {
+    pub fn new(stream: Stream, id: u64) -> Connection {
         Connection {
             stream,
             id,

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::connection::Connection;
+use super::stream::{Listener, Stream};
 use super::timers::Timers;
 use super::{Ctx, LoopStats, Shared};
 use crate::engine::{Event, Intents, Wake};
@@ -54,7 +54,7 @@ impl Wake for LoopWaker {
 
 /// Where loop 0 sends a connection it accepted for another loop.
 pub struct Peer {
-    pub handoff: Sender<TcpStream>,
+    pub handoff: Sender<Stream>,
     pub waker: Arc<LoopWaker>,
 }
 
@@ -62,10 +62,10 @@ pub struct EventLoop {
     pub index: u32,
     pub poll: Poll,
     pub waker: Arc<LoopWaker>,
-    pub listeners: Vec<TcpListener>,
+    pub listeners: Vec<Listener>,
     /// Every loop (this one included), for dealing out accepted connections.
     pub peers: Vec<Peer>,
-    pub handoffs: Receiver<TcpStream>,
+    pub handoffs: Receiver<Stream>,
     pub mailbox: Receiver<Event>,
     pub shared: Arc<Shared>,
     pub stats: Arc<LoopStats>,
@@ -85,7 +85,7 @@ impl EventLoop {
         index: u32,
         poll: Poll,
         waker: Arc<LoopWaker>,
-        handoffs: Receiver<TcpStream>,
+        handoffs: Receiver<Stream>,
         mailbox: Receiver<Event>,
         shared: Arc<Shared>,
         stats: Arc<LoopStats>,
@@ -113,7 +113,7 @@ impl EventLoop {
     }
 
     /// Registers the listeners this loop accepts on.
-    pub fn listen(&mut self, listeners: Vec<TcpListener>) -> std::io::Result<()> {
+    pub fn listen(&mut self, listeners: Vec<Listener>) -> std::io::Result<()> {
         for (i, mut listener) in listeners.into_iter().enumerate() {
             let token = Token(FIRST_LISTENER + i);
             self.poll
@@ -208,7 +208,6 @@ impl EventLoop {
                     }
                     shared.curr_connections.fetch_add(1, Ordering::Relaxed);
                     shared.total_connections.fetch_add(1, Ordering::Relaxed);
-                    let _ = stream.set_nodelay(true);
                     let target = self.next_peer % self.peers.len().max(1);
                     self.next_peer += 1;
                     if target == self.index as usize || self.peers.is_empty() {
@@ -232,7 +231,7 @@ impl EventLoop {
     }
 
     /// Takes a connection into this loop.
-    fn adopt(&mut self, mut stream: TcpStream) {
+    fn adopt(&mut self, mut stream: Stream) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.generations.push(0);

@@ -10,6 +10,7 @@ mod event_loop;
 mod report;
 pub mod server;
 mod session;
+mod stream;
 pub mod systemd;
 mod timers;
 

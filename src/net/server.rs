@@ -1,6 +1,7 @@
 //! Starting and stopping the server: listeners (bound, or inherited from systemd), the engine,
 //! the event-loop threads, readiness notification, and a clean stop on SIGTERM or SIGINT that
-//! answers what is in flight before it exits.
+//! answers what is in flight before it exits. Started as root with `-u`, it binds and opens
+//! everything first and then runs as that user.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -11,20 +12,29 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::event_loop::{EventLoop, LoopWaker, Peer};
+use super::stream::{self, Listener, SocketFile};
 use super::{systemd, LoopStats, Shared};
 use crate::config::Config;
 use crate::engine::store::MemoryBudget;
 use crate::engine::{Engine, EngineConfig, Mailbox};
+use crate::process::{self, Identity};
 use crate::protocol::{memcache, Limits};
 
 /// Serves until SIGTERM or SIGINT.
 pub fn serve(config: Config) -> Result<(), String> {
-    let listeners = listeners(&config)?;
-    let addrs: Vec<String> = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .map(|a| a.to_string())
-        .collect();
+    serve_then(config, &mut || {})
+}
+
+/// Serves until SIGTERM or SIGINT; calls `on_ready` once it listens (after the pid file is
+/// written), as it tells systemd.
+pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), String> {
+    log::debug!("starting with {config:?}");
+    let identity = match &config.user {
+        Some(name) => process::identity_to_assume(name)?,
+        None => None,
+    };
+    let (listeners, socket_file) = listeners(&config)?;
+    let addrs: Vec<String> = listeners.iter().map(Listener::describe).collect();
 
     let threads = config.threads;
     let mut polls = Vec::new();
@@ -101,6 +111,13 @@ pub fn serve(config: Config) -> Result<(), String> {
         .collect();
     loops[0].listen(listeners).map_err(|e| e.to_string())?;
 
+    if let Some(path) = &config.pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
+    }
+    if let Some(identity) = &identity {
+        become_user(identity, &config, socket_file.as_ref())?;
+    }
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
     let handles: Vec<_> = loops
         .into_iter()
@@ -112,10 +129,6 @@ pub fn serve(config: Config) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()?;
 
-    if let Some(path) = &config.pid_file {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
-    }
     log::info!(
         "mqd {} serving {} on {} with {threads} event loops, sync {:?}",
         env!("CARGO_PKG_VERSION"),
@@ -124,6 +137,7 @@ pub fn serve(config: Config) -> Result<(), String> {
         config.sync
     );
     systemd::notify("READY=1");
+    on_ready();
 
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: stopping");
@@ -142,27 +156,62 @@ pub fn serve(config: Config) -> Result<(), String> {
     if let Some(path) = &config.pid_file {
         let _ = std::fs::remove_file(path);
     }
+    drop(socket_file);
     log::info!("stopped");
     Ok(())
 }
 
-/// Sockets from systemd if it passed any, else the configured addresses.
-fn listeners(config: &Config) -> Result<Vec<mio::net::TcpListener>, String> {
-    let mut std_listeners = systemd::listeners_from_env();
-    if std_listeners.is_empty() {
+/// Hands the data directory (and the unix socket, so it can remove it on stop) to `identity`,
+/// runs as it from now on, and checks it can still write the data directory (a parent directory
+/// it cannot enter would only show later, at the first new file).
+fn become_user(
+    identity: &Identity,
+    config: &Config,
+    socket_file: Option<&SocketFile>,
+) -> Result<(), String> {
+    // What RocksDB created while opening as root becomes the user's too, so that later starts
+    // as that user (with or without -u) find their own files.
+    identity.take_ownership(&config.data_dir)?;
+    if let Some(SocketFile(path)) = socket_file {
+        identity.take_ownership(path)?;
+    }
+    identity.assume()?;
+    if !process::can_write_dir(&config.data_dir) {
+        return Err(format!(
+            "-u {}: cannot write {} as that user (check the directories above it)",
+            identity.name,
+            config.data_dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Sockets from systemd if it passed any, else the configured addresses; and the unix socket
+/// (`-s`), whose file is removed when the returned guard is dropped.
+fn listeners(config: &Config) -> Result<(Vec<Listener>, Option<SocketFile>), String> {
+    let passed = systemd::listeners_from_env();
+    let mut listeners = Vec::new();
+    if passed.is_empty() {
         for addr in &config.listen {
             let listener = std::net::TcpListener::bind(addr)
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            std_listeners.push(listener);
+            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            listeners.push(Listener::Tcp(mio::net::TcpListener::from_std(listener)));
         }
     } else {
-        log::info!("using {} sockets passed by systemd", std_listeners.len());
+        log::info!("using {} sockets passed by systemd", passed.len());
+        for fd in passed {
+            let listener = Listener::from_passed(fd)
+                .map_err(|e| format!("a socket passed by systemd: {e}"))?;
+            listeners.push(listener);
+        }
     }
-    std_listeners
-        .into_iter()
-        .map(|l| {
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            Ok(mio::net::TcpListener::from_std(l))
-        })
-        .collect()
+    let mut socket_file = None;
+    if let Some(path) = &config.unix_socket {
+        let listener = stream::bind_unix(path, config.unix_mode)?;
+        socket_file = Some(SocketFile(path.clone()));
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        listeners.push(Listener::Unix(mio::net::UnixListener::from_std(listener)));
+    }
+    Ok((listeners, socket_file))
 }

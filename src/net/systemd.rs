@@ -2,14 +2,13 @@
 //! activation (`LISTEN_PID`/`LISTEN_FDS`, first descriptor 3) and readiness and stopping
 //! notifications to `$NOTIFY_SOCKET` (a path, or an abstract name starting with `@`).
 
-use std::net::TcpListener;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 
 const FIRST_FD: i32 = 3;
 
-/// Listening sockets systemd passed to this process, if any.
-pub fn listeners_from_env() -> Vec<TcpListener> {
+/// Listening sockets systemd passed to this process, if any (TCP or unix).
+pub fn listeners_from_env() -> Vec<OwnedFd> {
     let for_us = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|pid| pid.parse::<u32>().ok())
@@ -27,7 +26,7 @@ pub fn listeners_from_env() -> Vec<TcpListener> {
     (FIRST_FD..FIRST_FD + count)
         // SAFETY: systemd hands these descriptors to this process alone, once; we take
         // ownership of each exactly once here.
-        .map(|fd| unsafe { TcpListener::from_raw_fd(fd) })
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
         .collect()
 }
 
