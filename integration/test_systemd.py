@@ -1,13 +1,18 @@
-"""Running under systemd: sockets passed by socket activation, and readiness/stopping
-notifications on $NOTIFY_SOCKET, exercised the way systemd does them (no systemd needed)."""
+"""Running under systemd: sockets passed by socket activation, readiness/stopping notifications
+on $NOTIFY_SOCKET and log lines for the journal, exercised the way systemd does them (no systemd
+needed); and the shipped unit's sandbox, rated by systemd-analyze."""
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
 
-from conftest import MemcacheConn, MqmqConn, mqd_bin
+import pytest
+
+from conftest import MemcacheConn, MqmqConn, free_port, mqd_bin, wait_for
 
 # bash puts the inherited socket on descriptor 3 and sets LISTEN_PID to its own pid, which
 # `exec` hands on to mqd: exactly what systemd's socket activation does.
@@ -51,6 +56,32 @@ def test_serves_on_a_socket_passed_by_systemd(tmp_path):
         stop(proc)
 
 
+def test_serves_on_a_unix_socket_passed_by_systemd(tmp_path):
+    """`ListenStream=/run/mqd.sock` in mqd.socket: a passed unix socket serves both protocols."""
+    from test_unix_socket import unix_conn
+
+    path = tmp_path / "passed.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(128)
+    fd = listener.fileno()
+    proc = subprocess.Popen(
+        ["bash", "-c", ACTIVATE, "activate", str(fd), mqd_bin(), "serve",
+         "--data-dir", str(tmp_path / "data")],
+        pass_fds=(fd,),
+        stderr=open(tmp_path / "mqd.log", "wb"),
+    )
+    listener.close()
+    try:
+        with unix_conn(MemcacheConn, path) as mc:
+            assert mc.set(b"passed", b"ok") == b"STORED\r\n"
+        with unix_conn(MqmqConn, path) as mq:
+            assert mq.get(b"passed", 1000) == [b"OK", b"ok"]
+    finally:
+        stop(proc)
+    assert path.exists(), "a socket systemd owns must not be removed by mqd"
+
+
 def test_notifies_ready_and_stopping(tmp_path):
     path = str(tmp_path / "notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -77,3 +108,182 @@ def test_notifies_ready_and_stopping(tmp_path):
         assert notify.recv(4096) == b"STOPPING=1"
         assert proc.wait(timeout=20) == 0
         assert time.monotonic() - started < 15
+
+
+# --------------------------------------------------------------------------------------------
+# The unit's sandbox, and logging to the journal
+# --------------------------------------------------------------------------------------------
+
+UNIT_DIR = os.path.join(os.path.dirname(__file__), "..", "scripts", "systemd")
+
+
+def test_unit_exposure_is_at_most_1_2():
+    """`systemd-analyze security` rates the shipped unit (offline: no systemd needed as PID 1)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = os.path.join(UNIT_DIR, "mqd.service")
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", unit],
+                            capture_output=True, timeout=60)
+    out = result.stdout.decode() + result.stderr.decode()
+    match = re.search(r"Overall exposure level for mqd\.service: (\d+\.\d+)", out)
+    assert match, out
+    assert float(match.group(1)) <= 1.2, out
+    # Hardening must not cost what the service is for.
+    with open(unit) as f:
+        directives = {line.split("=", 1)[0]: line.split("=", 1)[1].strip()
+                      for line in f if "=" in line and not line.startswith("#")}
+    assert directives["Type"] == "notify"
+    assert directives["Requires"] == "mqd.socket"
+    assert directives["StateDirectory"] == "mqd"
+    assert "--data-dir /var/lib/mqd" in directives["ExecStart"]
+
+
+def run_and_log(tmp_path, env_for_log, extra_args=()):
+    """Starts mqd with stderr to a file, makes it log at info and warning, stops it; returns the
+    log's lines. `env_for_log(log_file)` gives the extra environment."""
+    port = free_port()
+    log_path = tmp_path / "mqd.log"
+    log = open(log_path, "wb")
+    env = dict(os.environ)
+    for var in ("LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET", "JOURNAL_STREAM", "RUST_LOG"):
+        env.pop(var, None)
+    env.update(env_for_log(log))
+    proc = subprocess.Popen(
+        [mqd_bin(), "serve", "--data-dir", str(tmp_path / "data"), "--listen",
+         f"127.0.0.1:{port}", "--max-connections", "1", *extra_args],
+        stdout=subprocess.DEVNULL, stderr=log, env=env)
+    log.close()
+    try:
+        deadline = time.monotonic() + 10
+        while "serving" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        # One connection is allowed: the second is refused with a warning.
+        with MemcacheConn(port) as first:
+            assert first.cmd(b"version").startswith(b"VERSION ")
+            extra = socket.create_connection(("127.0.0.1", port))
+            deadline = time.monotonic() + 10
+            while "refusing" not in log_path.read_text():
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.05)
+            extra.close()
+    finally:
+        stop(proc)
+    return log_path.read_text().splitlines()
+
+
+def journal_stream_of(log):
+    st = os.fstat(log.fileno())
+    return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+
+
+def assert_journal_format(lines):
+    assert lines
+    for line in lines:
+        assert re.match(r"<[3-7]>[^<\[]", line), f"not an sd-daemon line: {line!r}"
+    assert any(l.startswith("<6>mqd ") and "serving" in l for l in lines), lines
+    assert any(l.startswith("<4>refusing") for l in lines), lines
+    assert lines[-1] == "<6>stopped"
+
+
+def test_logs_with_priority_prefixes_when_stderr_is_the_journal(tmp_path):
+    """systemd sets JOURNAL_STREAM to the device:inode of the stream it connected stderr to;
+    mqd then writes `<N>message` lines (the journal adds the time)."""
+    assert_journal_format(run_and_log(tmp_path, journal_stream_of))
+
+
+def test_journal_format_on_request(tmp_path):
+    assert_journal_format(run_and_log(tmp_path, lambda log: {}, ["--log-format", "journal"]))
+
+
+def test_plain_logs_when_stderr_is_not_the_journal(tmp_path):
+    """A process started from a journaled shell inherits JOURNAL_STREAM with its stderr
+    redirected elsewhere: it must log plainly there."""
+    lines = run_and_log(tmp_path, lambda log: {"JOURNAL_STREAM": "8:12345"})
+    assert all(re.match(r"\[\d{4}-\d\d-\d\dT\S+ (INFO|WARN) ", l) for l in lines), lines
+    assert any("WARN" in l and "refusing" in l for l in lines), lines
+
+
+def filter_set(name):
+    """The system calls a systemd filter set (e.g. @system-service) stands for, expanded."""
+    out = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager", name],
+                         capture_output=True, timeout=60, check=True).stdout.decode()
+    calls = set()
+    for line in out.splitlines()[1:]:
+        word = line.strip()
+        if not word or word.startswith("#"):
+            continue
+        calls |= filter_set(word) if word.startswith("@") else {word}
+    return calls
+
+
+def traced_children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_the_units_system_call_filter_allows_what_mqd_uses(tmp_path):
+    """PID 1 here is not systemd, so the unit's SystemCallFilter cannot be applied for real:
+    instead every system call mqd makes (strace, through start, writes, reads, a blocking read,
+    stats, a clean stop and a restart that recovers the log) must be in the set the unit allows."""
+    if shutil.which("strace") is None or shutil.which("systemd-analyze") is None:
+        pytest.skip("needs strace and systemd-analyze")
+    with open(os.path.join(UNIT_DIR, "mqd.service")) as f:
+        filters = [line.split("=", 1)[1].split() for line in f
+                   if line.startswith("SystemCallFilter=")]
+    allowed = set()
+    for words in filters:
+        if words[0].startswith("~"):
+            words[0] = words[0][1:]
+            allowed -= set().union(*(filter_set(w) for w in words))
+        else:
+            allowed |= set().union(*(filter_set(w) for w in words))
+    trace = tmp_path / "trace"
+    for round_ in range(2):
+        port = free_port()
+        proc = subprocess.Popen(
+            ["strace", "-f", "-qq", "-o", str(trace) + str(round_), mqd_bin(), "serve",
+             "--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{port}"],
+            stderr=open(tmp_path / f"mqd{round_}.log", "wb"))
+        try:
+            deadline = time.monotonic() + 30
+            while "serving" not in (tmp_path / f"mqd{round_}.log").read_text():
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            with MemcacheConn(port) as mc:
+                for i in range(300):
+                    assert mc.set(b"q", b"x" * 1000) == b"STORED\r\n"
+                for i in range(100):
+                    assert mc.get_one(b"q") == b"x" * 1000
+                mc.send(b"get empty/t=200\r\n")
+                assert mc.read_values() == []
+                assert "pid" in mc.stats()
+            with MqmqConn(port) as mq:
+                assert mq.put(b"m", b"y") == [b"OK"]
+                assert mq.get(b"m", 100) == [b"OK", b"y"]
+        finally:
+            # SIGTERM to mqd itself (strace's child): strace exits with mqd's status.
+            children = wait_for(lambda: traced_children(proc.pid), timeout=10) or []
+            for pid in children:
+                os.kill(pid, signal.SIGTERM)
+            try:
+                assert proc.wait(timeout=20) == 0
+            finally:
+                for pid in children:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                proc.kill()
+    used = set()
+    for round_ in range(2):
+        for line in open(str(trace) + str(round_)):
+            match = re.match(r"\d+ +([a-z0-9_]+)\(", line)
+            if match:
+                used.add(match.group(1))
+    used -= {"execve"}  # the exec that starts mqd happens before the filter applies
+    assert "fdatasync" in used or "fsync" in used, sorted(used)  # the trace saw real work
+    assert used <= allowed, f"mqd uses system calls the unit forbids: {sorted(used - allowed)}"
