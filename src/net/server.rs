@@ -171,7 +171,10 @@ fn become_user(
 ) -> Result<(), String> {
     // What RocksDB created while opening as root becomes the user's too, so that later starts
     // as that user (with or without -u) find their own files.
-    identity.take_ownership(&config.data_dir)?;
+    // A data directory reached through a symbolic link is given away where it really is.
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    identity.take_ownership(&data_dir)?;
     if let Some(SocketFile(path)) = socket_file {
         identity.take_ownership(path)?;
     }
