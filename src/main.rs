@@ -166,7 +166,10 @@ fn run(mut plan: Plan) -> Result<(), String> {
         }
     });
     if let (Err(e), Some(pipe)) = (&result, startup.take()) {
+        // The parent prints it, on the shell's stderr; printing it here too would double it
+        // when the daemon kept that stderr.
         pipe.failed(e);
+        std::process::exit(1);
     }
     result
 }

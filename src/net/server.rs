@@ -116,7 +116,12 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
             .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
     }
     if let Some(identity) = &identity {
-        become_user(identity, &config, socket_file.as_ref())?;
+        if let Err(e) = become_user(identity, &config, socket_file.as_ref()) {
+            if let Some(path) = &config.pid_file {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
     }
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
     let handles: Vec<_> = loops
