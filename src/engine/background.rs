@@ -14,8 +14,10 @@ impl Engine {
     pub(super) fn sync_every(&self, every: Duration) {
         while !self.stopping.load(Ordering::Acquire) {
             std::thread::sleep(every);
-            if let Err(e) = self.db.flush_wal(true) {
-                log::error!("WAL sync failed: {e}");
+            let started = std::time::Instant::now();
+            match self.db.flush_wal(true) {
+                Ok(()) => self.metrics.observe_sync(started.elapsed()),
+                Err(e) => log::error!("WAL sync failed: {e}"),
             }
         }
     }

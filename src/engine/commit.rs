@@ -4,6 +4,7 @@
 //! many messages is how a durable queue keeps up with many producers.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crossbeam_channel::Receiver;
 use rocksdb::{WriteBatch, WriteOptions};
@@ -195,7 +196,9 @@ impl Committer<'_> {
         body: &[u8],
         reply_to: ConnRef,
     ) {
-        if !self.space.enough() {
+        let enough = self.space.enough();
+        self.engine.metrics.below_reserve.store(!enough, Relaxed);
+        if !enough {
             batch.writers.push((reply_to, Some(Error::DiskFull)));
             return;
         }
@@ -335,8 +338,16 @@ impl Committer<'_> {
                 .put_cf(meta, store::NEXT_ID_KEY, next.to_be_bytes());
         }
         let mut options = WriteOptions::default();
-        options.set_sync(has_puts && self.engine.config.sync == SyncPolicy::Always);
+        let sync = has_puts && self.engine.config.sync == SyncPolicy::Always;
+        options.set_sync(sync);
+        let started = std::time::Instant::now();
         let result = self.engine.db.write_opt(batch.write, &options);
+        let metrics = &self.engine.metrics;
+        if sync {
+            metrics.observe_sync(started.elapsed());
+        }
+        metrics.batches.fetch_add(1, Relaxed);
+        metrics.batch_size.observe(batch.writers.len() as u64);
         if let Err(e) = &result {
             log::error!("commit of {} writes failed: {e}", batch.writers.len());
         }

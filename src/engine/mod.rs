@@ -11,6 +11,7 @@ mod background;
 mod commit;
 pub mod events;
 pub mod message;
+mod metrics;
 pub mod queue;
 mod reading;
 mod space;
@@ -30,6 +31,7 @@ use parking_lot::{Mutex, RwLock};
 use commit::Op;
 use events::Outbox;
 pub use events::{ConnRef, Event, Mailbox, Outcome, Taken, Wake};
+pub use metrics::{EngineSnapshot, HistogramSnapshot};
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use store::{Db, MemoryBudget, StoreOptions};
@@ -124,6 +126,7 @@ pub struct Engine {
     /// (`<queue>+<child>`) with one range query. Locked after `queues` when both are needed.
     fanout: RwLock<BTreeSet<Arc<[u8]>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    metrics: metrics::EngineMetrics,
 }
 
 impl Engine {
@@ -169,6 +172,7 @@ impl Engine {
             stopping: AtomicBool::new(false),
             fanout: RwLock::new(fanout),
             threads: Mutex::new(Vec::new()),
+            metrics: Default::default(),
         });
         let committer = {
             let engine = engine.clone();

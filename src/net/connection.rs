@@ -24,6 +24,8 @@ pub struct Connection {
     /// Slot and generation in the loop's connection table.
     pub id: u64,
     pub protocol: Option<Protocol>,
+    /// Counts this connection under its protocol while it lives (`/metrics`).
+    _counted: Option<super::connection_counts::Counted>,
     /// Input buffer; `input[input_start..input_end]` is received and not yet handled. Its length
     /// is its zeroed capacity, so reads need no fresh memset.
     input: Vec<u8>,
@@ -52,6 +54,7 @@ impl Connection {
             stream,
             id,
             protocol: None,
+            _counted: None,
             input: Vec::new(),
             input_start: 0,
             input_end: 0,
@@ -117,7 +120,10 @@ impl Connection {
             let protocol = match self.protocol {
                 Some(protocol) => protocol,
                 None => match protocol::sniff(first) {
-                    Some(protocol) => *self.protocol.insert(protocol),
+                    Some(protocol) => {
+                        self._counted = Some(ctx.shared.connection_counts.count(protocol));
+                        *self.protocol.insert(protocol)
+                    }
                     None => {
                         log::info!("closing connection whose first byte is 0x{first:02x}: neither protocol");
                         self.dead = true;
@@ -128,6 +134,20 @@ impl Connection {
             let parsed = match protocol {
                 Protocol::Memcache => memcache::parse(buf, &ctx.shared.limits),
                 Protocol::Mqmq => mqmq::parse(buf, &ctx.shared.limits),
+                Protocol::Http => {
+                    // Pipelined requests wait while earlier responses are unread.
+                    if self.output.len() - self.output_start >= OUTPUT_HIGH_WATER {
+                        break;
+                    }
+                    match super::http_service::serve(buf, ctx.shared, &mut self.output) {
+                        Some((consumed, close)) => {
+                            self.input_start += consumed;
+                            self.closing |= close;
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
             };
             // A reply may not overtake the replies to writes still being committed, and a
             // read must see this connection's earlier writes: only writes may pipeline.

@@ -6,10 +6,15 @@
 //! a loop collects in one iteration go to the engine's committer together.
 
 mod connection;
+pub mod connection_counts;
 mod event_loop;
+mod http_service;
+mod prometheus;
 mod report;
 pub mod server;
 mod session;
+pub mod snapshot;
+mod stats_json;
 mod stream;
 pub mod systemd;
 mod timers;
@@ -84,6 +89,7 @@ pub struct Shared {
     pub total_connections: AtomicU64,
     pub loop_stats: OnceLock<Vec<Arc<LoopStats>>>,
     pub shutting_down: AtomicBool,
+    pub connection_counts: Arc<connection_counts::ConnectionCounts>,
 }
 
 impl Shared {

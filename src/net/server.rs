@@ -85,6 +85,7 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
         total_connections: AtomicU64::new(0),
         loop_stats: OnceLock::new(),
         shutting_down: AtomicBool::new(false),
+        connection_counts: Arc::default(),
     });
 
     let stats: Vec<Arc<LoopStats>> = (0..threads).map(|_| Arc::default()).collect();

@@ -5,6 +5,7 @@
 //! The connection layer picks a codec from a connection's first byte with [`sniff`].
 
 pub mod command;
+pub mod http;
 pub mod json;
 pub mod memcache;
 pub mod mqmq;
@@ -18,14 +19,18 @@ pub enum Protocol {
     Memcache,
     /// mqmq length-prefixed binary frames.
     Mqmq,
+    /// HTTP/1.1 monitoring requests (`GET /metrics`, ...).
+    Http,
 }
 
-/// Decides the protocol from a connection's first byte: an ASCII letter starts every memcache
-/// command; an mqmq frame starts with the high byte of a big-endian length, below 0x20 for any
+/// Decides the protocol from a connection's first byte: a lowercase ASCII letter starts every
+/// memcache command, an uppercase one an HTTP method (`GET`, `HEAD`); an mqmq frame starts with the high byte of a big-endian length, below 0x20 for any
 /// frame under 512 MiB. Anything else is neither, and the connection is closed.
 pub fn sniff(first: u8) -> Option<Protocol> {
-    if first.is_ascii_alphabetic() {
+    if first.is_ascii_lowercase() {
         Some(Protocol::Memcache)
+    } else if first.is_ascii_uppercase() {
+        Some(Protocol::Http)
     } else if first < 0x20 {
         Some(Protocol::Mqmq)
     } else {
@@ -63,9 +68,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sniff_letters_are_memcache_low_bytes_are_mqmq() {
+    fn sniff_letters_are_memcache_or_http_low_bytes_are_mqmq() {
         assert_eq!(sniff(b's'), Some(Protocol::Memcache));
-        assert_eq!(sniff(b'G'), Some(Protocol::Memcache));
+        assert_eq!(sniff(b'G'), Some(Protocol::Http));
+        assert_eq!(sniff(b'H'), Some(Protocol::Http));
         assert_eq!(sniff(0x00), Some(Protocol::Mqmq));
         assert_eq!(sniff(0x1f), Some(Protocol::Mqmq));
         assert_eq!(sniff(b' '), None);

@@ -1,0 +1,66 @@
+//! What each monitoring URL answers, on a connection whose first byte chose HTTP: `/metrics`
+//! (Prometheus text), `/stats.json` (the same as JSON) and `/` (the live dashboard page, built
+//! into the binary). The codec is `protocol::http`; this module only routes and renders.
+
+use super::snapshot::Snapshot;
+use super::{prometheus, stats_json, Shared};
+use crate::protocol::http::{self, Method, ParsedHead, Response, Status};
+
+/// The dashboard: one self-contained page that polls `/stats.json`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Answers the request at the front of `input` into `out`. `None`: the head is incomplete.
+/// Otherwise the bytes it took and whether the connection closes after the response.
+pub fn serve(input: &[u8], shared: &Shared, out: &mut Vec<u8>) -> Option<(usize, bool)> {
+    let (consumed, request) = match http::parse(input) {
+        ParsedHead::NeedMore => return None,
+        ParsedHead::Request { consumed, request } => (consumed, request),
+        ParsedHead::Invalid(status) => {
+            let body = format!("{} {}\n", status.code(), status.reason());
+            http::encode(&text(status, body.as_bytes(), false, true), out);
+            return Some((input.len(), true));
+        }
+    };
+    let close = !request.keep_alive;
+    let head_only = request.method == Method::Head;
+    if request.method == Method::Other {
+        let body = b"405 Method Not Allowed: only GET and HEAD\n";
+        http::encode(&text(Status::MethodNotAllowed, body, head_only, close), out);
+        return Some((consumed, close));
+    }
+    let (content_type, body): (&str, Vec<u8>) = match request.path {
+        "/metrics" => (
+            prometheus::CONTENT_TYPE,
+            prometheus::render(&Snapshot::take(shared)).into_bytes(),
+        ),
+        "/stats.json" => (
+            stats_json::CONTENT_TYPE,
+            stats_json::render(&Snapshot::take(shared)),
+        ),
+        "/" | "/index.html" => ("text/html; charset=utf-8", DASHBOARD.as_bytes().to_vec()),
+        _ => {
+            let body = b"404 Not Found: try /, /metrics or /stats.json\n";
+            http::encode(&text(Status::NotFound, body, head_only, close), out);
+            return Some((consumed, close));
+        }
+    };
+    let response = Response {
+        status: Status::Ok,
+        content_type,
+        body: &body,
+        head_only,
+        close,
+    };
+    http::encode(&response, out);
+    Some((consumed, close))
+}
+
+fn text(status: Status, body: &[u8], head_only: bool, close: bool) -> Response<'_> {
+    Response {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body,
+        head_only,
+        close,
+    }
+}

@@ -1,0 +1,260 @@
+//! `GET /metrics`: a [`Snapshot`] in the Prometheus text exposition format 0.0.4. Every family
+//! has HELP and TYPE lines and its samples together; names follow Prometheus conventions
+//! (`mqd_` prefix, base units, `_total` on counters). Queue names become the `queue` label,
+//! escaped as the format requires (`\\`, `\"`, `\n`); bytes that are not UTF-8 become U+FFFD.
+
+use std::fmt::Write as _;
+
+use super::snapshot::Snapshot;
+use crate::engine::{HistogramSnapshot, QueueStats};
+
+/// The Content-Type of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders the snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = Exposition::default();
+    render_queues(&mut out, &s.queues);
+
+    out.family("mqd_queues", "gauge", "Queues that exist.");
+    out.sample("mqd_queues", &[], s.queues.len());
+    out.family(
+        "mqd_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+    );
+    out.sample("mqd_uptime_seconds", &[], s.uptime_secs);
+
+    out.family(
+        "mqd_connections",
+        "gauge",
+        "Open client connections, by the protocol their first byte chose.",
+    );
+    for c in &s.connections {
+        out.sample("mqd_connections", &[("protocol", c.protocol)], c.open);
+    }
+    out.family(
+        "mqd_connections_opened_total",
+        "counter",
+        "Client connections that chose each protocol, since the server started.",
+    );
+    for c in &s.connections {
+        out.sample(
+            "mqd_connections_opened_total",
+            &[("protocol", c.protocol)],
+            c.opened,
+        );
+    }
+    out.family(
+        "mqd_connections_accepted_total",
+        "counter",
+        "Connections accepted, whatever they sent.",
+    );
+    out.sample("mqd_connections_accepted_total", &[], s.total_connections);
+
+    out.family(
+        "mqd_commands_total",
+        "counter",
+        "Queue commands by kind: get (memcache get and mqmq Get), set (memcache set and mqmq Put), peek. Zeroed by `stats reset`.",
+    );
+    for (kind, count) in s.commands() {
+        out.sample("mqd_commands_total", &[("kind", kind)], count);
+    }
+    let t = &s.totals;
+    for (name, help, value) in [
+        (
+            "mqd_get_hits_total",
+            "Reads that returned a message.",
+            t.get_hits,
+        ),
+        (
+            "mqd_get_misses_total",
+            "Reads that found no message.",
+            t.get_misses,
+        ),
+        (
+            "mqd_received_bytes_total",
+            "Bytes read from clients.",
+            t.bytes_read,
+        ),
+        (
+            "mqd_sent_bytes_total",
+            "Bytes written to clients.",
+            t.bytes_written,
+        ),
+        (
+            "mqd_commit_batches_total",
+            "Group commits written to RocksDB.",
+            s.engine.commit_batches,
+        ),
+    ] {
+        out.family(name, "counter", help);
+        out.sample(name, &[], value);
+    }
+
+    out.histogram(
+        "mqd_commit_batch_size",
+        "Write requests (puts, deletes, flushes) answered by one group commit.",
+        &s.engine.batch_size,
+        1.0,
+    );
+    out.histogram(
+        "mqd_fsync_duration_seconds",
+        "Duration of each synced commit (WAL append and fsync) and of each interval WAL sync.",
+        &s.engine.sync_micros,
+        1e6,
+    );
+
+    out.family(
+        "mqd_disk_below_reserve",
+        "gauge",
+        "1 while free disk space is under --min-free-space and new messages are refused.",
+    );
+    out.sample(
+        "mqd_disk_below_reserve",
+        &[],
+        u8::from(s.engine.below_reserve),
+    );
+    out.family(
+        "mqd_disk_reserve_bytes",
+        "gauge",
+        "The free-space reserve, --min-free-space (0: none).",
+    );
+    out.sample("mqd_disk_reserve_bytes", &[], s.engine.reserve_bytes);
+    if let Some(free) = s.engine.free_bytes {
+        out.family(
+            "mqd_disk_free_bytes",
+            "gauge",
+            "Free bytes on the data directory's file system.",
+        );
+        out.sample("mqd_disk_free_bytes", &[], free);
+    }
+    out.family(
+        "mqd_rocksdb_memory_bytes",
+        "gauge",
+        "Memory RocksDB holds, by kind (memtables, block_cache, block_cache_pinned, table_readers).",
+    );
+    for (kind, bytes) in &s.engine.rocksdb_memory {
+        out.sample("mqd_rocksdb_memory_bytes", &[("kind", kind)], bytes);
+    }
+    out.text
+}
+
+fn render_queues(out: &mut Exposition, queues: &[QueueStats]) {
+    type Field = fn(&QueueStats) -> u64;
+    let families: [(&str, &str, &str, Field); 9] = [
+        ("mqd_queue_items", "gauge", "Messages waiting to be read (open ones not counted).", |q| q.items),
+        ("mqd_queue_bytes", "gauge", "Body bytes the queue holds, open messages included.", |q| q.bytes),
+        ("mqd_queue_open_reads", "gauge", "Messages handed out by /open and not yet closed or aborted.", |q| q.open),
+        ("mqd_queue_waiters", "gauge", "Readers blocked waiting for a message.", |q| q.waiters),
+        ("mqd_queue_enqueued_total", "counter", "Messages ever committed to the queue.", |q| q.enqueued),
+        ("mqd_queue_dequeued_total", "counter", "Messages that left the queue for good: read (and closed), expired, discarded or flushed.", |q| q.removed),
+        ("mqd_queue_expired_total", "counter", "Messages dropped unread because they expired.", |q| q.expired),
+        ("mqd_queue_discarded_total", "counter", "Messages dropped to make room (--discard-old-when-full).", |q| q.discarded),
+        ("mqd_queue_flushes_total", "counter", "Times the queue was flushed.", |q| q.flushes),
+    ];
+    for (name, kind, help, field) in &families {
+        out.family(name, kind, help);
+        for q in queues {
+            let queue = String::from_utf8_lossy(&q.name);
+            out.sample(name, &[("queue", &queue)], field(q));
+        }
+    }
+    out.family(
+        "mqd_queue_oldest_age_seconds",
+        "gauge",
+        "Seconds the oldest waiting message has waited (0 when the queue is empty).",
+    );
+    for q in queues {
+        let queue = String::from_utf8_lossy(&q.name);
+        out.sample(
+            "mqd_queue_oldest_age_seconds",
+            &[("queue", &queue)],
+            q.age_ms as f64 / 1000.0,
+        );
+    }
+}
+
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (label, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                self.text.push_str(label);
+                self.text.push_str("=\"");
+                push_label_value(&mut self.text, value);
+                self.text.push('"');
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    /// A histogram whose observations are `per_unit` to one of the exposed unit (1e6 for
+    /// microseconds exposed as seconds). Dividing keeps bounds such as 0.0001 exact in text.
+    fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot, per_unit: f64) {
+        self.family(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for &(bound, count) in &h.buckets {
+            let le = (bound as f64 / per_unit).to_string();
+            self.sample(&bucket, &[("le", &le)], count);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], h.count);
+        self.sample(&format!("{name}_sum"), &[], h.sum as f64 / per_unit);
+        self.sample(&format!("{name}_count"), &[], h.count);
+    }
+}
+
+fn push_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Exposition::default();
+        out.sample("m", &[("queue", "a\\b\"c\nd")], 1);
+        assert_eq!(out.text, "m{queue=\"a\\\\b\\\"c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_inf() {
+        let mut out = Exposition::default();
+        let h = HistogramSnapshot {
+            buckets: vec![(100, 1), (1000, 3)],
+            count: 4,
+            sum: 5000,
+        };
+        out.histogram("d_seconds", "x", &h, 1e6);
+        assert_eq!(
+            out.text,
+            "# HELP d_seconds x\n# TYPE d_seconds histogram\n\
+             d_seconds_bucket{le=\"0.0001\"} 1\nd_seconds_bucket{le=\"0.001\"} 3\n\
+             d_seconds_bucket{le=\"+Inf\"} 4\nd_seconds_sum 0.005\nd_seconds_count 4\n"
+        );
+    }
+}

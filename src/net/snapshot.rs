@@ -1,0 +1,68 @@
+//! Everything the monitoring endpoints report, gathered at one moment into plain values:
+//! server counters from the event loops, connections by protocol, every queue's `QueueStats`
+//! and the engine's commit, disk and RocksDB numbers. `/metrics` and `/stats.json` render the
+//! same snapshot, so they always agree.
+
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::connection_counts::{label, PROTOCOLS};
+use super::{Shared, Totals};
+use crate::engine::{EngineSnapshot, QueueStats};
+
+/// Connections of one protocol.
+#[derive(Clone, Debug)]
+pub struct ProtocolConnections {
+    pub protocol: &'static str,
+    /// Open now.
+    pub open: u64,
+    /// Ever opened.
+    pub opened: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Wall-clock time of the snapshot, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub uptime_secs: u64,
+    pub curr_connections: u64,
+    pub total_connections: u64,
+    pub connections: Vec<ProtocolConnections>,
+    pub totals: Totals,
+    pub queues: Vec<QueueStats>,
+    pub engine: EngineSnapshot,
+}
+
+impl Snapshot {
+    pub fn take(shared: &Shared) -> Snapshot {
+        let counts = &shared.connection_counts;
+        Snapshot {
+            time_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            uptime_secs: shared.started.elapsed().as_secs(),
+            curr_connections: shared.curr_connections.load(Ordering::Relaxed),
+            total_connections: shared.total_connections.load(Ordering::Relaxed),
+            connections: PROTOCOLS
+                .iter()
+                .map(|&p| ProtocolConnections {
+                    protocol: label(p),
+                    open: counts.open(p),
+                    opened: counts.opened(p),
+                })
+                .collect(),
+            totals: shared.loop_totals(),
+            queues: shared.engine.stats(true),
+            engine: shared.engine.metrics(),
+        }
+    }
+
+    /// Commands counted by kind: `(kind, count)`.
+    pub fn commands(&self) -> [(&'static str, u64); 3] {
+        [
+            ("get", self.totals.get_cmds),
+            ("set", self.totals.set_cmds),
+            ("peek", self.totals.cmd_peek),
+        ]
+    }
+}

@@ -1,0 +1,156 @@
+//! `GET /stats.json`: the same [`Snapshot`] as `/metrics`, as one JSON object, with Kestrel's
+//! and memcached's stat names where they have one (`items`, `total_items`, `expired_items`,
+//! `age_msec`, `open_transactions`, `cmd_get`, ...). Queues are a list sorted by name, each
+//! with its `name` (bytes that are not UTF-8 become U+FFFD, as in mqmq's `Info`).
+
+use std::fmt::Write as _;
+
+use super::snapshot::Snapshot;
+use crate::engine::HistogramSnapshot;
+use crate::protocol::json;
+
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// Renders the snapshot.
+pub fn render(s: &Snapshot) -> Vec<u8> {
+    let mut o = Object::new();
+    let t = &s.totals;
+    o.number("time_msec", s.time_ms);
+    o.number("uptime", s.uptime_secs);
+    o.key("version");
+    json::push_string(&mut o.out, env!("CARGO_PKG_VERSION").as_bytes());
+    o.number("curr_connections", s.curr_connections);
+    o.number("total_connections", s.total_connections);
+    o.key("connections");
+    let mut by_protocol = Object::new();
+    for c in &s.connections {
+        by_protocol.key(c.protocol);
+        let mut counts = Object::new();
+        counts.number("open", c.open);
+        counts.number("opened", c.opened);
+        by_protocol.raw(&counts.finish());
+    }
+    o.raw(&by_protocol.finish());
+    for (name, value) in [
+        ("cmd_get", t.get_cmds),
+        ("cmd_set", t.set_cmds),
+        ("cmd_peek", t.cmd_peek),
+        ("get_hits", t.get_hits),
+        ("get_misses", t.get_misses),
+        ("bytes_read", t.bytes_read),
+        ("bytes_written", t.bytes_written),
+        ("curr_items", s.queues.iter().map(|q| q.items).sum()),
+        ("total_items", s.queues.iter().map(|q| q.enqueued).sum()),
+        ("bytes", s.queues.iter().map(|q| q.bytes).sum()),
+        ("curr_queues", s.queues.len() as u64),
+        ("commit_batches", s.engine.commit_batches),
+    ] {
+        o.number(name, value);
+    }
+    o.key("commit_batch_size");
+    o.raw(&histogram(&s.engine.batch_size));
+    o.key("fsync_usec");
+    o.raw(&histogram(&s.engine.sync_micros));
+    o.key("disk");
+    let mut disk = Object::new();
+    disk.key("below_reserve");
+    disk.out.extend_from_slice(if s.engine.below_reserve {
+        b"true"
+    } else {
+        b"false"
+    });
+    disk.number("reserve_bytes", s.engine.reserve_bytes);
+    if let Some(free) = s.engine.free_bytes {
+        disk.number("free_bytes", free);
+    }
+    o.raw(&disk.finish());
+    o.key("rocksdb_memory_bytes");
+    let mut memory = Object::new();
+    for (kind, bytes) in &s.engine.rocksdb_memory {
+        memory.number(kind, *bytes);
+    }
+    o.raw(&memory.finish());
+
+    o.key("queues");
+    o.out.push(b'[');
+    for (i, q) in s.queues.iter().enumerate() {
+        if i > 0 {
+            o.out.push(b',');
+        }
+        let mut queue = Object::new();
+        queue.key("name");
+        json::push_string(&mut queue.out, &q.name);
+        for (name, value) in [
+            ("items", q.items),
+            ("bytes", q.bytes),
+            ("total_items", q.enqueued),
+            ("dequeued_items", q.removed),
+            ("expired_items", q.expired),
+            ("discarded", q.discarded),
+            ("total_flushes", q.flushes),
+            ("age_msec", q.age_ms),
+            ("waiters", q.waiters),
+            ("open_transactions", q.open),
+        ] {
+            queue.number(name, value);
+        }
+        o.raw(&queue.finish());
+    }
+    o.out.push(b']');
+    let mut out = o.finish();
+    out.push(b'\n');
+    out
+}
+
+fn histogram(h: &HistogramSnapshot) -> Vec<u8> {
+    let mut o = Object::new();
+    o.number("count", h.count);
+    o.number("sum", h.sum);
+    o.key("buckets");
+    let mut buckets = String::from("[");
+    for (i, (bound, count)) in h.buckets.iter().enumerate() {
+        let comma = if i > 0 { "," } else { "" };
+        let _ = write!(buckets, "{comma}[{bound},{count}]");
+    }
+    buckets.push(']');
+    o.raw(buckets.as_bytes());
+    o.finish()
+}
+
+/// A JSON object being written: keys in the order given.
+struct Object {
+    out: Vec<u8>,
+    fields: usize,
+}
+
+impl Object {
+    fn new() -> Object {
+        Object {
+            out: vec![b'{'],
+            fields: 0,
+        }
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.fields > 0 {
+            self.out.push(b',');
+        }
+        self.fields += 1;
+        json::push_string(&mut self.out, key.as_bytes());
+        self.out.push(b':');
+    }
+
+    fn number(&mut self, key: &str, value: u64) {
+        self.key(key);
+        self.out.extend_from_slice(value.to_string().as_bytes());
+    }
+
+    fn raw(&mut self, value: &[u8]) {
+        self.out.extend_from_slice(value);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
+}

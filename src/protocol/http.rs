@@ -1,0 +1,240 @@
+//! The HTTP/1.1 subset mqd serves for monitoring: request heads in, responses out. Pure, like
+//! the other codecs: no I/O, no clock, no knowledge of what the endpoints say.
+//!
+//! Only what `GET` and `HEAD` need is understood: the request line, `Connection` (keep-alive
+//! or close) and whether a body follows (`Content-Length`, `Transfer-Encoding`). Bodies are
+//! never read: a request that announces one is answered and its connection closed. A head may
+//! not exceed [`MAX_HEAD`] bytes; the limit is checked on what arrived, before anything is
+//! kept, so a peer cannot make the server buffer more.
+
+/// Most bytes of one request head (request line, headers, the empty line).
+pub const MAX_HEAD: usize = 8 << 10;
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    /// Any other well-formed method: answered 405.
+    Other,
+}
+
+/// A parsed request head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub method: Method,
+    /// The target's path, without its query string.
+    pub path: &'a str,
+    /// The connection stays open after the response.
+    pub keep_alive: bool,
+    /// A body follows the head (it is not read: the connection is closed after the response).
+    pub has_body: bool,
+}
+
+/// The outcome of parsing the front of a connection's input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParsedHead<'a> {
+    /// No complete head yet, and still under the limit.
+    NeedMore,
+    /// A complete head occupying the first `consumed` bytes.
+    Request {
+        consumed: usize,
+        request: Request<'a>,
+    },
+    /// A malformed or oversized head: answer with this status and close.
+    Invalid(Status),
+}
+
+/// The statuses mqd answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    HeaderFieldsTooLarge,
+    VersionNotSupported,
+}
+
+impl Status {
+    pub fn code(self) -> u16 {
+        match self {
+            Status::Ok => 200,
+            Status::BadRequest => 400,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::HeaderFieldsTooLarge => 431,
+            Status::VersionNotSupported => 505,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::BadRequest => "Bad Request",
+            Status::NotFound => "Not Found",
+            Status::MethodNotAllowed => "Method Not Allowed",
+            Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
+            Status::VersionNotSupported => "HTTP Version Not Supported",
+        }
+    }
+}
+
+/// Parses the request head at the front of `buf`.
+pub fn parse(buf: &[u8]) -> ParsedHead<'_> {
+    let window = &buf[..buf.len().min(MAX_HEAD)];
+    let Some(end) = head_end(window) else {
+        return if buf.len() >= MAX_HEAD {
+            ParsedHead::Invalid(Status::HeaderFieldsTooLarge)
+        } else {
+            ParsedHead::NeedMore
+        };
+    };
+    match parse_head(&buf[..end]) {
+        Ok(request) => ParsedHead::Request {
+            consumed: end,
+            request,
+        },
+        Err(status) => ParsedHead::Invalid(status),
+    }
+}
+
+/// Where the head ends (just past its empty line), if it has. Lines end in CRLF; a bare LF is
+/// accepted too, as RFC 9112 allows.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut line_start = 0;
+    for (at, &byte) in buf.iter().enumerate() {
+        if byte == b'\n' {
+            let line = &buf[line_start..at];
+            if line.is_empty() || line == b"\r" {
+                return Some(at + 1);
+            }
+            line_start = at + 1;
+        }
+    }
+    None
+}
+
+fn parse_head(head: &[u8]) -> Result<Request<'_>, Status> {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    let request_line = lines.next().ok_or(Status::BadRequest)?;
+    let mut parts = request_line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Status::BadRequest);
+    };
+    if method.is_empty() || !method.iter().all(u8::is_ascii_uppercase) {
+        return Err(Status::BadRequest);
+    }
+    let method = match method {
+        b"GET" => Method::Get,
+        b"HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+    let http11 = match version {
+        b"HTTP/1.1" => true,
+        b"HTTP/1.0" => false,
+        v if v.starts_with(b"HTTP/") && v.len() == 8 && v[6] == b'.' => {
+            return Err(Status::VersionNotSupported)
+        }
+        _ => return Err(Status::BadRequest),
+    };
+    if target.first() != Some(&b'/') || !target.iter().all(|&b| b.is_ascii_graphic()) {
+        return Err(Status::BadRequest);
+    }
+    let target = std::str::from_utf8(target).map_err(|_| Status::BadRequest)?;
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+
+    let mut keep_alive = http11;
+    let mut has_body = false;
+    for line in lines.filter(|line| !line.is_empty()) {
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(Status::BadRequest)?;
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+            return Err(Status::BadRequest);
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            for option in value.split(|&b| b == b',').map(trim) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return Err(Status::BadRequest);
+            }
+            has_body |= value.iter().any(|&b| b != b'0');
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            has_body = true;
+        }
+    }
+    if has_body {
+        keep_alive = false;
+    }
+    Ok(Request {
+        method,
+        path,
+        keep_alive,
+        has_body,
+    })
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t');
+    let end = bytes.iter().rposition(|&b| b != b' ' && b != b'\t');
+    match (start, end) {
+        (Some(start), Some(end)) => &bytes[start..=end],
+        _ => &[],
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A response to encode.
+pub struct Response<'a> {
+    pub status: Status,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    /// Send the headers only (`HEAD`); `Content-Length` still says what `GET` would send.
+    pub head_only: bool,
+    /// Tell the client the connection closes after this response.
+    pub close: bool,
+}
+
+/// Appends `response` to `out`.
+pub fn encode(response: &Response, out: &mut Vec<u8>) {
+    let status = response.status;
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        status.code(),
+        status.reason(),
+        response.content_type,
+        response.body.len()
+    );
+    if status == Status::MethodNotAllowed {
+        head.push_str("Allow: GET, HEAD\r\n");
+    }
+    if response.close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    out.extend_from_slice(head.as_bytes());
+    if !response.head_only {
+        out.extend_from_slice(response.body);
+    }
+}
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+mod tests;
