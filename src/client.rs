@@ -1,5 +1,6 @@
-//! Small blocking clients for both protocols, for the command line, the bench tool and tests.
-//! They speak exactly what `protocol-spec/` says, one request at a time.
+//! Small blocking clients for both protocols, and a one-shot HTTP GET for the monitoring
+//! endpoints, for the command line, the bench tool and tests. They speak exactly what
+//! `protocol-spec/` says, one request at a time.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -152,4 +153,48 @@ impl MemcacheClient {
             other => Err(protocol_error(other)),
         }
     }
+}
+
+/// Most bytes of an HTTP response body `http_get` accepts.
+const MAX_HTTP_BODY: usize = 64 << 20;
+
+/// `GET path` on a fresh connection (`Connection: close`): the status code and the body.
+/// Enough for mqd's own endpoints (`protocol-spec/http.md`): a `Content-Length` body, no
+/// chunked encoding.
+pub fn http_get(addr: &str, path: &str) -> io::Result<(u16, Vec<u8>)> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut stream = BufReader::new(stream);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.get_mut().write_all(request.as_bytes())?;
+    let mut line = String::new();
+    stream.read_line(&mut line)?;
+    let status = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| protocol_error(format!("not an HTTP response: {line:?}")))?;
+    let mut length = None;
+    loop {
+        line.clear();
+        if stream.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let header = line.trim_end_matches(['\r', '\n']);
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let length = length.ok_or_else(|| protocol_error("response without Content-Length"))?;
+    if length > MAX_HTTP_BODY {
+        return Err(protocol_error(format!("response body of {length} bytes")));
+    }
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    Ok((status, body))
 }

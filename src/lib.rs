@@ -13,3 +13,4 @@ pub mod net;
 pub mod process;
 pub mod protocol;
 pub mod serve_args;
+pub mod top;

@@ -1,5 +1,5 @@
 //! The `mqd` command: `serve` runs the server; `info`, `put` and `get` talk to a running one over
-//! the mqmq protocol for use from a shell.
+//! the mqmq protocol for use from a shell; `top` watches one over HTTP.
 
 use std::process::ExitCode;
 
@@ -24,6 +24,7 @@ enum Command {
     Info(Info),
     Put(Put),
     Get(Get),
+    Top(Top),
 }
 
 #[derive(FromArgs)]
@@ -62,6 +63,21 @@ struct Get {
     addr: String,
 }
 
+#[derive(FromArgs)]
+#[argh(subcommand, name = "top")]
+/// watch a running server's queues (depth, rates, oldest age), refreshing; q quits
+struct Top {
+    /// server address (default 127.0.0.1:22201)
+    #[argh(option, default = "String::from(\"127.0.0.1:22201\")")]
+    addr: String,
+    /// milliseconds between refreshes (default 1000)
+    #[argh(option, default = "1000")]
+    interval: u64,
+    /// stop after this many refreshes (default 0: until q)
+    #[argh(option, default = "0")]
+    iterations: u64,
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "serve") {
@@ -95,6 +111,11 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Info(info) => print_info(&info.addr),
+        Command::Top(top) => mqd::top::run(
+            &top.addr,
+            std::time::Duration::from_millis(top.interval.max(100)),
+            top.iterations,
+        ),
         Command::Put(put) => MqmqClient::connect(put.addr.as_str())
             .and_then(|mut c| c.put(put.queue.as_bytes(), put.message.as_bytes()))
             .map_err(|e| e.to_string()),

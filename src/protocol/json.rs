@@ -1,7 +1,8 @@
 //! The little JSON mqmq's `Info` needs. Writing follows Go's `encoding/json`, so our `Info` is
 //! byte-for-byte what an mqmq client has always parsed: map keys sorted, `<`, `>`, `&`, U+2028
 //! and U+2029 escaped, each invalid UTF-8 byte written as `\ufffd` (Go 1.22 and later). Reading handles objects, strings and
-//! whole numbers: enough for `mqd info` to read an `Info` reply.
+//! whole numbers, plus arrays and booleans: enough for `mqd info` to read an `Info` reply and
+//! `mqd top` to read `/stats.json`.
 
 /// A parsed JSON value of the kinds `Info` uses.
 #[derive(Debug, PartialEq)]
@@ -9,6 +10,8 @@ pub enum Json {
     Number(u64),
     String(Vec<u8>),
     Object(Vec<(Vec<u8>, Json)>),
+    Array(Vec<Json>),
+    Bool(bool),
 }
 
 impl Json {
@@ -19,6 +22,13 @@ impl Json {
                 .find(|(k, _)| k == key.as_bytes())
                 .map(|(_, v)| v),
             _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> &[Json] {
+        match self {
+            Json::Array(items) => items,
+            _ => &[],
         }
     }
 
@@ -63,6 +73,19 @@ impl Parser<'_> {
         match self.bytes.get(self.at)? {
             b'{' => self.object(),
             b'"' => self.string().map(Json::String),
+            b'[' => self.array(),
+            b't' | b'f' => {
+                let rest = &self.bytes[self.at..];
+                let (value, len) = if rest.starts_with(b"true") {
+                    (true, 4)
+                } else if rest.starts_with(b"false") {
+                    (false, 5)
+                } else {
+                    return None;
+                };
+                self.at += len;
+                Some(Json::Bool(value))
+            }
             b'0'..=b'9' => {
                 let start = self.at;
                 while self.bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
@@ -92,6 +115,21 @@ impl Parser<'_> {
             if self.eat(b',').is_none() {
                 self.eat(b'}')?;
                 return Some(Json::Object(fields));
+            }
+        }
+    }
+
+    fn array(&mut self) -> Option<Json> {
+        self.eat(b'[')?;
+        let mut items = Vec::new();
+        if self.eat(b']').is_some() {
+            return Some(Json::Array(items));
+        }
+        loop {
+            items.push(self.value()?);
+            if self.eat(b',').is_none() {
+                self.eat(b']')?;
+                return Some(Json::Array(items));
             }
         }
     }
@@ -190,6 +228,14 @@ mod tests {
         };
         assert_eq!(queues[0].0, b"a<\"b\n");
         assert_eq!(parse("{\"a\":}"), None);
+        let doc = parse(r#"{"q":[{"b":true},[],false, 3]}"#).unwrap();
+        let q = doc.get("q").unwrap().as_array();
+        assert_eq!(q.len(), 4);
+        assert_eq!(q[0].get("b"), Some(&Json::Bool(true)));
+        assert_eq!(q[1], Json::Array(vec![]));
+        assert_eq!(q[3].as_u64(), Some(3));
+        assert_eq!(parse("[1,]"), None);
+        assert_eq!(parse("tru"), None);
     }
 
     #[test]
