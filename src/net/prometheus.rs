@@ -55,7 +55,7 @@ pub fn render(s: &Snapshot) -> String {
     out.family(
         "mqd_commands_total",
         "counter",
-        "Queue commands by kind: get (memcache get and mqmq Get), set (memcache set and mqmq Put), peek. Zeroed by `stats reset`.",
+        "Queue commands by kind: get (memcache get, mqmq Get), peek (get with /peek), set (memcache set, mqmq Put). Zeroed by `stats reset`.",
     );
     for (kind, count) in s.commands() {
         out.sample("mqd_commands_total", &[("kind", kind)], count);

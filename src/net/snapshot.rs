@@ -57,10 +57,14 @@ impl Snapshot {
         }
     }
 
-    /// Commands counted by kind: `(kind, count)`.
+    /// Commands counted by kind, each command in one kind (`cmd_get` counts peeks too; here
+    /// `get` does not): `(kind, count)`.
     pub fn commands(&self) -> [(&'static str, u64); 3] {
         [
-            ("get", self.totals.get_cmds),
+            (
+                "get",
+                self.totals.get_cmds.saturating_sub(self.totals.cmd_peek),
+            ),
             ("set", self.totals.set_cmds),
             ("peek", self.totals.cmd_peek),
         ]

@@ -84,6 +84,13 @@ impl Status {
 pub fn parse(buf: &[u8]) -> ParsedHead<'_> {
     let window = &buf[..buf.len().min(MAX_HEAD)];
     let Some(end) = head_end(window) else {
+        // A bad request line is refused as soon as it is complete (`GET q` from a memcache
+        // client typing in capitals), not after the head limit.
+        if let Some(line_end) = window.iter().position(|&b| b == b'\n') {
+            if let Err(status) = request_line(strip_cr(&window[..line_end])) {
+                return ParsedHead::Invalid(status);
+            }
+        }
         return if buf.len() >= MAX_HEAD {
             ParsedHead::Invalid(Status::HeaderFieldsTooLarge)
         } else {
@@ -115,39 +122,13 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-fn parse_head(head: &[u8]) -> Result<Request<'_>, Status> {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
-    let request_line = lines.next().ok_or(Status::BadRequest)?;
-    let mut parts = request_line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Status::BadRequest);
-    };
-    if method.is_empty() || !method.iter().all(u8::is_ascii_uppercase) {
-        return Err(Status::BadRequest);
-    }
-    let method = match method {
-        b"GET" => Method::Get,
-        b"HEAD" => Method::Head,
-        _ => Method::Other,
-    };
-    let http11 = match version {
-        b"HTTP/1.1" => true,
-        b"HTTP/1.0" => false,
-        v if v.starts_with(b"HTTP/") && v.len() == 8 && v[6] == b'.' => {
-            return Err(Status::VersionNotSupported)
-        }
-        _ => return Err(Status::BadRequest),
-    };
-    if target.first() != Some(&b'/') || !target.iter().all(|&b| b.is_ascii_graphic()) {
-        return Err(Status::BadRequest);
-    }
-    let target = std::str::from_utf8(target).map_err(|_| Status::BadRequest)?;
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
 
+fn parse_head(head: &[u8]) -> Result<Request<'_>, Status> {
+    let mut lines = head.split(|&b| b == b'\n').map(strip_cr);
+    let (method, path, http11) = request_line(lines.next().ok_or(Status::BadRequest)?)?;
     let mut keep_alive = http11;
     let mut has_body = false;
     for line in lines.filter(|line| !line.is_empty()) {
@@ -185,6 +166,38 @@ fn parse_head(head: &[u8]) -> Result<Request<'_>, Status> {
         keep_alive,
         has_body,
     })
+}
+
+/// Splits the request line into its method, its target's path, and whether it is HTTP/1.1.
+fn request_line(line: &[u8]) -> Result<(Method, &str, bool), Status> {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Status::BadRequest);
+    };
+    if method.is_empty() || !method.iter().all(u8::is_ascii_uppercase) {
+        return Err(Status::BadRequest);
+    }
+    let method = match method {
+        b"GET" => Method::Get,
+        b"HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+    let http11 = match version {
+        b"HTTP/1.1" => true,
+        b"HTTP/1.0" => false,
+        v if v.starts_with(b"HTTP/") && v.len() == 8 && v[6] == b'.' => {
+            return Err(Status::VersionNotSupported)
+        }
+        _ => return Err(Status::BadRequest),
+    };
+    if target.first() != Some(&b'/') || !target.iter().all(|&b| b.is_ascii_graphic()) {
+        return Err(Status::BadRequest);
+    }
+    let target = std::str::from_utf8(target).map_err(|_| Status::BadRequest)?;
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    Ok((method, path, http11))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {

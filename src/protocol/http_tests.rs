@@ -94,6 +94,14 @@ fn malformed_heads_are_bad_requests() {
 }
 
 #[test]
+fn a_bad_request_line_is_refused_before_the_head_ends() {
+    // A memcache command typed in capitals is not left waiting for an empty line.
+    assert_eq!(parse(b"GET q\r\n"), ParsedHead::Invalid(Status::BadRequest));
+    assert_eq!(parse(b"GET q"), ParsedHead::NeedMore);
+    assert_eq!(parse(b"GET /q HTTP/1.1\r\n"), ParsedHead::NeedMore);
+}
+
+#[test]
 fn encodes_responses() {
     let mut out = Vec::new();
     let response = Response {

@@ -1,8 +1,8 @@
-//! Both codecs against hostile input: random bytes and random mutations of valid requests must
+//! The codecs (memcache, mqmq, the HTTP request head) against hostile input: random bytes and random mutations of valid requests must
 //! only ever produce a command, an error or a request for more bytes, never a panic, and never
 //! claim more bytes than they were given.
 
-use super::{memcache, mqmq, Limits, Parsed};
+use super::{http, memcache, mqmq, Limits, Parsed};
 
 const LIMITS: Limits = Limits {
     max_message_size: 4096,
@@ -37,7 +37,9 @@ fn seeds() -> Vec<Vec<u8>> {
         mqmq::frame(&mut frame, values);
         frames.push(frame);
     }
-    let text: [&[u8]; 9] = [
+    let text: [&[u8]; 11] = [
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"POST / HTTP/1.0\r\nContent-Length: 12\r\n\r\n",
         b"set q 0 0 5\r\nhello\r\n",
         b"set q 4294967295 -1 0 noreply\r\n\r\n",
         b"get a b/t=10/open c/close/open\r\n",
@@ -85,6 +87,9 @@ fn check(input: &[u8]) {
             Parsed::Command { consumed, .. } => assert!(consumed > 0 && consumed <= input.len()),
             Parsed::Invalid { consumed, .. } => assert!(consumed > 0 && consumed <= input.len()),
         }
+    }
+    if let http::ParsedHead::Request { consumed, .. } = http::parse(input) {
+        assert!(consumed > 0 && consumed <= input.len());
     }
 }
 
