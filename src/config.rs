@@ -31,6 +31,14 @@ pub struct Config {
     /// Shared RocksDB block cache, bytes.
     pub cache_bytes: usize,
     pub pid_file: Option<PathBuf>,
+    /// Input-buffer bytes all connections together may hold beyond 16 KiB each.
+    pub input_budget: usize,
+    /// A request left incomplete this long gets its connection closed.
+    pub request_timeout: Option<Duration>,
+    /// A connection with no traffic this long is closed (memcached's idle_timeout).
+    pub idle_timeout: Option<Duration>,
+    /// Most fan-out queues one queue may have.
+    pub max_fanout: usize,
 }
 
 impl Default for Config {
@@ -48,6 +56,10 @@ impl Default for Config {
             min_free_bytes: 256 << 20,
             cache_bytes: 64 << 20,
             pid_file: None,
+            input_budget: 256 << 20,
+            request_timeout: Some(Duration::from_secs(60)),
+            idle_timeout: None,
+            max_fanout: 64,
         }
     }
 }

@@ -8,4 +8,4 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod net;
-pub mod protocol;
+pub use mqd_protocol as protocol;

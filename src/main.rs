@@ -82,6 +82,20 @@ struct Serve {
     /// block cache of RocksDB in MB (MemcacheQ's -m; default 64)
     #[argh(option, short = 'm')]
     cache_mb: Option<usize>,
+    /// input-buffer bytes all connections together may hold beyond 16 KiB each, k/m/g
+    /// suffixes (default 256m): past it, connections with a partial request wait unread
+    #[argh(option)]
+    input_budget: Option<String>,
+    /// close a connection whose request stays incomplete this many seconds (default 60; 0: never)
+    #[argh(option)]
+    request_timeout: Option<u64>,
+    /// close a connection with no traffic for this many seconds, unless it waits on the
+    /// server (default 0: never, as memcached)
+    #[argh(option)]
+    idle_timeout: Option<u64>,
+    /// most fan-out queues (`<queue>+<child>`) one queue may have (default 64)
+    #[argh(option)]
+    max_fanout: Option<usize>,
     /// write the process id to this file
     #[argh(option, short = 'P')]
     pid_file: Option<PathBuf>,
@@ -250,6 +264,17 @@ fn serve_config(args: Serve) -> Result<Config, String> {
         config.cache_bytes = mb << 20;
     }
     config.pid_file = args.pid_file;
+    if let Some(size) = args.input_budget {
+        config.input_budget = config::parse_size(&size)?;
+    }
+    let seconds = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
+    if let Some(s) = args.request_timeout {
+        config.request_timeout = seconds(s);
+    }
+    config.idle_timeout = args.idle_timeout.and_then(seconds);
+    if let Some(n) = args.max_fanout {
+        config.max_fanout = n;
+    }
     if args.daemon || args.user.is_some() || args.remove_logs || args.checkpoint.is_some() {
         log::warn!("MemcacheQ options -d, -u, -R and -C are accepted and ignored");
     }
