@@ -11,5 +11,5 @@ pub mod logging;
 pub mod memcacheq_cli;
 pub mod net;
 pub mod process;
-pub mod protocol;
+pub use mqd_protocol as protocol;
 pub mod serve_args;

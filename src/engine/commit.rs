@@ -211,7 +211,23 @@ impl Committer<'_> {
                     String::from_utf8_lossy(&child)
                 );
             }
+            if batch.write.size_in_bytes() >= MAX_BATCH_BYTES {
+                // Copies count against the batch size too: commit what is staged so far.
+                self.commit_part(batch);
+            }
         }
+    }
+
+    /// Commits the staged writes now, keeping the writers to answer with the rest of the batch
+    /// (marked failed if this part did not commit).
+    fn commit_part(&mut self, batch: &mut Batch) {
+        let mut writers = std::mem::take(&mut batch.writers);
+        if !self.commit(std::mem::take(batch)) {
+            for (_, error) in &mut writers {
+                error.get_or_insert(Error::Storage);
+            }
+        }
+        batch.writers = writers;
     }
 
     /// Stages one message: assigns its sequence number and adds it to the batch, after making
@@ -224,13 +240,19 @@ impl Committer<'_> {
         expires_at: u64,
         body: &[u8],
     ) -> Result<(), Error> {
-        let queue = self.engine.lookup_or_create(name);
-        let (id, seq) = {
+        let (queue, id, seq) = loop {
+            let queue = self.engine.queue_for_put(name)?;
             let mut q = queue.lock();
+            if q.deleted {
+                // Forgotten as an unused ghost since the lookup: create it again.
+                continue;
+            }
             let staged = batch.touched.get(&q.id).map_or(0, |t| t.added_bytes);
             self.make_room(&queue, &mut q, staged, body.len() as u64)?;
             q.next_seq += 1;
-            (q.id, q.next_seq - 1)
+            let (id, seq) = (q.id, q.next_seq - 1);
+            drop(q);
+            break (queue, id, seq);
         };
         let header = Header {
             flags,
@@ -292,12 +314,15 @@ impl Committer<'_> {
         Ok(())
     }
 
-    /// Writes the batch with every touched queue's record, then publishes and answers.
-    fn commit(&mut self, mut batch: Batch) {
+    /// Writes the batch with every touched queue's record, then publishes and answers. False if
+    /// the write failed.
+    fn commit(&mut self, mut batch: Batch) -> bool {
         if batch.touched.is_empty() {
             let mut outbox = Outbox::new(&self.engine.mailboxes);
             for (writer, error) in batch.writers {
-                let outcome = Outcome::Failed(error.unwrap_or(Error::Storage));
+                // Nothing left to write: writers without an error had theirs committed by an
+                // earlier part of the batch (`commit_part`).
+                let outcome = error.map_or(Outcome::Stored, Outcome::Failed);
                 outbox.send(
                     writer,
                     Event::Completed {
@@ -306,7 +331,7 @@ impl Committer<'_> {
                     },
                 );
             }
-            return;
+            return true;
         }
         let meta = self.engine.meta();
         let mut has_puts = false;
@@ -370,6 +395,7 @@ impl Committer<'_> {
                 },
             );
         }
+        result.is_ok()
     }
 
     fn delete_queue(&mut self, name: &[u8]) -> Outcome {

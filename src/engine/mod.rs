@@ -10,9 +10,12 @@
 mod background;
 mod commit;
 pub mod events;
+mod fanout;
+mod ghosts;
 pub mod message;
 pub mod queue;
 mod reading;
+mod reclaim;
 mod space;
 pub mod store;
 
@@ -55,6 +58,9 @@ pub struct EngineConfig {
     /// than this, so RocksDB never meets a full disk (it cannot recover from one by itself)
     /// and reads, deletes and flushes, which free space, keep working.
     pub min_free_bytes: u64,
+    /// Most fan-out queues (`<queue>+<child>`) one queue may have: every put to a queue is
+    /// copied to each of them, so this bounds what one put costs.
+    pub max_fanout: usize,
 }
 
 /// Per-queue limits, the same for every queue.
@@ -79,6 +85,8 @@ pub enum Error {
     ShuttingDown,
     /// Free disk space is below the reserve: no new messages until some is freed.
     DiskFull,
+    /// The put would create one more fan-out queue than `max_fanout` allows.
+    FanoutLimit,
 }
 
 /// What one queue looks like now, for stats.
@@ -186,6 +194,14 @@ impl Engine {
                 .map_err(|e| e.to_string())?
         };
         engine.threads.lock().push(sweeper);
+        let reclaimer = {
+            let engine = engine.clone();
+            std::thread::Builder::new()
+                .name("reclaim".into())
+                .spawn(move || engine.reclaim_every(reclaim::RECLAIM_EVERY))
+                .map_err(|e| e.to_string())?
+        };
+        engine.threads.lock().push(reclaimer);
         if let SyncPolicy::Interval(every) = engine.config.sync {
             let syncer = {
                 let engine = engine.clone();
@@ -264,19 +280,25 @@ impl Engine {
         wait: Option<(ConnRef, u64)>,
         intents: &mut Intents,
     ) -> Result<Option<Taken>, Error> {
-        let state = match (self.lookup(queue), wait) {
-            (Some(state), _) => state,
-            (None, None) => return Ok(None),
-            (None, Some(_)) => self.lookup_or_create(queue),
-        };
-        let mut q = state.lock();
-        let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), intents)?;
-        if taken.is_none() {
-            if let Some((conn, wait_id)) = wait {
-                q.waiters.push_back(Waiter { conn, wait_id });
+        loop {
+            let state = match (self.lookup(queue), wait) {
+                (Some(state), _) => state,
+                (None, None) => return Ok(None),
+                (None, Some(_)) => self.lookup_or_create(queue),
+            };
+            let mut q = state.lock();
+            if q.deleted && wait.is_some() {
+                // Forgotten as unused (or deleted) since the lookup: wait on its successor.
+                continue;
             }
+            let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), intents)?;
+            if taken.is_none() {
+                if let Some((conn, wait_id)) = wait {
+                    q.waiters.push_back(Waiter { conn, wait_id });
+                }
+            }
+            return Ok(taken);
         }
-        Ok(taken)
     }
 
     /// Withdraws a waiter after its timeout. False if a message was already handed to it: the
@@ -337,6 +359,7 @@ impl Engine {
         let now = message::now_ms();
         let mut stats: Vec<QueueStats> = queues
             .iter()
+            .filter(|state| state.lock().is_listed())
             .map(|state| {
                 let q = state.lock();
                 let age_ms = match (with_age, q.front()) {

@@ -59,6 +59,7 @@ fn error_kind(error: Error) -> ErrorKind {
         Error::QueueFull => ErrorKind::QueueFull,
         Error::ShuttingDown => ErrorKind::ShuttingDown,
         Error::DiskFull => ErrorKind::DiskFull,
+        Error::FanoutLimit => ErrorKind::FanoutLimit,
     }
 }
 
@@ -357,6 +358,7 @@ impl Connection {
         }
         let queue = &get.reads[get.next].queue;
         if ctx.shared.engine.cancel_wait(queue, me, wait_id) {
+            ctx.shared.engine.forget_if_unused(queue);
             ctx.stats.get_misses.fetch_add(1, Ordering::Relaxed);
             get.waiting = None;
             get.next += 1;
@@ -377,9 +379,10 @@ impl Connection {
         let me = self.conn_ref(ctx);
         if let Some(get) = self.get.take() {
             if let Some(wait_id) = get.waiting {
-                ctx.shared
-                    .engine
-                    .cancel_wait(&get.reads[get.next].queue, me, wait_id);
+                let queue = &get.reads[get.next].queue;
+                if ctx.shared.engine.cancel_wait(queue, me, wait_id) {
+                    ctx.shared.engine.forget_if_unused(queue);
+                }
             }
         }
         for open in std::mem::take(&mut self.open_reads) {

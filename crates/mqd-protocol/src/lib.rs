@@ -5,11 +5,13 @@
 //! The connection layer picks a codec from a connection's first byte with [`sniff`].
 
 pub mod command;
+pub mod framing;
 pub mod json;
 pub mod memcache;
 pub mod mqmq;
 
 pub use command::{Command, ErrorKind, Info, Read, Reply, Set, StatsKind, Value};
+pub use framing::{input_limit, Framer};
 
 /// Which wire protocol a connection speaks, fixed for its whole life by its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

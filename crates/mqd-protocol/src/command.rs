@@ -158,6 +158,9 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Free disk space is below the reserve (`--min-free-space`).
     DiskFull,
+    /// The `set` would create one more fan-out queue (`<queue>+<child>`) than `--max-fanout`
+    /// allows its parent.
+    FanoutLimit,
     /// A plain read of a queue this connection holds an open message of.
     OpenReadPending,
     /// More open messages than `--max-open-reads` on one connection.
