@@ -3,10 +3,10 @@
 //! then publishes the new messages, answers the writers and serves blocked readers. One fsync for
 //! many messages is how a durable queue keeps up with many producers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crossbeam_channel::Receiver;
-use rocksdb::{WriteBatch, WriteOptions};
+use rocksdb::WriteBatch;
 
 use super::events::{ConnRef, Event, Outbox, Outcome};
 use super::message::{self, Header};
@@ -69,8 +69,16 @@ impl Op {
 /// A queue a batch writes to.
 struct Touched {
     queue: QueueRef,
-    /// Body bytes this batch adds.
+    /// Messages this batch adds and still keeps (sequence number, body length), oldest first.
+    staged: VecDeque<(u64, u64)>,
+    /// Body bytes of `staged`.
     added_bytes: u64,
+    /// Messages this batch staged and then dropped again to make room for later ones: the
+    /// oldest `dropped_staged` of its sequence numbers, never visible to a reader.
+    dropped_staged: u64,
+    /// Committed messages dropped to make room (sequence number, body length): given back to the
+    /// queue if the batch fails.
+    discarded: Vec<(u64, u64)>,
     has_puts: bool,
 }
 
@@ -82,16 +90,39 @@ struct Batch {
     /// Writers to answer, in submission order, with the error of those refused while staging.
     /// All are answered together after the commit, so a connection's replies stay in order.
     writers: Vec<(ConnRef, Option<Error>)>,
+    /// Fsync the batch under `--sync always` even without puts (a flush is answered only once
+    /// it is on disk, as a delete is).
+    sync: bool,
 }
 
 impl Batch {
     fn touch(&mut self, queue: &QueueRef, id: u64) -> &mut Touched {
-        self.touched.entry(id).or_insert_with(|| Touched {
-            queue: queue.clone(),
-            added_bytes: 0,
-            has_puts: false,
-        })
+        touch(&mut self.touched, queue, id)
     }
+}
+
+impl Touched {
+    /// The queue's head once the batch is committed. Messages staged and dropped again lie
+    /// right after the old tail (every older one was dropped before them, so the head was at
+    /// the tail): the head skips them.
+    fn head_after(&self, q: &QueueState) -> u64 {
+        if self.dropped_staged == 0 {
+            q.head
+        } else {
+            q.head.max(q.tail + self.dropped_staged)
+        }
+    }
+}
+
+fn touch<'a>(touched: &'a mut HashMap<u64, Touched>, queue: &QueueRef, id: u64) -> &'a mut Touched {
+    touched.entry(id).or_insert_with(|| Touched {
+        queue: queue.clone(),
+        staged: VecDeque::new(),
+        added_bytes: 0,
+        dropped_staged: 0,
+        discarded: Vec::new(),
+        has_puts: false,
+    })
 }
 
 pub(super) fn run(engine: &Engine, requests: Receiver<Vec<Op>>) {
@@ -225,10 +256,10 @@ impl Committer<'_> {
         body: &[u8],
     ) -> Result<(), Error> {
         let queue = self.engine.lookup_or_create(name);
+        let len = body.len() as u64;
         let (id, seq) = {
             let mut q = queue.lock();
-            let staged = batch.touched.get(&q.id).map_or(0, |t| t.added_bytes);
-            self.make_room(&queue, &mut q, staged, body.len() as u64)?;
+            self.make_room(batch, &queue, &mut q, len)?;
             q.next_seq += 1;
             (q.id, q.next_seq - 1)
         };
@@ -243,57 +274,94 @@ impl Committer<'_> {
             message::encode(&header, body),
         );
         let touched = batch.touch(&queue, id);
-        touched.added_bytes += body.len() as u64;
+        touched.staged.push_back((seq, len));
+        touched.added_bytes += len;
         touched.has_puts = true;
         Ok(())
     }
 
-    /// Checks the queue's limits for one more message of `len` bytes (`staged` bytes already in
-    /// this batch), dropping the oldest messages if the queue discards when full.
+    /// Checks the queue's limits for one more message of `len` bytes, counting what this batch
+    /// already staged for it. A queue that discards when full drops its oldest messages to make
+    /// room: committed ones first, then ones this batch staged, all within this batch, so that a
+    /// failed write gives them back. Nothing is dropped if even dropping every message not held
+    /// open would not make room.
     fn make_room(
         &mut self,
+        batch: &mut Batch,
         queue: &QueueRef,
         q: &mut QueueState,
-        staged: u64,
         len: u64,
     ) -> Result<(), Error> {
         let limits = self.engine.config.limits;
-        let over = |q: &QueueState| {
-            let items = q.next_seq - q.head + q.returned.len() as u64 + q.open.len() as u64;
+        let over = |q: &QueueState, staged_items: usize, staged_bytes: u64| {
+            let items = q.items() + q.open.len() as u64 + staged_items as u64;
+            let bytes = q.counters.bytes + staged_bytes;
             limits.max_items.is_some_and(|max| items + 1 > max)
-                || limits
-                    .max_bytes
-                    .is_some_and(|max| q.counters.bytes + staged + len > max)
+                || limits.max_bytes.is_some_and(|max| bytes + len > max)
         };
-        if !over(q) {
+        let staged = batch
+            .touched
+            .get(&q.id)
+            .map_or((0, 0), |t| (t.staged.len(), t.added_bytes));
+        if !over(q, staged.0, staged.1) {
             return Ok(());
         }
-        // A message that could never fit must not empty the queue on its way to being refused.
-        let never_fits =
-            limits.max_items == Some(0) || limits.max_bytes.is_some_and(|max| staged + len > max);
+        let open_bytes: u64 = q.open.values().sum();
+        let never_fits = limits
+            .max_items
+            .is_some_and(|max| q.open.len() as u64 + 1 > max)
+            || limits.max_bytes.is_some_and(|max| open_bytes + len > max);
         if !limits.discard_old || never_fits {
             return Err(Error::QueueFull);
         }
-        let mut intents = super::Intents::default();
         let now = message::now_ms();
-        while over(q) {
-            match self
-                .engine
-                .take_locked(queue, q, TakeMode::Remove, now, &mut intents)
-            {
-                Ok(Some(_)) => q.counters.discarded += 1,
-                _ => break,
+        let messages = self.engine.messages();
+        let touched = touch(&mut batch.touched, queue, q.id);
+        while over(q, touched.staged.len(), touched.added_bytes) {
+            if let Some((seq, dropped)) = self.discard_committed(queue, q, now) {
+                batch
+                    .write
+                    .delete_cf(messages, store::message_key(q.id, seq));
+                touched.discarded.push((seq, dropped));
+            } else if let Some((seq, dropped)) = touched.staged.pop_front() {
+                // The put and its delete cancel out within the batch.
+                batch
+                    .write
+                    .delete_cf(messages, store::message_key(q.id, seq));
+                touched.added_bytes -= dropped;
+                touched.dropped_staged += 1;
+            } else {
+                return Err(Error::QueueFull);
             }
-        }
-        self.carry.extend(intents.ops);
-        if over(q) {
-            return Err(Error::QueueFull);
+            q.counters.discarded += 1;
         }
         Ok(())
     }
 
-    /// Writes the batch with every touched queue's record, then publishes and answers.
-    fn commit(&mut self, mut batch: Batch) {
+    /// Claims the oldest committed message that is not open (dropping expired ones on the way);
+    /// its sequence number and body length.
+    fn discard_committed(
+        &mut self,
+        queue: &QueueRef,
+        q: &mut QueueState,
+        now: u64,
+    ) -> Option<(u64, u64)> {
+        let mut intents = super::Intents::default();
+        let front = self
+            .engine
+            .take_locked(queue, q, TakeMode::Peek, now, &mut intents);
+        self.carry.extend(intents.ops);
+        let taken = front.ok()??;
+        let claimed = q.pop_front();
+        debug_assert_eq!(claimed, Some(taken.seq));
+        let len = taken.body.len() as u64;
+        q.counters.bytes = q.counters.bytes.saturating_sub(len);
+        Some((taken.seq, len))
+    }
+
+    /// Writes the batch with every touched queue's record, then publishes and answers. False if
+    /// the write failed.
+    fn commit(&mut self, mut batch: Batch) -> bool {
         if batch.touched.is_empty() {
             let mut outbox = Outbox::new(&self.engine.mailboxes);
             for (writer, error) in batch.writers {
@@ -306,7 +374,7 @@ impl Committer<'_> {
                     },
                 );
             }
-            return;
+            return true;
         }
         let meta = self.engine.meta();
         let mut has_puts = false;
@@ -319,6 +387,7 @@ impl Committer<'_> {
             new_queues |= !q.persisted;
             has_puts |= touched.has_puts;
             let mut record = QueueMeta::of(&q, q.next_seq);
+            record.head = touched.head_after(&q);
             record.counters.bytes += touched.added_bytes;
             batch
                 .write
@@ -334,26 +403,33 @@ impl Committer<'_> {
                 .write
                 .put_cf(meta, store::NEXT_ID_KEY, next.to_be_bytes());
         }
-        let mut options = WriteOptions::default();
-        options.set_sync(has_puts && self.engine.config.sync == SyncPolicy::Always);
-        let result = self.engine.db.write_opt(batch.write, &options);
+        let sync = (has_puts || batch.sync) && self.engine.config.sync == SyncPolicy::Always;
+        let result = self.engine.write(batch.write, sync);
         if let Err(e) = &result {
             log::error!("commit of {} writes failed: {e}", batch.writers.len());
         }
         let mut outbox = Outbox::new(&self.engine.mailboxes);
         for touched in batch.touched.values() {
             let mut q = touched.queue.lock();
-            q.persisted |= result.is_ok();
-            if !touched.has_puts {
-                continue;
-            }
             if result.is_ok() {
+                q.persisted = true;
+                q.head = touched.head_after(&q);
                 q.tail = q.next_seq;
                 q.counters.bytes += touched.added_bytes;
-                self.engine
-                    .serve_waiters(&touched.queue, &mut q, &mut self.carry, &mut outbox);
+                if touched.has_puts {
+                    self.engine
+                        .serve_waiters(&touched.queue, &mut q, &mut self.carry, &mut outbox);
+                }
             } else {
+                // Nothing of the batch happened: what it discarded is back in the queue.
                 q.next_seq = q.tail;
+                let discarded = touched.discarded.len() as u64 + touched.dropped_staged;
+                q.counters.discarded -= discarded;
+                for &(seq, len) in &touched.discarded {
+                    q.counters.bytes += len;
+                    q.returned.push_back(seq);
+                }
+                q.returned.make_contiguous().sort_unstable();
             }
         }
         for (writer, error) in batch.writers {
@@ -370,6 +446,7 @@ impl Committer<'_> {
                 },
             );
         }
+        result.is_ok()
     }
 
     fn delete_queue(&mut self, name: &[u8]) -> Outcome {
@@ -382,17 +459,20 @@ impl Committer<'_> {
             (q.id, q.persisted, std::mem::take(&mut q.waiters))
         };
         if !waiters.is_empty() {
-            // Readers blocked on the queue keep waiting on its empty successor.
-            self.engine.lookup_or_create(name).lock().waiters = waiters;
+            // Readers blocked on the queue keep waiting on its empty successor, ahead of any
+            // that started waiting on the successor since `forget`.
+            let successor = self.engine.lookup_or_create(name);
+            let mut successor = successor.lock();
+            let later = std::mem::replace(&mut successor.waiters, waiters);
+            successor.waiters.extend(later);
         }
         if persisted {
             let (first, end) = (store::message_key(id, 0), store::message_key(id + 1, 0));
             let mut write = WriteBatch::default();
             write.delete_cf(self.engine.meta(), store::meta_key(name));
             write.delete_range_cf(self.engine.messages(), first, end);
-            let mut options = WriteOptions::default();
-            options.set_sync(self.engine.config.sync == SyncPolicy::Always);
-            if let Err(e) = self.engine.db.write_opt(write, &options) {
+            let sync = self.engine.config.sync == SyncPolicy::Always;
+            if let Err(e) = self.engine.write(write, sync) {
                 log::error!("cannot delete queue: {e}");
                 return Outcome::Failed(Error::Storage);
             }
@@ -411,24 +491,32 @@ impl Committer<'_> {
             if !q.persisted || q.deleted {
                 continue;
             }
+            // Every key below the tail but the open messages': also those of messages taken
+            // before a crash whose removal never reached the disk.
             let messages = self.engine.messages();
-            let (head, tail) = (
-                store::message_key(q.id, q.head),
-                store::message_key(q.id, q.tail),
-            );
-            batch.write.delete_range_cf(messages, head, tail);
-            for &seq in &q.returned {
-                batch
-                    .write
-                    .delete_cf(messages, store::message_key(q.id, seq));
+            let mut open: Vec<u64> = q.open.keys().copied().collect();
+            open.sort_unstable();
+            let mut from = 0;
+            for seq in open.into_iter().chain([q.tail]) {
+                if from < seq {
+                    let (first, end) = (
+                        store::message_key(q.id, from),
+                        store::message_key(q.id, seq),
+                    );
+                    batch.write.delete_range_cf(messages, first, end);
+                }
+                from = seq + 1;
             }
             flush_state(&mut q);
             let id = q.id;
             drop(q);
             batch.touch(queue, id);
         }
-        self.commit(batch);
-        Outcome::Flushed
+        batch.sync = true;
+        match self.commit(batch) {
+            true => Outcome::Flushed,
+            false => Outcome::Failed(Error::Storage),
+        }
     }
 }
 
@@ -436,6 +524,7 @@ impl Committer<'_> {
 fn flush_state(q: &mut QueueState) {
     q.head = q.tail;
     q.returned.clear();
+    q.swept.clear();
     q.counters.bytes = q.open.values().sum();
     q.counters.flushes += 1;
 }

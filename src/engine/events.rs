@@ -32,6 +32,9 @@ pub struct Taken {
     pub seq: u64,
     pub flags: u32,
     pub body: Vec<u8>,
+    /// Held open for the taker, who must confirm it or give it back. False for a peek (the
+    /// message stayed in the queue) and for a removal.
+    pub open: bool,
 }
 
 impl std::fmt::Debug for Taken {

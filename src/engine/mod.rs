@@ -15,6 +15,8 @@ pub mod queue;
 mod reading;
 mod space;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -124,6 +126,9 @@ pub struct Engine {
     /// (`<queue>+<child>`) with one range query. Locked after `queues` when both are needed.
     fanout: RwLock<BTreeSet<Arc<[u8]>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Tests set this to make every RocksDB write fail, as a full or broken disk would.
+    #[cfg(test)]
+    fail_writes: AtomicBool,
 }
 
 impl Engine {
@@ -169,6 +174,8 @@ impl Engine {
             stopping: AtomicBool::new(false),
             fanout: RwLock::new(fanout),
             threads: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            fail_writes: AtomicBool::new(false),
         });
         let committer = {
             let engine = engine.clone();
@@ -269,14 +276,45 @@ impl Engine {
             (None, None) => return Ok(None),
             (None, Some(_)) => self.lookup_or_create(queue),
         };
-        let mut q = state.lock();
-        let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), intents)?;
-        if taken.is_none() {
-            if let Some((conn, wait_id)) = wait {
-                q.waiters.push_back(Waiter { conn, wait_id });
+        self.take_from(&state, mode, wait, intents)
+    }
+
+    /// `take` once the queue's handle is looked up. Between the look-up and the lock the queue
+    /// may have been deleted: the handle is then stale, and the read goes to the queue that has
+    /// the name now, so that a waiter never lands on a dead queue (where no message would reach
+    /// it and `cancel_wait`, which looks queues up by name, would not find it).
+    fn take_from(
+        &self,
+        state: &QueueRef,
+        mode: TakeMode,
+        wait: Option<(ConnRef, u64)>,
+        intents: &mut Intents,
+    ) -> Result<Option<Taken>, Error> {
+        let mut state = state.clone();
+        loop {
+            let mut q = state.lock();
+            if q.deleted {
+                let name = q.name.clone();
+                drop(q);
+                state = match (self.lookup(&name), wait) {
+                    (Some(successor), _) => successor,
+                    (None, None) => return Ok(None),
+                    (None, Some(_)) => self.lookup_or_create(&name),
+                };
+                continue;
             }
+            let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), intents)?;
+            if taken.is_none() {
+                if let Some((conn, wait_id)) = wait {
+                    q.waiters.push_back(Waiter {
+                        conn,
+                        wait_id,
+                        mode,
+                    });
+                }
+            }
+            return Ok(taken);
         }
-        Ok(taken)
     }
 
     /// Withdraws a waiter after its timeout. False if a message was already handed to it: the
@@ -390,6 +428,19 @@ impl Engine {
         let removed = self.queues.write().remove(queue);
         self.fanout.write().remove(queue);
         removed
+    }
+
+    /// Writes `batch` to RocksDB, with an fsync if `sync`.
+    fn write(&self, batch: rocksdb::WriteBatch, sync: bool) -> Result<(), String> {
+        #[cfg(test)]
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err("write failure injected by a test".into());
+        }
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(sync);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| e.to_string())
     }
 
     fn lookup(&self, queue: &[u8]) -> Option<QueueRef> {

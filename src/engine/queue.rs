@@ -3,7 +3,7 @@
 //! what is small. Every field that must survive a restart is written to the metadata column
 //! family by the committer (see `store::QueueMeta`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::events::ConnRef;
@@ -24,6 +24,9 @@ pub enum TakeMode {
 pub struct Waiter {
     pub conn: ConnRef,
     pub wait_id: u64,
+    /// A waiting `Peek` is shown the message that arrives and leaves it at the head; any other
+    /// waiter is handed it open.
+    pub mode: TakeMode,
 }
 
 /// Counters kept across restarts.
@@ -62,6 +65,12 @@ pub struct QueueState {
     pub open: HashMap<u64, u64>,
     pub waiters: VecDeque<Waiter>,
     pub counters: Counters,
+    /// Messages in `head..tail` that the sweep already dropped because they expired: the head
+    /// skips them. The head itself is never in here.
+    pub swept: BTreeSet<u64>,
+    /// Where the next sweep of the messages behind the head goes on (it looks at a bounded
+    /// number per round).
+    pub sweep_from: u64,
 }
 
 impl QueueState {
@@ -78,12 +87,14 @@ impl QueueState {
             open: HashMap::new(),
             waiters: VecDeque::new(),
             counters: Counters::default(),
+            swept: BTreeSet::new(),
+            sweep_from: 0,
         }
     }
 
     /// Messages that a read could be handed now.
     pub fn items(&self) -> u64 {
-        self.tail - self.head + self.returned.len() as u64
+        self.tail - self.head + self.returned.len() as u64 - self.swept.len() as u64
     }
 
     /// Messages ever committed to this queue.
@@ -111,10 +122,29 @@ impl QueueState {
             return Some(seq);
         }
         if self.head < self.tail {
+            let seq = self.head;
             self.head += 1;
-            return Some(self.head - 1);
+            self.skip_swept();
+            return Some(seq);
         }
         None
+    }
+
+    /// Marks message `seq` (behind the head) as dropped by the sweep. False if it is not in
+    /// `head..tail` any more (a reader took it meanwhile) or was marked already.
+    pub fn mark_swept(&mut self, seq: u64) -> bool {
+        if seq < self.head || seq >= self.tail || !self.swept.insert(seq) {
+            return false;
+        }
+        self.skip_swept();
+        true
+    }
+
+    /// Moves the head past messages the sweep dropped.
+    fn skip_swept(&mut self) {
+        while self.swept.remove(&self.head) {
+            self.head += 1;
+        }
     }
 
     /// Sequence numbers below `head` that are not gone: what a restart must deliver again.

@@ -14,8 +14,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options,
-    WriteBufferManager,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, ReadOptions, WriteBatch, WriteBufferManager,
 };
 
 use super::queue::{Counters, QueueState};
@@ -217,6 +217,13 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
         match QueueMeta::decode(&value) {
             Some(record) => {
                 next_queue_id = next_queue_id.max(record.id + 1);
+                let orphans = remove_orphans(&db, &record)?;
+                if orphans > 0 {
+                    log::info!(
+                        "removed {orphans} messages of queue {:?} taken before the crash",
+                        String::from_utf8_lossy(&key[1..])
+                    );
+                }
                 queues.push((key[1..].to_vec(), record));
             }
             None => log::error!(
@@ -230,6 +237,33 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
         queues,
         next_queue_id,
     })
+}
+
+/// Deletes the keys of a queue's messages below its head that are not pending: messages taken
+/// just before a crash, whose removal never reached the disk while the queue's record (head past
+/// them) did. Nothing else would ever delete them. Returns how many there were.
+fn remove_orphans(db: &Db, record: &QueueMeta) -> Result<usize, rocksdb::Error> {
+    let messages = db
+        .cf_handle(MESSAGES_CF)
+        .expect("messages column family is always opened");
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(message_key(record.id, record.head).to_vec());
+    let first = message_key(record.id, 0);
+    let mode = IteratorMode::From(&first, Direction::Forward);
+    let mut batch = WriteBatch::default();
+    let mut count = 0;
+    for item in db.iterator_cf_opt(messages, options, mode) {
+        let (key, _) = item?;
+        let seq = u64::from_be_bytes(key[8..16].try_into().unwrap());
+        if record.pending.binary_search(&seq).is_err() {
+            batch.delete_cf(messages, &key);
+            count += 1;
+        }
+    }
+    if count > 0 {
+        db.write(batch)?;
+    }
+    Ok(count)
 }
 
 #[cfg(test)]

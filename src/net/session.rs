@@ -325,11 +325,10 @@ impl Connection {
         }
         get.waiting = None;
         let read = get.reads[get.next].clone();
-        // The engine hands a waiter its message open; settle it as the read asked.
-        let engine = &ctx.shared.engine;
-        if read.peek {
-            engine.give_back(&taken.queue, &[taken.seq], ctx.intents);
-        } else if !read.open {
+        // The engine hands a waiting read its message open (a peek only sees it): a plain read
+        // confirms it.
+        if taken.open && !read.open {
+            let engine = &ctx.shared.engine;
             engine.confirm(&taken.queue, &[taken.seq], ctx.intents);
         }
         self.accept(&mut get, &read, taken, ctx);
