@@ -2,6 +2,12 @@
 //! the previous batch was syncing, commits them as one WriteBatch with at most one fsync, and only
 //! then publishes the new messages, answers the writers and serves blocked readers. One fsync for
 //! many messages is how a durable queue keeps up with many producers.
+//!
+//! Its other concerns have their own files: queue limits and discarding (`limits`), deleting and
+//! flushing queues (`removal`); the free-space reserve is `super::space`.
+
+mod limits;
+mod removal;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -10,7 +16,7 @@ use rocksdb::WriteBatch;
 
 use super::events::{ConnRef, Event, Outbox, Outcome};
 use super::message::{self, Header};
-use super::queue::{QueueState, TakeMode};
+use super::queue::QueueState;
 use super::space::FreeSpace;
 use super::store::{self, QueueMeta};
 use super::{Engine, Error, QueueRef, SyncPolicy};
@@ -280,86 +286,6 @@ impl Committer<'_> {
         Ok(())
     }
 
-    /// Checks the queue's limits for one more message of `len` bytes, counting what this batch
-    /// already staged for it. A queue that discards when full drops its oldest messages to make
-    /// room: committed ones first, then ones this batch staged, all within this batch, so that a
-    /// failed write gives them back. Nothing is dropped if even dropping every message not held
-    /// open would not make room.
-    fn make_room(
-        &mut self,
-        batch: &mut Batch,
-        queue: &QueueRef,
-        q: &mut QueueState,
-        len: u64,
-    ) -> Result<(), Error> {
-        let limits = self.engine.config.limits;
-        let over = |q: &QueueState, staged_items: usize, staged_bytes: u64| {
-            let items = q.items() + q.open.len() as u64 + staged_items as u64;
-            let bytes = q.counters.bytes + staged_bytes;
-            limits.max_items.is_some_and(|max| items + 1 > max)
-                || limits.max_bytes.is_some_and(|max| bytes + len > max)
-        };
-        let staged = batch
-            .touched
-            .get(&q.id)
-            .map_or((0, 0), |t| (t.staged.len(), t.added_bytes));
-        if !over(q, staged.0, staged.1) {
-            return Ok(());
-        }
-        let open_bytes: u64 = q.open.values().sum();
-        let never_fits = limits
-            .max_items
-            .is_some_and(|max| q.open.len() as u64 + 1 > max)
-            || limits.max_bytes.is_some_and(|max| open_bytes + len > max);
-        if !limits.discard_old || never_fits {
-            return Err(Error::QueueFull);
-        }
-        let now = message::now_ms();
-        let messages = self.engine.messages();
-        let touched = touch(&mut batch.touched, queue, q.id);
-        while over(q, touched.staged.len(), touched.added_bytes) {
-            if let Some((seq, dropped)) = self.discard_committed(queue, q, now) {
-                batch
-                    .write
-                    .delete_cf(messages, store::message_key(q.id, seq));
-                touched.discarded.push((seq, dropped));
-            } else if let Some((seq, dropped)) = touched.staged.pop_front() {
-                // The put and its delete cancel out within the batch.
-                batch
-                    .write
-                    .delete_cf(messages, store::message_key(q.id, seq));
-                touched.added_bytes -= dropped;
-                touched.dropped_staged += 1;
-            } else {
-                return Err(Error::QueueFull);
-            }
-            q.counters.discarded += 1;
-        }
-        Ok(())
-    }
-
-    /// Claims the oldest committed message that is not open (dropping expired ones on the way);
-    /// its sequence number and body length.
-    fn discard_committed(
-        &mut self,
-        queue: &QueueRef,
-        q: &mut QueueState,
-        now: u64,
-    ) -> Option<(u64, u64)> {
-        let mut intents = super::Intents::default();
-        let front = self
-            .engine
-            .take_locked(queue, q, TakeMode::Peek, now, &mut intents);
-        self.carry.extend(intents.ops);
-        let taken = front.ok()??;
-        let claimed = q.pop_front();
-        debug_assert_eq!(claimed, Some(taken.seq));
-        let len = taken.body.len() as u64;
-        q.counters.bytes = q.counters.bytes.saturating_sub(len);
-        Some((taken.seq, len))
-    }
-
-    /// Writes the batch with every touched queue's record, then publishes and answers. False if
     /// the write failed.
     fn commit(&mut self, mut batch: Batch) -> bool {
         if batch.touched.is_empty() {
@@ -448,83 +374,4 @@ impl Committer<'_> {
         }
         result.is_ok()
     }
-
-    fn delete_queue(&mut self, name: &[u8]) -> Outcome {
-        let Some(queue) = self.engine.forget(name) else {
-            return Outcome::NotFound;
-        };
-        let (id, persisted, waiters) = {
-            let mut q = queue.lock();
-            q.deleted = true;
-            (q.id, q.persisted, std::mem::take(&mut q.waiters))
-        };
-        if !waiters.is_empty() {
-            // Readers blocked on the queue keep waiting on its empty successor, ahead of any
-            // that started waiting on the successor since `forget`.
-            let successor = self.engine.lookup_or_create(name);
-            let mut successor = successor.lock();
-            let later = std::mem::replace(&mut successor.waiters, waiters);
-            successor.waiters.extend(later);
-        }
-        if persisted {
-            let (first, end) = (store::message_key(id, 0), store::message_key(id + 1, 0));
-            let mut write = WriteBatch::default();
-            write.delete_cf(self.engine.meta(), store::meta_key(name));
-            write.delete_range_cf(self.engine.messages(), first, end);
-            let sync = self.engine.config.sync == SyncPolicy::Always;
-            if let Err(e) = self.engine.write(write, sync) {
-                log::error!("cannot delete queue: {e}");
-                return Outcome::Failed(Error::Storage);
-            }
-        }
-        Outcome::Deleted
-    }
-
-    fn flush(&mut self, name: Option<&[u8]>) -> Outcome {
-        let queues: Vec<QueueRef> = match name {
-            Some(name) => self.engine.lookup(name).into_iter().collect(),
-            None => self.engine.queues.read().values().cloned().collect(),
-        };
-        let mut batch = Batch::default();
-        for queue in &queues {
-            let mut q = queue.lock();
-            if !q.persisted || q.deleted {
-                continue;
-            }
-            // Every key below the tail but the open messages': also those of messages taken
-            // before a crash whose removal never reached the disk.
-            let messages = self.engine.messages();
-            let mut open: Vec<u64> = q.open.keys().copied().collect();
-            open.sort_unstable();
-            let mut from = 0;
-            for seq in open.into_iter().chain([q.tail]) {
-                if from < seq {
-                    let (first, end) = (
-                        store::message_key(q.id, from),
-                        store::message_key(q.id, seq),
-                    );
-                    batch.write.delete_range_cf(messages, first, end);
-                }
-                from = seq + 1;
-            }
-            flush_state(&mut q);
-            let id = q.id;
-            drop(q);
-            batch.touch(queue, id);
-        }
-        batch.sync = true;
-        match self.commit(batch) {
-            true => Outcome::Flushed,
-            false => Outcome::Failed(Error::Storage),
-        }
-    }
-}
-
-/// Empties a queue's state: everything not held open is gone.
-fn flush_state(q: &mut QueueState) {
-    q.head = q.tail;
-    q.returned.clear();
-    q.swept.clear();
-    q.counters.bytes = q.open.values().sum();
-    q.counters.flushes += 1;
 }
