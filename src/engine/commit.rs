@@ -14,7 +14,8 @@ use std::collections::{HashMap, VecDeque};
 use crossbeam_channel::Receiver;
 use rocksdb::WriteBatch;
 
-use super::events::{ConnRef, Event, Outbox, Outcome};
+use super::conn_ref::ConnRef;
+use super::events::{Event, Outbox, Outcome};
 use super::message::{self, Header};
 use super::queue::QueueState;
 use super::space::FreeSpace;

@@ -5,15 +5,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
+use super::conn_ref::ConnRef;
 use super::queue::QueueState;
 use parking_lot::Mutex;
-
-/// Identifies a connection: which event loop's mailbox, and the connection within that loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnRef {
-    pub mailbox: u32,
-    pub conn: u64,
-}
 
 /// The result of a write that went through the committer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

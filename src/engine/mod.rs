@@ -9,6 +9,7 @@
 
 mod background;
 mod commit;
+mod conn_ref;
 pub mod events;
 pub mod message;
 pub mod queue;
@@ -30,8 +31,9 @@ use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 
 use commit::Op;
+pub use conn_ref::ConnRef;
 use events::Outbox;
-pub use events::{ConnRef, Event, Mailbox, Outcome, Taken, Wake};
+pub use events::{Event, Mailbox, Outcome, Taken, Wake};
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use store::{Db, MemoryBudget, StoreOptions};

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::events::ConnRef;
+use super::conn_ref::ConnRef;
 
 /// How a read treats the message it finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
