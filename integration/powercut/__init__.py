@@ -135,7 +135,7 @@ def _recv_until(sock, buf, n_or_marker):
         buf += chunk
 
 
-def _memcache_producer(port, prefix, tally, stop):
+def _memcache_producer(port, prefix, tally, stop, pause):
     sock = _connect(port)
     buf = bytearray()
     n = 0
@@ -150,6 +150,7 @@ def _memcache_producer(port, prefix, tally, stop):
                 buf[:] = rest
                 if line == b"STORED":
                     tally.ack([i])
+            time.sleep(pause)
     except OSError:
         pass
     finally:
@@ -161,7 +162,7 @@ def _frame(*values):
     return struct.pack(">I", len(body)) + body
 
 
-def _mqmq_producer(port, prefix, tally, stop):
+def _mqmq_producer(port, prefix, tally, stop, pause):
     sock = _connect(port)
     buf = bytearray()
     n = 0
@@ -178,6 +179,7 @@ def _mqmq_producer(port, prefix, tally, stop):
                 del buf[: 4 + length]
                 if reply == struct.pack(">I", 2) + b"OK":
                     tally.ack([i])
+            time.sleep(pause)
     except OSError:
         pass
     finally:
@@ -238,20 +240,21 @@ def _drain(port, tally):
         sock.close()
 
 
-def crash_loop(server, cycles, seconds, reader_pause=0.002, log=None):
+def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, log=None):
     """Runs `cycles` power cuts on `server` (a conftest Server started under `env()`), with two
-    producers per protocol and two reliable readers, the readers slower than the producers so
-    that a backlog is always at risk. Returns the figures: cycles, acknowledged, lost,
+    producers per protocol (each pausing `producer_pause` s after every burst of ten) and two
+    reliable readers, the readers slower than the producers so that a backlog is always at
+    risk. Returns the figures: cycles, acknowledged, lost,
     duplicated, and for each lost message how long before its cut it was acknowledged."""
     tally = Tally()
     cut_times = []
     for cycle in range(cycles):
         stop = threading.Event()
         workers = [
-            threading.Thread(target=_memcache_producer, args=(server.port, b"mc%d.%d" % (cycle, k), tally, stop))
+            threading.Thread(target=_memcache_producer, args=(server.port, b"mc%d.%d" % (cycle, k), tally, stop, producer_pause))
             for k in range(2)
         ] + [
-            threading.Thread(target=_mqmq_producer, args=(server.port, b"mq%d.%d" % (cycle, k), tally, stop))
+            threading.Thread(target=_mqmq_producer, args=(server.port, b"mq%d.%d" % (cycle, k), tally, stop, producer_pause))
             for k in range(2)
         ] + [
             threading.Thread(target=_reliable_reader, args=(server.port, tally, stop, reader_pause))
