@@ -59,7 +59,7 @@ impl Engine {
     fn sweep_behind_head(&self, state: &QueueRef, now: u64, intents: &mut Intents) {
         let (id, from, tail) = {
             let q = state.lock();
-            (q.id, (q.head + 1).max(q.sweep_from), q.tail)
+            (q.id, (q.next_unclaimed + 1).max(q.sweep_from), q.tail)
         };
         if from >= tail {
             state.lock().sweep_from = 0;

@@ -39,8 +39,8 @@ pub(super) enum Op {
         queue: QueueRef,
         seq: u64,
     },
-    /// The queue's record changed (a message was opened).
-    Touch {
+    /// Rewrite the queue's record only (a message was opened: the record lists open ones).
+    SaveRecord {
         queue: QueueRef,
     },
     DeleteQueue {
@@ -109,14 +109,14 @@ impl Batch {
 }
 
 impl Touched {
-    /// The queue's head once the batch is committed. Messages staged and dropped again lie
-    /// right after the old tail (every older one was dropped before them, so the head was at
-    /// the tail): the head skips them.
-    fn head_after(&self, q: &QueueState) -> u64 {
+    /// The queue's `next_unclaimed` once the batch is committed. Messages staged and dropped
+    /// again lie right after the old tail (every older one was dropped before them, so nothing
+    /// was left unclaimed): it skips them.
+    fn next_unclaimed_after(&self, q: &QueueState) -> u64 {
         if self.dropped_staged == 0 {
-            q.head
+            q.next_unclaimed
         } else {
-            q.head.max(q.tail + self.dropped_staged)
+            q.next_unclaimed.max(q.tail + self.dropped_staged)
         }
     }
 }
@@ -189,7 +189,7 @@ impl Committer<'_> {
                     batch.write.delete_cf(messages, store::message_key(id, seq));
                     batch.touch(&queue, id);
                 }
-                Op::Touch { queue } => {
+                Op::SaveRecord { queue } => {
                     let id = queue.lock().id;
                     batch.touch(&queue, id);
                 }
@@ -314,7 +314,7 @@ impl Committer<'_> {
             new_queues |= !q.persisted;
             has_puts |= touched.has_puts;
             let mut record = QueueMeta::of(&q, q.next_seq);
-            record.head = touched.head_after(&q);
+            record.next_unclaimed = touched.next_unclaimed_after(&q);
             record.counters.bytes += touched.added_bytes;
             batch
                 .write
@@ -340,7 +340,7 @@ impl Committer<'_> {
             let mut q = touched.queue.lock();
             if result.is_ok() {
                 q.persisted = true;
-                q.head = touched.head_after(&q);
+                q.next_unclaimed = touched.next_unclaimed_after(&q);
                 q.tail = q.next_seq;
                 q.counters.bytes += touched.added_bytes;
                 if touched.has_puts {

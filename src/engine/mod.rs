@@ -147,7 +147,7 @@ impl Engine {
             let name: Arc<[u8]> = Arc::from(name);
             let mut state = QueueState::new(meta.id, name.clone());
             state.persisted = true;
-            state.head = meta.head;
+            state.next_unclaimed = meta.next_unclaimed;
             state.tail = meta.tail;
             state.next_seq = meta.tail;
             state.counters = meta.counters;

@@ -70,7 +70,7 @@ impl Engine {
                 TakeMode::Open => {
                     q.pop_front();
                     q.open.insert(seq, len);
-                    ops.ops.push(Op::Touch {
+                    ops.ops.push(Op::SaveRecord {
                         queue: state.clone(),
                     });
                 }

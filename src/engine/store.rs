@@ -116,10 +116,11 @@ pub fn meta_key(name: &[u8]) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueMeta {
     pub id: u64,
-    pub head: u64,
+    /// `QueueState::next_unclaimed` (stored second, where older versions called it head).
+    pub next_unclaimed: u64,
     pub tail: u64,
     pub counters: Counters,
-    /// Sequence numbers below `head` still in the queue (open or given back), ascending.
+    /// Sequence numbers below `next_unclaimed` still in the queue (open or given back), ascending.
     pub pending: Vec<u64>,
 }
 
@@ -130,7 +131,7 @@ impl QueueMeta {
     pub fn of(queue: &QueueState, tail: u64) -> QueueMeta {
         QueueMeta {
             id: queue.id,
-            head: queue.head,
+            next_unclaimed: queue.next_unclaimed,
             tail,
             counters: queue.counters,
             pending: queue.pending(),
@@ -142,7 +143,7 @@ impl QueueMeta {
         out.push(META_VERSION);
         for n in [
             self.id,
-            self.head,
+            self.next_unclaimed,
             self.tail,
             self.counters.expired,
             self.counters.discarded,
@@ -173,7 +174,7 @@ impl QueueMeta {
         }
         Some(QueueMeta {
             id: fixed[0],
-            head: fixed[1],
+            next_unclaimed: fixed[1],
             tail: fixed[2],
             counters: Counters {
                 expired: fixed[3],
@@ -247,7 +248,7 @@ fn remove_orphans(db: &Db, record: &QueueMeta) -> Result<usize, rocksdb::Error> 
         .cf_handle(MESSAGES_CF)
         .expect("messages column family is always opened");
     let mut options = ReadOptions::default();
-    options.set_iterate_upper_bound(message_key(record.id, record.head).to_vec());
+    options.set_iterate_upper_bound(message_key(record.id, record.next_unclaimed).to_vec());
     let first = message_key(record.id, 0);
     let mode = IteratorMode::From(&first, Direction::Forward);
     let mut batch = WriteBatch::default();
@@ -274,7 +275,7 @@ mod tests {
     fn meta_round_trips() {
         let meta = QueueMeta {
             id: 3,
-            head: 10,
+            next_unclaimed: 10,
             tail: 20,
             counters: Counters {
                 expired: 1,

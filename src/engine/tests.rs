@@ -536,7 +536,7 @@ fn a_reopened_engine_has_every_queue_and_redelivers_open_messages() {
 
 /// Bug 4 of issue 8: a commit wrote the in-memory head, already past a message whose removal
 /// was still in an event loop's intents. After a crash before that removal, nothing ever
-/// deleted the message's key: recovery and flush only look at `head..tail`.
+/// deleted the message's key: recovery and flush only look at `next_unclaimed..tail`.
 #[test]
 fn a_crash_leaves_no_orphaned_message_keys() {
     let dir = TempDir::new();
