@@ -75,7 +75,7 @@ impl Connection {
         match command {
             Command::Set(set) => {
                 ctx.stats.set_cmds.fetch_add(1, Ordering::Relaxed);
-                let expires_at = message::expiry_from_exptime(set.exptime, message::now_ms());
+                let expires_at = set.expires_at(message::now_ms());
                 let me = self.conn_ref(ctx);
                 engine.put(&set.queue, set.flags, expires_at, set.body, me, ctx.intents);
                 let noreply = set.noreply;
