@@ -128,19 +128,19 @@ def test_background_sweep_drops_expired_messages_nobody_reads(server):
         assert mq.info()[1]["Queues"]["sweep"] == {"NumMessages": 0}
 
 
-def test_expired_message_behind_a_live_head_waits_for_the_head(server):
-    """spec 6: an expired message is dropped when it reaches the head of its queue; until then
-    it still counts in items."""
+def test_expired_message_behind_a_live_head_is_swept(server):
+    """spec 6: the background sweep drops expired messages wherever they are in the queue, so
+    their space comes back without waiting for the head to reach them (issue 8, bug 6)."""
     with server.mc() as c:
         assert c.set("behind", "live") == b"STORED\r\n"
-        c.send(b"set behind 0 -1 4\r\ndead\r\n")
-        c.expect(b"STORED\r\n")
-        time.sleep(2.2)  # at least one sweep
+        c.send(b"set behind 0 -1 4\r\ndead\r\nset behind 0 0 5\r\nlive2\r\n")
+        c.expect(b"STORED\r\nSTORED\r\n")
+        time.sleep(2.5)  # at least one sweep
         qs = queue_stats(c, "behind")
-        assert (qs["items"], qs["expired_items"]) == (2, 0), qs
-        assert get_body(c, "behind") == b"live"
-        assert get_body(c, "behind") is None
-        assert queue_stats(c, "behind")["expired_items"] == 1
+        assert (qs["items"], qs["bytes"], qs["expired_items"]) == (2, 9, 1), qs
+        assert drain(c, "behind") == [b"live", b"live2"]
+        qs = queue_stats(c, "behind")
+        assert (qs["items"], qs["bytes"], qs["expired_items"]) == (0, 0, 1), qs
 
 
 def test_exptime_is_kept_across_a_restart(server):

@@ -9,6 +9,7 @@
 
 mod background;
 mod commit;
+mod conn_ref;
 pub mod events;
 mod fanout;
 mod ghosts;
@@ -18,6 +19,8 @@ mod reading;
 mod reclaim;
 mod space;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -31,8 +34,9 @@ use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 
 use commit::Op;
+pub use conn_ref::ConnRef;
 use events::Outbox;
-pub use events::{ConnRef, Event, Mailbox, Outcome, Taken, Wake};
+pub use events::{Event, Mailbox, Outcome, Taken, Wake};
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use store::{Db, MemoryBudget, StoreOptions};
@@ -132,6 +136,9 @@ pub struct Engine {
     /// (`<queue>+<child>`) with one range query. Locked after `queues` when both are needed.
     fanout: RwLock<BTreeSet<Arc<[u8]>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Tests set this to make every RocksDB write fail, as a full or broken disk would.
+    #[cfg(test)]
+    fail_writes: AtomicBool,
 }
 
 impl Engine {
@@ -148,7 +155,7 @@ impl Engine {
             let name: Arc<[u8]> = Arc::from(name);
             let mut state = QueueState::new(meta.id, name.clone());
             state.persisted = true;
-            state.head = meta.head;
+            state.next_unclaimed = meta.next_unclaimed;
             state.tail = meta.tail;
             state.next_seq = meta.tail;
             state.counters = meta.counters;
@@ -177,6 +184,8 @@ impl Engine {
             stopping: AtomicBool::new(false),
             fanout: RwLock::new(fanout),
             threads: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            fail_writes: AtomicBool::new(false),
         });
         let committer = {
             let engine = engine.clone();
@@ -280,21 +289,46 @@ impl Engine {
         wait: Option<(ConnRef, u64)>,
         intents: &mut Intents,
     ) -> Result<Option<Taken>, Error> {
+        let state = match (self.lookup(queue), wait) {
+            (Some(state), _) => state,
+            (None, None) => return Ok(None),
+            (None, Some(_)) => self.lookup_or_create(queue),
+        };
+        self.take_from(&state, mode, wait, intents)
+    }
+
+    /// `take` once the queue's handle is looked up. Between the look-up and the lock the queue
+    /// may have been deleted: the handle is then stale, and the read goes to the queue that has
+    /// the name now, so that a waiter never lands on a dead queue (where no message would reach
+    /// it and `cancel_wait`, which looks queues up by name, would not find it).
+    fn take_from(
+        &self,
+        state: &QueueRef,
+        mode: TakeMode,
+        wait: Option<(ConnRef, u64)>,
+        intents: &mut Intents,
+    ) -> Result<Option<Taken>, Error> {
+        let mut state = state.clone();
         loop {
-            let state = match (self.lookup(queue), wait) {
-                (Some(state), _) => state,
-                (None, None) => return Ok(None),
-                (None, Some(_)) => self.lookup_or_create(queue),
-            };
             let mut q = state.lock();
-            if q.deleted && wait.is_some() {
-                // Forgotten as unused (or deleted) since the lookup: wait on its successor.
+            if q.deleted {
+                let name = q.name.clone();
+                drop(q);
+                state = match (self.lookup(&name), wait) {
+                    (Some(successor), _) => successor,
+                    (None, None) => return Ok(None),
+                    (None, Some(_)) => self.lookup_or_create(&name),
+                };
                 continue;
             }
             let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), intents)?;
             if taken.is_none() {
                 if let Some((conn, wait_id)) = wait {
-                    q.waiters.push_back(Waiter { conn, wait_id });
+                    q.waiters.push_back(Waiter {
+                        conn,
+                        wait_id,
+                        mode,
+                    });
                 }
             }
             return Ok(taken);
@@ -413,6 +447,19 @@ impl Engine {
         let removed = self.queues.write().remove(queue);
         self.fanout.write().remove(queue);
         removed
+    }
+
+    /// Writes `batch` to RocksDB, with an fsync if `sync`.
+    fn write(&self, batch: rocksdb::WriteBatch, sync: bool) -> Result<(), String> {
+        #[cfg(test)]
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err("write failure injected by a test".into());
+        }
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(sync);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| e.to_string())
     }
 
     fn lookup(&self, queue: &[u8]) -> Option<QueueRef> {

@@ -66,7 +66,7 @@ impl Engine {
                 .copied()
                 .into_iter()
                 .chain(q.open.keys().copied())
-                .fold(q.head, u64::min);
+                .fold(q.next_unclaimed, u64::min);
             live.insert(q.id, (low, q.items() == 0 && q.open.is_empty()));
         }
         let mut compacted_any = false;

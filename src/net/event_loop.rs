@@ -348,7 +348,7 @@ impl EventLoop {
                     }
                     None => Some(taken),
                 };
-                if let Some(taken) = refused {
+                if let Some(taken) = refused.filter(|taken| taken.open) {
                     // Its reader is gone: the message goes back to the head of its queue.
                     let engine = self.shared.engine.clone();
                     engine.give_back(&taken.queue, &[taken.seq], &mut self.intents);
