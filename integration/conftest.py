@@ -47,8 +47,10 @@ class ServerDied(AssertionError):
 class Server:
     """One `mqd serve` process. Ports and data directory stay the same across restarts."""
 
-    def __init__(self, tmp_path, args=(), listeners=1, name="mqd"):
+    def __init__(self, tmp_path, args=(), listeners=1, name="mqd", env=None):
         self.bin = mqd_bin()
+        # Extra environment for the process (e.g. the power-cut shim's LD_PRELOAD).
+        self.env = dict(env or {})
         self.data_dir = tmp_path / f"{name}-data"
         self.data_dir.mkdir(exist_ok=True)
         self.ports = [free_port() for _ in range(listeners)]
@@ -84,6 +86,7 @@ class Server:
         # Never let the server think systemd handed it sockets or wants notifications.
         for var in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"):
             env.pop(var, None)
+        env.update(self.env)
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,

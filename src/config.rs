@@ -36,6 +36,14 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// When started as root, the user to run as once listening (MemcacheQ's `-u`).
     pub user: Option<String>,
+    /// Input-buffer bytes all connections together may hold beyond 16 KiB each.
+    pub input_budget: usize,
+    /// A request left incomplete this long gets its connection closed.
+    pub request_timeout: Option<Duration>,
+    /// A connection with no traffic this long is closed (memcached's idle_timeout).
+    pub idle_timeout: Option<Duration>,
+    /// Most fan-out queues one queue may have.
+    pub max_fanout: usize,
 }
 
 impl Default for Config {
@@ -56,6 +64,10 @@ impl Default for Config {
             cache_bytes: 64 << 20,
             pid_file: None,
             user: None,
+            input_budget: 256 << 20,
+            request_timeout: Some(Duration::from_secs(60)),
+            idle_timeout: None,
+            max_fanout: 64,
         }
     }
 }

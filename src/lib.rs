@@ -11,6 +11,6 @@ pub mod logging;
 pub mod memcacheq_cli;
 pub mod net;
 pub mod process;
-pub mod protocol;
+pub use mqd_protocol as protocol;
 pub mod serve_args;
 pub mod top;

@@ -70,6 +70,20 @@ pub struct Serve {
     /// when a queue is full, drop its oldest messages instead of refusing new ones
     #[argh(switch)]
     discard_old_when_full: bool,
+    /// input-buffer bytes all connections together may hold beyond 16 KiB each, k/m/g
+    /// suffixes (default 256m): past it, connections with a partial request wait unread
+    #[argh(option)]
+    input_budget: Option<String>,
+    /// close a connection whose request stays incomplete this many seconds (default 60; 0: never)
+    #[argh(option)]
+    request_timeout: Option<u64>,
+    /// close a connection with no traffic for this many seconds, unless it waits on the
+    /// server (default 0: never, as memcached)
+    #[argh(option)]
+    idle_timeout: Option<u64>,
+    /// most fan-out queues (`<queue>+<child>`) one queue may have (default 64)
+    #[argh(option)]
+    max_fanout: Option<usize>,
     /// block cache of RocksDB in MB (MemcacheQ's -m; default 64)
     #[argh(option, short = 'm')]
     cache_mb: Option<usize>,
@@ -256,6 +270,17 @@ impl Serve {
         }
         config.pid_file = self.pid_file;
         config.user = self.user;
+        if let Some(size) = self.input_budget {
+            config.input_budget = config::parse_size(&size)?;
+        }
+        let seconds = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
+        if let Some(s) = self.request_timeout {
+            config.request_timeout = seconds(s);
+        }
+        config.idle_timeout = self.idle_timeout.and_then(seconds);
+        if let Some(n) = self.max_fanout {
+            config.max_fanout = n;
+        }
         config::validate(&config)?;
         Ok(config)
     }

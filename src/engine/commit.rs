@@ -2,16 +2,23 @@
 //! the previous batch was syncing, commits them as one WriteBatch with at most one fsync, and only
 //! then publishes the new messages, answers the writers and serves blocked readers. One fsync for
 //! many messages is how a durable queue keeps up with many producers.
+//!
+//! Its other concerns have their own files: queue limits and discarding (`limits`), deleting and
+//! flushing queues (`removal`); the free-space reserve is `super::space`.
 
-use std::collections::HashMap;
+mod limits;
+mod removal;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crossbeam_channel::Receiver;
-use rocksdb::{WriteBatch, WriteOptions};
+use rocksdb::WriteBatch;
 
-use super::events::{ConnRef, Event, Outbox, Outcome};
+use super::conn_ref::ConnRef;
+use super::events::{Event, Outbox, Outcome};
 use super::message::{self, Header};
-use super::queue::{QueueState, TakeMode};
+use super::queue::QueueState;
 use super::space::FreeSpace;
 use super::store::{self, QueueMeta};
 use super::{Engine, Error, QueueRef, SyncPolicy};
@@ -33,8 +40,8 @@ pub(super) enum Op {
         queue: QueueRef,
         seq: u64,
     },
-    /// The queue's record changed (a message was opened).
-    Touch {
+    /// Rewrite the queue's record only (a message was opened: the record lists open ones).
+    SaveRecord {
         queue: QueueRef,
     },
     DeleteQueue {
@@ -70,8 +77,16 @@ impl Op {
 /// A queue a batch writes to.
 struct Touched {
     queue: QueueRef,
-    /// Body bytes this batch adds.
+    /// Messages this batch adds and still keeps (sequence number, body length), oldest first.
+    staged: VecDeque<(u64, u64)>,
+    /// Body bytes of `staged`.
     added_bytes: u64,
+    /// Messages this batch staged and then dropped again to make room for later ones: the
+    /// oldest `dropped_staged` of its sequence numbers, never visible to a reader.
+    dropped_staged: u64,
+    /// Committed messages dropped to make room (sequence number, body length): given back to the
+    /// queue if the batch fails.
+    discarded: Vec<(u64, u64)>,
     has_puts: bool,
 }
 
@@ -83,16 +98,39 @@ struct Batch {
     /// Writers to answer, in submission order, with the error of those refused while staging.
     /// All are answered together after the commit, so a connection's replies stay in order.
     writers: Vec<(ConnRef, Option<Error>)>,
+    /// Fsync the batch under `--sync always` even without puts (a flush is answered only once
+    /// it is on disk, as a delete is).
+    sync: bool,
 }
 
 impl Batch {
     fn touch(&mut self, queue: &QueueRef, id: u64) -> &mut Touched {
-        self.touched.entry(id).or_insert_with(|| Touched {
-            queue: queue.clone(),
-            added_bytes: 0,
-            has_puts: false,
-        })
+        touch(&mut self.touched, queue, id)
     }
+}
+
+impl Touched {
+    /// The queue's `next_unclaimed` once the batch is committed. Messages staged and dropped
+    /// again lie right after the old tail (every older one was dropped before them, so nothing
+    /// was left unclaimed): it skips them.
+    fn next_unclaimed_after(&self, q: &QueueState) -> u64 {
+        if self.dropped_staged == 0 {
+            q.next_unclaimed
+        } else {
+            q.next_unclaimed.max(q.tail + self.dropped_staged)
+        }
+    }
+}
+
+fn touch<'a>(touched: &'a mut HashMap<u64, Touched>, queue: &QueueRef, id: u64) -> &'a mut Touched {
+    touched.entry(id).or_insert_with(|| Touched {
+        queue: queue.clone(),
+        staged: VecDeque::new(),
+        added_bytes: 0,
+        dropped_staged: 0,
+        discarded: Vec::new(),
+        has_puts: false,
+    })
 }
 
 pub(super) fn run(engine: &Engine, requests: Receiver<Vec<Op>>) {
@@ -152,7 +190,7 @@ impl Committer<'_> {
                     batch.write.delete_cf(messages, store::message_key(id, seq));
                     batch.touch(&queue, id);
                 }
-                Op::Touch { queue } => {
+                Op::SaveRecord { queue } => {
                     let id = queue.lock().id;
                     batch.touch(&queue, id);
                 }
@@ -214,7 +252,23 @@ impl Committer<'_> {
                     String::from_utf8_lossy(&child)
                 );
             }
+            if batch.write.size_in_bytes() >= MAX_BATCH_BYTES {
+                // Copies count against the batch size too: commit what is staged so far.
+                self.commit_part(batch);
+            }
         }
+    }
+
+    /// Commits the staged writes now, keeping the writers to answer with the rest of the batch
+    /// (marked failed if this part did not commit).
+    fn commit_part(&mut self, batch: &mut Batch) {
+        let mut writers = std::mem::take(&mut batch.writers);
+        if !self.commit(std::mem::take(batch)) {
+            for (_, error) in &mut writers {
+                error.get_or_insert(Error::Storage);
+            }
+        }
+        batch.writers = writers;
     }
 
     /// Stages one message: assigns its sequence number and adds it to the batch, after making
@@ -227,13 +281,19 @@ impl Committer<'_> {
         expires_at: u64,
         body: &[u8],
     ) -> Result<(), Error> {
-        let queue = self.engine.lookup_or_create(name);
-        let (id, seq) = {
+        let len = body.len() as u64;
+        let (queue, id, seq) = loop {
+            let queue = self.engine.queue_for_put(name)?;
             let mut q = queue.lock();
-            let staged = batch.touched.get(&q.id).map_or(0, |t| t.added_bytes);
-            self.make_room(&queue, &mut q, staged, body.len() as u64)?;
+            if q.deleted {
+                // Forgotten as an unused ghost since the lookup: create it again.
+                continue;
+            }
+            self.make_room(batch, &queue, &mut q, len)?;
             q.next_seq += 1;
-            (q.id, q.next_seq - 1)
+            let (id, seq) = (q.id, q.next_seq - 1);
+            drop(q);
+            break (queue, id, seq);
         };
         let header = Header {
             flags,
@@ -246,61 +306,21 @@ impl Committer<'_> {
             message::encode(&header, body),
         );
         let touched = batch.touch(&queue, id);
-        touched.added_bytes += body.len() as u64;
+        touched.staged.push_back((seq, len));
+        touched.added_bytes += len;
         touched.has_puts = true;
         Ok(())
     }
 
-    /// Checks the queue's limits for one more message of `len` bytes (`staged` bytes already in
-    /// this batch), dropping the oldest messages if the queue discards when full.
-    fn make_room(
-        &mut self,
-        queue: &QueueRef,
-        q: &mut QueueState,
-        staged: u64,
-        len: u64,
-    ) -> Result<(), Error> {
-        let limits = self.engine.config.limits;
-        let over = |q: &QueueState| {
-            let items = q.next_seq - q.head + q.returned.len() as u64 + q.open.len() as u64;
-            limits.max_items.is_some_and(|max| items + 1 > max)
-                || limits
-                    .max_bytes
-                    .is_some_and(|max| q.counters.bytes + staged + len > max)
-        };
-        if !over(q) {
-            return Ok(());
-        }
-        // A message that could never fit must not empty the queue on its way to being refused.
-        let never_fits =
-            limits.max_items == Some(0) || limits.max_bytes.is_some_and(|max| staged + len > max);
-        if !limits.discard_old || never_fits {
-            return Err(Error::QueueFull);
-        }
-        let mut intents = super::Intents::default();
-        let now = message::now_ms();
-        while over(q) {
-            match self
-                .engine
-                .take_locked(queue, q, TakeMode::Remove, now, &mut intents)
-            {
-                Ok(Some(_)) => q.counters.discarded += 1,
-                _ => break,
-            }
-        }
-        self.carry.extend(intents.ops);
-        if over(q) {
-            return Err(Error::QueueFull);
-        }
-        Ok(())
-    }
-
-    /// Writes the batch with every touched queue's record, then publishes and answers.
-    fn commit(&mut self, mut batch: Batch) {
+    /// Writes the batch with every touched queue's record, then publishes and answers. False if
+    /// the write failed.
+    fn commit(&mut self, mut batch: Batch) -> bool {
         if batch.touched.is_empty() {
             let mut outbox = Outbox::new(&self.engine.mailboxes);
             for (writer, error) in batch.writers {
-                let outcome = Outcome::Failed(error.unwrap_or(Error::Storage));
+                // Nothing left to write: writers without an error had theirs committed by an
+                // earlier part of the batch (`commit_part`).
+                let outcome = error.map_or(Outcome::Stored, Outcome::Failed);
                 outbox.send(
                     writer,
                     Event::Completed {
@@ -309,7 +329,7 @@ impl Committer<'_> {
                     },
                 );
             }
-            return;
+            return true;
         }
         let meta = self.engine.meta();
         let mut has_puts = false;
@@ -322,6 +342,7 @@ impl Committer<'_> {
             new_queues |= !q.persisted;
             has_puts |= touched.has_puts;
             let mut record = QueueMeta::of(&q, q.next_seq);
+            record.next_unclaimed = touched.next_unclaimed_after(&q);
             record.counters.bytes += touched.added_bytes;
             batch
                 .write
@@ -337,34 +358,37 @@ impl Committer<'_> {
                 .write
                 .put_cf(meta, store::NEXT_ID_KEY, next.to_be_bytes());
         }
-        let mut options = WriteOptions::default();
-        let sync = has_puts && self.engine.config.sync == SyncPolicy::Always;
-        options.set_sync(sync);
+        let sync = (has_puts || batch.sync) && self.engine.config.sync == SyncPolicy::Always;
         let started = std::time::Instant::now();
-        let result = self.engine.db.write_opt(batch.write, &options);
-        let metrics = &self.engine.metrics;
-        if sync {
-            metrics.observe_sync(started.elapsed());
-        }
-        metrics.batches.fetch_add(1, Relaxed);
-        metrics.batch_size.observe(batch.writers.len() as u64);
+        let result = self.engine.write(batch.write, sync);
+        self.engine
+            .metrics
+            .committed(sync.then(|| started.elapsed()), batch.writers.len() as u64);
         if let Err(e) = &result {
             log::error!("commit of {} writes failed: {e}", batch.writers.len());
         }
         let mut outbox = Outbox::new(&self.engine.mailboxes);
         for touched in batch.touched.values() {
             let mut q = touched.queue.lock();
-            q.persisted |= result.is_ok();
-            if !touched.has_puts {
-                continue;
-            }
             if result.is_ok() {
+                q.persisted = true;
+                q.next_unclaimed = touched.next_unclaimed_after(&q);
                 q.tail = q.next_seq;
                 q.counters.bytes += touched.added_bytes;
-                self.engine
-                    .serve_waiters(&touched.queue, &mut q, &mut self.carry, &mut outbox);
+                if touched.has_puts {
+                    self.engine
+                        .serve_waiters(&touched.queue, &mut q, &mut self.carry, &mut outbox);
+                }
             } else {
+                // Nothing of the batch happened: what it discarded is back in the queue.
                 q.next_seq = q.tail;
+                let discarded = touched.discarded.len() as u64 + touched.dropped_staged;
+                q.counters.discarded -= discarded;
+                for &(seq, len) in &touched.discarded {
+                    q.counters.bytes += len;
+                    q.returned.push_back(seq);
+                }
+                q.returned.make_contiguous().sort_unstable();
             }
         }
         for (writer, error) in batch.writers {
@@ -381,72 +405,6 @@ impl Committer<'_> {
                 },
             );
         }
+        result.is_ok()
     }
-
-    fn delete_queue(&mut self, name: &[u8]) -> Outcome {
-        let Some(queue) = self.engine.forget(name) else {
-            return Outcome::NotFound;
-        };
-        let (id, persisted, waiters) = {
-            let mut q = queue.lock();
-            q.deleted = true;
-            (q.id, q.persisted, std::mem::take(&mut q.waiters))
-        };
-        if !waiters.is_empty() {
-            // Readers blocked on the queue keep waiting on its empty successor.
-            self.engine.lookup_or_create(name).lock().waiters = waiters;
-        }
-        if persisted {
-            let (first, end) = (store::message_key(id, 0), store::message_key(id + 1, 0));
-            let mut write = WriteBatch::default();
-            write.delete_cf(self.engine.meta(), store::meta_key(name));
-            write.delete_range_cf(self.engine.messages(), first, end);
-            let mut options = WriteOptions::default();
-            options.set_sync(self.engine.config.sync == SyncPolicy::Always);
-            if let Err(e) = self.engine.db.write_opt(write, &options) {
-                log::error!("cannot delete queue: {e}");
-                return Outcome::Failed(Error::Storage);
-            }
-        }
-        Outcome::Deleted
-    }
-
-    fn flush(&mut self, name: Option<&[u8]>) -> Outcome {
-        let queues: Vec<QueueRef> = match name {
-            Some(name) => self.engine.lookup(name).into_iter().collect(),
-            None => self.engine.queues.read().values().cloned().collect(),
-        };
-        let mut batch = Batch::default();
-        for queue in &queues {
-            let mut q = queue.lock();
-            if !q.persisted || q.deleted {
-                continue;
-            }
-            let messages = self.engine.messages();
-            let (head, tail) = (
-                store::message_key(q.id, q.head),
-                store::message_key(q.id, q.tail),
-            );
-            batch.write.delete_range_cf(messages, head, tail);
-            for &seq in &q.returned {
-                batch
-                    .write
-                    .delete_cf(messages, store::message_key(q.id, seq));
-            }
-            flush_state(&mut q);
-            let id = q.id;
-            drop(q);
-            batch.touch(queue, id);
-        }
-        self.commit(batch);
-        Outcome::Flushed
-    }
-}
-
-/// Empties a queue's state: everything not held open is gone.
-fn flush_state(q: &mut QueueState) {
-    q.head = q.tail;
-    q.returned.clear();
-    q.counters.bytes = q.open.values().sum();
-    q.counters.flushes += 1;
 }

@@ -5,15 +5,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
+use super::conn_ref::ConnRef;
 use super::queue::QueueState;
 use parking_lot::Mutex;
-
-/// Identifies a connection: which event loop's mailbox, and the connection within that loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnRef {
-    pub mailbox: u32,
-    pub conn: u64,
-}
 
 /// The result of a write that went through the committer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +26,9 @@ pub struct Taken {
     pub seq: u64,
     pub flags: u32,
     pub body: Vec<u8>,
+    /// Held open for the taker, who must confirm it or give it back. False for a peek (the
+    /// message stayed in the queue) and for a removal.
+    pub open: bool,
 }
 
 impl std::fmt::Debug for Taken {

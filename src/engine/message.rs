@@ -1,13 +1,11 @@
 //! How a message is stored: a small fixed header (flags, expiry, enqueue time) before the body.
-//! Also the memcache exptime rule, turned into an absolute expiry the engine can compare.
+//! Expiry is an absolute time here; the memcache exptime rule that yields it belongs to the
+//! protocol side (`protocol::command::Set::expires_at`).
 
 /// Layout version of the stored value.
 const VERSION: u8 = 1;
 /// version (1) + flags (4) + expires_at ms (8) + enqueued_at ms (8).
 pub const HEADER_LEN: usize = 21;
-
-/// memcached's rule: an exptime up to 30 days is relative seconds, larger is a unix time.
-pub const RELATIVE_EXPTIME_LIMIT: i64 = 60 * 60 * 24 * 30;
 
 /// A stored message's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,17 +48,6 @@ pub fn decode(value: &[u8]) -> Option<(Header, &[u8])> {
     Some((header, &value[HEADER_LEN..]))
 }
 
-/// The absolute expiry (unix ms, 0 = never) for a memcache `exptime` received at `now_ms`.
-/// A negative exptime means already expired, as in memcached.
-pub fn expiry_from_exptime(exptime: i64, now_ms: u64) -> u64 {
-    match exptime {
-        0 => 0,
-        e if e < 0 => now_ms.max(1),
-        e if e <= RELATIVE_EXPTIME_LIMIT => now_ms + e as u64 * 1000,
-        e => (e as u64).saturating_mul(1000),
-    }
-}
-
 /// Milliseconds since the unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -83,23 +70,5 @@ mod tests {
         let value = encode(&header, b"body");
         assert_eq!(decode(&value), Some((header, &b"body"[..])));
         assert_eq!(decode(b"short"), None);
-    }
-
-    #[test]
-    fn exptime_follows_memcached() {
-        let now = 1_700_000_000_000;
-        assert_eq!(expiry_from_exptime(0, now), 0);
-        assert_eq!(expiry_from_exptime(10, now), now + 10_000);
-        assert_eq!(
-            expiry_from_exptime(RELATIVE_EXPTIME_LIMIT, now),
-            now + 2_592_000_000
-        );
-        assert_eq!(expiry_from_exptime(1_800_000_000, now), 1_800_000_000_000);
-        assert!(Header {
-            flags: 0,
-            expires_at: expiry_from_exptime(-1, now),
-            enqueued_at: 0
-        }
-        .is_expired(now));
     }
 }

@@ -89,6 +89,15 @@ impl Default for EngineMetrics {
 }
 
 impl EngineMetrics {
+    /// A group commit of `writers` write requests was written (`synced` for that long).
+    pub(super) fn committed(&self, synced: Option<Duration>, writers: u64) {
+        if let Some(took) = synced {
+            self.observe_sync(took);
+        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_size.observe(writers);
+    }
+
     pub(super) fn observe_sync(&self, took: Duration) {
         self.sync_micros
             .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));

@@ -9,13 +9,19 @@
 
 mod background;
 mod commit;
+mod conn_ref;
 pub mod events;
+mod fanout;
+mod ghosts;
 pub mod message;
 mod metrics;
 pub mod queue;
 mod reading;
+mod reclaim;
 mod space;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -29,8 +35,9 @@ use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 
 use commit::Op;
+pub use conn_ref::ConnRef;
 use events::Outbox;
-pub use events::{ConnRef, Event, Mailbox, Outcome, Taken, Wake};
+pub use events::{Event, Mailbox, Outcome, Taken, Wake};
 pub use metrics::{EngineSnapshot, HistogramSnapshot};
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
@@ -57,6 +64,9 @@ pub struct EngineConfig {
     /// than this, so RocksDB never meets a full disk (it cannot recover from one by itself)
     /// and reads, deletes and flushes, which free space, keep working.
     pub min_free_bytes: u64,
+    /// Most fan-out queues (`<queue>+<child>`) one queue may have: every put to a queue is
+    /// copied to each of them, so this bounds what one put costs.
+    pub max_fanout: usize,
 }
 
 /// Per-queue limits, the same for every queue.
@@ -81,6 +91,8 @@ pub enum Error {
     ShuttingDown,
     /// Free disk space is below the reserve: no new messages until some is freed.
     DiskFull,
+    /// The put would create one more fan-out queue than `max_fanout` allows.
+    FanoutLimit,
 }
 
 /// What one queue looks like now, for stats.
@@ -127,6 +139,9 @@ pub struct Engine {
     fanout: RwLock<BTreeSet<Arc<[u8]>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: metrics::EngineMetrics,
+    /// Tests set this to make every RocksDB write fail, as a full or broken disk would.
+    #[cfg(test)]
+    fail_writes: AtomicBool,
 }
 
 impl Engine {
@@ -143,7 +158,7 @@ impl Engine {
             let name: Arc<[u8]> = Arc::from(name);
             let mut state = QueueState::new(meta.id, name.clone());
             state.persisted = true;
-            state.head = meta.head;
+            state.next_unclaimed = meta.next_unclaimed;
             state.tail = meta.tail;
             state.next_seq = meta.tail;
             state.counters = meta.counters;
@@ -173,6 +188,8 @@ impl Engine {
             fanout: RwLock::new(fanout),
             threads: Mutex::new(Vec::new()),
             metrics: Default::default(),
+            #[cfg(test)]
+            fail_writes: AtomicBool::new(false),
         });
         let committer = {
             let engine = engine.clone();
@@ -190,6 +207,14 @@ impl Engine {
                 .map_err(|e| e.to_string())?
         };
         engine.threads.lock().push(sweeper);
+        let reclaimer = {
+            let engine = engine.clone();
+            std::thread::Builder::new()
+                .name("reclaim".into())
+                .spawn(move || engine.reclaim_every(reclaim::RECLAIM_EVERY))
+                .map_err(|e| e.to_string())?
+        };
+        engine.threads.lock().push(reclaimer);
         if let SyncPolicy::Interval(every) = engine.config.sync {
             let syncer = {
                 let engine = engine.clone();
@@ -273,14 +298,45 @@ impl Engine {
             (None, None) => return Ok(None),
             (None, Some(_)) => self.lookup_or_create(queue),
         };
-        let mut q = state.lock();
-        let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), intents)?;
-        if taken.is_none() {
-            if let Some((conn, wait_id)) = wait {
-                q.waiters.push_back(Waiter { conn, wait_id });
+        self.take_from(&state, mode, wait, intents)
+    }
+
+    /// `take` once the queue's handle is looked up. Between the look-up and the lock the queue
+    /// may have been deleted: the handle is then stale, and the read goes to the queue that has
+    /// the name now, so that a waiter never lands on a dead queue (where no message would reach
+    /// it and `cancel_wait`, which looks queues up by name, would not find it).
+    fn take_from(
+        &self,
+        state: &QueueRef,
+        mode: TakeMode,
+        wait: Option<(ConnRef, u64)>,
+        intents: &mut Intents,
+    ) -> Result<Option<Taken>, Error> {
+        let mut state = state.clone();
+        loop {
+            let mut q = state.lock();
+            if q.deleted {
+                let name = q.name.clone();
+                drop(q);
+                state = match (self.lookup(&name), wait) {
+                    (Some(successor), _) => successor,
+                    (None, None) => return Ok(None),
+                    (None, Some(_)) => self.lookup_or_create(&name),
+                };
+                continue;
             }
+            let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), intents)?;
+            if taken.is_none() {
+                if let Some((conn, wait_id)) = wait {
+                    q.waiters.push_back(Waiter {
+                        conn,
+                        wait_id,
+                        mode,
+                    });
+                }
+            }
+            return Ok(taken);
         }
-        Ok(taken)
     }
 
     /// Withdraws a waiter after its timeout. False if a message was already handed to it: the
@@ -341,6 +397,7 @@ impl Engine {
         let now = message::now_ms();
         let mut stats: Vec<QueueStats> = queues
             .iter()
+            .filter(|state| state.lock().is_listed())
             .map(|state| {
                 let q = state.lock();
                 let age_ms = match (with_age, q.front()) {
@@ -394,6 +451,19 @@ impl Engine {
         let removed = self.queues.write().remove(queue);
         self.fanout.write().remove(queue);
         removed
+    }
+
+    /// Writes `batch` to RocksDB, with an fsync if `sync`.
+    fn write(&self, batch: rocksdb::WriteBatch, sync: bool) -> Result<(), String> {
+        #[cfg(test)]
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err("write failure injected by a test".into());
+        }
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(sync);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| e.to_string())
     }
 
     fn lookup(&self, queue: &[u8]) -> Option<QueueRef> {

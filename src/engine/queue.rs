@@ -3,10 +3,10 @@
 //! what is small. Every field that must survive a restart is written to the metadata column
 //! family by the committer (see `store::QueueMeta`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::events::ConnRef;
+use super::conn_ref::ConnRef;
 
 /// How a read treats the message it finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub enum TakeMode {
 pub struct Waiter {
     pub conn: ConnRef,
     pub wait_id: u64,
+    /// A waiting `Peek` is shown the message that arrives and leaves it at the head; any other
+    /// waiter is handed it open.
+    pub mode: TakeMode,
 }
 
 /// Counters kept across restarts.
@@ -48,20 +51,27 @@ pub struct QueueState {
     pub persisted: bool,
     /// Set once the queue is deleted; holders of a stale handle must treat it as gone.
     pub deleted: bool,
-    /// Next sequence number never handed out.
-    pub head: u64,
-    /// End (exclusive) of the committed messages: `head..tail` are waiting to be read.
+    /// Lowest sequence number never handed out to a reader (messages given back are in
+    /// `returned`, before it). Not necessarily the front of the queue: see `front`.
+    pub next_unclaimed: u64,
+    /// End (exclusive) of the committed messages: `next_unclaimed..tail` are waiting to be read.
     pub tail: u64,
     /// Next sequence number the committer assigns (only the committer touches it); equals
     /// `tail` between batches.
     pub next_seq: u64,
-    /// Messages given back (abort, disconnect, restart), served before `head`, sorted: oldest
+    /// Messages given back (abort, disconnect, restart), served before `next_unclaimed`, sorted: oldest
     /// first.
     pub returned: VecDeque<u64>,
     /// Messages handed out with `/open`, not yet confirmed: sequence number → body length.
     pub open: HashMap<u64, u64>,
     pub waiters: VecDeque<Waiter>,
     pub counters: Counters,
+    /// Messages in `next_unclaimed..tail` that the sweep already dropped because they expired:
+    /// `next_unclaimed` skips them, and is itself never in here.
+    pub swept: BTreeSet<u64>,
+    /// Where the next sweep of the messages behind the head goes on (it looks at a bounded
+    /// number per round).
+    pub sweep_from: u64,
 }
 
 impl QueueState {
@@ -71,19 +81,21 @@ impl QueueState {
             name,
             persisted: false,
             deleted: false,
-            head: 0,
+            next_unclaimed: 0,
             tail: 0,
             next_seq: 0,
             returned: VecDeque::new(),
             open: HashMap::new(),
             waiters: VecDeque::new(),
             counters: Counters::default(),
+            swept: BTreeSet::new(),
+            sweep_from: 0,
         }
     }
 
     /// Messages that a read could be handed now.
     pub fn items(&self) -> u64 {
-        self.tail - self.head + self.returned.len() as u64
+        self.tail - self.next_unclaimed + self.returned.len() as u64 - self.swept.len() as u64
     }
 
     /// Messages ever committed to this queue.
@@ -100,7 +112,7 @@ impl QueueState {
     pub fn front(&self) -> Option<u64> {
         match self.returned.front() {
             Some(&seq) => Some(seq),
-            None if self.head < self.tail => Some(self.head),
+            None if self.next_unclaimed < self.tail => Some(self.next_unclaimed),
             None => None,
         }
     }
@@ -110,14 +122,33 @@ impl QueueState {
         if let Some(seq) = self.returned.pop_front() {
             return Some(seq);
         }
-        if self.head < self.tail {
-            self.head += 1;
-            return Some(self.head - 1);
+        if self.next_unclaimed < self.tail {
+            let seq = self.next_unclaimed;
+            self.next_unclaimed += 1;
+            self.skip_swept();
+            return Some(seq);
         }
         None
     }
 
-    /// Sequence numbers below `head` that are not gone: what a restart must deliver again.
+    /// Marks message `seq` (not yet claimed) as dropped by the sweep. False if it is not in
+    /// `next_unclaimed..tail` any more (a reader took it meanwhile) or was marked already.
+    pub fn mark_swept(&mut self, seq: u64) -> bool {
+        if seq < self.next_unclaimed || seq >= self.tail || !self.swept.insert(seq) {
+            return false;
+        }
+        self.skip_swept();
+        true
+    }
+
+    /// Moves `next_unclaimed` past messages the sweep dropped.
+    fn skip_swept(&mut self) {
+        while self.swept.remove(&self.next_unclaimed) {
+            self.next_unclaimed += 1;
+        }
+    }
+
+    /// Sequence numbers below `next_unclaimed` that are not gone: what a restart must deliver again.
     pub fn pending(&self) -> Vec<u64> {
         let mut pending: Vec<u64> = self.returned.iter().copied().collect();
         pending.extend(self.open.keys().copied());

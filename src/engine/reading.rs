@@ -70,7 +70,7 @@ impl Engine {
                 TakeMode::Open => {
                     q.pop_front();
                     q.open.insert(seq, len);
-                    ops.ops.push(Op::Touch {
+                    ops.ops.push(Op::SaveRecord {
                         queue: state.clone(),
                     });
                 }
@@ -81,13 +81,15 @@ impl Engine {
                 seq,
                 flags: header.flags,
                 body: body.to_vec(),
+                open: mode == TakeMode::Open,
             }));
         }
         Ok(None)
     }
 
-    /// Hands available messages to waiting readers, oldest waiter first. Each is delivered open:
-    /// the reader's loop confirms it, or gives it back if the reader is gone.
+    /// Hands available messages to waiting readers, oldest waiter first. Each is delivered open
+    /// (the reader's loop confirms it, or gives it back if the reader is gone), except to a
+    /// waiting peek, which is shown the head and leaves it there for the waiters behind it.
     pub(super) fn serve_waiters(
         &self,
         state: &QueueRef,
@@ -99,8 +101,15 @@ impl Engine {
             ops: std::mem::take(ops),
         };
         let now = message::now_ms();
-        while !q.waiters.is_empty() && q.items() > 0 {
-            match self.take_locked(state, q, TakeMode::Open, now, &mut intents) {
+        while let Some(waiter) = q.waiters.front() {
+            if q.items() == 0 {
+                break;
+            }
+            let mode = match waiter.mode {
+                TakeMode::Peek => TakeMode::Peek,
+                TakeMode::Open | TakeMode::Remove => TakeMode::Open,
+            };
+            match self.take_locked(state, q, mode, now, &mut intents) {
                 Ok(Some(taken)) => {
                     let waiter = q.waiters.pop_front().expect("checked non-empty");
                     let event = Event::Delivered {

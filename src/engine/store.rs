@@ -14,8 +14,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options,
-    WriteBufferManager,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, ReadOptions, WriteBatch, WriteBufferManager,
 };
 
 use super::queue::{Counters, QueueState};
@@ -116,10 +116,11 @@ pub fn meta_key(name: &[u8]) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueMeta {
     pub id: u64,
-    pub head: u64,
+    /// `QueueState::next_unclaimed` (stored second, where older versions called it head).
+    pub next_unclaimed: u64,
     pub tail: u64,
     pub counters: Counters,
-    /// Sequence numbers below `head` still in the queue (open or given back), ascending.
+    /// Sequence numbers below `next_unclaimed` still in the queue (open or given back), ascending.
     pub pending: Vec<u64>,
 }
 
@@ -130,7 +131,7 @@ impl QueueMeta {
     pub fn of(queue: &QueueState, tail: u64) -> QueueMeta {
         QueueMeta {
             id: queue.id,
-            head: queue.head,
+            next_unclaimed: queue.next_unclaimed,
             tail,
             counters: queue.counters,
             pending: queue.pending(),
@@ -142,7 +143,7 @@ impl QueueMeta {
         out.push(META_VERSION);
         for n in [
             self.id,
-            self.head,
+            self.next_unclaimed,
             self.tail,
             self.counters.expired,
             self.counters.discarded,
@@ -173,7 +174,7 @@ impl QueueMeta {
         }
         Some(QueueMeta {
             id: fixed[0],
-            head: fixed[1],
+            next_unclaimed: fixed[1],
             tail: fixed[2],
             counters: Counters {
                 expired: fixed[3],
@@ -217,6 +218,13 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
         match QueueMeta::decode(&value) {
             Some(record) => {
                 next_queue_id = next_queue_id.max(record.id + 1);
+                let orphans = remove_orphans(&db, &record)?;
+                if orphans > 0 {
+                    log::info!(
+                        "removed {orphans} messages of queue {:?} taken before the crash",
+                        String::from_utf8_lossy(&key[1..])
+                    );
+                }
                 queues.push((key[1..].to_vec(), record));
             }
             None => log::error!(
@@ -232,6 +240,33 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
     })
 }
 
+/// Deletes the keys of a queue's messages below its head that are not pending: messages taken
+/// just before a crash, whose removal never reached the disk while the queue's record (head past
+/// them) did. Nothing else would ever delete them. Returns how many there were.
+fn remove_orphans(db: &Db, record: &QueueMeta) -> Result<usize, rocksdb::Error> {
+    let messages = db
+        .cf_handle(MESSAGES_CF)
+        .expect("messages column family is always opened");
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(message_key(record.id, record.next_unclaimed).to_vec());
+    let first = message_key(record.id, 0);
+    let mode = IteratorMode::From(&first, Direction::Forward);
+    let mut batch = WriteBatch::default();
+    let mut count = 0;
+    for item in db.iterator_cf_opt(messages, options, mode) {
+        let (key, _) = item?;
+        let seq = u64::from_be_bytes(key[8..16].try_into().unwrap());
+        if record.pending.binary_search(&seq).is_err() {
+            batch.delete_cf(messages, &key);
+            count += 1;
+        }
+    }
+    if count > 0 {
+        db.write(batch)?;
+    }
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,7 +275,7 @@ mod tests {
     fn meta_round_trips() {
         let meta = QueueMeta {
             id: 3,
-            head: 10,
+            next_unclaimed: 10,
             tail: 20,
             counters: Counters {
                 expired: 1,

@@ -2,30 +2,53 @@
 //! runs them (see `session`) and writes replies. Reads are edge-triggered: a readable event is
 //! remembered until a read says WouldBlock, so a connection paused by back-pressure or by a
 //! pending write resumes reading where it stopped.
+//!
+//! Back-pressure is checked before every command, not every read: a connection runs no further
+//! command while its unsent output is over a high-water mark or its writes in flight are at their
+//! limit, and reads nothing more while its input is full; it resumes when the client reads its
+//! replies or the committer answers. What one connection can hold is bounded that way, and what
+//! all of them hold together by the server-wide budgets of `budget`.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind as IoErrorKind, Read as _, Write as _};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use super::session::{GetInProgress, OpenRead, PendingWrite};
+use super::budget::{FREE_INPUT, MAX_WRITES_PER_CONNECTION, MAX_WRITE_BYTES_PER_CONNECTION};
+use super::session::{self, GetInProgress, OpenRead, PendingWrite};
 use super::stream::Stream;
 use super::Ctx;
-use crate::protocol::{self, memcache, mqmq, Parsed, Protocol, Reply};
+use crate::engine::Outcome;
+use crate::protocol::{memcache, mqmq, Command, Framer, Parsed, Protocol, Reply};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 << 10;
 /// An empty input buffer larger than this is freed rather than kept.
 const SHRINK_ABOVE: usize = 256 << 10;
-/// Stop taking requests while this much output waits for a slow reader.
+/// Run no more commands while this much output waits for a slow reader.
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
+/// An empty output buffer with more capacity than this is freed rather than kept.
+const SHRINK_OUTPUT_ABOVE: usize = 64 << 10;
+
+/// Why `process` stopped running commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Nothing complete to run (or the connection is closing, or a read is blocked).
+    Input,
+    /// Unsent output is over the high-water mark.
+    Output,
+    /// Something else must happen first: earlier writes answered, a global budget freed.
+    Waiting,
+}
 
 pub struct Connection {
     pub stream: Stream,
     /// Slot and generation in the loop's connection table.
     pub id: u64,
-    pub protocol: Option<Protocol>,
+    /// The protocol, the request at the front of the input, and bodies to discard.
+    framer: Framer,
     /// Counts this connection under its protocol while it lives (`/metrics`).
-    _counted: Option<super::connection_counts::Counted>,
+    counted: Option<super::connection_counts::Counted>,
     /// Input buffer; `input[input_start..input_end]` is received and not yet handled. Its length
     /// is its zeroed capacity, so reads need no fresh memset.
     input: Vec<u8>,
@@ -33,8 +56,6 @@ pub struct Connection {
     input_end: usize,
     output: Vec<u8>,
     output_start: usize,
-    /// Bytes of a refused request still to discard as they arrive.
-    skip: usize,
     /// The socket may have more to read (edge seen, no WouldBlock since).
     pub readable: bool,
     /// The peer closed its side.
@@ -44,6 +65,20 @@ pub struct Connection {
     /// Close now (I/O error, protocol violation).
     pub dead: bool,
     pub(super) pending_writes: VecDeque<PendingWrite>,
+    /// Body bytes of each write in `pending_writes`, taken from the server's write budget.
+    write_weights: VecDeque<usize>,
+    /// Sum of `write_weights`.
+    write_bytes: usize,
+    /// Bytes of `input` counted against the server's input budget.
+    input_charged: usize,
+    /// The server's write budget refused this connection's next write.
+    parked_on_writes: bool,
+    /// The server's input budget refused to grow this connection's input buffer.
+    parked_on_input: bool,
+    /// Since when the input has held an incomplete request (or a body being discarded).
+    partial_since: Option<Instant>,
+    /// Last time bytes moved in either direction.
+    last_active: Instant,
     pub(super) get: Option<GetInProgress>,
     pub(super) open_reads: Vec<OpenRead>,
 }
@@ -53,30 +88,53 @@ impl Connection {
         Connection {
             stream,
             id,
-            protocol: None,
-            _counted: None,
+            framer: Framer::new(),
+            counted: None,
             input: Vec::new(),
             input_start: 0,
             input_end: 0,
             output: Vec::new(),
             output_start: 0,
-            skip: 0,
             readable: true,
             eof: false,
             closing: false,
             dead: false,
             pending_writes: VecDeque::new(),
+            write_weights: VecDeque::new(),
+            write_bytes: 0,
+            input_charged: 0,
+            parked_on_writes: false,
+            parked_on_input: false,
+            partial_since: None,
+            last_active: Instant::now(),
             get: None,
             open_reads: Vec::new(),
         }
     }
 
+    /// A server-wide budget is exhausted for this connection: its loop retries it shortly (no
+    /// event will come to wake it).
+    pub fn parked(&self) -> bool {
+        !self.dead && (self.parked_on_writes || self.parked_on_input)
+    }
+
+    fn unsent(&self) -> usize {
+        self.output.len() - self.output_start
+    }
+
     /// Reads, runs and answers as far as the socket and the connection's state allow.
     pub fn drive(&mut self, ctx: &mut Ctx) {
         loop {
-            self.process(ctx);
+            let stop = self.process(ctx);
             self.flush(ctx);
-            if self.dead || self.closing || !self.accepting_input(ctx) || !self.readable {
+            if self.dead || self.closing {
+                break;
+            }
+            if stop == Stop::Output && self.unsent() < OUTPUT_HIGH_WATER {
+                // The client read enough: run the commands that were held back.
+                continue;
+            }
+            if !self.accepting_input(ctx) || !self.readable {
                 break;
             }
             if !self.fill(ctx) {
@@ -100,53 +158,73 @@ impl Connection {
     }
 
     fn accepting_input(&self, ctx: &Ctx) -> bool {
-        self.output.len() - self.output_start < OUTPUT_HIGH_WATER
+        self.unsent() < OUTPUT_HIGH_WATER
             && self.input_end - self.input_start < ctx.shared.input_limit
     }
 
     /// Parses and runs every complete request that may run now.
-    fn process(&mut self, ctx: &mut Ctx) {
+    fn process(&mut self, ctx: &mut Ctx) -> Stop {
+        let stop = self.run_commands(ctx);
+        if self.input_start == self.input_end {
+            self.input_start = 0;
+            self.input_end = 0;
+            self.partial_since = None;
+            if !self.readable || self.input.len() > SHRINK_ABOVE {
+                // Nothing more to read now: an idle client holds no buffer (and a large message
+                // that passed through leaves none behind).
+                self.set_input_len(0, ctx);
+            }
+        }
+        stop
+    }
+
+    fn run_commands(&mut self, ctx: &mut Ctx) -> Stop {
+        self.parked_on_writes = false;
         while self.get.is_none() && !self.closing && !self.dead {
-            if self.skip > 0 {
-                let n = self.skip.min(self.input_end - self.input_start);
-                self.input_start += n;
-                self.skip -= n;
-                if self.skip > 0 {
-                    break;
-                }
+            self.input_start += self.framer.discard(self.input_end - self.input_start);
+            if self.framer.skipping() {
+                self.partial_since.get_or_insert_with(Instant::now);
+                return Stop::Input;
+            }
+            if self.unsent() >= OUTPUT_HIGH_WATER {
+                return Stop::Output;
+            }
+            if self.pending_writes.len() >= MAX_WRITES_PER_CONNECTION
+                || self.write_bytes >= MAX_WRITE_BYTES_PER_CONNECTION
+            {
+                // Whatever comes next waits: a write for room, a read for these to finish.
+                return Stop::Waiting;
             }
             let buf = &self.input[self.input_start..self.input_end];
-            let Some(&first) = buf.first() else { break };
-            let protocol = match self.protocol {
-                Some(protocol) => protocol,
-                None => match protocol::sniff(first) {
-                    Some(protocol) => {
-                        self._counted = Some(ctx.shared.connection_counts.count(protocol));
-                        *self.protocol.insert(protocol)
+            if buf.is_empty() {
+                break;
+            }
+            let protocol = self.framer.sniff(buf);
+            if let (None, Ok(Some(protocol))) = (&self.counted, protocol) {
+                self.counted = Some(ctx.shared.connection_counts.count(protocol));
+            }
+            if protocol == Ok(Some(Protocol::Http)) {
+                match super::http_service::serve(buf, ctx.shared, &mut self.output) {
+                    Some((consumed, close)) => {
+                        self.partial_since = None;
+                        self.input_start += consumed;
+                        self.closing |= close;
+                        continue;
                     }
                     None => {
-                        log::info!("closing connection whose first byte is 0x{first:02x}: neither protocol");
-                        self.dead = true;
-                        break;
+                        self.partial_since.get_or_insert_with(Instant::now);
+                        return Stop::Input;
                     }
-                },
-            };
-            let parsed = match protocol {
-                Protocol::Memcache => memcache::parse(buf, &ctx.shared.limits),
-                Protocol::Mqmq => mqmq::parse(buf, &ctx.shared.limits),
-                Protocol::Http => {
-                    // Pipelined requests wait while earlier responses are unread.
-                    if self.output.len() - self.output_start >= OUTPUT_HIGH_WATER {
-                        break;
-                    }
-                    match super::http_service::serve(buf, ctx.shared, &mut self.output) {
-                        Some((consumed, close)) => {
-                            self.input_start += consumed;
-                            self.closing |= close;
-                            continue;
-                        }
-                        None => break,
-                    }
+                }
+            }
+            let parsed = match self.framer.parse(buf, &ctx.shared.limits) {
+                Ok(parsed) => parsed,
+                Err(first) => {
+                    log::info!(
+                        "closing connection whose first byte is 0x{first:02x}: neither protocol"
+                    );
+                    self.dead = true;
+                    return Stop::Input;
                 }
             };
             // A reply may not overtake the replies to writes still being committed, and a
@@ -154,40 +232,116 @@ impl Connection {
             let must_wait = !self.pending_writes.is_empty()
                 && !matches!(&parsed, Parsed::Command { command, .. } if super::session::is_write(command));
             if must_wait {
-                break;
+                return Stop::Waiting;
             }
+            self.framer.used(&parsed);
             match parsed {
-                Parsed::NeedMore => break,
+                Parsed::NeedMore => {
+                    self.partial_since.get_or_insert_with(Instant::now);
+                    return Stop::Input;
+                }
                 Parsed::Command { consumed, command } => {
+                    if session::is_write(&command) && !self.admit_write(&command, ctx) {
+                        self.parked_on_writes = true;
+                        return Stop::Waiting;
+                    }
+                    self.partial_since = None;
                     self.input_start += consumed;
                     self.execute(command, ctx);
                 }
                 Parsed::Invalid {
                     consumed,
-                    skip,
                     reply,
                     close,
+                    ..
                 } => {
+                    // Any body to discard is the framer's now (`used`).
+                    self.partial_since = None;
                     self.input_start += consumed;
-                    self.skip = skip;
                     self.reply(&reply);
                     self.closing |= close;
                 }
             }
         }
-        if self.input_start == self.input_end {
-            self.input_start = 0;
-            self.input_end = 0;
-            if self.input.len() > SHRINK_ABOVE {
-                // A large message passed through: do not keep its buffer for an idle client.
-                self.input = Vec::new();
+        Stop::Input
+    }
+
+    /// Takes a write's share of the server's write budget; false if it is exhausted.
+    fn admit_write(&mut self, command: &Command, ctx: &Ctx) -> bool {
+        let bytes = match command {
+            Command::Set(set) => set.body.len(),
+            _ => 0,
+        };
+        if !ctx.shared.writes.try_admit(bytes) {
+            return false;
+        }
+        self.write_weights.push_back(bytes);
+        self.write_bytes += bytes;
+        true
+    }
+
+    /// The committer answered this connection's oldest write.
+    pub fn write_answered(&mut self, outcome: Outcome, ctx: &mut Ctx) {
+        if let Some(bytes) = self.write_weights.pop_front() {
+            self.write_bytes -= bytes;
+            ctx.shared.writes.release(bytes);
+        }
+        self.complete_write(outcome, ctx);
+    }
+
+    /// The connection is being closed: gives back its input budget and open messages, and
+    /// returns the weights of its writes still with the committer (their budget is released
+    /// when the committer answers them).
+    pub fn discard(&mut self, ctx: &mut Ctx) -> VecDeque<usize> {
+        self.set_input_len(0, ctx);
+        self.release(ctx);
+        self.write_bytes = 0;
+        std::mem::take(&mut self.write_weights)
+    }
+
+    /// Why this connection should be closed now, if it should: a request left incomplete
+    /// longer than `--request-timeout`, or no traffic for `--idle-timeout` while not waiting on
+    /// the server.
+    pub fn overdue(&self, now: Instant, ctx: &Ctx) -> Option<&'static str> {
+        let older = |since: Instant, limit: Option<Duration>| {
+            limit.is_some_and(|limit| now.saturating_duration_since(since) > limit)
+        };
+        if let Some(since) = self.partial_since {
+            if older(since, ctx.shared.request_timeout) {
+                return Some("request incomplete past --request-timeout");
             }
         }
+        let busy = self.get.is_some() || !self.pending_writes.is_empty();
+        if !busy && older(self.last_active, ctx.shared.idle_timeout) {
+            return Some("idle past --idle-timeout");
+        }
+        None
+    }
+
+    /// Resizes the input buffer to `len` zeroed bytes, charging or refunding the input budget for
+    /// what is above the free allowance. False (and nothing changed) if the budget refuses.
+    fn set_input_len(&mut self, len: usize, ctx: &Ctx) -> bool {
+        let charge = len.saturating_sub(FREE_INPUT);
+        let budget = &ctx.shared.input_budget;
+        if charge > self.input_charged {
+            if !budget.try_take(charge - self.input_charged, true) {
+                return false;
+            }
+        } else {
+            budget.give(self.input_charged - charge);
+        }
+        self.input_charged = charge;
+        if len == 0 {
+            self.input = Vec::new();
+        } else {
+            self.input.resize(len, 0);
+        }
+        true
     }
 
     /// Appends a reply in this connection's protocol.
     pub(super) fn reply(&mut self, reply: &Reply) {
-        match self.protocol {
+        match self.framer.protocol() {
             Some(Protocol::Mqmq) => mqmq::encode(reply, &mut self.output),
             _ => memcache::encode(reply, &mut self.output),
         }
@@ -201,11 +355,16 @@ impl Connection {
             self.input_start = 0;
         }
         let mut progressed = false;
+        self.parked_on_input = false;
         while self.input_end < ctx.shared.input_limit {
             if self.input.len() - self.input_end < READ_CHUNK / 2 {
                 let grown = (self.input.len() * 2).max(self.input_end + READ_CHUNK);
-                self.input
-                    .resize(grown.min(ctx.shared.input_limit + READ_CHUNK), 0);
+                let grown = grown.min(ctx.shared.input_limit + READ_CHUNK);
+                if !self.set_input_len(grown, ctx) && self.input.len() == self.input_end {
+                    // The server's input budget is spent: wait, unread, until some comes back.
+                    self.parked_on_input = true;
+                    break;
+                }
             }
             let result = self.stream.read(&mut self.input[self.input_end..]);
             match result {
@@ -217,6 +376,7 @@ impl Connection {
                 Ok(n) => {
                     ctx.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                     self.input_end += n;
+                    self.last_active = Instant::now();
                     progressed = true;
                 }
                 Err(e) if e.kind() == IoErrorKind::WouldBlock => {
@@ -241,6 +401,7 @@ impl Connection {
                 Ok(0) => self.dead = true,
                 Ok(n) => {
                     self.output_start += n;
+                    self.last_active = Instant::now();
                     ctx.stats
                         .bytes_written
                         .fetch_add(n as u64, Ordering::Relaxed);
@@ -254,8 +415,12 @@ impl Connection {
             }
         }
         if self.output_start == self.output.len() {
-            self.output.clear();
             self.output_start = 0;
+            if self.output.capacity() > SHRINK_OUTPUT_ABOVE {
+                self.output = Vec::new();
+            } else {
+                self.output.clear();
+            }
         }
     }
 }

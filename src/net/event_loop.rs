@@ -1,6 +1,7 @@
 //! One event-loop thread: readiness from mio, connections in a slab, deadlines of blocked reads,
 //! and the engine's events (committed writes, delivered messages) from this loop's mailbox.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,7 +70,7 @@ pub struct EventLoop {
     pub mailbox: Receiver<Event>,
     pub shared: Arc<Shared>,
     pub stats: Arc<LoopStats>,
-    conns: Vec<Option<Connection>>,
+    pub(super) conns: Vec<Option<Connection>>,
     generations: Vec<u32>,
     free: Vec<usize>,
     timers: Timers,
@@ -78,6 +79,12 @@ pub struct EventLoop {
     next_wait_id: u64,
     next_peer: usize,
     drain_deadline: Option<Instant>,
+    /// Connections waiting for a server-wide budget, retried every few milliseconds.
+    pub(super) parked: HashSet<u64>,
+    /// Write weights of closed connections whose writes the committer has not answered yet.
+    pub(super) orphans: HashMap<u64, VecDeque<usize>>,
+    /// When to look for connections past their request or idle timeout next.
+    pub(super) next_sweep: Instant,
 }
 
 impl EventLoop {
@@ -109,6 +116,9 @@ impl EventLoop {
             next_wait_id: 0,
             next_peer: 0,
             drain_deadline: None,
+            parked: HashSet::new(),
+            orphans: HashMap::new(),
+            next_sweep: Instant::now(),
         }
     }
 
@@ -133,6 +143,9 @@ impl EventLoop {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if let Some(wait) = self.housekeeping_timeout(now) {
+                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+            }
             if self.drain_deadline.is_some() {
                 timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
                     t.min(Duration::from_millis(50))
@@ -185,6 +198,8 @@ impl EventLoop {
                     self.with_conn(slot, |c, ctx| c.open_expired(open_id, ctx));
                 }
             }
+            self.retry_parked();
+            self.sweep(now);
             self.shared.engine.submit(&mut self.intents);
             if self.shared.shutting_down.load(Ordering::Acquire) && self.drain() {
                 self.shared.engine.submit(&mut self.intents);
@@ -253,7 +268,7 @@ impl EventLoop {
         self.drive(slot);
     }
 
-    fn slot_of(&self, conn: u64) -> Option<usize> {
+    pub(super) fn slot_of(&self, conn: u64) -> Option<usize> {
         let slot = (conn & 0xffff_ffff) as usize;
         let generation = (conn >> 32) as u32;
         match self.conns.get(slot) {
@@ -263,7 +278,7 @@ impl EventLoop {
     }
 
     /// Runs `f` on a connection with the loop's context.
-    fn with_conn<R>(
+    pub(super) fn with_conn<R>(
         &mut self,
         slot: usize,
         f: impl FnOnce(&mut Connection, &mut Ctx) -> R,
@@ -282,18 +297,27 @@ impl EventLoop {
     }
 
     /// Lets a connection make progress, and closes it if it is done.
-    fn drive(&mut self, slot: usize) {
-        let finished = self.with_conn(slot, |c, ctx| {
+    pub(super) fn drive(&mut self, slot: usize) {
+        let state = self.with_conn(slot, |c, ctx| {
             c.drive(ctx);
-            c.finished()
+            (c.finished(), c.parked(), c.id)
         });
-        if finished == Some(true) {
-            self.close(slot);
+        match state {
+            Some((true, _, _)) => self.close(slot),
+            Some((false, true, id)) => {
+                self.parked.insert(id);
+            }
+            _ => {}
         }
     }
 
-    fn close(&mut self, slot: usize) {
-        self.with_conn(slot, |c, ctx| c.release(ctx));
+    pub(super) fn close(&mut self, slot: usize) {
+        let in_flight = self.with_conn(slot, |c, ctx| (c.id, c.discard(ctx)));
+        if let Some((id, weights)) = in_flight {
+            if !weights.is_empty() {
+                self.orphans.insert(id, weights);
+            }
+        }
         if let Some(mut conn) = self.conns[slot].take() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.generations[slot] = self.generations[slot].wrapping_add(1);
@@ -304,12 +328,13 @@ impl EventLoop {
 
     fn dispatch(&mut self, event: Event) {
         match event {
-            Event::Completed { conn, outcome } => {
-                if let Some(slot) = self.slot_of(conn) {
-                    self.with_conn(slot, |c, ctx| c.complete_write(outcome, ctx));
+            Event::Completed { conn, outcome } => match self.slot_of(conn) {
+                Some(slot) => {
+                    self.with_conn(slot, |c, ctx| c.write_answered(outcome, ctx));
                     self.drive(slot);
                 }
-            }
+                None => self.orphan_answered(conn),
+            },
             Event::Delivered {
                 conn,
                 wait_id,
@@ -323,7 +348,7 @@ impl EventLoop {
                     }
                     None => Some(taken),
                 };
-                if let Some(taken) = refused {
+                if let Some(taken) = refused.filter(|taken| taken.open) {
                     // Its reader is gone: the message goes back to the head of its queue.
                     let engine = self.shared.engine.clone();
                     engine.give_back(&taken.queue, &[taken.seq], &mut self.intents);

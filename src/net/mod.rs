@@ -5,9 +5,11 @@
 //! round-robin, so both cores parse and answer; a connection stays on its loop for life. Writes
 //! a loop collects in one iteration go to the engine's committer together.
 
+pub mod budget;
 mod connection;
 pub mod connection_counts;
 mod event_loop;
+mod housekeeping;
 mod http_service;
 mod prometheus;
 mod report;
@@ -80,6 +82,15 @@ pub struct Shared {
     pub limits: Limits,
     /// Most bytes buffered from one connection before it is processed.
     pub input_limit: usize,
+    /// Input-buffer bytes all connections together may hold beyond their free allowance
+    /// (`--input-budget`).
+    pub input_budget: budget::Budget,
+    /// Writes and body bytes in flight to the committer, across connections.
+    pub writes: budget::WriteBudget,
+    /// A connection whose request stays incomplete this long is closed (`--request-timeout`).
+    pub request_timeout: Option<std::time::Duration>,
+    /// A connection with no traffic this long is closed (`--idle-timeout`; off by default).
+    pub idle_timeout: Option<std::time::Duration>,
     pub max_connections: u64,
     pub max_open_reads: usize,
     pub open_timeout: Option<std::time::Duration>,

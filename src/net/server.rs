@@ -11,6 +11,7 @@ use mio::{Poll, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use super::budget::{Budget, WriteBudget, MAX_WRITES, MAX_WRITE_BYTES};
 use super::event_loop::{EventLoop, LoopWaker, Peer};
 use super::stream::{self, Listener, SocketFile};
 use super::{systemd, LoopStats, Shared};
@@ -18,7 +19,7 @@ use crate::config::Config;
 use crate::engine::store::MemoryBudget;
 use crate::engine::{Engine, EngineConfig, Mailbox};
 use crate::process::{self, Identity};
-use crate::protocol::{memcache, Limits};
+use crate::protocol::Limits;
 
 /// Serves until SIGTERM or SIGINT.
 pub fn serve(config: Config) -> Result<(), String> {
@@ -67,15 +68,21 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
             },
             limits: config.limits,
             min_free_bytes: config.min_free_bytes,
+            max_fanout: config.max_fanout,
         },
         mailboxes,
     )?;
+    let limits = Limits {
+        max_message_size: config.max_message_size,
+    };
     let shared = Arc::new(Shared {
         engine: engine.clone(),
-        limits: Limits {
-            max_message_size: config.max_message_size,
-        },
-        input_limit: config.max_message_size + memcache::MAX_GET_LINE + 4096,
+        limits,
+        input_limit: crate::protocol::input_limit(&limits),
+        input_budget: Budget::new(config.input_budget),
+        writes: WriteBudget::new(MAX_WRITES, MAX_WRITE_BYTES),
+        request_timeout: config.request_timeout,
+        idle_timeout: config.idle_timeout,
         max_connections: config.max_connections as u64,
         max_open_reads: config.max_open_reads,
         open_timeout: config.open_timeout,

@@ -59,6 +59,7 @@ fn error_kind(error: Error) -> ErrorKind {
         Error::QueueFull => ErrorKind::QueueFull,
         Error::ShuttingDown => ErrorKind::ShuttingDown,
         Error::DiskFull => ErrorKind::DiskFull,
+        Error::FanoutLimit => ErrorKind::FanoutLimit,
     }
 }
 
@@ -75,7 +76,7 @@ impl Connection {
         match command {
             Command::Set(set) => {
                 ctx.stats.set_cmds.fetch_add(1, Ordering::Relaxed);
-                let expires_at = message::expiry_from_exptime(set.exptime, message::now_ms());
+                let expires_at = set.expires_at(message::now_ms());
                 let me = self.conn_ref(ctx);
                 engine.put(&set.queue, set.flags, expires_at, set.body, me, ctx.intents);
                 let noreply = set.noreply;
@@ -325,11 +326,10 @@ impl Connection {
         }
         get.waiting = None;
         let read = get.reads[get.next].clone();
-        // The engine hands a waiter its message open; settle it as the read asked.
-        let engine = &ctx.shared.engine;
-        if read.peek {
-            engine.give_back(&taken.queue, &[taken.seq], ctx.intents);
-        } else if !read.open {
+        // The engine hands a waiting read its message open (a peek only sees it): a plain read
+        // confirms it.
+        if taken.open && !read.open {
+            let engine = &ctx.shared.engine;
             engine.confirm(&taken.queue, &[taken.seq], ctx.intents);
         }
         self.accept(&mut get, &read, taken, ctx);
@@ -357,6 +357,7 @@ impl Connection {
         }
         let queue = &get.reads[get.next].queue;
         if ctx.shared.engine.cancel_wait(queue, me, wait_id) {
+            ctx.shared.engine.forget_if_unused(queue);
             ctx.stats.get_misses.fetch_add(1, Ordering::Relaxed);
             get.waiting = None;
             get.next += 1;
@@ -377,9 +378,10 @@ impl Connection {
         let me = self.conn_ref(ctx);
         if let Some(get) = self.get.take() {
             if let Some(wait_id) = get.waiting {
-                ctx.shared
-                    .engine
-                    .cancel_wait(&get.reads[get.next].queue, me, wait_id);
+                let queue = &get.reads[get.next].queue;
+                if ctx.shared.engine.cancel_wait(queue, me, wait_id) {
+                    ctx.shared.engine.forget_if_unused(queue);
+                }
             }
         }
         for open in std::mem::take(&mut self.open_reads) {

@@ -1,16 +1,19 @@
-//! Wire protocols: the command vocabulary both protocols share, and the two pure codecs.
+//! Wire protocols: the command vocabulary both protocols share, the two pure codecs, and the
+//! HTTP request-head codec of the monitoring endpoints.
 //!
 //! A codec turns bytes into a [`Command`] and a [`Reply`] into bytes. Codecs do no I/O, keep no
 //! clocks and never see the engine, so every byte-level rule is unit-testable and fuzzable.
 //! The connection layer picks a codec from a connection's first byte with [`sniff`].
 
 pub mod command;
+pub mod framing;
 pub mod http;
 pub mod json;
 pub mod memcache;
 pub mod mqmq;
 
 pub use command::{Command, ErrorKind, Info, Read, Reply, Set, StatsKind, Value};
+pub use framing::{input_limit, Framer};
 
 /// Which wire protocol a connection speaks, fixed for its whole life by its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,8 +27,8 @@ pub enum Protocol {
 }
 
 /// Decides the protocol from a connection's first byte: a lowercase ASCII letter starts every
-/// memcache command, an uppercase one an HTTP method (`GET`, `HEAD`); an mqmq frame starts with the high byte of a big-endian length, below 0x20 for any
-/// frame under 512 MiB. Anything else is neither, and the connection is closed.
+/// memcache command, an uppercase one an HTTP method (`GET`, `HEAD`); an mqmq frame starts with
+/// the high byte of a big-endian length, below 0x20 for any frame under 512 MiB. Anything else is neither, and the connection is closed.
 pub fn sniff(first: u8) -> Option<Protocol> {
     if first.is_ascii_lowercase() {
         Some(Protocol::Memcache)

@@ -178,6 +178,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::Storage => "SERVER_STORAGE_FAILURE",
         ErrorKind::ShuttingDown => "SERVER_SHUTTING_DOWN",
         ErrorKind::DiskFull => "SERVER_DISK_FULL",
+        ErrorKind::FanoutLimit => "REQUEST_FANOUT_LIMIT",
         ErrorKind::OpenReadPending | ErrorKind::TooManyOpenReads => "REQUEST_BAD_PARAMS",
     }
 }

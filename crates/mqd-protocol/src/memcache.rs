@@ -84,8 +84,20 @@ const BAD_FORMAT: ErrorKind = ErrorKind::BadFormat("bad command line format");
 
 /// `set <queue> <flags> <exptime> <bytes> [noreply]` followed by a data block.
 fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Parsed {
+    // A malformed line whose length can be read still announces a body: discard it unread, so
+    // the body is never run as commands (a body of `flush_all` must not flush).
+    let discard_body = |kind: ErrorKind| match args.get(3).map(|len| parse_number::<usize>(len)) {
+        Some(Ok(bytes)) if bytes <= MAX_SKIP => Parsed::Invalid {
+            consumed: line_len,
+            skip: bytes + 2,
+            reply: Reply::Error(kind),
+            close: false,
+        },
+        Some(Ok(_)) => invalid(line_len, BAD_FORMAT, true),
+        _ => invalid(line_len, kind, false),
+    };
     if args.len() != 4 && args.len() != 5 {
-        return invalid(line_len, ErrorKind::UnknownCommand, false);
+        return discard_body(ErrorKind::UnknownCommand);
     }
     let header = (|| {
         let queue = queue_name(args[0])?;
@@ -97,7 +109,7 @@ fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Pa
     })();
     let (queue, flags, exptime, bytes, noreply) = match header {
         Ok(header) => header,
-        Err(kind) => return invalid(line_len, kind, false),
+        Err(kind) => return discard_body(kind),
     };
     if bytes > MAX_SKIP {
         // No client sends this much in one set: the stream cannot be trusted to resync.
@@ -354,6 +366,7 @@ pub fn error_line(kind: ErrorKind) -> String {
         ErrorKind::Storage => "SERVER_ERROR storage failure".into(),
         ErrorKind::ShuttingDown => "SERVER_ERROR shutting down".into(),
         ErrorKind::DiskFull => "SERVER_ERROR out of disk space".into(),
+        ErrorKind::FanoutLimit => "SERVER_ERROR too many fan-out queues".into(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Byte-level rules of the memcache codec.
 
 use super::*;
-use crate::protocol::Value;
+use crate::Value;
 
 const LIMITS: Limits = Limits {
     max_message_size: 1024,
@@ -88,6 +88,29 @@ fn set_errors() {
     );
     let long = format!("set {} 0 0 1\r\nx\r\n", "q".repeat(251));
     assert_eq!(error(long.as_bytes()).2, ErrorKind::BadQueueName);
+}
+
+#[test]
+fn a_malformed_set_with_a_readable_length_has_its_body_discarded() {
+    // The body must never be run as commands.
+    assert_eq!(
+        error(b"set q x 0 9\r\nflush_all\r\n"),
+        (
+            13,
+            11,
+            ErrorKind::BadFormat("bad command line format"),
+            false
+        )
+    );
+    let (_, skip, kind, close) = error(b"set q 0 0 9 noreply extra\r\n");
+    assert_eq!((skip, kind, close), (11, ErrorKind::UnknownCommand, false));
+    let (_, skip, kind, _) = error(b"set bad\x01name 0 0 3\r\n");
+    assert_eq!((skip, kind), (5, ErrorKind::BadQueueName));
+    // No length to read: nothing to discard.
+    assert_eq!(error(b"set q 0 0\r\n").1, 0);
+    assert_eq!(error(b"set q 0 0 x\r\n").1, 0);
+    // A length no client would send: the stream cannot be trusted, close.
+    assert!(error(b"set q x 0 99999999999\r\n").3);
 }
 
 #[test]

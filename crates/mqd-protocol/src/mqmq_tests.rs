@@ -1,7 +1,7 @@
 //! Byte-level rules of the mqmq codec.
 
 use super::*;
-use crate::protocol::Value;
+use crate::Value;
 
 const LIMITS: Limits = Limits {
     max_message_size: 1024,

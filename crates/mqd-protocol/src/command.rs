@@ -39,6 +39,22 @@ pub struct Set {
     pub noreply: bool,
 }
 
+/// memcached's rule: an exptime up to 30 days is relative seconds, larger is a unix time.
+pub const RELATIVE_EXPTIME_LIMIT: i64 = 60 * 60 * 24 * 30;
+
+impl Set {
+    /// The absolute expiry (unix ms, 0 = never) of this message if it was received at `now_ms`.
+    /// A negative exptime means already expired, as in memcached.
+    pub fn expires_at(&self, now_ms: u64) -> u64 {
+        match self.exptime {
+            0 => 0,
+            e if e < 0 => now_ms.max(1),
+            e if e <= RELATIVE_EXPTIME_LIMIT => now_ms + e as u64 * 1000,
+            e => (e as u64).saturating_mul(1000),
+        }
+    }
+}
+
 /// One key of a `get`: a queue and what to do with it.
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub struct Read {
@@ -158,8 +174,40 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Free disk space is below the reserve (`--min-free-space`).
     DiskFull,
+    /// The `set` would create one more fan-out queue (`<queue>+<child>`) than `--max-fanout`
+    /// allows its parent.
+    FanoutLimit,
     /// A plain read of a queue this connection holds an open message of.
     OpenReadPending,
     /// More open messages than `--max-open-reads` on one connection.
     TooManyOpenReads,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(exptime: i64) -> Set {
+        Set {
+            queue: b"q".to_vec(),
+            flags: 0,
+            exptime,
+            body: Vec::new(),
+            noreply: false,
+        }
+    }
+
+    #[test]
+    fn exptime_follows_memcached() {
+        let now = 1_700_000_000_000;
+        assert_eq!(set(0).expires_at(now), 0);
+        assert_eq!(set(10).expires_at(now), now + 10_000);
+        assert_eq!(
+            set(RELATIVE_EXPTIME_LIMIT).expires_at(now),
+            now + 2_592_000_000
+        );
+        assert_eq!(set(1_800_000_000).expires_at(now), 1_800_000_000_000);
+        let expired = set(-1).expires_at(now);
+        assert!(expired != 0 && expired <= now, "already expired");
+    }
 }

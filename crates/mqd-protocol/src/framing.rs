@@ -1,0 +1,140 @@
+//! A connection's request framing, without the connection: which protocol its first byte chose,
+//! the request at the front of its input, and how much of a refused request's body is still to be
+//! discarded unread. Pure, so the fuzz targets can feed it any byte stream cut at any points and
+//! check that the requests come out the same, and that no request needs more buffered input than
+//! [`input_limit`].
+
+use super::{memcache, mqmq, sniff, ErrorKind, Limits, Parsed, Protocol, Reply};
+
+/// Most bytes a connection buffers before it must have a complete request: the largest body
+/// plus the longest `get` line and headers.
+pub fn input_limit(limits: &Limits) -> usize {
+    limits.max_message_size + memcache::MAX_GET_LINE + 4096
+}
+
+/// One connection's framing state.
+#[derive(Debug, Default)]
+pub struct Framer {
+    protocol: Option<Protocol>,
+    /// Bytes of a refused request still to discard as they arrive.
+    skip: usize,
+}
+
+impl Framer {
+    pub fn new() -> Framer {
+        Framer::default()
+    }
+
+    /// The connection's protocol, once its first byte arrived.
+    pub fn protocol(&self) -> Option<Protocol> {
+        self.protocol
+    }
+
+    /// How many of the `available` bytes at the front of the input to drop unread: what is left
+    /// of a refused request's body.
+    pub fn discard(&mut self, available: usize) -> usize {
+        let n = self.skip.min(available);
+        self.skip -= n;
+        n
+    }
+
+    /// A refused request's body is still arriving.
+    pub fn skipping(&self) -> bool {
+        self.skip > 0
+    }
+
+    /// The connection's protocol, fixed by the first byte of `buf` if it is not yet: `Ok(None)`
+    /// while nothing arrived, `Err(byte)` if that byte starts no protocol (close the connection).
+    pub fn sniff(&mut self, buf: &[u8]) -> Result<Option<Protocol>, u8> {
+        if let Some(protocol) = self.protocol {
+            return Ok(Some(protocol));
+        }
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        Ok(Some(*self.protocol.insert(sniff(first).ok_or(first)?)))
+    }
+
+    /// The request at the front of `buf` (call after [`Framer::discard`]). The first byte ever
+    /// seen fixes the protocol; `Err(byte)` if it starts none, and the connection must close.
+    pub fn parse(&mut self, buf: &[u8], limits: &Limits) -> Result<Parsed, u8> {
+        let Some(protocol) = self.sniff(buf)? else {
+            return Ok(Parsed::NeedMore);
+        };
+        Ok(match protocol {
+            Protocol::Memcache => memcache::parse(buf, limits),
+            Protocol::Mqmq => mqmq::parse(buf, limits),
+            // HTTP requests are not queue commands: the connection layer answers them with
+            // `http::parse` once `sniff` says HTTP. Asked for a command anyway, the framer
+            // ends the connection.
+            Protocol::Http => Parsed::Invalid {
+                consumed: buf.len(),
+                skip: 0,
+                reply: Reply::Error(ErrorKind::UnknownCommand),
+                close: true,
+            },
+        })
+    }
+
+    /// The caller acted on `parsed` and dropped its `consumed` bytes: a refused request's
+    /// announced body is discarded from now on.
+    pub fn used(&mut self, parsed: &Parsed) {
+        if let Parsed::Invalid { skip, .. } = parsed {
+            self.skip = *skip;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Command, ErrorKind, Reply};
+
+    const LIMITS: Limits = Limits {
+        max_message_size: 16,
+    };
+
+    #[test]
+    fn the_first_byte_fixes_the_protocol() {
+        let mut framer = Framer::new();
+        assert_eq!(framer.parse(b" x", &LIMITS), Err(b' '));
+        let mut framer = Framer::new();
+        assert_eq!(framer.parse(b"", &LIMITS), Ok(Parsed::NeedMore));
+        assert!(matches!(
+            framer.parse(b"version\r\n", &LIMITS),
+            Ok(Parsed::Command {
+                command: Command::Version,
+                ..
+            })
+        ));
+        assert_eq!(framer.protocol(), Some(Protocol::Memcache));
+        let mut framer = Framer::new();
+        assert_eq!(framer.sniff(b""), Ok(None));
+        assert_eq!(framer.sniff(b"GET / HTTP/1.1"), Ok(Some(Protocol::Http)));
+        assert_eq!(
+            framer.sniff(b"\x00"),
+            Ok(Some(Protocol::Http)),
+            "fixed for life"
+        );
+    }
+
+    #[test]
+    fn a_refused_body_is_discarded_as_it_arrives() {
+        let mut framer = Framer::new();
+        let parsed = framer.parse(b"set q 0 0 20\r\n", &LIMITS).unwrap();
+        assert!(matches!(
+            parsed,
+            Parsed::Invalid {
+                consumed: 14,
+                skip: 22,
+                reply: Reply::Error(ErrorKind::MessageTooLarge),
+                close: false
+            }
+        ));
+        framer.used(&parsed);
+        assert_eq!(framer.discard(10), 10);
+        assert!(framer.skipping());
+        assert_eq!(framer.discard(100), 12);
+        assert!(!framer.skipping());
+    }
+}

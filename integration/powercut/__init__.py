@@ -1,0 +1,290 @@
+"""Power cuts for the end-to-end tests: run mqd so that a crash loses every write that was not
+fsynced, as pulling the plug would, not just the process (kill -9 alone keeps the page cache, so
+it cannot tell `--sync always` from `--sync none`).
+
+`powercut.c` (an LD_PRELOAD shim, compiled here with gcc on first use) records each data file's
+contents as of its last fsync and the data directory's entries as of its last fsync. `cut()`
+SIGKILLs the server and `restore()` rebuilds the data directory from those records: unsynced
+writes, truncations, new files, renames and unlinks are all undone.
+
+`crash_loop()` is the power-cut test itself, shared by integration/test_power_cut.py (short) and
+scripts/crash-loop (long): producers on both protocols and reliable readers run while the power
+is cut again and again; at the end every acknowledged message must have been read.
+"""
+
+import hashlib
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "powercut.c")
+
+
+def shim():
+    """Path of the compiled shim, built once per version of its source."""
+    with open(SOURCE, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    out = os.path.join(tempfile.gettempdir(), f"mqd-powercut-{digest}.so")
+    if not os.path.exists(out):
+        tmp = f"{out}.{os.getpid()}.tmp"
+        subprocess.run(
+            ["gcc", "-O2", "-Wall", "-Wno-format-truncation", "-shared", "-fPIC", "-o", tmp, SOURCE, "-ldl"],
+            check=True,
+        )
+        os.replace(tmp, out)
+    return out
+
+
+def shadow_dir(data_dir):
+    return f"{data_dir}.powercut"
+
+
+def env(data_dir):
+    """Environment that runs mqd under the shim for `data_dir` (which must exist)."""
+    return {
+        "LD_PRELOAD": shim(),
+        "MQD_POWERCUT_DATA": str(data_dir),
+        "MQD_POWERCUT_SHADOW": shadow_dir(data_dir),
+    }
+
+
+def restore(data_dir):
+    """Makes `data_dir` what the disk would hold after a power cut: the entries of the last
+    directory fsync, each with the contents of its file's last fsync. Call only while no
+    process uses the directory."""
+    data_dir = str(data_dir)
+    shadow = shadow_dir(data_dir)
+    ids = os.path.join(shadow, "ids")
+    namespace = []
+    try:
+        with open(os.path.join(shadow, "namespace")) as f:
+            for line in f:
+                file_id, name = line.rstrip("\n").split("\t", 1)
+                namespace.append((file_id, name))
+    except FileNotFoundError:
+        pass  # the directory was never fsynced: nothing in it survives
+    for name in os.listdir(data_dir):
+        os.remove(os.path.join(data_dir, name))
+    for file_id, name in namespace:
+        source = os.path.join(ids, file_id)
+        target = os.path.join(data_dir, name)
+        if os.path.exists(source):
+            shutil.copyfile(source, target)
+        else:
+            open(target, "wb").close()  # named, but its contents were never synced
+    kept = {file_id for file_id, _ in namespace}
+    for file_id in os.listdir(ids) if os.path.isdir(ids) else []:
+        if file_id not in kept:
+            os.remove(os.path.join(ids, file_id))
+
+
+def cut(server):
+    """Pulls the plug on a conftest Server started with `env(server.data_dir)`."""
+    server.kill()
+    restore(server.data_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# The crash loop
+# --------------------------------------------------------------------------------------------
+
+QUEUE = b"powercut"
+BURST = 10
+
+
+class Tally:
+    """What the clients saw, across every cycle."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.acked = {}  # id -> monotonic time of the acknowledgement
+        self.seen = {}  # id -> times read
+
+    def ack(self, ids):
+        now = time.monotonic()
+        with self.lock:
+            for i in ids:
+                self.acked[i] = now
+
+    def read(self, body):
+        with self.lock:
+            self.seen[body] = self.seen.get(body, 0) + 1
+
+
+def _connect(port):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _recv_until(sock, buf, n_or_marker):
+    while True:
+        if isinstance(n_or_marker, int):
+            if len(buf) >= n_or_marker:
+                return
+        elif n_or_marker in buf:
+            return
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+
+
+def _memcache_producer(port, prefix, tally, stop, pause):
+    sock = _connect(port)
+    buf = bytearray()
+    n = 0
+    try:
+        while not stop.is_set():
+            ids = [b"%s-%d" % (prefix, n + i) for i in range(BURST)]
+            n += BURST
+            sock.sendall(b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (QUEUE, len(i), i) for i in ids))
+            for i in ids:
+                _recv_until(sock, buf, b"\r\n")
+                line, _, rest = bytes(buf).partition(b"\r\n")
+                buf[:] = rest
+                if line == b"STORED":
+                    tally.ack([i])
+            time.sleep(pause)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _frame(*values):
+    body = b"".join(struct.pack(">I", len(v)) + v for v in values)
+    return struct.pack(">I", len(body)) + body
+
+
+def _mqmq_producer(port, prefix, tally, stop, pause):
+    sock = _connect(port)
+    buf = bytearray()
+    n = 0
+    try:
+        while not stop.is_set():
+            ids = [b"%s-%d" % (prefix, n + i) for i in range(BURST)]
+            n += BURST
+            sock.sendall(b"".join(_frame(b"Put", QUEUE, i) for i in ids))
+            for i in ids:
+                _recv_until(sock, buf, 4)
+                (length,) = struct.unpack(">I", buf[:4])
+                _recv_until(sock, buf, 4 + length)
+                reply = bytes(buf[4 : 4 + length])
+                del buf[: 4 + length]
+                if reply == struct.pack(">I", 2) + b"OK":
+                    tally.ack([i])
+            time.sleep(pause)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _read_values(sock, buf):
+    """Bodies of one memcache get reply."""
+    bodies = []
+    while True:
+        _recv_until(sock, buf, b"\r\n")
+        line, _, rest = bytes(buf).partition(b"\r\n")
+        if line == b"END":
+            buf[:] = rest
+            return bodies
+        parts = line.split(b" ")
+        if parts[0] != b"VALUE":
+            raise AssertionError(f"unexpected reply {line!r}")
+        length = int(parts[3])
+        _recv_until(sock, buf, len(line) + 2 + length + 2)
+        start = len(line) + 2
+        bodies.append(bytes(buf[start : start + length]))
+        del buf[: start + length + 2]
+
+
+def _reliable_reader(port, tally, stop, pause):
+    """Opens a message, records it, confirms it while opening the next (`/close/open`)."""
+    sock = _connect(port)
+    buf = bytearray()
+    try:
+        while not stop.is_set():
+            sock.sendall(b"get %s/close/open\r\n" % QUEUE)
+            bodies = _read_values(sock, buf)
+            for body in bodies:
+                tally.read(body)
+            time.sleep(pause if bodies else 0.01)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _drain(port, tally):
+    """Reads everything left with plain gets."""
+    sock = _connect(port)
+    buf = bytearray()
+    try:
+        while True:
+            sock.sendall(b"get %s\r\n" % QUEUE * 50)
+            found = 0
+            for _ in range(50):
+                for body in _read_values(sock, buf):
+                    tally.read(body)
+                    found += 1
+            if not found:
+                return
+    finally:
+        sock.close()
+
+
+def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, log=None):
+    """Runs `cycles` power cuts on `server` (a conftest Server started under `env()`), with two
+    producers per protocol (each pausing `producer_pause` s after every burst of ten) and two
+    reliable readers, the readers slower than the producers so that a backlog is always at
+    risk. Returns the figures: cycles, acknowledged, lost,
+    duplicated, and for each lost message how long before its cut it was acknowledged."""
+    tally = Tally()
+    cut_times = []
+    for cycle in range(cycles):
+        stop = threading.Event()
+        workers = [
+            threading.Thread(target=_memcache_producer, args=(server.port, b"mc%d.%d" % (cycle, k), tally, stop, producer_pause))
+            for k in range(2)
+        ] + [
+            threading.Thread(target=_mqmq_producer, args=(server.port, b"mq%d.%d" % (cycle, k), tally, stop, producer_pause))
+            for k in range(2)
+        ] + [
+            threading.Thread(target=_reliable_reader, args=(server.port, tally, stop, reader_pause))
+            for _ in range(2)
+        ]
+        for w in workers:
+            w.start()
+        time.sleep(seconds)
+        # The plug is pulled while everybody is busy; the clients then see their sockets die.
+        server.kill()
+        cut_times.append(time.monotonic())
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+        restore(server.data_dir)
+        server.start()
+        if log:
+            log(f"cycle {cycle + 1}/{cycles}: {len(tally.acked)} acknowledged so far")
+    _drain(server.port, tally)
+    lost = [i for i in tally.acked if i not in tally.seen]
+    ages = []
+    for i in lost:
+        at = tally.acked[i]
+        cut_at = next(t for t in cut_times if t >= at)
+        ages.append(cut_at - at)
+    return {
+        "cycles": cycles,
+        "acknowledged": len(tally.acked),
+        "lost": len(lost),
+        "duplicated": sum(1 for n in tally.seen.values() if n > 1),
+        "oldest_lost_age_ms": round(max(ages) * 1000) if ages else 0,
+        "lost_examples": sorted(lost)[:5],
+    }

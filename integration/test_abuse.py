@@ -1,0 +1,133 @@
+"""One client can never take the server down: each abuse case leaves the server's peak RSS
+bounded (generous limits: these are not benchmarks) and a bystander's set/get round trip fast,
+with default flags. scripts/bench-abuse prints the same cases' figures for any binary."""
+
+import time
+
+import pytest
+
+import abuse
+from conftest import wait_for
+
+RSS_LIMIT_MB = 512
+BYSTANDER_LIMIT_S = 0.5
+
+
+def assert_bounded(result, what):
+    assert result["peak_mb"] < RSS_LIMIT_MB, f"{what}: server RSS peaked at {result['peak_mb']:.0f} MB"
+    trip = result["bystander_s"]
+    assert trip is not None, f"{what}: the bystander's set/get failed"
+    assert trip < BYSTANDER_LIMIT_S, f"{what}: the bystander's set/get took {trip:.2f} s"
+
+
+def test_replies_never_read_stop_the_commands_not_the_server(server):
+    # Output back-pressure per command: 2,000 peeks of a 1 MiB message would be 2 GB of replies.
+    result = abuse.peek_flood(server)
+    assert_bounded(result, "peek flood")
+    # A client that does read gets every reply: held-back commands resume as it reads.
+    with server.mc() as mc:
+        mc.send(b"get big/peek\r\n" * 200)
+        for _ in range(200):
+            assert [len(v[2]) for v in mc.read_values()] == [abuse.MB]
+
+
+def test_large_stats_replies_never_read(server):
+    assert_bounded(abuse.stats_flood(server), "stats flood")
+
+
+def test_noreply_flood_is_slowed_not_buffered(server):
+    result = abuse.noreply_flood(server)
+    assert_bounded(result, "noreply flood")
+    # Whatever was acknowledged as a set is there: the bystander's queue is intact.
+    with server.mc() as mc:
+        assert mc.set(b"after", b"flood") == b"STORED\r\n"
+        assert mc.get_one(b"after") == b"flood"
+
+
+def test_partial_bodies_do_not_pin_memory(server):
+    result, socks = abuse.partial_bodies(server)
+    try:
+        assert_bounded(result, "800 partial bodies")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_request_left_incomplete_is_closed_after_the_timeout(make_server):
+    server = make_server(args=["--request-timeout", "1"])
+    with server.mc() as slow, server.mc() as idle:
+        slow.send(b"set h 0 0 100\r\nonly part of it")
+        idle.send(b"version\r\n")
+        assert idle.read_line().startswith(b"VERSION")
+        assert slow.closed_by_server(timeout=5), "a request left incomplete was kept open"
+        # A connection between requests is not affected by the request timeout.
+        assert idle.cmd(b"version").startswith(b"VERSION")
+
+
+def test_idle_timeout_is_off_by_default_and_closes_idle_connections_when_set(make_server):
+    default = make_server()
+    with default.mc() as mc:
+        assert not mc.closed_by_server(timeout=2.5)
+    server = make_server(args=["--idle-timeout", "1"])
+    with server.mc() as idle, server.mc() as waiting:
+        waiting.send(b"get w/t=4000\r\n")
+        assert idle.closed_by_server(timeout=5), "--idle-timeout did not close an idle connection"
+        # A blocked read is waiting on the server, not idle.
+        assert waiting.read_line(timeout=6) == b"END\r\n"
+
+
+def test_fanout_has_a_bounded_cost(server):
+    result = abuse.fanout(server)
+    assert_bounded(result, "fan-out to 3,000 queues")
+    assert result["stored"] == 64, "the default --max-fanout is 64"
+    assert result["refusals"] == [b"SERVER_ERROR too many fan-out queues\r\n"]
+    assert result["set_reply"] == b"STORED\r\n"
+    with server.mc() as mc:
+        assert mc.get_one(b"q+c0") == b"x"
+        assert mc.get_one(b"q+c0") == b"y" * abuse.MB, "the copy reached an existing child"
+    with server.mq() as mq:
+        assert mq.put(b"q+new", b"z") == [b"Error", b"REQUEST_FANOUT_LIMIT"]
+        assert mq.put(b"q+c1", b"z") == [b"OK"], "existing fan-out queues keep working"
+
+
+def test_fanout_limit_flag(make_server):
+    server = make_server(args=["--max-fanout", "2"])
+    with server.mc() as mc:
+        assert mc.set(b"p+a", b"1") == b"STORED\r\n"
+        assert mc.set(b"p+a+x", b"1") == b"STORED\r\n"
+        assert mc.set(b"p+b", b"1") == b"SERVER_ERROR too many fan-out queues\r\n"
+        assert mc.set(b"other+b", b"1") == b"STORED\r\n"
+
+
+def test_reads_and_waits_leave_no_ghost_queues(server):
+    result = abuse.ghost_queues(server)
+    assert result["curr_queues"] == 0
+    assert result["info_queues"] == 0
+    # A waiter still gets a message put while it waits, and then the queue exists.
+    with server.mc() as waiter, server.mc() as producer:
+        waiter.send(b"get late/t=5000\r\n")
+        time.sleep(0.2)
+        assert producer.set(b"late", b"m") == b"STORED\r\n"
+        assert waiter.read_values() == [(b"late/t=5000", 0, b"m", None)]
+        assert "queue_late_items" in producer.stats()
+
+
+def test_malformed_set_body_is_discarded_never_run(server):
+    with server.mc() as mc:
+        assert mc.set(b"keep", b"me") == b"STORED\r\n"
+        mc.send(b"set keep x 0 11\r\nflush_all\r\n\r\n")
+        assert mc.read_line() == b"CLIENT_ERROR bad command line format\r\n"
+        mc.send(b"set keep 0 0 11 noreply extra\r\nflush_all\r\n\r\n")
+        assert mc.read_line() == b"ERROR\r\n"
+        assert mc.get_one(b"keep") == b"me", "the body was run as a command"
+
+
+@pytest.mark.skipif(not abuse.raise_fd_limit(12_000), reason="cannot raise the descriptor limit")
+def test_ten_thousand_idle_connections(make_server):
+    server = make_server(args=["-c", "11000"])
+    result, socks = abuse.idle_connections(server)
+    try:
+        assert_bounded(result, "10,000 idle connections")
+    finally:
+        for s in socks:
+            s.close()

@@ -1,0 +1,576 @@
+//! Engine tests without sockets: a real RocksDB in a temporary directory, the engine's events read
+//! from a channel, writes submitted the way an event loop submits them. Interleavings that a
+//! socket test cannot force are pinned here by calling the engine in the racy order directly.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::*;
+
+const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct NoWake;
+
+impl Wake for NoWake {
+    fn wake(&self) {}
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "mqd-engine-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn limits(max_items: Option<u64>, max_bytes: Option<u64>, discard_old: bool) -> QueueLimits {
+    QueueLimits {
+        max_items,
+        max_bytes,
+        discard_old,
+    }
+}
+
+/// An engine on a data directory, with one mailbox whose events the test reads.
+struct Harness {
+    engine: Arc<Engine>,
+    events: Receiver<Event>,
+    /// Events read while looking for another one.
+    unclaimed: VecDeque<Event>,
+    next_conn: u64,
+}
+
+impl Harness {
+    fn open(dir: &Path, limits: QueueLimits) -> Harness {
+        let (sender, events) = crossbeam_channel::unbounded();
+        let mailbox = Mailbox {
+            sender,
+            waker: Arc::new(NoWake),
+        };
+        let config = EngineConfig {
+            data_dir: dir.to_path_buf(),
+            sync: SyncPolicy::Always,
+            memory: MemoryBudget {
+                write_buffers: 8 << 20,
+                block_cache: 8 << 20,
+            },
+            limits,
+            min_free_bytes: 0,
+            max_fanout: 64,
+        };
+        Harness {
+            engine: Engine::start(config, vec![mailbox]).unwrap(),
+            events,
+            unclaimed: VecDeque::new(),
+            next_conn: 0,
+        }
+    }
+
+    /// A fresh connection identity.
+    fn conn(&mut self) -> ConnRef {
+        self.next_conn += 1;
+        ConnRef {
+            mailbox: 0,
+            conn: self.next_conn,
+        }
+    }
+
+    /// The next event for `conn` that `wanted` accepts, or None after a timeout.
+    fn event_for(
+        &mut self,
+        conn: ConnRef,
+        timeout: Duration,
+        wanted: impl Fn(&Event) -> bool,
+    ) -> Option<Event> {
+        let matches = |event: &Event| {
+            let to = match event {
+                Event::Completed { conn, .. } | Event::Delivered { conn, .. } => *conn,
+            };
+            to == conn.conn && wanted(event)
+        };
+        if let Some(at) = self.unclaimed.iter().position(matches) {
+            return self.unclaimed.remove(at);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self.events.recv_timeout(left).ok()?;
+            if matches(&event) {
+                return Some(event);
+            }
+            self.unclaimed.push_back(event);
+        }
+    }
+
+    fn completed(&mut self, conn: ConnRef) -> Outcome {
+        let completed = |e: &Event| matches!(e, Event::Completed { .. });
+        match self.event_for(conn, EVENT_TIMEOUT, completed) {
+            Some(Event::Completed { outcome, .. }) => outcome,
+            other => panic!("no outcome for {conn:?}: {other:?}"),
+        }
+    }
+
+    /// The message delivered to a blocked read, if one arrives within `timeout`.
+    fn delivered(&mut self, conn: ConnRef, timeout: Duration) -> Option<Taken> {
+        let delivered = |e: &Event| matches!(e, Event::Delivered { .. });
+        match self.event_for(conn, timeout, delivered) {
+            Some(Event::Delivered { taken, .. }) => Some(taken),
+            _ => None,
+        }
+    }
+
+    /// Puts every body in one submission (as a pipelining client does), returns the outcomes.
+    fn put_many(&mut self, queue: &str, bodies: &[&str]) -> Vec<Outcome> {
+        let me = self.conn();
+        let mut intents = Intents::default();
+        for body in bodies {
+            let body = body.as_bytes().to_vec();
+            self.engine
+                .put(queue.as_bytes(), 0, 0, body, me, &mut intents);
+        }
+        self.engine.submit(&mut intents);
+        bodies.iter().map(|_| self.completed(me)).collect()
+    }
+
+    fn put(&mut self, queue: &str, body: &str) -> Outcome {
+        self.put_many(queue, &[body])[0]
+    }
+
+    /// A non-blocking read; what it changed is submitted at once.
+    fn take(&self, queue: &str, mode: TakeMode) -> Option<Taken> {
+        let mut intents = Intents::default();
+        let taken = self
+            .engine
+            .take(queue.as_bytes(), mode, None, &mut intents)
+            .unwrap();
+        self.engine.submit(&mut intents);
+        taken
+    }
+
+    fn take_body(&self, queue: &str, mode: TakeMode) -> Option<String> {
+        self.take(queue, mode).map(|t| body(&t))
+    }
+
+    /// Takes every message left, oldest first.
+    fn drain(&self, queue: &str) -> Vec<String> {
+        std::iter::from_fn(|| self.take_body(queue, TakeMode::Remove)).collect()
+    }
+
+    fn confirm(&self, taken: &Taken) {
+        let mut intents = Intents::default();
+        self.engine
+            .confirm(&taken.queue, &[taken.seq], &mut intents);
+        self.engine.submit(&mut intents);
+    }
+
+    fn give_back(&self, taken: &Taken) {
+        let mut intents = Intents::default();
+        self.engine
+            .give_back(&taken.queue, &[taken.seq], &mut intents);
+        self.engine.submit(&mut intents);
+    }
+
+    fn delete(&mut self, queue: &str) -> Outcome {
+        let me = self.conn();
+        let mut intents = Intents::default();
+        self.engine.delete_queue(queue.as_bytes(), me, &mut intents);
+        self.engine.submit(&mut intents);
+        self.completed(me)
+    }
+
+    fn flush(&mut self, queue: Option<&str>) -> Outcome {
+        let me = self.conn();
+        let mut intents = Intents::default();
+        self.engine
+            .flush(queue.map(str::as_bytes), me, &mut intents);
+        self.engine.submit(&mut intents);
+        self.completed(me)
+    }
+
+    fn stats(&self, queue: &str) -> QueueStats {
+        self.engine
+            .stats(false)
+            .into_iter()
+            .find(|s| &*s.name == queue.as_bytes())
+            .unwrap_or_else(|| panic!("no queue {queue}"))
+    }
+
+    /// Whether message `seq` of `queue` still has a key in RocksDB.
+    fn stored(&self, queue_id: u64, seq: u64) -> bool {
+        let key = store::message_key(queue_id, seq);
+        self.engine
+            .db
+            .get_cf(self.engine.messages(), key)
+            .unwrap()
+            .is_some()
+    }
+
+    fn queue_id(&self, queue: &str) -> u64 {
+        self.engine.lookup(queue.as_bytes()).unwrap().lock().id
+    }
+
+    /// Stops the engine and closes its database, so the directory can be opened again.
+    fn close(self) {
+        self.engine.shutdown();
+        assert_eq!(
+            Arc::strong_count(&self.engine),
+            1,
+            "engine still referenced"
+        );
+    }
+}
+
+fn body(taken: &Taken) -> String {
+    String::from_utf8(taken.body.clone()).unwrap()
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+// --------------------------------------------------------------------------------------------
+// Commit, claim, give back
+// --------------------------------------------------------------------------------------------
+
+#[test]
+fn committed_messages_are_read_in_order_once() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    assert_eq!(h.put_many("q", &["a", "b", "c"]), vec![Outcome::Stored; 3]);
+    assert_eq!(h.take_body("q", TakeMode::Peek).as_deref(), Some("a"));
+    assert_eq!(h.drain("q"), strings(&["a", "b", "c"]));
+    assert_eq!(h.take_body("q", TakeMode::Remove), None);
+    let stats = h.stats("q");
+    assert_eq!((stats.items, stats.enqueued, stats.removed), (0, 3, 3));
+    assert_eq!(h.take_body("missing", TakeMode::Remove), None);
+    h.close();
+}
+
+#[test]
+fn opened_messages_are_confirmed_or_given_back_in_order() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    h.put_many("q", &["a", "b", "c"]);
+    let a = h.take("q", TakeMode::Open).unwrap();
+    let b = h.take("q", TakeMode::Open).unwrap();
+    assert_eq!((h.stats("q").items, h.stats("q").open), (1, 2));
+    // Given back newest first, read again oldest first, before what was never opened.
+    h.give_back(&b);
+    h.give_back(&a);
+    assert_eq!(h.take_body("q", TakeMode::Peek).as_deref(), Some("a"));
+    let a = h.take("q", TakeMode::Open).unwrap();
+    h.confirm(&a);
+    h.confirm(&a); // a second confirmation changes nothing
+    assert_eq!(h.drain("q"), strings(&["b", "c"]));
+    let stats = h.stats("q");
+    assert_eq!((stats.items, stats.open, stats.bytes), (0, 0, 0));
+    h.close();
+}
+
+#[test]
+fn a_blocked_reader_gets_the_next_committed_message() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let reader = h.conn();
+    let mut intents = Intents::default();
+    let taken = h
+        .engine
+        .take(b"w", TakeMode::Remove, Some((reader, 1)), &mut intents)
+        .unwrap();
+    assert!(taken.is_none());
+    h.put("w", "hello");
+    let taken = h.delivered(reader, EVENT_TIMEOUT).expect("delivered");
+    assert_eq!(body(&taken), "hello");
+    // Delivered open: the reader's loop confirms it.
+    assert_eq!(h.stats("w").open, 1);
+    h.confirm(&taken);
+    assert_eq!(h.stats("w").open, 0);
+    assert!(
+        !h.engine.cancel_wait(b"w", reader, 1),
+        "served: not waiting any more"
+    );
+    h.close();
+}
+
+/// Bug 1 of issue 8: a message handed to a waiting peek was claimed (opened) for it, so a plain
+/// reader waiting behind the peek got the second message while the first was still queued.
+#[test]
+fn a_waiting_peek_leaves_the_message_at_the_head() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let (peeker, reader) = (h.conn(), h.conn());
+    let mut intents = Intents::default();
+    for (conn, mode) in [(peeker, TakeMode::Peek), (reader, TakeMode::Remove)] {
+        let taken = h.engine.take(b"p", mode, Some((conn, 1)), &mut intents);
+        assert!(taken.unwrap().is_none());
+    }
+    h.put_many("p", &["m1", "m2"]);
+    let peeked = h.delivered(peeker, EVENT_TIMEOUT).expect("peek answered");
+    let read = h.delivered(reader, EVENT_TIMEOUT).expect("read answered");
+    assert_eq!((body(&peeked), body(&read)), ("m1".into(), "m1".into()));
+    h.confirm(&read);
+    assert_eq!(h.drain("p"), strings(&["m2"]));
+    h.close();
+}
+
+// --------------------------------------------------------------------------------------------
+// Limits and discarding
+// --------------------------------------------------------------------------------------------
+
+#[test]
+fn a_full_queue_refuses_unless_it_discards() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, limits(Some(2), None, false));
+    let outcomes = h.put_many("f", &["a", "b", "c"]);
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Stored,
+            Outcome::Stored,
+            Outcome::Failed(Error::QueueFull)
+        ]
+    );
+    assert_eq!(h.drain("f"), strings(&["a", "b"]));
+    h.close();
+}
+
+/// Bug 2 of issue 8: staged messages counted toward the limit but only committed ones could be
+/// discarded, so a pipelined burst larger than the limit was refused.
+#[test]
+fn discarding_makes_room_for_a_pipelined_burst() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, limits(Some(2), None, true));
+    h.put("d", "old");
+    let outcomes = h.put_many("d", &["a", "b", "c", "d", "e"]);
+    assert_eq!(outcomes, vec![Outcome::Stored; 5]);
+    let stats = h.stats("d");
+    assert_eq!((stats.items, stats.discarded, stats.enqueued), (2, 4, 6));
+    assert_eq!(h.drain("d"), strings(&["d", "e"]));
+    h.close();
+    // What was dropped within the batch is not resurrected by a restart.
+    let mut h = Harness::open(&dir.0, limits(Some(2), None, true));
+    assert_eq!(h.drain("d"), Vec::<String>::new());
+    assert_eq!(h.put_many("d", &["x", "y", "z"]), vec![Outcome::Stored; 3]);
+    assert_eq!(h.drain("d"), strings(&["y", "z"]));
+    h.close();
+}
+
+#[test]
+fn discarding_by_bytes_never_drops_open_messages() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, limits(None, Some(4), true));
+    h.put_many("b", &["aa", "bb"]);
+    let open = h.take("b", TakeMode::Open).unwrap();
+    assert_eq!(h.put("b", "cc"), Outcome::Stored, "discards bb");
+    assert_eq!(
+        h.put("b", "ddd"),
+        Outcome::Failed(Error::QueueFull),
+        "with the open aa kept, dropping cc would not make room: nothing is dropped"
+    );
+    assert_eq!(h.put("b", "eeeee"), Outcome::Failed(Error::QueueFull));
+    assert_eq!(h.stats("b").discarded, 1);
+    h.give_back(&open);
+    assert_eq!(h.drain("b"), strings(&["aa", "cc"]));
+    h.close();
+}
+
+/// Bug 2 of issue 8: messages discarded to make room for a write that then failed stayed gone.
+#[test]
+fn a_failed_write_discards_nothing() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, limits(Some(2), None, true));
+    h.put_many("r", &["m1", "m2"]);
+    h.engine.fail_writes.store(true, Ordering::Relaxed);
+    assert_eq!(h.put("r", "m3"), Outcome::Failed(Error::Storage));
+    h.engine.fail_writes.store(false, Ordering::Relaxed);
+    let stats = h.stats("r");
+    assert_eq!((stats.items, stats.discarded, stats.enqueued), (2, 0, 2));
+    // Later commits (which carry the removals of the batch before) lose nothing either.
+    h.put("other", "x");
+    assert_eq!(h.drain("r"), strings(&["m1", "m2"]));
+    h.close();
+}
+
+#[test]
+fn a_failed_write_leaves_no_trace_and_the_next_one_works() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    h.put("w", "m1");
+    h.engine.fail_writes.store(true, Ordering::Relaxed);
+    assert_eq!(
+        h.put_many("w", &["x", "y"]),
+        vec![Outcome::Failed(Error::Storage); 2]
+    );
+    h.engine.fail_writes.store(false, Ordering::Relaxed);
+    assert_eq!(h.stats("w").enqueued, 1);
+    assert_eq!(h.put("w", "m2"), Outcome::Stored);
+    assert_eq!(h.drain("w"), strings(&["m1", "m2"]));
+    h.close();
+}
+
+// --------------------------------------------------------------------------------------------
+// Delete and flush
+// --------------------------------------------------------------------------------------------
+
+#[test]
+fn delete_removes_the_queue_and_its_messages() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    h.put_many("d", &["a", "b"]);
+    let id = h.queue_id("d");
+    assert_eq!(h.delete("d"), Outcome::Deleted);
+    assert_eq!(h.delete("d"), Outcome::NotFound);
+    assert!(!h.stored(id, 0) && !h.stored(id, 1));
+    assert_eq!(h.take_body("d", TakeMode::Remove), None);
+    h.put("d", "new");
+    assert_ne!(h.queue_id("d"), id, "a new queue, with a new id");
+    assert_eq!(h.drain("d"), strings(&["new"]));
+    h.close();
+}
+
+/// Bug 3 of issue 8: a blocking read that looked its queue up just before a delete registered on
+/// the dead queue; no message ever reached it and `cancel_wait` (which looks the queue up by
+/// name) did not find it, so the connection waited for a delivery forever.
+#[test]
+fn a_read_that_races_a_delete_waits_on_the_live_queue() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    for cancel in [true, false] {
+        h.put("race", "m0");
+        assert!(h.take("race", TakeMode::Remove).is_some());
+        let stale = h.engine.lookup(b"race").unwrap();
+        assert_eq!(h.delete("race"), Outcome::Deleted);
+        let mut intents = Intents::default();
+        let other = h.conn();
+        if cancel {
+            // Another blocking read creates the queue again, empty.
+            let taken = h
+                .engine
+                .take(b"race", TakeMode::Remove, Some((other, 1)), &mut intents);
+            assert!(taken.unwrap().is_none());
+        }
+        // The reader looked the queue up before the delete, and locks it after.
+        let reader = h.conn();
+        let taken = h
+            .engine
+            .take_from(&stale, TakeMode::Remove, Some((reader, 9)), &mut intents)
+            .unwrap();
+        assert!(taken.is_none());
+        if cancel {
+            assert!(
+                h.engine.cancel_wait(b"race", reader, 9),
+                "the wait must be found to be cancelled, or its connection waits forever"
+            );
+            assert!(h.engine.cancel_wait(b"race", other, 1));
+        } else {
+            h.put("race", "m1");
+            let taken = h.delivered(reader, Duration::from_secs(2));
+            let taken = taken.expect("the waiter must get the next message of the queue");
+            assert_eq!(body(&taken), "m1");
+            h.confirm(&taken);
+        }
+        assert_eq!(h.delete("race"), Outcome::Deleted);
+    }
+    h.close();
+}
+
+#[test]
+fn flush_empties_but_keeps_open_messages_and_counters() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    h.put_many("f", &["a", "b", "c"]);
+    h.put("g", "other");
+    let open = h.take("f", TakeMode::Open).unwrap();
+    assert_eq!(h.flush(Some("f")), Outcome::Flushed);
+    let stats = h.stats("f");
+    assert_eq!((stats.items, stats.open, stats.flushes), (0, 1, 1));
+    h.give_back(&open);
+    assert_eq!(h.drain("f"), strings(&["a"]));
+    assert_eq!(h.flush(None), Outcome::Flushed);
+    assert_eq!(h.drain("g"), Vec::<String>::new());
+    h.close();
+}
+
+// --------------------------------------------------------------------------------------------
+// Recovery
+// --------------------------------------------------------------------------------------------
+
+#[test]
+fn a_reopened_engine_has_every_queue_and_redelivers_open_messages() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    h.put_many("r", &["a", "b", "c", "d"]);
+    h.put("s", "x");
+    assert_eq!(h.take_body("r", TakeMode::Remove).as_deref(), Some("a"));
+    let b = h.take("r", TakeMode::Open).unwrap();
+    let c = h.take("r", TakeMode::Open).unwrap();
+    h.confirm(&c);
+    drop(b); // still open when the server stops
+    h.close();
+    let h = Harness::open(&dir.0, QueueLimits::default());
+    let stats = h.stats("r");
+    assert_eq!((stats.items, stats.enqueued, stats.open), (2, 4, 0));
+    assert_eq!(h.drain("r"), strings(&["b", "d"]));
+    assert_eq!(h.drain("s"), strings(&["x"]));
+    h.close();
+}
+
+/// Bug 4 of issue 8: a commit wrote the in-memory head, already past a message whose removal
+/// was still in an event loop's intents. After a crash before that removal, nothing ever
+/// deleted the message's key: recovery and flush only look at `next_unclaimed..tail`.
+#[test]
+fn a_crash_leaves_no_orphaned_message_keys() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    h.put_many("o", &["m1", "m2"]);
+    let id = h.queue_id("o");
+    // A reader takes m1; its loop has not submitted the removal yet...
+    let mut unsubmitted = Intents::default();
+    let taken = h
+        .engine
+        .take(b"o", TakeMode::Remove, None, &mut unsubmitted)
+        .unwrap();
+    assert_eq!(body(&taken.unwrap()), "m1");
+    // ...when another write commits the queue's record, head past m1...
+    h.put("o", "m3");
+    // ...and the server dies before the removal is submitted.
+    drop(unsubmitted);
+    h.close();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    assert!(!h.stored(id, 0), "m1's key must not outlive the crash");
+    assert_eq!(h.take_body("o", TakeMode::Peek).as_deref(), Some("m2"));
+    // The same through flush, without a restart.
+    let mut unsubmitted = Intents::default();
+    let taken = h
+        .engine
+        .take(b"o", TakeMode::Remove, None, &mut unsubmitted)
+        .unwrap();
+    assert_eq!(body(&taken.unwrap()), "m2");
+    h.put("o", "m4");
+    drop(unsubmitted);
+    assert_eq!(h.flush(Some("o")), Outcome::Flushed);
+    for seq in 0..4 {
+        assert!(!h.stored(id, seq), "message {seq} still stored after flush");
+    }
+    h.close();
+}
