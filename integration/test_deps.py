@@ -95,3 +95,17 @@ def test_the_test_suite_needs_libmemcached_headers_and_twemproxy(tmp_path):
     )
     assert "libmemcached-dev" not in missing(tmp_path, "--tests")
     assert "nutcracker" not in missing(tmp_path, "--tests")
+
+
+def test_the_test_suite_needs_chromium_and_tmux(tmp_path):
+    touch(tmp_path, *FRESH_DEBIAN, *LIBCLANG_DEV)
+    wanted = missing(tmp_path, "--tests")
+    assert "chromium" in wanted and "tmux" in wanted
+    assert "chromium" not in missing(tmp_path), "only the tests need a browser"
+    # The wrapper script alone is not the browser.
+    touch(tmp_path, "/usr/bin/chromium", "/usr/bin/tmux")
+    assert "chromium" in missing(tmp_path, "--tests")
+    assert "tmux" not in missing(tmp_path, "--tests")
+    touch(tmp_path, "/usr/lib/chromium/chromium")
+    (tmp_path / "usr/lib/chromium/chromium").chmod(0o755)
+    assert "chromium" not in missing(tmp_path, "--tests")
