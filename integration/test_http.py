@@ -4,7 +4,9 @@ size limit, 404) from protocol-spec/http.md."""
 
 import http.client
 import json
+import re
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -296,3 +298,18 @@ def test_every_listener_serves_http(make_server, listeners):
         conn.request("GET", "/stats.json")
         assert conn.getresponse().status == 200
         conn.close()
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(server):
+    """scripts/grafana-dashboard.json must keep up with the names /metrics exports."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "grafana-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    used = {name for e in exprs for name in re.findall(r"\bmqd_[a-z_]+", e)}
+    assert len(used) >= 20, used
+    with server.mc() as mc:
+        assert mc.set(b"q", b"x") == b"STORED\r\n"
+    families, _ = scrape(server)
+    exported = {s.name for f in families.values() for s in f.samples}
+    assert used <= exported, f"not exported: {sorted(used - exported)}"
