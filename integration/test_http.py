@@ -212,8 +212,12 @@ def test_keep_alive_pipelining_and_head(server):
         assert status == 200 and headers["connection"] == "close"
         assert c.closed_by_server()
     with Conn(server.port) as c:
+        c.send(b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, _ = read_response(c)
+        assert status == 200 and headers["connection"] == "keep-alive"
         c.send(b"GET /metrics HTTP/1.0\r\n\r\n")
-        assert read_response(c)[0] == 200
+        status, headers, _ = read_response(c)
+        assert status == 200 and headers["connection"] == "close"
         assert c.closed_by_server(), "HTTP/1.0 without keep-alive closes"
 
 

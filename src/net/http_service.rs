@@ -17,15 +17,17 @@ pub fn serve(input: &[u8], shared: &Shared, out: &mut Vec<u8>) -> Option<(usize,
         ParsedHead::Request { consumed, request } => (consumed, request),
         ParsedHead::Invalid(status) => {
             let body = format!("{} {}\n", status.code(), status.reason());
-            http::encode(&text(status, body.as_bytes(), false, true), out);
+            http::encode(&text(status, body.as_bytes(), false, true, true), out);
             return Some((input.len(), true));
         }
     };
     let close = !request.keep_alive;
     let head_only = request.method == Method::Head;
+    let http11 = request.http11;
     if request.method == Method::Other {
         let body = b"405 Method Not Allowed: only GET and HEAD\n";
-        http::encode(&text(Status::MethodNotAllowed, body, head_only, close), out);
+        let response = text(Status::MethodNotAllowed, body, head_only, close, http11);
+        http::encode(&response, out);
         return Some((consumed, close));
     }
     let (content_type, body): (&str, Vec<u8>) = match request.path {
@@ -40,7 +42,8 @@ pub fn serve(input: &[u8], shared: &Shared, out: &mut Vec<u8>) -> Option<(usize,
         "/" | "/index.html" => ("text/html; charset=utf-8", DASHBOARD.as_bytes().to_vec()),
         _ => {
             let body = b"404 Not Found: try /, /metrics or /stats.json\n";
-            http::encode(&text(Status::NotFound, body, head_only, close), out);
+            let response = text(Status::NotFound, body, head_only, close, http11);
+            http::encode(&response, out);
             return Some((consumed, close));
         }
     };
@@ -50,17 +53,19 @@ pub fn serve(input: &[u8], shared: &Shared, out: &mut Vec<u8>) -> Option<(usize,
         body: &body,
         head_only,
         close,
+        http11,
     };
     http::encode(&response, out);
     Some((consumed, close))
 }
 
-fn text(status: Status, body: &[u8], head_only: bool, close: bool) -> Response<'_> {
+fn text(status: Status, body: &[u8], head_only: bool, close: bool, http11: bool) -> Response<'_> {
     Response {
         status,
         content_type: "text/plain; charset=utf-8",
         body,
         head_only,
         close,
+        http11,
     }
 }

@@ -27,6 +27,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// The connection stays open after the response.
     pub keep_alive: bool,
+    /// HTTP/1.1 (keep-alive by default) rather than HTTP/1.0 (close by default).
+    pub http11: bool,
     /// A body follows the head (it is not read: the connection is closed after the response).
     pub has_body: bool,
 }
@@ -164,6 +166,7 @@ fn parse_head(head: &[u8]) -> Result<Request<'_>, Status> {
         method,
         path,
         keep_alive,
+        http11,
         has_body,
     })
 }
@@ -221,8 +224,11 @@ pub struct Response<'a> {
     pub body: &'a [u8],
     /// Send the headers only (`HEAD`); `Content-Length` still says what `GET` would send.
     pub head_only: bool,
-    /// Tell the client the connection closes after this response.
+    /// The connection closes after this response: `Connection: close`. Otherwise an HTTP/1.0
+    /// client (for which closing is the default) is told `Connection: keep-alive`.
     pub close: bool,
+    /// The request was HTTP/1.1.
+    pub http11: bool,
 }
 
 /// Appends `response` to `out`.
@@ -240,6 +246,8 @@ pub fn encode(response: &Response, out: &mut Vec<u8>) {
     }
     if response.close {
         head.push_str("Connection: close\r\n");
+    } else if !response.http11 {
+        head.push_str("Connection: keep-alive\r\n");
     }
     head.push_str("\r\n");
     out.extend_from_slice(head.as_bytes());

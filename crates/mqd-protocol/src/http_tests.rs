@@ -110,6 +110,7 @@ fn encodes_responses() {
         body: b"hi",
         head_only: false,
         close: false,
+        http11: true,
     };
     encode(&response, &mut out);
     assert_eq!(
@@ -133,4 +134,14 @@ fn encodes_responses() {
     assert!(text.contains("Connection: close\r\n"));
     assert!(text.contains("Content-Length: 2\r\n"));
     assert!(text.ends_with("\r\n\r\n"), "HEAD sends no body");
+    out = Vec::new();
+    encode(
+        &Response {
+            http11: false,
+            ..response
+        },
+        &mut out,
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("Connection: keep-alive\r\n"), "{text}");
 }
