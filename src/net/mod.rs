@@ -4,6 +4,9 @@
 //! Each event loop is a thread with its own mio `Poll`. Loop 0 accepts and deals connections out
 //! round-robin, so both cores parse and answer; a connection stays on its loop for life. Writes
 //! a loop collects in one iteration go to the engine's committer together.
+//!
+//! A connection whose first byte is an uppercase letter speaks HTTP instead: `http_service`
+//! answers it from a `snapshot` of the counters, rendered by `prometheus` or `stats_json`.
 
 pub mod budget;
 mod connection;
