@@ -127,11 +127,14 @@ def test_blocking_read_holds_the_connection(server):
         assert c.read_line().startswith(b"VERSION ")
 
 
-def test_blocking_read_creates_the_queue(server):
-    with server.mc() as c:
-        c.send(b"get born/t=50\r\n")
-        c.expect(b"END\r\n")
-        assert stats_queue(c)["born"] == (0, 0)
+def test_a_blocking_read_leaves_no_queue_behind(server):
+    """A queue that never held a message is listed only while somebody waits on it (issue 7:
+    no ghost queues)."""
+    with server.mc() as c, server.mc() as waiter:
+        waiter.send(b"get born/t=2000\r\n")
+        assert wait_for(lambda: "born" in stats_queue(c), 5), "a waiting read is not listed"
+        waiter.expect(b"END\r\n", timeout=10)
+        assert wait_for(lambda: "born" not in stats_queue(c), 5), "the timed-out wait left a queue"
         assert get_body(c, "never") is None
         assert "never" not in stats_queue(c), "a read without t= created a queue"
 
