@@ -298,9 +298,10 @@ impl Engine {
     }
 
     /// `take` once the queue's handle is looked up. Between the look-up and the lock the queue
-    /// may have been deleted: the handle is then stale, and the read goes to the queue that has
-    /// the name now, so that a waiter never lands on a dead queue (where no message would reach
-    /// it and `cancel_wait`, which looks queues up by name, would not find it).
+    /// may have been deleted (or forgotten as an unused ghost): the handle is then stale, and the
+    /// read goes to the queue that has the name now, so that a waiter never lands on a dead queue
+    /// (where no message would reach it and `cancel_wait`, which looks queues up by name, would
+    /// not find it).
     fn take_from(
         &self,
         state: &QueueRef,
