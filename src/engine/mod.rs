@@ -36,7 +36,7 @@ use parking_lot::{Mutex, RwLock};
 use commit::Op;
 pub use conn_ref::ConnRef;
 use events::Outbox;
-pub use events::{Event, Mailbox, Outcome, Taken, Wake};
+pub use events::{Event, Mailbox, Outcome, QueueHandle, Taken, Wake};
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use store::{Db, MemoryBudget, StoreOptions};
@@ -346,7 +346,8 @@ impl Engine {
     }
 
     /// Confirms open messages: they are removed for good.
-    pub fn confirm(&self, state: &QueueRef, seqs: &[u64], intents: &mut Intents) {
+    pub fn confirm(&self, queue: &QueueHandle, seqs: &[u64], intents: &mut Intents) {
+        let state = &queue.0;
         let mut q = state.lock();
         if q.deleted {
             return;
@@ -363,7 +364,8 @@ impl Engine {
     }
 
     /// Gives open messages back to the head of their queue, and serves any waiting reader.
-    pub fn give_back(&self, state: &QueueRef, seqs: &[u64], intents: &mut Intents) {
+    pub fn give_back(&self, queue: &QueueHandle, seqs: &[u64], intents: &mut Intents) {
+        let state = &queue.0;
         let mut q = state.lock();
         if q.deleted || q.give_back(seqs) == 0 {
             return;
