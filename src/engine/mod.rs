@@ -159,6 +159,8 @@ impl Engine {
             state.tail = meta.tail;
             state.next_seq = meta.tail;
             state.counters = meta.counters;
+            // Whether its messages expire is not recorded: the sweep has a look.
+            state.sweep.clean_at = None;
             // Messages that were open or given back when the server stopped are delivered again.
             state.returned = meta.pending.into_iter().collect();
             queues.insert(name, Arc::new(Mutex::new(state)));
