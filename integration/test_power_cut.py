@@ -6,6 +6,10 @@ the last window before the cut. The long version is scripts/crash-loop.
 
 Contract: protocol-spec/memcache.md section 9."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import powercut
@@ -72,3 +76,44 @@ def test_flush_and_delete_are_durable_when_answered(powered, command, reply):
     server.start()
     with server.mc() as c:
         assert drain(c, "pf") == []
+
+
+SHIM_SCRIPT = r"""
+import os, signal, sys
+d = sys.argv[1]
+def synced_dir():
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(fd)
+    os.close(fd)
+fd = os.open(d + "/kept", os.O_CREAT | os.O_WRONLY, 0o644)
+os.write(fd, b"synced")
+os.fsync(fd)
+synced_dir()
+os.write(fd, b"+unsynced")                      # lost: never fsynced
+t = os.open(d + "/hole", os.O_CREAT | os.O_WRONLY, 0o644)
+os.write(t, b"0123456789")
+os.fsync(t)
+synced_dir()
+t2 = os.open(d + "/hole", os.O_WRONLY | os.O_TRUNC)
+os.pwrite(t2, b"zz", 5)                         # truncated, then a hole before zz
+os.fsync(t2)
+n = os.open(d + "/new", os.O_CREAT | os.O_WRONLY, 0o644)
+os.write(n, b"fsynced, but its name never was")
+os.fsync(n)
+os.rename(d + "/kept", d + "/renamed")          # not durable without a directory fsync
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_shim_keeps_exactly_what_was_fsynced(tmp_path):
+    """The model itself: file contents as of their last fsync, names as of the directory's."""
+    data = tmp_path / "data"
+    data.mkdir()
+    env = dict(os.environ, **powercut.env(data))
+    proc = subprocess.run([sys.executable, "-c", SHIM_SCRIPT, str(data)], env=env)
+    assert proc.returncode == -9
+    assert sorted(os.listdir(data)) == ["hole", "new", "renamed"]  # before the cut
+    powercut.restore(data)
+    assert sorted(os.listdir(data)) == ["hole", "kept"]
+    assert (data / "kept").read_bytes() == b"synced"
+    assert (data / "hole").read_bytes() == b"\0" * 5 + b"zz"

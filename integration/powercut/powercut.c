@@ -265,7 +265,7 @@ static int classify(int dirfd, const char *path) {
     return 0;
 }
 
-static void after_open(int fd, int kind, int created) {
+static void after_open(int fd, int kind, int created, int truncated) {
     if (fd < 0 || fd >= MAX_FD || kind == 0)
         return;
     struct stat st;
@@ -278,7 +278,9 @@ static void after_open(int fd, int kind, int created) {
     if (kind == 1) {
         struct file *f = find_file(st.st_dev, st.st_ino);
         if (created || !f)
-            new_file(st.st_dev, st.st_ino, next_id, !created);
+            f = new_file(st.st_dev, st.st_ino, next_id, !created);
+        if (truncated) /* O_TRUNC: a size change like ftruncate(fd, 0) */
+            f->min_size = 0;
     }
     pthread_mutex_unlock(&lock);
 }
@@ -300,7 +302,7 @@ static int exists_at(int dirfd, const char *path) {
     int existed = kind == 1 && (flags & O_CREAT) ? exists_at(dirfd, path) : 1;               \
     int fd = call;                                                                           \
     if (kind)                                                                                \
-        after_open(fd, kind, !existed);                                                      \
+        after_open(fd, kind, !existed, (flags & O_TRUNC) != 0);                              \
     return fd;
 
 int open(const char *path, int flags, ...) {

@@ -11,9 +11,18 @@ use super::{message, store, Engine, Intents, Op, QueueRef, TakeMode};
 
 /// How often expired messages are swept away.
 pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Most messages behind the head one round looks at per queue: a long backlog is swept over
-/// several rounds rather than read whole every second.
-const SWEEP_SCAN: usize = 4096;
+/// Most messages behind the head one round reads per queue, and in all: a long backlog is
+/// swept over several rounds rather than read whole every second.
+const SWEEP_SCAN_PER_QUEUE: usize = 4096;
+const SWEEP_SCAN_PER_ROUND: usize = 16384;
+/// Most bytes of messages one round reads, in all (messages may be large).
+const SWEEP_BYTES_PER_ROUND: usize = 16 << 20;
+
+/// What one round of the sweep may still read.
+pub(super) struct Budget {
+    pub(super) messages: usize,
+    pub(super) bytes: usize,
+}
 
 impl Engine {
     pub(super) fn sync_every(&self, every: Duration) {
@@ -42,6 +51,10 @@ impl Engine {
             slept = Duration::ZERO;
             let queues: Vec<QueueRef> = self.queues.read().values().cloned().collect();
             let now = message::now_ms();
+            let mut budget = Budget {
+                messages: SWEEP_SCAN_PER_ROUND,
+                bytes: SWEEP_BYTES_PER_ROUND,
+            };
             for state in queues {
                 let mut q = state.lock();
                 if q.items() > 0 {
@@ -49,44 +62,71 @@ impl Engine {
                     let _ = self.take_locked(&state, &mut q, TakeMode::Peek, now, &mut intents);
                 }
                 drop(q);
-                self.sweep_behind_head(&state, now, &mut intents);
+                if budget.messages > 0 && budget.bytes > 0 {
+                    self.sweep_behind_head(&state, now, &mut intents, &mut budget);
+                }
             }
             self.submit(&mut intents);
         }
     }
 
-    /// Drops expired messages behind the head of one queue, up to `SWEEP_SCAN` of them per
-    /// round, going on where the last round stopped. The messages are read without the queue's
-    /// lock; a reader cannot take one without moving the head past it, which is checked after.
-    fn sweep_behind_head(&self, state: &QueueRef, now: u64, intents: &mut Intents) {
+    /// Drops expired messages behind the head of one queue, reading up to
+    /// `SWEEP_SCAN_PER_QUEUE` of them (within the round's budget), going on where the last round
+    /// stopped. Queues where a whole pass met no message with an expiry are skipped until one is
+    /// staged. The messages are read without the queue's lock; a reader cannot take one without
+    /// moving `next_unclaimed` past it, which is checked after.
+    pub(super) fn sweep_behind_head(
+        &self,
+        state: &QueueRef,
+        now: u64,
+        intents: &mut Intents,
+        budget: &mut Budget,
+    ) {
         let (id, from, tail) = {
-            let q = state.lock();
-            (q.id, (q.next_unclaimed + 1).max(q.sweep_from), q.tail)
-        };
-        if from >= tail {
-            state.lock().sweep_from = 0;
-            return;
-        }
-        let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(store::message_key(id, tail).to_vec());
-        let first = store::message_key(id, from);
-        let mode = IteratorMode::From(&first, Direction::Forward);
-        let mut expired = Vec::new();
-        let mut next = tail;
-        for (scanned, item) in self
-            .db
-            .iterator_cf_opt(self.messages(), options, mode)
-            .enumerate()
-        {
-            let Ok((key, value)) = item else { break };
-            let seq = u64::from_be_bytes(key[8..16].try_into().unwrap());
-            if scanned == SWEEP_SCAN {
-                next = seq;
-                break;
+            let mut q = state.lock();
+            if q.sweep.clean_at == Some(q.expiring_staged) {
+                return;
             }
-            if let Some((header, body)) = message::decode(&value) {
-                if header.is_expired(now) {
-                    expired.push((seq, body.len() as u64));
+            // The first unclaimed message is the head's (the peek above sweeps it) unless
+            // given-back messages come first.
+            let start = q.next_unclaimed + u64::from(q.returned.is_empty());
+            let from = match q.sweep.from {
+                Some(from) => from.max(start),
+                None => {
+                    q.sweep.pass_mark = q.expiring_staged;
+                    q.sweep.saw_expiring = false;
+                    start
+                }
+            };
+            (q.id, from, q.tail)
+        };
+        let mut expired = Vec::new();
+        let mut saw_expiring = false;
+        let mut next = tail;
+        if from < tail {
+            let mut options = ReadOptions::default();
+            options.set_iterate_upper_bound(store::message_key(id, tail).to_vec());
+            let first = store::message_key(id, from);
+            let mode = IteratorMode::From(&first, Direction::Forward);
+            let limit = SWEEP_SCAN_PER_QUEUE.min(budget.messages);
+            for (scanned, item) in self
+                .db
+                .iterator_cf_opt(self.messages(), options, mode)
+                .enumerate()
+            {
+                let Ok((key, value)) = item else { break };
+                let seq = u64::from_be_bytes(key[8..16].try_into().unwrap());
+                if scanned == limit || budget.bytes == 0 {
+                    next = seq;
+                    break;
+                }
+                budget.messages -= 1;
+                budget.bytes = budget.bytes.saturating_sub(value.len());
+                if let Some((header, body)) = message::decode(&value) {
+                    saw_expiring |= header.expires_at != 0;
+                    if header.is_expired(now) {
+                        expired.push((seq, body.len() as u64));
+                    }
                 }
             }
         }
@@ -94,7 +134,16 @@ impl Engine {
         if q.deleted {
             return;
         }
-        q.sweep_from = if next >= tail { 0 } else { next };
+        q.sweep.saw_expiring |= saw_expiring;
+        if next >= tail {
+            // The pass is over.
+            if !q.sweep.saw_expiring {
+                q.sweep.clean_at = Some(q.sweep.pass_mark);
+            }
+            q.sweep.from = None;
+        } else {
+            q.sweep.from = Some(next);
+        }
         for (seq, len) in expired {
             if q.mark_swept(seq) {
                 q.counters.expired += 1;

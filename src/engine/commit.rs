@@ -290,6 +290,9 @@ impl Committer<'_> {
                 continue;
             }
             self.make_room(batch, &queue, &mut q, len)?;
+            if expires_at != 0 {
+                q.expiring_staged += 1;
+            }
             q.next_seq += 1;
             let (id, seq) = (q.id, q.next_seq - 1);
             drop(q);

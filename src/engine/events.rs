@@ -19,10 +19,22 @@ pub enum Outcome {
     Failed(super::Error),
 }
 
+/// Which queue a taken message came from, for confirming it or giving it back. Opaque: the
+/// holder (an event loop) cannot reach the queue's state, only ask whether the queue is gone.
+#[derive(Clone)]
+pub struct QueueHandle(pub(super) Arc<Mutex<QueueState>>);
+
+impl QueueHandle {
+    /// Whether the queue was deleted since (its open messages are then gone too).
+    pub fn is_deleted(&self) -> bool {
+        self.0.lock().deleted
+    }
+}
+
 /// A message taken from a queue.
 #[derive(Clone)]
 pub struct Taken {
-    pub queue: Arc<Mutex<QueueState>>,
+    pub queue: QueueHandle,
     pub seq: u64,
     pub flags: u32,
     pub body: Vec<u8>,

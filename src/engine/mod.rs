@@ -37,7 +37,7 @@ use parking_lot::{Mutex, RwLock};
 use commit::Op;
 pub use conn_ref::ConnRef;
 use events::Outbox;
-pub use events::{Event, Mailbox, Outcome, Taken, Wake};
+pub use events::{Event, Mailbox, Outcome, QueueHandle, Taken, Wake};
 pub use metrics::{EngineSnapshot, HistogramSnapshot};
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
@@ -162,6 +162,8 @@ impl Engine {
             state.tail = meta.tail;
             state.next_seq = meta.tail;
             state.counters = meta.counters;
+            // Whether its messages expire is not recorded: the sweep has a look.
+            state.sweep.clean_at = None;
             // Messages that were open or given back when the server stopped are delivered again.
             state.returned = meta.pending.into_iter().collect();
             queues.insert(name, Arc::new(Mutex::new(state)));
@@ -302,9 +304,10 @@ impl Engine {
     }
 
     /// `take` once the queue's handle is looked up. Between the look-up and the lock the queue
-    /// may have been deleted: the handle is then stale, and the read goes to the queue that has
-    /// the name now, so that a waiter never lands on a dead queue (where no message would reach
-    /// it and `cancel_wait`, which looks queues up by name, would not find it).
+    /// may have been deleted (or forgotten as an unused ghost): the handle is then stale, and the
+    /// read goes to the queue that has the name now, so that a waiter never lands on a dead queue
+    /// (where no message would reach it and `cancel_wait`, which looks queues up by name, would
+    /// not find it).
     fn take_from(
         &self,
         state: &QueueRef,
@@ -349,7 +352,8 @@ impl Engine {
     }
 
     /// Confirms open messages: they are removed for good.
-    pub fn confirm(&self, state: &QueueRef, seqs: &[u64], intents: &mut Intents) {
+    pub fn confirm(&self, queue: &QueueHandle, seqs: &[u64], intents: &mut Intents) {
+        let state = &queue.0;
         let mut q = state.lock();
         if q.deleted {
             return;
@@ -366,7 +370,8 @@ impl Engine {
     }
 
     /// Gives open messages back to the head of their queue, and serves any waiting reader.
-    pub fn give_back(&self, state: &QueueRef, seqs: &[u64], intents: &mut Intents) {
+    pub fn give_back(&self, queue: &QueueHandle, seqs: &[u64], intents: &mut Intents) {
+        let state = &queue.0;
         let mut q = state.lock();
         if q.deleted || q.give_back(seqs) == 0 {
             return;

@@ -69,9 +69,26 @@ pub struct QueueState {
     /// Messages in `next_unclaimed..tail` that the sweep already dropped because they expired:
     /// `next_unclaimed` skips them, and is itself never in here.
     pub swept: BTreeSet<u64>,
-    /// Where the next sweep of the messages behind the head goes on (it looks at a bounded
-    /// number per round).
-    pub sweep_from: u64,
+    /// Messages with an expiry ever staged for this queue since the server started.
+    pub expiring_staged: u64,
+    /// How far the sweep of the messages behind the head has got.
+    pub sweep: SweepCursor,
+}
+
+/// Where the sweep of a queue's messages behind its head stands. It reads a bounded number per
+/// round, resuming where it stopped; a queue in which a whole pass found no message with an
+/// expiry is not read again until one is staged.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SweepCursor {
+    /// Where the current pass goes on; None: the next round starts a pass.
+    pub from: Option<u64>,
+    /// `expiring_staged` when the current pass started.
+    pub pass_mark: u64,
+    /// Whether the current pass met a message with an expiry.
+    pub saw_expiring: bool,
+    /// `expiring_staged` when a whole pass last met no message with an expiry: while it is
+    /// unchanged, there is nothing to sweep. None after a restart (not known yet).
+    pub clean_at: Option<u64>,
 }
 
 impl QueueState {
@@ -89,7 +106,11 @@ impl QueueState {
             waiters: VecDeque::new(),
             counters: Counters::default(),
             swept: BTreeSet::new(),
-            sweep_from: 0,
+            expiring_staged: 0,
+            sweep: SweepCursor {
+                clean_at: Some(0),
+                ..SweepCursor::default()
+            },
         }
     }
 

@@ -2,7 +2,7 @@
 //! back one first), fetches that one key, drops it if expired, skips it if gone, and removes,
 //! opens or merely looks at it. Also how waiting readers are handed messages as they arrive.
 
-use super::events::{Event, Outbox, Taken};
+use super::events::{Event, Outbox, QueueHandle, Taken};
 use super::queue::QueueState;
 use super::{message, store, Engine, Error, Intents, Op, QueueRef, TakeMode};
 
@@ -77,7 +77,7 @@ impl Engine {
                 TakeMode::Peek => {}
             }
             return Ok(Some(Taken {
-                queue: state.clone(),
+                queue: QueueHandle(state.clone()),
                 seq,
                 flags: header.flags,
                 body: body.to_vec(),

@@ -59,7 +59,7 @@ impl Engine {
             if q.deleted || !q.persisted {
                 continue;
             }
-            // The oldest message still wanted: given back, held open, or the head.
+            // The oldest message still wanted: given back, held open, or never claimed.
             let low = q
                 .returned
                 .front()

@@ -150,7 +150,7 @@ impl Connection {
     fn start_get(&mut self, reads: Vec<Read>, ctx: &mut Ctx) {
         // Messages of a queue deleted since they were opened are gone; stop counting them.
         self.open_reads
-            .retain(|open| !open.taken.queue.lock().deleted);
+            .retain(|open| !open.taken.queue.is_deleted());
         if let Err(kind) = self.check_reads(&reads, ctx.shared.max_open_reads) {
             self.reply(&Reply::Error(kind));
             return;
