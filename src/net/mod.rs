@@ -8,6 +8,7 @@
 pub mod budget;
 mod connection;
 mod event_loop;
+mod fd_limit;
 mod housekeeping;
 mod report;
 pub mod server;
