@@ -10,6 +10,7 @@ import threading
 import time
 
 MB = 1 << 20
+STORED = b"STORED\r\n"
 
 
 def rss_mb(pid, field="VmRSS"):
@@ -142,6 +143,7 @@ def noreply_flood(server, seconds=4.0, body=1024, max_bytes=3 << 30):
         "peak_mb": peak_mb(server),
         "bystander_s": None if None in trips else max(trips),
         "sent_mb": sent[0] / MB,
+        "note": f"flooder sent {sent[0] / MB:.0f} MB",
     }
     stop.set()
     thread.join()
@@ -174,6 +176,7 @@ def fanout(server, children=3000, body=MB):
         "refusals": sorted(set(r for r in replies if r != b"STORED\r\n")),
         "set_reply": reply,
         "put_s": put_s,
+        "note": f"{replies.count(STORED)} children created; set q took {put_s:.2f} s",
     }
 
 
@@ -205,6 +208,7 @@ def ghost_queues(server, names=2000):
         "bystander_s": bystander_round_trip(server),
         "info_queues": info["NumQueues"],
         "curr_queues": int(stats["curr_queues"]),
+        "note": f"queues left behind: {stats['curr_queues']}",
     }
 
 

@@ -142,6 +142,8 @@ pub struct Engine {
     /// Tests set this to make every RocksDB write fail, as a full or broken disk would.
     #[cfg(test)]
     fail_writes: AtomicBool,
+    /// Ids of queues deleted since the reclaimer last looked, whose key ranges it compacts.
+    deleted_ids: Mutex<Vec<u64>>,
 }
 
 impl Engine {
@@ -150,7 +152,10 @@ impl Engine {
     pub fn start(config: EngineConfig, mailboxes: Vec<Mailbox>) -> Result<Arc<Engine>, String> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-        let options = StoreOptions::new(config.memory);
+        let mut options = StoreOptions::new(config.memory);
+        if !reclaim::recycle_wal(&config.data_dir, config.min_free_bytes) {
+            options.db.set_recycle_log_file_num(0);
+        }
         let recovered = store::open(&config.data_dir, &options)
             .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))?;
         let mut queues = HashMap::new();
@@ -192,6 +197,7 @@ impl Engine {
             metrics: Default::default(),
             #[cfg(test)]
             fail_writes: AtomicBool::new(false),
+            deleted_ids: Mutex::new(Vec::new()),
         });
         let committer = {
             let engine = engine.clone();

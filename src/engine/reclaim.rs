@@ -5,6 +5,10 @@
 //! the disk is below the free-space reserve, and compacts the whole range of deleted queues. So a
 //! drained or deleted queue gives its space back within seconds, and a server stopped at the
 //! reserve recovers by itself.
+//!
+//! Recycled WAL files would defeat that: RocksDB keeps up to four used WAL files, at their full
+//! size (a memtable's worth each), to overwrite in place, which saves a journal commit per fsync
+//! but pins hundreds of MB. So they are recycled only when the disk has room to spare.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rocksdb::{BottommostLevelCompaction, CompactOptions};
 
-use super::space::FreeSpace;
+use super::space;
 use super::{store, Engine, QueueRef};
 
 /// How often dead ranges are looked for.
@@ -25,6 +29,14 @@ const COMPACT_STOPPED_AFTER: u64 = 1024;
 /// Below this multiple of the reserve, every dead range is compacted at once.
 const LOW_SPACE_FACTOR: u64 = 2;
 
+/// Free space beyond the reserve, at start, below which WAL files are not recycled.
+const RECYCLE_WAL_ABOVE: u64 = 4 << 30;
+
+/// Whether to let RocksDB recycle WAL files: only with plenty of room beyond the reserve.
+pub(super) fn recycle_wal(dir: &std::path::Path, reserve: u64) -> bool {
+    space::free_bytes(dir).is_none_or(|free| free.saturating_sub(reserve) >= RECYCLE_WAL_ABOVE)
+}
+
 /// What the reclaimer knows of one queue.
 struct Reclaimed {
     /// Every key below this sequence number was compacted away.
@@ -35,8 +47,7 @@ struct Reclaimed {
 
 impl Engine {
     pub(super) fn reclaim_every(&self, every: Duration) {
-        let reserve = self.config.min_free_bytes.saturating_mul(LOW_SPACE_FACTOR);
-        let mut space = FreeSpace::new(self.config.data_dir.clone(), reserve);
+        let low_mark = self.config.min_free_bytes.saturating_mul(LOW_SPACE_FACTOR);
         let mut known: HashMap<u64, Reclaimed> = HashMap::new();
         let mut next = Instant::now() + every;
         while !self.stopping.load(Ordering::Acquire) {
@@ -45,7 +56,8 @@ impl Engine {
                 continue;
             }
             next = Instant::now() + every;
-            let low_space = !space.enough();
+            let low_space = low_mark > 0
+                && space::free_bytes(&self.config.data_dir).is_some_and(|free| free < low_mark);
             self.reclaim_pass(&mut known, low_space);
         }
     }
@@ -90,13 +102,8 @@ impl Engine {
             }
         }
         // Deleted queues: their whole range.
-        let gone: Vec<u64> = known
-            .keys()
-            .filter(|id| !live.contains_key(id))
-            .copied()
-            .collect();
-        for id in gone {
-            known.remove(&id);
+        known.retain(|id, _| live.contains_key(id));
+        for id in std::mem::take(&mut *self.deleted_ids.lock()) {
             self.compact(store::message_key(id, 0), store::message_key(id + 1, 0));
             compacted_any = true;
         }

@@ -12,6 +12,7 @@ pub mod budget;
 mod connection;
 pub mod connection_counts;
 mod event_loop;
+mod fd_limit;
 mod housekeeping;
 mod http_service;
 mod prometheus;

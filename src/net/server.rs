@@ -30,6 +30,7 @@ pub fn serve(config: Config) -> Result<(), String> {
 /// written), as it tells systemd.
 pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), String> {
     log::debug!("starting with {config:?}");
+    super::fd_limit::raise_for(config.max_connections as u64);
     let identity = match &config.user {
         Some(name) => process::identity_to_assume(name)?,
         None => None,

@@ -37,6 +37,8 @@ impl Committer<'_> {
                 log::error!("cannot delete queue: {e}");
                 return Outcome::Failed(Error::Storage);
             }
+            // The reclaimer compacts the range so the disk space comes back.
+            self.engine.deleted_ids.lock().push(id);
         }
         Outcome::Deleted
     }
