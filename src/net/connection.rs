@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::budget::{FREE_INPUT, MAX_WRITES_PER_CONNECTION, MAX_WRITE_BYTES_PER_CONNECTION};
-use super::session::{self, GetInProgress, OpenRead, PendingWrite};
+use super::requests::{is_write, GetInProgress, OpenRead, PendingWrite};
 use super::stream::Stream;
 use super::Ctx;
 use crate::engine::Outcome;
@@ -230,7 +230,7 @@ impl Connection {
             // A reply may not overtake the replies to writes still being committed, and a
             // read must see this connection's earlier writes: only writes may pipeline.
             let must_wait = !self.pending_writes.is_empty()
-                && !matches!(&parsed, Parsed::Command { command, .. } if super::session::is_write(command));
+                && !matches!(&parsed, Parsed::Command { command, .. } if is_write(command));
             if must_wait {
                 return Stop::Waiting;
             }
@@ -241,7 +241,7 @@ impl Connection {
                     return Stop::Input;
                 }
                 Parsed::Command { consumed, command } => {
-                    if session::is_write(&command) && !self.admit_write(&command, ctx) {
+                    if is_write(&command) && !self.admit_write(&command, ctx) {
                         self.parked_on_writes = true;
                         return Stop::Waiting;
                     }

@@ -17,6 +17,7 @@ mod housekeeping;
 mod http_service;
 mod prometheus;
 mod report;
+mod requests;
 pub mod server;
 mod session;
 pub mod snapshot;

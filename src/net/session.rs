@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::connection::Connection;
+use super::requests::{GetInProgress, OpenRead, PendingWrite};
 use super::{report, Ctx};
 use crate::engine::message;
 use crate::engine::{ConnRef, Error, Outcome, TakeMode, Taken};
@@ -16,42 +17,6 @@ use crate::protocol::{Command, ErrorKind, Read, Reply, StatsKind, Value};
 /// Body bytes after which a multi-key get takes no more messages (at least one message of
 /// `--max-message-size` always fits).
 const GET_REPLY_BUDGET: usize = 8 << 20;
-
-/// A write sent to the committer, answered in order when its outcome arrives.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum PendingWrite {
-    Put { noreply: bool },
-    Delete { noreply: bool },
-    Flush { noreply: bool },
-    FlushAll { noreply: bool },
-}
-
-/// A `get` being answered key by key; it may be waiting for a message.
-pub(super) struct GetInProgress {
-    reads: Vec<Read>,
-    next: usize,
-    values: Vec<Value>,
-    /// Body bytes in `values`.
-    bytes: usize,
-    /// The wait id of the read blocked now.
-    waiting: Option<u64>,
-}
-
-/// A message this connection opened and has not yet closed or aborted.
-pub(super) struct OpenRead {
-    /// Unique within the loop, for `--open-timeout`.
-    id: u64,
-    queue: Vec<u8>,
-    taken: Taken,
-}
-
-/// Commands that go through the committer and may be pipelined behind one another.
-pub fn is_write(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::Set(_) | Command::Delete { .. } | Command::Flush { .. } | Command::FlushAll { .. }
-    )
-}
 
 fn error_kind(error: Error) -> ErrorKind {
     match error {
