@@ -4,6 +4,9 @@ import re
 
 import pytest
 
+from conftest import wait_for
+from kestrel_helpers import queue_stats
+
 
 def test_classic_memcacheq_session(server):
     """The session from MemcacheQ's documentation, exactly."""
@@ -422,8 +425,10 @@ def test_reliable_read_abort_and_disconnect_give_the_message_back(server):
         assert c.cmd(b"get ra/abort") == b"END\r\n"
         c.send(b"get ra/open\r\n")
         c.expect(b"VALUE ra/open 0 3\r\none\r\nEND\r\n")
-    # Disconnected with "one" open: it goes back to the head of the queue.
+    # Disconnected with "one" open: it goes back to the head of the queue once the server has
+    # seen the disconnect (on its own event loop, unordered with other connections' commands).
     with server.mc() as c:
+        assert wait_for(lambda: queue_stats(c, "ra")["open_transactions"] == 0), "never given back"
         c.send(b"get ra/peek\r\n")
         c.expect(b"VALUE ra/peek 0 3\r\none\r\nEND\r\n")
         assert c.get_one("ra") == b"one"
