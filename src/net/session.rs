@@ -78,8 +78,8 @@ impl Connection {
                 ctx.stats.set_cmds.fetch_add(1, Ordering::Relaxed);
                 let expires_at = set.expires_at(message::now_ms());
                 let me = self.conn_ref(ctx);
-                engine.put(&set.queue, set.flags, expires_at, set.body, me, ctx.intents);
                 let noreply = set.noreply;
+                engine.put(set.queue, set.flags, expires_at, set.body, me, ctx.intents);
                 self.pending_writes.push_back(PendingWrite::Put { noreply });
             }
             Command::Get(reads) => self.start_get(reads, ctx),
