@@ -1,7 +1,10 @@
 //! mqd-bench: a load generator for mqd (or any MemcacheQ or mqmq server), in the manner of
 //! redis-benchmark: one thread, many non-blocking connections, each keeping `--pipeline`
 //! requests in flight, so the client costs little CPU next to the server it measures. Prints
-//! throughput and latency percentiles.
+//! throughput and latency percentiles. Bodies are random bytes (every request a different
+//! slice of a random pool), so nothing on the server side compresses them. `--protocol resp`
+//! speaks Redis (set = LPUSH, get = RPOP) so `scripts/bench-compare` drives mqd, memcached and
+//! Redis with the same client.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -19,18 +22,21 @@ struct Args {
     /// server address (default 127.0.0.1:22201)
     #[argh(option, default = "\"127.0.0.1:22201\".parse().unwrap()")]
     addr: SocketAddr,
-    /// memcache or mqmq (default memcache)
+    /// memcache, mqmq or resp (Redis LPUSH/RPOP) (default memcache)
     #[argh(option, default = "String::from(\"memcache\")")]
     protocol: String,
-    /// set or get (default set)
+    /// set, get, or pair (set and get alternating on each connection) (default set)
     #[argh(option, default = "String::from(\"set\")")]
     op: String,
     /// connections (default 50)
     #[argh(option, default = "50")]
     connections: usize,
-    /// total requests (default 100000)
-    #[argh(option, default = "100000")]
-    requests: usize,
+    /// total requests (default 100000, or no limit with --seconds)
+    #[argh(option)]
+    requests: Option<usize>,
+    /// stop sending after this many seconds (with --requests too: whichever comes first)
+    #[argh(option, default = "0.0")]
+    seconds: f64,
     /// message size in bytes (default 64)
     #[argh(option, default = "64")]
     size: usize,
@@ -51,6 +57,32 @@ struct Conn {
     output: Vec<u8>,
     in_flight: VecDeque<Instant>,
     remaining: usize,
+    sent: usize,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    Memcache,
+    Mqmq,
+    Resp,
+}
+
+/// Random bytes to cut bodies from: xorshift64*, seeded from the clock (no crate needed for
+/// bytes that only have to be incompressible).
+fn random_pool(len: usize) -> Vec<u8> {
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+        | 1;
+    let mut pool = Vec::with_capacity(len + 8);
+    while pool.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        pool.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    pool.truncate(len);
+    pool
 }
 
 #[derive(Default)]
@@ -63,17 +95,22 @@ struct Tally {
 
 fn main() {
     let args: Args = argh::from_env();
-    let mqmq = match args.protocol.as_str() {
-        "memcache" => false,
-        "mqmq" => true,
+    let protocol = match args.protocol.as_str() {
+        "memcache" => Protocol::Memcache,
+        "mqmq" => Protocol::Mqmq,
+        "resp" => Protocol::Resp,
         other => return eprintln!("unknown --protocol {other}"),
     };
-    let set = match args.op.as_str() {
-        "set" | "put" => true,
-        "get" => false,
+    // Whether the first request is a set, and whether sets and gets take turns.
+    let (set_first, alternate) = match args.op.as_str() {
+        "set" | "put" => (true, false),
+        "get" => (false, false),
+        "pair" => (true, true),
         other => return eprintln!("unknown --op {other}"),
     };
-    let body = vec![b'x'; args.size];
+    let timed = args.seconds > 0.0;
+    let pool = random_pool((1 << 20).max(args.size * 4));
+    let mut pool_offset = 0usize;
     let mut poll = Poll::new().expect("poll");
     let mut conns = Vec::new();
     for i in 0..args.connections {
@@ -91,14 +128,20 @@ fn main() {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .expect("register");
-        let share =
-            args.requests / args.connections + usize::from(i < args.requests % args.connections);
+        let share = match (args.requests, timed) {
+            (None, true) => usize::MAX,
+            (requests, _) => {
+                let requests = requests.unwrap_or(100_000);
+                requests / args.connections + usize::from(i < requests % args.connections)
+            }
+        };
         conns.push(Conn {
             stream,
             input: Vec::new(),
             output: Vec::new(),
             in_flight: VecDeque::new(),
             remaining: share,
+            sent: 0,
         });
     }
     let queues: Vec<String> = (0..args.queues.max(1))
@@ -106,22 +149,30 @@ fn main() {
         .collect();
     let mut next_queue = 0usize;
     let mut request = |conn: &mut Conn| {
-        let queue = &queues[next_queue % queues.len()];
+        let queue = queues[next_queue % queues.len()].as_bytes();
         next_queue += 1;
-        if mqmq {
-            if set {
-                mqmq::frame(&mut conn.output, &[b"Put", queue.as_bytes(), &body]);
-            } else {
-                mqmq::frame(&mut conn.output, &[b"Get", queue.as_bytes(), b"1"]);
+        let set = set_first != (alternate && conn.sent % 2 == 1);
+        conn.sent += 1;
+        let body = &pool[pool_offset..pool_offset + args.size];
+        pool_offset = (pool_offset + 61) % (pool.len() - args.size);
+        let out = &mut conn.output;
+        match (protocol, set) {
+            (Protocol::Mqmq, true) => mqmq::frame(out, &[b"Put", queue, body]),
+            (Protocol::Mqmq, false) => mqmq::frame(out, &[b"Get", queue, b"1"]),
+            (Protocol::Memcache, true) => {
+                out.extend_from_slice(b"set ");
+                out.extend_from_slice(queue);
+                out.extend_from_slice(format!(" 0 0 {}\r\n", body.len()).as_bytes());
+                out.extend_from_slice(body);
+                out.extend_from_slice(b"\r\n");
             }
-        } else if set {
-            conn.output
-                .extend_from_slice(format!("set {queue} 0 0 {}\r\n", body.len()).as_bytes());
-            conn.output.extend_from_slice(&body);
-            conn.output.extend_from_slice(b"\r\n");
-        } else {
-            conn.output
-                .extend_from_slice(format!("get {queue}\r\n").as_bytes());
+            (Protocol::Memcache, false) => {
+                out.extend_from_slice(b"get ");
+                out.extend_from_slice(queue);
+                out.extend_from_slice(b"\r\n");
+            }
+            (Protocol::Resp, true) => resp_command(out, &[b"LPUSH", queue, body]),
+            (Protocol::Resp, false) => resp_command(out, &[b"RPOP", queue]),
         }
         conn.in_flight.push_back(Instant::now());
         conn.remaining -= 1;
@@ -133,6 +184,8 @@ fn main() {
     }
     let mut tally = Tally::default();
     let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.seconds.max(0.0));
+    let mut finished = started;
     let mut events = Events::with_capacity(1024);
     let mut open = conns.len();
     while open > 0 {
@@ -151,13 +204,19 @@ fn main() {
                 eprintln!("connection lost");
                 std::process::exit(1);
             }
-            while let Some((consumed, outcome)) = parse_reply(&conn.input, mqmq) {
+            while let Some((consumed, outcome)) = parse_reply(&conn.input, protocol) {
                 conn.input.drain(..consumed);
                 let sent = conn
                     .in_flight
                     .pop_front()
                     .expect("a reply to a request we sent");
-                tally.latencies_us.push(sent.elapsed().as_micros() as u64);
+                finished = Instant::now();
+                tally
+                    .latencies_us
+                    .push(finished.duration_since(sent).as_micros() as u64);
+                if timed && finished >= deadline {
+                    conn.remaining = 0;
+                }
                 match outcome {
                     Outcome::Hit => tally.hits += 1,
                     Outcome::Miss => tally.misses += 1,
@@ -173,7 +232,17 @@ fn main() {
             }
         }
     }
-    report(&args, &mut tally, started.elapsed());
+    report(&args, &mut tally, finished.duration_since(started));
+}
+
+/// A Redis command as a RESP array of bulk strings.
+fn resp_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+    for part in parts {
+        out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 fn flush(conn: &mut Conn) -> bool {
@@ -208,8 +277,23 @@ enum Outcome {
 }
 
 /// One complete reply at the front of `buf`: its length and what it said.
-fn parse_reply(buf: &[u8], mqmq: bool) -> Option<(usize, Outcome)> {
-    if mqmq {
+fn parse_reply(buf: &[u8], protocol: Protocol) -> Option<(usize, Outcome)> {
+    if protocol == Protocol::Resp {
+        let line_end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
+        let line = &buf[..line_end - 2];
+        return match line.first() {
+            Some(b':') => Some((line_end, Outcome::Hit)),
+            Some(b'_') => Some((line_end, Outcome::Miss)),
+            Some(b'$') if line == b"$-1" => Some((line_end, Outcome::Miss)),
+            Some(b'$') => {
+                let len: usize = std::str::from_utf8(&line[1..]).ok()?.parse().ok()?;
+                let end = line_end + len + 2;
+                (buf.len() >= end).then_some((end, Outcome::Hit))
+            }
+            _ => Some((line_end, Outcome::Error)),
+        };
+    }
+    if protocol == Protocol::Mqmq {
         let (consumed, values) = mqmq::decode_frame(buf)?;
         let outcome = match values.first().map(Vec::as_slice) {
             Some(b"OK") => Outcome::Hit,
@@ -271,5 +355,15 @@ fn report(args: &Args, tally: &mut Tally, elapsed: Duration) {
         pct(0.90),
         pct(0.99),
         pct(1.0)
+    );
+    // One line for scripts (scripts/bench-compare) to pick apart.
+    println!(
+        "  summary rps={:.0} p50_ms={:.3} p99_ms={:.3} hits={} misses={} errors={}",
+        n as f64 / secs,
+        pct(0.50),
+        pct(0.99),
+        tally.hits,
+        tally.misses,
+        tally.errors
     );
 }

@@ -23,6 +23,9 @@ use super::space::FreeSpace;
 use super::store::{self, QueueMeta};
 use super::{Engine, Error, QueueRef, SyncPolicy};
 
+/// The committer keeps its value-encoding buffer across messages up to this capacity.
+const REUSED_VALUE_MAX: usize = 64 << 10;
+
 /// Most requests gathered into one batch, and most body bytes: bounds the latency one batch adds.
 const MAX_BATCH_OPS: usize = 8192;
 const MAX_BATCH_BYTES: usize = 64 << 20;
@@ -138,6 +141,7 @@ pub(super) fn run(engine: &Engine, requests: Receiver<Vec<Op>>) {
         engine,
         carry: Vec::new(),
         space: FreeSpace::new(engine.config.data_dir.clone(), engine.config.min_free_bytes),
+        value: Vec::new(),
     };
     loop {
         let mut ops = std::mem::take(&mut committer.carry);
@@ -169,6 +173,8 @@ struct Committer<'a> {
     /// the next batch.
     carry: Vec<Op>,
     space: FreeSpace,
+    /// Where each staged message's stored value is encoded before the batch copies it.
+    value: Vec<u8>,
 }
 
 impl Committer<'_> {
@@ -303,11 +309,16 @@ impl Committer<'_> {
             expires_at,
             enqueued_at: message::now_ms(),
         };
+        message::encode_into(&mut self.value, &header, body);
         batch.write.put_cf(
             self.engine.messages(),
             store::message_key(id, seq),
-            message::encode(&header, body),
+            &self.value,
         );
+        if self.value.capacity() > REUSED_VALUE_MAX {
+            // A big message passed through: do not keep its buffer.
+            self.value = Vec::new();
+        }
         let touched = batch.touch(&queue, id);
         touched.staged.push_back((seq, len));
         touched.added_bytes += len;

@@ -26,12 +26,19 @@ impl Header {
 /// Encodes header and body into one stored value.
 pub fn encode(header: &Header, body: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(HEADER_LEN + body.len());
+    encode_into(&mut value, header, body);
+    value
+}
+
+/// `encode` into a reused buffer (replacing what it held), for a writer that stages many.
+pub fn encode_into(value: &mut Vec<u8>, header: &Header, body: &[u8]) {
+    value.clear();
+    value.reserve(HEADER_LEN + body.len());
     value.push(VERSION);
     value.extend_from_slice(&header.flags.to_be_bytes());
     value.extend_from_slice(&header.expires_at.to_be_bytes());
     value.extend_from_slice(&header.enqueued_at.to_be_bytes());
     value.extend_from_slice(body);
-    value
 }
 
 /// Splits a stored value into header and body; `None` if it is not one of ours.

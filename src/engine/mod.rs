@@ -275,7 +275,7 @@ impl Engine {
     /// Appends a message; `reply_to` gets `Completed` once it is committed.
     pub fn put(
         &self,
-        queue: &[u8],
+        queue: impl Into<Vec<u8>>,
         flags: u32,
         expires_at: u64,
         body: Vec<u8>,
@@ -283,7 +283,7 @@ impl Engine {
         intents: &mut Intents,
     ) {
         intents.ops.push(Op::Put {
-            queue: queue.to_vec(),
+            queue: queue.into(),
             flags,
             expires_at,
             body,

@@ -7,9 +7,15 @@ use super::queue::QueueState;
 use super::{message, store, Engine, Error, Intents, Op, QueueRef, TakeMode};
 
 impl Engine {
-    pub(super) fn read(&self, q: &QueueState, seq: u64) -> Result<Option<Vec<u8>>, Error> {
+    /// One message's stored value, pinned in RocksDB's memtable or block cache rather than
+    /// copied out (the caller copies the body once, into the reply).
+    pub(super) fn read(
+        &self,
+        q: &QueueState,
+        seq: u64,
+    ) -> Result<Option<rocksdb::DBPinnableSlice<'_>>, Error> {
         self.db
-            .get_cf(self.messages(), store::message_key(q.id, seq))
+            .get_pinned_cf(self.messages(), store::message_key(q.id, seq))
             .map_err(|e| {
                 log::error!("read failed: {e}");
                 Error::Storage

@@ -85,6 +85,7 @@ pub struct EventLoop {
     pub(super) orphans: HashMap<u64, VecDeque<usize>>,
     /// When to look for connections past their request or idle timeout next.
     pub(super) next_sweep: Instant,
+    spare_inputs: Vec<Vec<u8>>,
 }
 
 impl EventLoop {
@@ -119,6 +120,7 @@ impl EventLoop {
             parked: HashSet::new(),
             orphans: HashMap::new(),
             next_sweep: Instant::now(),
+            spare_inputs: Vec::new(),
         }
     }
 
@@ -292,6 +294,7 @@ impl EventLoop {
             open_timers: &mut self.open_timers,
             mailbox: self.index,
             next_wait_id: &mut self.next_wait_id,
+            spare_inputs: &mut self.spare_inputs,
         };
         Some(f(conn, &mut ctx))
     }

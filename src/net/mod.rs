@@ -141,4 +141,7 @@ pub struct Ctx<'a> {
     /// This loop's mailbox index, for `ConnRef`s.
     pub mailbox: u32,
     pub next_wait_id: &'a mut u64,
+    /// Input buffers of connections that went idle, kept for the next connection that reads
+    /// (see `connection::SPARE_INPUTS`).
+    pub spare_inputs: &'a mut Vec<Vec<u8>>,
 }

@@ -43,8 +43,8 @@ impl Connection {
                 ctx.stats.set_cmds.fetch_add(1, Ordering::Relaxed);
                 let expires_at = set.expires_at(message::now_ms());
                 let me = self.conn_ref(ctx);
-                engine.put(&set.queue, set.flags, expires_at, set.body, me, ctx.intents);
                 let noreply = set.noreply;
+                engine.put(set.queue, set.flags, expires_at, set.body, me, ctx.intents);
                 self.pending_writes.push_back(PendingWrite::Put { noreply });
             }
             Command::Get(reads) => self.start_get(reads, ctx),
@@ -133,6 +133,11 @@ impl Connection {
     /// Refuses, before anything is taken, a get that Kestrel would refuse: a plain read of a
     /// queue this connection holds an open message of, or more open messages than allowed.
     fn check_reads(&self, reads: &[Read], max_open: usize) -> Result<(), ErrorKind> {
+        // The common case needs no bookkeeping: nothing held and nothing to open, nothing to
+        // refuse.
+        if self.open_reads.is_empty() && !reads.iter().any(|read| read.open) {
+            return Ok(());
+        }
         let mut held: HashMap<&[u8], usize> = HashMap::new();
         for open in &self.open_reads {
             *held.entry(&open.queue).or_default() += 1;
@@ -201,10 +206,7 @@ impl Connection {
                 .engine
                 .take(&read.queue, mode, registration, ctx.intents)
             {
-                Ok(Some(taken)) => {
-                    let read = read.clone();
-                    self.accept(&mut get, &read, taken, ctx);
-                }
+                Ok(Some(taken)) => self.accept(&mut get, taken, ctx),
                 Ok(None) => match wait {
                     Some((_, id, ms)) => {
                         get.waiting = Some(id);
@@ -231,14 +233,16 @@ impl Connection {
         self.reply(&Reply::Values(get.values));
     }
 
-    /// Records a message taken for `read` and moves on to the next key.
-    fn accept(&mut self, get: &mut GetInProgress, read: &Read, mut taken: Taken, ctx: &mut Ctx) {
+    /// Records a message taken for the get's current read and moves on to the next key.
+    fn accept(&mut self, get: &mut GetInProgress, mut taken: Taken, ctx: &mut Ctx) {
         ctx.stats.get_hits.fetch_add(1, Ordering::Relaxed);
         // The body moves into the reply; an open read keeps only the queue and sequence number.
         let body = std::mem::take(&mut taken.body);
         get.bytes += body.len();
+        let read = &mut get.reads[get.next];
         get.values.push(Value {
-            key: read.key.clone(),
+            // This read is done: its key moves into the reply too.
+            key: std::mem::take(&mut read.key),
             flags: taken.flags,
             body,
             cas: read.cas.then_some(taken.seq),
@@ -290,14 +294,13 @@ impl Connection {
             return Err(taken);
         }
         get.waiting = None;
-        let read = get.reads[get.next].clone();
         // The engine hands a waiting read its message open (a peek only sees it): a plain read
         // confirms it.
-        if taken.open && !read.open {
+        if taken.open && !get.reads[get.next].open {
             let engine = &ctx.shared.engine;
             engine.confirm(&taken.queue, &[taken.seq], ctx.intents);
         }
-        self.accept(&mut get, &read, taken, ctx);
+        self.accept(&mut get, taken, ctx);
         self.get = Some(get);
         self.continue_get(ctx);
         Ok(())
