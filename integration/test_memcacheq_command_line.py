@@ -203,10 +203,10 @@ def shared_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def start_as(args, data_dir, log_path, preexec_fn=None):
+def start_as(args, data_dir, log_path, preexec_fn=None, binary=None):
     port = free_port()
     proc = subprocess.Popen(
-        [mqd_bin(), "serve", "-p", str(port), "-H", data_dir, *args],
+        [binary or mqd_bin(), "serve", "-p", str(port), "-H", data_dir, *args],
         stdin=subprocess.DEVNULL, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
         preexec_fn=preexec_fn)
     # Listening starts before the privileges are dropped: wait for the line saying it serves.
@@ -265,8 +265,11 @@ def test_u_is_ignored_when_not_root(shared_dir, tmp_path):
         os.setgid(nobody.pw_gid)
         os.setuid(nobody.pw_uid)
 
+    # The build may live where nobody cannot reach it (CI's target is under /root/.cache).
+    binary = os.path.join(shared_dir, "mqd")
+    shutil.copy2(mqd_bin(), binary)
     log = tmp_path / "mqd.log"
-    proc, port = start_as(["-u", "root"], data, log, preexec_fn=become_nobody)
+    proc, port = start_as(["-u", "root"], data, log, preexec_fn=become_nobody, binary=binary)
     try:
         assert proc_status(proc.pid)["Uid"].split()[0] == str(nobody.pw_uid)
         with MemcacheConn(port) as mc:

@@ -278,8 +278,10 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
     ages = []
     for i in lost:
         at = tally.acked[i]
-        cut_at = next(t for t in cut_times if t >= at)
-        ages.append(cut_at - at)
+        # A producer thread may note the time of an acknowledgement it read just before the cut
+        # only after the cut was noted: such a message was acknowledged at the cut (age 0).
+        cut_at = next((t for t in cut_times if t >= at), None)
+        ages.append(cut_at - at if cut_at is not None else 0.0)
     return {
         "cycles": cycles,
         "acknowledged": len(tally.acked),
