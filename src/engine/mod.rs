@@ -199,41 +199,32 @@ impl Engine {
             fail_writes: AtomicBool::new(false),
             deleted_ids: Mutex::new(Vec::new()),
         });
-        let committer = {
-            let engine = engine.clone();
-            std::thread::Builder::new()
-                .name("committer".into())
-                .spawn(move || commit::run(&engine, receiver))
-                .map_err(|e| e.to_string())?
-        };
-        engine.threads.lock().push(committer);
-        let sweeper = {
-            let engine = engine.clone();
-            std::thread::Builder::new()
-                .name("expiry-sweep".into())
-                .spawn(move || engine.sweep_every(background::SWEEP_EVERY))
-                .map_err(|e| e.to_string())?
-        };
-        engine.threads.lock().push(sweeper);
-        let reclaimer = {
-            let engine = engine.clone();
-            std::thread::Builder::new()
-                .name("reclaim".into())
-                .spawn(move || engine.reclaim_every(reclaim::RECLAIM_EVERY))
-                .map_err(|e| e.to_string())?
-        };
-        engine.threads.lock().push(reclaimer);
+        engine.spawn("committer", move |engine| commit::run(&engine, receiver))?;
+        engine.spawn("expiry-sweep", |engine| {
+            engine.sweep_every(background::SWEEP_EVERY)
+        })?;
+        engine.spawn("reclaim", |engine| {
+            engine.reclaim_every(reclaim::RECLAIM_EVERY)
+        })?;
         if let SyncPolicy::Interval(every) = engine.config.sync {
-            let syncer = {
-                let engine = engine.clone();
-                std::thread::Builder::new()
-                    .name("wal-sync".into())
-                    .spawn(move || engine.sync_every(every))
-                    .map_err(|e| e.to_string())?
-            };
-            engine.threads.lock().push(syncer);
+            engine.spawn("wal-sync", move |engine| engine.sync_every(every))?;
         }
         Ok(engine)
+    }
+
+    /// Starts one of the engine's own threads; `shutdown` joins it.
+    fn spawn(
+        self: &Arc<Self>,
+        name: &str,
+        work: impl FnOnce(Arc<Engine>) + Send + 'static,
+    ) -> Result<(), String> {
+        let engine = self.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || work(engine))
+            .map_err(|e| e.to_string())?;
+        self.threads.lock().push(handle);
+        Ok(())
     }
 
     /// Commits what is queued, stops the committer and the syncer. Writes submitted after this
