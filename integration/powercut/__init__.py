@@ -135,7 +135,10 @@ def _recv_until(sock, buf, n_or_marker):
         buf += chunk
 
 
-def _memcache_producer(port, prefix, tally, stop, pause):
+def _produce(port, prefix, tally, stop, pause, request, acknowledged):
+    """Sends bursts of messages whose bodies are their ids (`request(id)` makes the request),
+    reads one reply per message (`acknowledged(sock, buf)` says whether it was stored), and
+    tallies the acknowledged ids, until `stop` or the connection dies."""
     sock = _connect(port)
     buf = bytearray()
     n = 0
@@ -143,18 +146,27 @@ def _memcache_producer(port, prefix, tally, stop, pause):
         while not stop.is_set():
             ids = [b"%s-%d" % (prefix, n + i) for i in range(BURST)]
             n += BURST
-            sock.sendall(b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (QUEUE, len(i), i) for i in ids))
+            sock.sendall(b"".join(request(i) for i in ids))
             for i in ids:
-                _recv_until(sock, buf, b"\r\n")
-                line, _, rest = bytes(buf).partition(b"\r\n")
-                buf[:] = rest
-                if line == b"STORED":
+                if acknowledged(sock, buf):
                     tally.ack([i])
             time.sleep(pause)
     except OSError:
         pass
     finally:
         sock.close()
+
+
+def _memcache_stored(sock, buf):
+    _recv_until(sock, buf, b"\r\n")
+    line, _, rest = bytes(buf).partition(b"\r\n")
+    buf[:] = rest
+    return line == b"STORED"
+
+
+def _memcache_producer(port, prefix, tally, stop, pause):
+    set_request = lambda i: b"set %s 0 0 %d\r\n%s\r\n" % (QUEUE, len(i), i)  # noqa: E731
+    _produce(port, prefix, tally, stop, pause, set_request, _memcache_stored)
 
 
 def _frame(*values):
@@ -162,28 +174,18 @@ def _frame(*values):
     return struct.pack(">I", len(body)) + body
 
 
+def _mqmq_ok(sock, buf):
+    _recv_until(sock, buf, 4)
+    (length,) = struct.unpack(">I", buf[:4])
+    _recv_until(sock, buf, 4 + length)
+    reply = bytes(buf[4 : 4 + length])
+    del buf[: 4 + length]
+    return reply == struct.pack(">I", 2) + b"OK"
+
+
 def _mqmq_producer(port, prefix, tally, stop, pause):
-    sock = _connect(port)
-    buf = bytearray()
-    n = 0
-    try:
-        while not stop.is_set():
-            ids = [b"%s-%d" % (prefix, n + i) for i in range(BURST)]
-            n += BURST
-            sock.sendall(b"".join(_frame(b"Put", QUEUE, i) for i in ids))
-            for i in ids:
-                _recv_until(sock, buf, 4)
-                (length,) = struct.unpack(">I", buf[:4])
-                _recv_until(sock, buf, 4 + length)
-                reply = bytes(buf[4 : 4 + length])
-                del buf[: 4 + length]
-                if reply == struct.pack(">I", 2) + b"OK":
-                    tally.ack([i])
-            time.sleep(pause)
-    except OSError:
-        pass
-    finally:
-        sock.close()
+    put_request = lambda i: _frame(b"Put", QUEUE, i)  # noqa: E731
+    _produce(port, prefix, tally, stop, pause, put_request, _mqmq_ok)
 
 
 def _read_values(sock, buf):
