@@ -140,6 +140,13 @@ def test_pipelined_interleaved_set_get(server):
         c.expect(expected, timeout=60)
 
 
+def test_spec_example_a_get_pipelined_behind_a_set_sees_it(server):
+    """protocol-spec/memcache.md section 9: one packet, three commands, replies in order."""
+    with server.mc() as c:
+        c.send(b"set q9 0 0 2\r\nm1\r\nget q9\r\nversion\r\n")
+        c.expect(b"STORED\r\nVALUE q9 0 2\r\nm1\r\nEND\r\nVERSION ", timeout=10)
+
+
 def test_pipelined_mqmq_frames(server):
     n = 100
     with server.mq() as c:

@@ -9,7 +9,9 @@ writes, truncations, new files, renames and unlinks are all undone.
 
 `crash_loop()` is the power-cut test itself, shared by integration/test_power_cut.py (short) and
 scripts/crash-loop (long): producers on both protocols and reliable readers run while the power
-is cut again and again; at the end every acknowledged message must have been read.
+is cut again and again; at the end every acknowledged message must have been read. A watcher also
+opens (and never confirms) messages of a second queue the moment they are written: every message
+a client was shown must survive the cut too (replies showing a message wait for its fsync).
 """
 
 import hashlib
@@ -44,12 +46,18 @@ def shadow_dir(data_dir):
     return f"{data_dir}.powercut"
 
 
+# How long each fsync takes under the shim (a real disk's takes about this long): the longer a
+# write waits for its sync, the likelier a cut falls between a write and its sync.
+SYNC_DELAY_US = 2000
+
+
 def env(data_dir):
     """Environment that runs mqd under the shim for `data_dir` (which must exist)."""
     return {
         "LD_PRELOAD": shim(),
         "MQD_POWERCUT_DATA": str(data_dir),
         "MQD_POWERCUT_SHADOW": shadow_dir(data_dir),
+        "MQD_POWERCUT_SYNC_DELAY_US": str(SYNC_DELAY_US),
     }
 
 
@@ -94,6 +102,7 @@ def cut(server):
 # --------------------------------------------------------------------------------------------
 
 QUEUE = b"powercut"
+WATCHED = b"powercut.watched"
 BURST = 10
 
 
@@ -104,6 +113,7 @@ class Tally:
         self.lock = threading.Lock()
         self.acked = {}  # id -> monotonic time of the acknowledgement
         self.seen = {}  # id -> times read
+        self.shown_open = set()  # ids a watcher was shown open (never confirmed)
 
     def ack(self, ids):
         now = time.monotonic()
@@ -135,7 +145,7 @@ def _recv_until(sock, buf, n_or_marker):
         buf += chunk
 
 
-def _produce(port, prefix, tally, stop, pause, request, acknowledged):
+def _produce(port, prefix, tally, stop, pause, request, acknowledged, burst=BURST):
     """Sends bursts of messages whose bodies are their ids (`request(id)` makes the request),
     reads one reply per message (`acknowledged(sock, buf)` says whether it was stored), and
     tallies the acknowledged ids, until `stop` or the connection dies."""
@@ -144,8 +154,8 @@ def _produce(port, prefix, tally, stop, pause, request, acknowledged):
     n = 0
     try:
         while not stop.is_set():
-            ids = [b"%s-%d" % (prefix, n + i) for i in range(BURST)]
-            n += BURST
+            ids = [b"%s-%d" % (prefix, n + i) for i in range(burst)]
+            n += burst
             sock.sendall(b"".join(request(i) for i in ids))
             for i in ids:
                 if acknowledged(sock, buf):
@@ -164,9 +174,9 @@ def _memcache_stored(sock, buf):
     return line == b"STORED"
 
 
-def _memcache_producer(port, prefix, tally, stop, pause):
-    set_request = lambda i: b"set %s 0 0 %d\r\n%s\r\n" % (QUEUE, len(i), i)  # noqa: E731
-    _produce(port, prefix, tally, stop, pause, set_request, _memcache_stored)
+def _memcache_producer(port, prefix, tally, stop, pause, queue=QUEUE, burst=BURST):
+    set_request = lambda i: b"set %s 0 0 %d\r\n%s\r\n" % (queue, len(i), i)  # noqa: E731
+    _produce(port, prefix, tally, stop, pause, set_request, _memcache_stored, burst)
 
 
 def _frame(*values):
@@ -224,13 +234,38 @@ def _reliable_reader(port, tally, stop, pause):
         sock.close()
 
 
-def _drain(port, tally):
+def _watcher(port, tally, stop):
+    """Blocks on WATCHED with open reads, so it is handed each message as it is written, and
+    never confirms one: every message it was shown must be read again later, after the power
+    cut (redelivered). Each connection holds fewer than --max-open-reads, and stays open."""
+    held = []
+    try:
+        while not stop.is_set():
+            sock = _connect(port)
+            held.append(sock)
+            buf = bytearray()
+            for _ in range(90):
+                if stop.is_set():
+                    break
+                sock.sendall(b"get %s/open/t=200\r\n" % WATCHED)
+                for body in _read_values(sock, buf):
+                    with tally.lock:
+                        tally.shown_open.add(body)
+                    tally.read(body)
+    except OSError:
+        pass
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _drain(port, tally, queue=QUEUE):
     """Reads everything left with plain gets."""
     sock = _connect(port)
     buf = bytearray()
     try:
         while True:
-            sock.sendall(b"get %s\r\n" % QUEUE * 50)
+            sock.sendall(b"get %s\r\n" % queue * 50)
             found = 0
             for _ in range(50):
                 for body in _read_values(sock, buf):
@@ -242,17 +277,19 @@ def _drain(port, tally):
         sock.close()
 
 
-def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, log=None):
+def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, log=None, watch_only=False):
     """Runs `cycles` power cuts on `server` (a conftest Server started under `env()`), with two
     producers per protocol (each pausing `producer_pause` s after every burst of ten) and two
     reliable readers, the readers slower than the producers so that a backlog is always at
     risk. Returns the figures: cycles, acknowledged, lost,
-    duplicated, and for each lost message how long before its cut it was acknowledged."""
+    duplicated, and for each lost message how long before its cut it was acknowledged; the
+    messages the watcher was shown and how many of those were lost. `watch_only`: just the
+    watcher and its producer."""
     tally = Tally()
     cut_times = []
     for cycle in range(cycles):
         stop = threading.Event()
-        workers = [
+        workers = [] if watch_only else [
             threading.Thread(target=_memcache_producer, args=(server.port, b"mc%d.%d" % (cycle, k), tally, stop, producer_pause))
             for k in range(2)
         ] + [
@@ -261,6 +298,11 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
         ] + [
             threading.Thread(target=_reliable_reader, args=(server.port, tally, stop, reader_pause))
             for _ in range(2)
+        ]
+        workers += [
+            # One message at a time, so that the watcher is waiting when each is written.
+            threading.Thread(target=_memcache_producer, args=(server.port, b"w%d" % cycle, tally, stop, 0.0005, WATCHED, 1)),
+            threading.Thread(target=_watcher, args=(server.port, tally, stop)),
         ]
         for w in workers:
             w.start()
@@ -276,7 +318,9 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
         if log:
             log(f"cycle {cycle + 1}/{cycles}: {len(tally.acked)} acknowledged so far")
     _drain(server.port, tally)
+    _drain(server.port, tally, WATCHED)
     lost = [i for i in tally.acked if i not in tally.seen]
+    shown_lost = [i for i in tally.shown_open if tally.seen[i] < 2]
     ages = []
     for i in lost:
         at = tally.acked[i]
@@ -291,4 +335,7 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
         "duplicated": sum(1 for n in tally.seen.values() if n > 1),
         "oldest_lost_age_ms": round(max(ages) * 1000) if ages else 0,
         "lost_examples": sorted(lost)[:5],
+        "shown_open": len(tally.shown_open),
+        "shown_lost": len(shown_lost),
+        "shown_lost_examples": sorted(shown_lost)[:5],
     }

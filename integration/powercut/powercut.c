@@ -82,6 +82,8 @@ static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
 static int (*real_ftruncate)(int, off_t);
 static int (*real_ftruncate64)(int, off_t);
 static int (*real_fsync)(int);
+/* $MQD_POWERCUT_SYNC_DELAY_US: how long each fsync of a data file takes. */
+static unsigned sync_delay_us;
 static int (*real_fdatasync)(int);
 
 static void die(const char *what) {
@@ -405,6 +407,10 @@ int ftruncate64(int fd, off_t length) {
 static int synced(int fd, int (*real)(int)) {
     if (!active || fd < 0 || fd >= MAX_FD || !fds[fd].tracked)
         return real(fd);
+    /* A disk takes a while to sync, and what it syncs is safe only once the call returns: a
+     * kill during the delay loses it, as a power cut during a real fsync may. */
+    if (sync_delay_us)
+        usleep(sync_delay_us);
     pthread_mutex_lock(&lock);
     if (fds[fd].tracked == 2) {
         sync_dir();
@@ -481,6 +487,9 @@ __attribute__((constructor)) static void init(void) {
     const char *shadow = getenv("MQD_POWERCUT_SHADOW");
     if (!data || !shadow)
         return;
+    const char *delay = getenv("MQD_POWERCUT_SYNC_DELAY_US");
+    if (delay)
+        sync_delay_us = (unsigned)strtoul(delay, NULL, 10);
     snprintf(data_dir, sizeof data_dir, "%s", data);
     size_t len = strlen(data_dir);
     while (len > 1 && data_dir[len - 1] == '/')

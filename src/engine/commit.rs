@@ -1,7 +1,9 @@
-//! Group commit: one thread owns every RocksDB write. It drains whatever requests arrived while
-//! the previous batch was syncing, commits them as one WriteBatch with at most one fsync, and only
-//! then publishes the new messages, answers the writers and serves blocked readers. One fsync for
-//! many messages is how a durable queue keeps up with many producers.
+//! Commit: the writes an event loop (or the sweep) collected are staged and written as one
+//! WriteBatch, under one lock so that sequence numbers and writes keep one order; then the new
+//! messages are published, the writers answered and blocked readers served. Nothing here waits
+//! for a disk: every write is made without an fsync, and the replies that depend on it carry its
+//! `SyncPoint` and wait for the syncer (`super::durability`) instead. One fsync thus covers the
+//! writes of every loop that arrived while the previous one ran.
 //!
 //! Its other concerns have their own files: queue limits and discarding (`limits`), deleting and
 //! flushing queues (`removal`); the free-space reserve is `super::space`.
@@ -12,22 +14,21 @@ mod removal;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
-use crossbeam_channel::Receiver;
 use rocksdb::WriteBatch;
 
 use super::conn_ref::ConnRef;
+use super::durability::SyncPoint;
 use super::events::{Event, Outbox, Outcome};
 use super::message::{self, Header};
 use super::queue::QueueState;
 use super::space::FreeSpace;
 use super::store::{self, QueueMeta};
-use super::{Engine, Error, QueueRef, SyncPolicy};
+use super::{Engine, Error, QueueRef};
 
 /// The committer keeps its value-encoding buffer across messages up to this capacity.
 const REUSED_VALUE_MAX: usize = 64 << 10;
 
-/// Most requests gathered into one batch, and most body bytes: bounds the latency one batch adds.
-const MAX_BATCH_OPS: usize = 8192;
+/// Most bytes one write carries: fan-out copies of a large put are written in parts.
 const MAX_BATCH_BYTES: usize = 64 << 20;
 
 pub(super) enum Op {
@@ -56,7 +57,6 @@ pub(super) enum Op {
         name: Option<Vec<u8>>,
         reply_to: ConnRef,
     },
-    Stop,
 }
 
 impl Op {
@@ -66,13 +66,6 @@ impl Op {
             | Op::DeleteQueue { reply_to, .. }
             | Op::Flush { reply_to, .. } => Some(*reply_to),
             _ => None,
-        }
-    }
-
-    fn weight(&self) -> usize {
-        match self {
-            Op::Put { body, .. } => body.len(),
-            _ => 0,
         }
     }
 }
@@ -101,9 +94,10 @@ struct Batch {
     /// Writers to answer, in submission order, with the error of those refused while staging.
     /// All are answered together after the commit, so a connection's replies stay in order.
     writers: Vec<(ConnRef, Option<Error>)>,
-    /// Fsync the batch under `--sync always` even without puts (a flush is answered only once
-    /// it is on disk, as a delete is).
-    sync: bool,
+    /// Sync the write even without puts: a flush is answered only once it is on disk.
+    wanted: bool,
+    /// Where the parts of this batch written already (`commit_part`) end.
+    written: SyncPoint,
 }
 
 impl Batch {
@@ -136,50 +130,53 @@ fn touch<'a>(touched: &'a mut HashMap<u64, Touched>, queue: &QueueRef, id: u64) 
     })
 }
 
-pub(super) fn run(engine: &Engine, requests: Receiver<Vec<Op>>) {
-    let mut committer = Committer {
-        engine,
-        carry: Vec::new(),
-        space: FreeSpace::new(engine.config.data_dir.clone(), engine.config.min_free_bytes),
-        value: Vec::new(),
-    };
-    loop {
-        let mut ops = std::mem::take(&mut committer.carry);
-        if ops.is_empty() {
-            match requests.recv() {
-                Ok(first) => ops = first,
-                Err(_) => return,
-            }
-        }
-        let mut weight: usize = ops.iter().map(Op::weight).sum();
-        while ops.len() < MAX_BATCH_OPS && weight < MAX_BATCH_BYTES {
-            match requests.try_recv() {
-                Ok(more) => {
-                    weight += more.iter().map(Op::weight).sum::<usize>();
-                    ops.extend(more);
-                }
-                Err(_) => break,
-            }
-        }
-        if committer.apply(ops) {
-            return;
-        }
-    }
-}
-
-struct Committer<'a> {
-    engine: &'a Engine,
+/// What the committer keeps between commits; the engine holds it under its commit lock.
+pub(super) struct CommitState {
     /// Removals the committer itself caused (expired messages met while serving readers), for
-    /// the next batch.
+    /// the next commit.
     carry: Vec<Op>,
     space: FreeSpace,
     /// Where each staged message's stored value is encoded before the batch copies it.
     value: Vec<u8>,
 }
 
+impl CommitState {
+    pub(super) fn new(space: FreeSpace) -> CommitState {
+        CommitState {
+            carry: Vec::new(),
+            space,
+            value: Vec::new(),
+        }
+    }
+}
+
+impl Engine {
+    /// Stages, writes and publishes `ops` (after any removals left from the last commit), and
+    /// answers their writers. Callers collect the ops of one event-loop pass and commit them
+    /// together; the lock keeps every write in one order.
+    pub(super) fn commit_ops(&self, ops: Vec<Op>) {
+        let mut state = self.committer.lock();
+        let mut all = std::mem::take(&mut state.carry);
+        all.extend(ops);
+        if all.is_empty() {
+            return;
+        }
+        Committer {
+            engine: self,
+            state: &mut state,
+        }
+        .apply(all);
+    }
+}
+
+struct Committer<'a> {
+    engine: &'a Engine,
+    state: &'a mut CommitState,
+}
+
 impl Committer<'_> {
-    /// Applies the ops in order; true once asked to stop.
-    fn apply(&mut self, ops: Vec<Op>) -> bool {
+    /// Applies the ops in order.
+    fn apply(&mut self, ops: Vec<Op>) {
         let mut batch = Batch::default();
         for op in ops {
             match op {
@@ -201,31 +198,28 @@ impl Committer<'_> {
                     batch.touch(&queue, id);
                 }
                 Op::DeleteQueue { name, reply_to } => {
-                    self.commit(std::mem::take(&mut batch));
-                    let outcome = self.delete_queue(&name);
-                    self.answer(reply_to, outcome);
+                    // Each commit answers its own writers, failed or not.
+                    let _ = self.commit(std::mem::take(&mut batch));
+                    let (outcome, durable_at) = self.delete_queue(&name);
+                    self.answer(reply_to, outcome, durable_at);
                 }
                 Op::Flush { name, reply_to } => {
-                    self.commit(std::mem::take(&mut batch));
-                    let outcome = self.flush(name.as_deref());
-                    self.answer(reply_to, outcome);
-                }
-                Op::Stop => {
-                    self.commit(batch);
-                    return true;
+                    let _ = self.commit(std::mem::take(&mut batch));
+                    let (outcome, durable_at) = self.flush(name.as_deref());
+                    self.answer(reply_to, outcome, durable_at);
                 }
             }
         }
-        self.commit(batch);
-        false
+        let _ = self.commit(batch);
     }
 
-    fn answer(&self, to: ConnRef, outcome: Outcome) {
+    fn answer(&self, to: ConnRef, outcome: Outcome, durable_at: SyncPoint) {
         Outbox::new(&self.engine.mailboxes).send(
             to,
             Event::Completed {
                 conn: to.conn,
                 outcome,
+                durable_at,
             },
         );
     }
@@ -240,7 +234,7 @@ impl Committer<'_> {
         body: &[u8],
         reply_to: ConnRef,
     ) {
-        let enough = self.space.enough();
+        let enough = self.state.space.enough();
         self.engine.metrics.below_reserve.store(!enough, Relaxed);
         if !enough {
             batch.writers.push((reply_to, Some(Error::DiskFull)));
@@ -269,9 +263,12 @@ impl Committer<'_> {
     /// (marked failed if this part did not commit).
     fn commit_part(&mut self, batch: &mut Batch) {
         let mut writers = std::mem::take(&mut batch.writers);
-        if !self.commit(std::mem::take(batch)) {
-            for (_, error) in &mut writers {
-                error.get_or_insert(Error::Storage);
+        match self.commit(std::mem::take(batch)) {
+            Ok(point) => batch.written = batch.written.max(point),
+            Err(()) => {
+                for (_, error) in &mut writers {
+                    error.get_or_insert(Error::Storage);
+                }
             }
         }
         batch.writers = writers;
@@ -309,15 +306,14 @@ impl Committer<'_> {
             expires_at,
             enqueued_at: message::now_ms(),
         };
-        message::encode_into(&mut self.value, &header, body);
-        batch.write.put_cf(
-            self.engine.messages(),
-            store::message_key(id, seq),
-            &self.value,
-        );
-        if self.value.capacity() > REUSED_VALUE_MAX {
+        let value = &mut self.state.value;
+        message::encode_into(value, &header, body);
+        batch
+            .write
+            .put_cf(self.engine.messages(), store::message_key(id, seq), &*value);
+        if value.capacity() > REUSED_VALUE_MAX {
             // A big message passed through: do not keep its buffer.
-            self.value = Vec::new();
+            *value = Vec::new();
         }
         let touched = batch.touch(&queue, id);
         touched.staged.push_back((seq, len));
@@ -326,24 +322,31 @@ impl Committer<'_> {
         Ok(())
     }
 
-    /// Writes the batch with every touched queue's record, then publishes and answers. False if
-    /// the write failed.
-    fn commit(&mut self, mut batch: Batch) -> bool {
+    /// Writes the batch with every touched queue's record, then publishes and answers. The
+    /// point the writers' replies wait for, or Err if the write failed (and nothing of it
+    /// happened).
+    fn commit(&mut self, mut batch: Batch) -> Result<SyncPoint, ()> {
         if batch.touched.is_empty() {
             let mut outbox = Outbox::new(&self.engine.mailboxes);
             for (writer, error) in batch.writers {
                 // Nothing left to write: writers without an error had theirs committed by an
                 // earlier part of the batch (`commit_part`).
                 let outcome = error.map_or(Outcome::Stored, Outcome::Failed);
+                let durable_at = if error.is_none() {
+                    batch.written
+                } else {
+                    SyncPoint::NONE
+                };
                 outbox.send(
                     writer,
                     Event::Completed {
                         conn: writer.conn,
                         outcome,
+                        durable_at,
                     },
                 );
             }
-            return true;
+            return Ok(batch.written);
         }
         let meta = self.engine.meta();
         let mut has_puts = false;
@@ -372,26 +375,30 @@ impl Committer<'_> {
                 .write
                 .put_cf(meta, store::NEXT_ID_KEY, next.to_be_bytes());
         }
-        let sync = (has_puts || batch.sync) && self.engine.config.sync == SyncPolicy::Always;
-        let started = std::time::Instant::now();
-        let result = self.engine.write(batch.write, sync);
-        self.engine
-            .metrics
-            .committed(sync.then(|| started.elapsed()), batch.writers.len() as u64);
+        // Only puts and flushes are answered after a sync; removals of consumed messages may
+        // come back after a crash (at-least-once), so they wait for no fsync of their own.
+        let result = self.engine.write(batch.write, has_puts || batch.wanted);
+        self.engine.metrics.committed(batch.writers.len() as u64);
         if let Err(e) = &result {
             log::error!("commit of {} writes failed: {e}", batch.writers.len());
         }
+        let synced = self.engine.synced();
         let mut outbox = Outbox::new(&self.engine.mailboxes);
         for touched in batch.touched.values() {
             let mut q = touched.queue.lock();
-            if result.is_ok() {
+            if let Ok(point) = result {
                 q.persisted = true;
                 q.next_unclaimed = touched.next_unclaimed_after(&q);
                 q.tail = q.next_seq;
                 q.counters.bytes += touched.added_bytes;
                 if touched.has_puts {
-                    self.engine
-                        .serve_waiters(&touched.queue, &mut q, &mut self.carry, &mut outbox);
+                    q.written_at(point, synced);
+                    self.engine.serve_waiters(
+                        &touched.queue,
+                        &mut q,
+                        &mut self.state.carry,
+                        &mut outbox,
+                    );
                 }
             } else {
                 // Nothing of the batch happened: what it discarded is back in the queue.
@@ -406,19 +413,20 @@ impl Committer<'_> {
             }
         }
         for (writer, error) in batch.writers {
-            let outcome = match (error, &result) {
-                (Some(e), _) => Outcome::Failed(e),
-                (None, Ok(())) => Outcome::Stored,
-                (None, Err(_)) => Outcome::Failed(Error::Storage),
+            let (outcome, durable_at) = match (error, &result) {
+                (Some(e), _) => (Outcome::Failed(e), SyncPoint::NONE),
+                (None, Ok(point)) => (Outcome::Stored, *point),
+                (None, Err(_)) => (Outcome::Failed(Error::Storage), SyncPoint::NONE),
             };
             outbox.send(
                 writer,
                 Event::Completed {
                     conn: writer.conn,
                     outcome,
+                    durable_at,
                 },
             );
         }
-        result.is_ok()
+        result.map_err(|_| ())
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use super::conn_ref::ConnRef;
+use super::durability::SyncPoint;
 use super::queue::QueueState;
 use parking_lot::Mutex;
 
@@ -41,6 +42,8 @@ pub struct Taken {
     /// Held open for the taker, who must confirm it or give it back. False for a peek (the
     /// message stayed in the queue) and for a removal.
     pub open: bool,
+    /// The message may not be on disk yet: a reply showing it waits for this point.
+    pub durable_at: SyncPoint,
 }
 
 impl std::fmt::Debug for Taken {
@@ -54,8 +57,12 @@ impl std::fmt::Debug for Taken {
 
 #[derive(Debug)]
 pub enum Event {
-    /// A write this connection submitted is done.
-    Completed { conn: u64, outcome: Outcome },
+    /// A write this connection submitted is done; its reply waits for `durable_at`.
+    Completed {
+        conn: u64,
+        outcome: Outcome,
+        durable_at: SyncPoint,
+    },
     /// A message for this connection's blocked read. It is held open for the connection: the
     /// loop confirms it (plain read), keeps it (open read) or gives it back (reader gone).
     Delivered {

@@ -89,11 +89,8 @@ impl Default for EngineMetrics {
 }
 
 impl EngineMetrics {
-    /// A group commit of `writers` write requests was written (`synced` for that long).
-    pub(super) fn committed(&self, synced: Option<Duration>, writers: u64) {
-        if let Some(took) = synced {
-            self.observe_sync(took);
-        }
+    /// A group commit of `writers` write requests was written.
+    pub(super) fn committed(&self, writers: u64) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.batch_size.observe(writers);
     }

@@ -2,14 +2,17 @@
 //!
 //! Reads happen on the caller's thread: a read claims the head sequence number under the queue's
 //! lock and fetches that one key (no scans, so the cost does not grow with what was consumed
-//! before). Writes go to one committer thread (`commit`), which assigns sequence numbers, commits
-//! many requests in one WriteBatch and one sync, and only then makes messages visible, answers the
-//! writers and hands messages to blocked readers. Removals of consumed messages ride along in the
-//! next batch unsynced: after a crash a message may come back, but it never vanishes.
+//! before). Writes are committed on the caller's thread too, under one lock (`commit`): each
+//! event-loop pass stages its requests, assigns sequence numbers and writes one WriteBatch without
+//! an fsync, then makes the messages visible, answers the writers and hands messages to blocked
+//! readers. Every reply that depends on a write carries its `SyncPoint`; the syncer thread
+//! (`durability`) fsyncs and tells the loops when to send them. Removals of consumed messages
+//! need no sync: after a crash a message may come back, but it never vanishes.
 
 mod background;
 mod commit;
 mod conn_ref;
+mod durability;
 pub mod events;
 mod fanout;
 mod ghosts;
@@ -31,11 +34,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 
-use commit::Op;
+use commit::{CommitState, Op};
 pub use conn_ref::ConnRef;
+use durability::Durability;
+pub use durability::SyncPoint;
 use events::Outbox;
 pub use events::{Event, Mailbox, Outcome, QueueHandle, Taken, Wake};
 pub use metrics::{EngineSnapshot, HistogramSnapshot};
@@ -131,7 +135,9 @@ pub struct Engine {
     config: EngineConfig,
     queues: RwLock<HashMap<Arc<[u8]>, QueueRef>>,
     next_queue_id: AtomicU64,
-    commits: Sender<Vec<Op>>,
+    /// The commit lock: whoever commits holds it, so writes keep one order.
+    committer: Mutex<CommitState>,
+    durability: Durability,
     mailboxes: Vec<Mailbox>,
     stopping: AtomicBool,
     /// Names of the queues with a `+` in them, ordered, so a put finds its fan-out queues
@@ -183,13 +189,14 @@ impl Engine {
             .filter(|name| name.contains(&b'+'))
             .cloned()
             .collect();
-        let (commits, receiver) = crossbeam_channel::unbounded();
+        let space = space::FreeSpace::new(config.data_dir.clone(), config.min_free_bytes);
         let engine = Arc::new(Engine {
             db: recovered.db,
+            durability: Durability::new(config.sync),
             config,
             queues: RwLock::new(queues),
             next_queue_id: AtomicU64::new(recovered.next_queue_id),
-            commits,
+            committer: Mutex::new(CommitState::new(space)),
             mailboxes,
             stopping: AtomicBool::new(false),
             fanout: RwLock::new(fanout),
@@ -199,15 +206,18 @@ impl Engine {
             fail_writes: AtomicBool::new(false),
             deleted_ids: Mutex::new(Vec::new()),
         });
-        engine.spawn("committer", move |engine| commit::run(&engine, receiver))?;
         engine.spawn("expiry-sweep", |engine| {
             engine.sweep_every(background::SWEEP_EVERY)
         })?;
         engine.spawn("reclaim", |engine| {
             engine.reclaim_every(reclaim::RECLAIM_EVERY)
         })?;
-        if let SyncPolicy::Interval(every) = engine.config.sync {
-            engine.spawn("wal-sync", move |engine| engine.sync_every(every))?;
+        match engine.config.sync {
+            SyncPolicy::Always => engine.spawn("wal-sync", |engine| engine.sync_when_wanted())?,
+            SyncPolicy::Interval(every) => {
+                engine.spawn("wal-sync", move |engine| engine.sync_every(every))?
+            }
+            SyncPolicy::Never => {}
         }
         Ok(engine)
     }
@@ -227,11 +237,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Commits what is queued, stops the committer and the syncer. Writes submitted after this
-    /// are refused with `ShuttingDown`.
+    /// Stops the engine's threads and syncs the WAL. Writes submitted after this are refused
+    /// with `ShuttingDown`.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
-        let _ = self.commits.send(vec![Op::Stop]);
+        self.durability.stop();
         for thread in self.threads.lock().drain(..) {
             let _ = thread.join();
         }
@@ -240,30 +250,33 @@ impl Engine {
         }
     }
 
-    /// Hands what `intents` collected to the committer.
+    /// Commits what `intents` collected: when this returns, the writers' `Completed` events
+    /// (and messages for blocked readers) are in their mailboxes.
     pub fn submit(&self, intents: &mut Intents) {
-        if !intents.ops.is_empty() {
-            let ops = std::mem::take(&mut intents.ops);
-            if let Err(refused) = self.commits.send(ops) {
-                // The committer is gone: answer every writer now.
-                let mut outbox = Outbox::new(&self.mailboxes);
-                for op in refused.into_inner() {
-                    if let Some(to) = op.reply_to() {
-                        let outcome = Outcome::Failed(Error::ShuttingDown);
-                        outbox.send(
-                            to,
-                            Event::Completed {
-                                conn: to.conn,
-                                outcome,
-                            },
-                        );
-                    }
-                }
+        let ops = std::mem::take(&mut intents.ops);
+        if self.stopping.load(Ordering::Acquire) {
+            // Stopped: answer every writer now.
+            let mut outbox = Outbox::new(&self.mailboxes);
+            for to in ops.iter().filter_map(Op::reply_to) {
+                let outcome = Outcome::Failed(Error::ShuttingDown);
+                let durable_at = SyncPoint::NONE;
+                let conn = to.conn;
+                outbox.send(
+                    to,
+                    Event::Completed {
+                        conn,
+                        outcome,
+                        durable_at,
+                    },
+                );
             }
+            return;
         }
+        self.commit_ops(ops);
     }
 
-    /// Appends a message; `reply_to` gets `Completed` once it is committed.
+    /// Appends a message; `reply_to` gets `Completed` once it is committed, with the point its
+    /// reply waits for.
     pub fn put(
         &self,
         queue: impl Into<Vec<u8>>,
@@ -455,17 +468,15 @@ impl Engine {
         removed
     }
 
-    /// Writes `batch` to RocksDB, with an fsync if `sync`.
-    fn write(&self, batch: rocksdb::WriteBatch, sync: bool) -> Result<(), String> {
+    /// Writes `batch` to RocksDB without an fsync (under the commit lock). `wanted`: a reply
+    /// will wait for it to be on disk, so the syncer covers it. Returns the write's point.
+    fn write(&self, batch: rocksdb::WriteBatch, wanted: bool) -> Result<SyncPoint, String> {
         #[cfg(test)]
         if self.fail_writes.load(Ordering::Relaxed) {
             return Err("write failure injected by a test".into());
         }
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(sync);
-        self.db
-            .write_opt(batch, &options)
-            .map_err(|e| e.to_string())
+        self.db.write(batch).map_err(|e| e.to_string())?;
+        Ok(self.durability.written(wanted))
     }
 
     fn lookup(&self, queue: &[u8]) -> Option<QueueRef> {

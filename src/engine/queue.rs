@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::conn_ref::ConnRef;
+use super::durability::SyncPoint;
 
 /// How a read treats the message it finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +74,9 @@ pub struct QueueState {
     pub expiring_staged: u64,
     /// How far the sweep of the messages behind the head has got.
     pub sweep: SweepCursor,
+    /// Messages written but maybe not synced yet: (end of the write's messages, exclusive; the
+    /// write's point), oldest first. A reply showing one of them waits for that point.
+    pub unsynced: VecDeque<(u64, SyncPoint)>,
 }
 
 /// Where the sweep of a queue's messages behind its head stands. It reads a bounded number per
@@ -111,6 +115,31 @@ impl QueueState {
                 clean_at: Some(0),
                 ..SweepCursor::default()
             },
+            unsynced: VecDeque::new(),
+        }
+    }
+
+    /// Records that the messages up to `tail` were written at `point`, while everything up to
+    /// `synced` is on disk.
+    pub fn written_at(&mut self, point: SyncPoint, synced: SyncPoint) {
+        self.forget_synced(synced);
+        if point > synced {
+            self.unsynced.push_back((self.tail, point));
+        }
+    }
+
+    /// The point a reply showing message `seq` waits for.
+    pub fn durable_at(&mut self, seq: u64, synced: SyncPoint) -> SyncPoint {
+        self.forget_synced(synced);
+        self.unsynced
+            .iter()
+            .find(|&&(end, _)| seq < end)
+            .map_or(SyncPoint::NONE, |&(_, point)| point)
+    }
+
+    fn forget_synced(&mut self, synced: SyncPoint) {
+        while self.unsynced.front().is_some_and(|&(_, p)| p <= synced) {
+            self.unsynced.pop_front();
         }
     }
 

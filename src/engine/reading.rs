@@ -88,6 +88,7 @@ impl Engine {
                 flags: header.flags,
                 body: body.to_vec(),
                 open: mode == TakeMode::Open,
+                durable_at: q.durable_at(seq, self.synced()),
             }));
         }
         Ok(None)

@@ -3,8 +3,9 @@
 //!
 //! - the **input budget** caps the bytes held in connections' input buffers beyond the small
 //!   buffer every connection may always use (partial requests, large bodies on their way in);
-//! - the **write budget** caps the messages and body bytes handed to the committer and not yet
-//!   answered, across all connections.
+//! - the **write budget** caps the messages and body bytes written and not yet synced (or not
+//!   yet committed), across all connections: nobody writes faster than the disk syncs, and what
+//!   one sync has to cover stays bounded.
 //!
 //! A connection that cannot get what it needs stops reading (TCP pushes back on its client) and
 //! asks its loop to retry it later; nothing is queued in memory while it waits.
@@ -16,12 +17,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// exhausted by others.
 pub const FREE_INPUT: usize = 16 << 10;
 
-/// Writes one connection may have in flight to the committer before it stops executing more.
+/// Writes one connection may have in flight (not yet synced) before it stops executing more.
 pub const MAX_WRITES_PER_CONNECTION: usize = 256;
 /// Body bytes one connection may have in flight (one write is always allowed, whatever its size).
 pub const MAX_WRITE_BYTES_PER_CONNECTION: usize = 4 << 20;
-/// Writes and body bytes all connections together may have in flight: about what the committer
-/// takes into one batch.
+/// Writes and body bytes all connections together may have in flight: what one sync covers at
+/// most.
 pub const MAX_WRITES: usize = 16384;
 pub const MAX_WRITE_BYTES: usize = 64 << 20;
 

@@ -15,10 +15,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::budget::{FREE_INPUT, MAX_WRITES_PER_CONNECTION, MAX_WRITE_BYTES_PER_CONNECTION};
+use super::output::Output;
 use super::requests::{is_write, GetInProgress, OpenRead, PendingWrite};
 use super::stream::Stream;
 use super::Ctx;
-use crate::engine::Outcome;
+use crate::engine::{Outcome, SyncPoint};
 use crate::protocol::{memcache, mqmq, Command, Framer, Parsed, Protocol, Reply};
 
 /// Bytes asked of the socket per read.
@@ -29,10 +30,8 @@ const READ_CHUNK: usize = 16 << 10;
 const SPARE_INPUTS: usize = 64;
 /// An empty input buffer larger than this is freed rather than kept.
 const SHRINK_ABOVE: usize = 256 << 10;
-/// Run no more commands while this much output waits for a slow reader.
+/// Run no more commands while this much output waits for a slow reader (or for a sync).
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
-/// An empty output buffer with more capacity than this is freed rather than kept.
-const SHRINK_OUTPUT_ABOVE: usize = 64 << 10;
 
 /// Why `process` stopped running commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,8 +57,10 @@ pub struct Connection {
     input: Vec<u8>,
     input_start: usize,
     input_end: usize,
-    output: Vec<u8>,
-    output_start: usize,
+    output: Output,
+    /// Replies from now on wait for this point: the latest write of this connection that was
+    /// answered, so no reply tells a client more than its earlier writes being on disk.
+    floor: SyncPoint,
     /// The socket may have more to read (edge seen, no WouldBlock since).
     pub readable: bool,
     /// The peer closed its side.
@@ -71,7 +72,11 @@ pub struct Connection {
     pub(super) pending_writes: VecDeque<PendingWrite>,
     /// Body bytes of each write in `pending_writes`, taken from the server's write budget.
     write_weights: VecDeque<usize>,
-    /// Sum of `write_weights`.
+    /// Writes answered but maybe not on disk yet (the point they wait for, their body bytes):
+    /// they keep their share of the write budget until synced, so that no client can write
+    /// faster than the disk syncs.
+    unsynced_writes: VecDeque<(SyncPoint, usize)>,
+    /// Body bytes of `write_weights` and `unsynced_writes`.
     write_bytes: usize,
     /// Bytes of `input` counted against the server's input budget.
     input_charged: usize,
@@ -97,14 +102,15 @@ impl Connection {
             input: Vec::new(),
             input_start: 0,
             input_end: 0,
-            output: Vec::new(),
-            output_start: 0,
+            output: Output::default(),
+            floor: SyncPoint::NONE,
             readable: true,
             eof: false,
             closing: false,
             dead: false,
             pending_writes: VecDeque::new(),
             write_weights: VecDeque::new(),
+            unsynced_writes: VecDeque::new(),
             write_bytes: 0,
             input_charged: 0,
             parked_on_writes: false,
@@ -123,7 +129,12 @@ impl Connection {
     }
 
     fn unsent(&self) -> usize {
-        self.output.len() - self.output_start
+        self.output.unsent()
+    }
+
+    /// Whether some of its replies or writes wait for a sync.
+    pub fn held(&self) -> bool {
+        self.output.held() || !self.unsynced_writes.is_empty()
     }
 
     /// Reads, runs and answers as far as the socket and the connection's state allow.
@@ -155,10 +166,7 @@ impl Connection {
 
     /// True when the connection should be closed and forgotten now.
     pub fn finished(&self) -> bool {
-        self.dead
-            || (self.closing
-                && self.output_start == self.output.len()
-                && self.pending_writes.is_empty())
+        self.dead || (self.closing && self.output.is_empty() && self.pending_writes.is_empty())
     }
 
     fn accepting_input(&self, ctx: &Ctx) -> bool {
@@ -184,6 +192,7 @@ impl Connection {
 
     fn run_commands(&mut self, ctx: &mut Ctx) -> Stop {
         self.parked_on_writes = false;
+        self.release_synced_writes(ctx);
         while self.get.is_none() && !self.closing && !self.dead {
             self.input_start += self.framer.discard(self.input_end - self.input_start);
             if self.framer.skipping() {
@@ -193,7 +202,7 @@ impl Connection {
             if self.unsent() >= OUTPUT_HIGH_WATER {
                 return Stop::Output;
             }
-            if self.pending_writes.len() >= MAX_WRITES_PER_CONNECTION
+            if self.write_weights.len() + self.unsynced_writes.len() >= MAX_WRITES_PER_CONNECTION
                 || self.write_bytes >= MAX_WRITE_BYTES_PER_CONNECTION
             {
                 // Whatever comes next waits: a write for room, a read for these to finish.
@@ -208,7 +217,8 @@ impl Connection {
                 self.counted = Some(ctx.shared.connection_counts.count(protocol));
             }
             if protocol == Ok(Some(Protocol::Http)) {
-                match super::http_service::serve(buf, ctx.shared, &mut self.output) {
+                let output = self.output.append_after(SyncPoint::NONE);
+                match super::http_service::serve(buf, ctx.shared, output) {
                     Some((consumed, close)) => {
                         self.partial_since = None;
                         self.input_start += consumed;
@@ -284,12 +294,14 @@ impl Connection {
         true
     }
 
-    /// The committer answered this connection's oldest write.
-    pub fn write_answered(&mut self, outcome: Outcome, ctx: &mut Ctx) {
+    /// The committer answered this connection's oldest write; its reply, and every reply after
+    /// it, waits for `durable_at`.
+    pub fn write_answered(&mut self, outcome: Outcome, durable_at: SyncPoint, ctx: &mut Ctx) {
         if let Some(bytes) = self.write_weights.pop_front() {
-            self.write_bytes -= bytes;
-            ctx.shared.writes.release(bytes);
+            self.unsynced_writes.push_back((durable_at, bytes));
+            self.release_synced_writes(ctx);
         }
+        self.floor = self.floor.max(durable_at);
         self.complete_write(outcome, ctx);
     }
 
@@ -299,8 +311,24 @@ impl Connection {
     pub fn discard(&mut self, ctx: &mut Ctx) -> VecDeque<usize> {
         self.set_input_len(0, ctx);
         self.release(ctx);
+        for (_, bytes) in self.unsynced_writes.drain(..) {
+            ctx.shared.writes.release(bytes);
+        }
         self.write_bytes = 0;
         std::mem::take(&mut self.write_weights)
+    }
+
+    /// Gives back the write budget of the answered writes that are on disk now.
+    fn release_synced_writes(&mut self, ctx: &Ctx) {
+        let synced = ctx.shared.engine.synced();
+        while let Some(&(point, bytes)) = self.unsynced_writes.front() {
+            if point > synced {
+                break;
+            }
+            self.unsynced_writes.pop_front();
+            self.write_bytes -= bytes;
+            ctx.shared.writes.release(bytes);
+        }
     }
 
     /// Why this connection should be closed now, if it should: a request left incomplete
@@ -353,11 +381,18 @@ impl Connection {
         true
     }
 
-    /// Appends a reply in this connection's protocol.
+    /// Appends a reply in this connection's protocol, sent once this connection's answered
+    /// writes are on disk.
     pub(super) fn reply(&mut self, reply: &Reply) {
+        self.reply_after(reply, SyncPoint::NONE);
+    }
+
+    /// Appends a reply that also waits for `point` (it shows a message maybe not on disk yet).
+    pub(super) fn reply_after(&mut self, reply: &Reply, point: SyncPoint) {
+        let output = self.output.append_after(point.max(self.floor));
         match self.framer.protocol() {
-            Some(Protocol::Mqmq) => mqmq::encode(reply, &mut self.output),
-            _ => memcache::encode(reply, &mut self.output),
+            Some(Protocol::Mqmq) => mqmq::encode(reply, output),
+            _ => memcache::encode(reply, output),
         }
     }
 
@@ -408,13 +443,18 @@ impl Connection {
         progressed
     }
 
-    /// Writes as much output as the socket takes.
+    /// Writes as much output as the socket takes and the syncer allows.
     pub fn flush(&mut self, ctx: &mut Ctx) {
-        while self.output_start < self.output.len() && !self.dead {
-            match self.stream.write(&self.output[self.output_start..]) {
+        let synced = ctx.shared.engine.synced();
+        while !self.dead {
+            let sendable = self.output.sendable(synced);
+            if sendable.is_empty() {
+                break;
+            }
+            match self.stream.write(sendable) {
                 Ok(0) => self.dead = true,
                 Ok(n) => {
-                    self.output_start += n;
+                    self.output.sent(n);
                     self.last_active = Instant::now();
                     ctx.stats
                         .bytes_written
@@ -426,14 +466,6 @@ impl Connection {
                     log::debug!("write failed: {e}");
                     self.dead = true;
                 }
-            }
-        }
-        if self.output_start == self.output.len() {
-            self.output_start = 0;
-            if self.output.capacity() > SHRINK_OUTPUT_ABOVE {
-                self.output = Vec::new();
-            } else {
-                self.output.clear();
             }
         }
     }

@@ -13,13 +13,16 @@ use super::connection::Connection;
 use super::stream::{Listener, Stream};
 use super::timers::Timers;
 use super::{Ctx, LoopStats, Shared};
-use crate::engine::{Event, Intents, Wake};
+use crate::engine::{Event, Intents, SyncPoint, Wake};
 
 const WAKER: Token = Token(0);
 const FIRST_LISTENER: usize = 1;
 const FIRST_CONNECTION: usize = 1024;
 /// How long a stopping server waits for connections to finish their writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most commits one loop pass makes before it polls again: each commit answers writes, which
+/// lets reads pipelined behind them run and maybe write more.
+const MAX_COMMITS_PER_PASS: usize = 64;
 
 /// Wakes a loop from other threads, but only when it is asleep in `poll`: a busy loop looks at
 /// its mailbox before it sleeps anyway, and an eventfd write per event would cost a syscall and
@@ -81,6 +84,9 @@ pub struct EventLoop {
     drain_deadline: Option<Instant>,
     /// Connections waiting for a server-wide budget, retried every few milliseconds.
     pub(super) parked: HashSet<u64>,
+    /// Connections with replies waiting for a sync, and the sync point last seen.
+    held: HashSet<u64>,
+    seen_synced: SyncPoint,
     /// Write weights of closed connections whose writes the committer has not answered yet.
     pub(super) orphans: HashMap<u64, VecDeque<usize>>,
     /// When to look for connections past their request or idle timeout next.
@@ -118,6 +124,8 @@ impl EventLoop {
             next_peer: 0,
             drain_deadline: None,
             parked: HashSet::new(),
+            held: HashSet::new(),
+            seen_synced: SyncPoint::NONE,
             orphans: HashMap::new(),
             next_sweep: Instant::now(),
             spare_inputs: Vec::new(),
@@ -156,7 +164,7 @@ impl EventLoop {
             // Say we are going to sleep, then look once more: an event sent before the flag was
             // set is seen here, one sent after it wakes the poll.
             self.waker.asleep.store(true, Ordering::SeqCst);
-            if !self.mailbox.is_empty() || !self.handoffs.is_empty() {
+            if !self.mailbox.is_empty() || !self.handoffs.is_empty() || self.sync_advanced() {
                 timeout = Some(Duration::ZERO);
             }
             let polled = self.poll.poll(&mut events, timeout);
@@ -202,7 +210,8 @@ impl EventLoop {
             }
             self.retry_parked();
             self.sweep(now);
-            self.shared.engine.submit(&mut self.intents);
+            self.commit();
+            self.release_held();
             if self.shared.shutting_down.load(Ordering::Acquire) && self.drain() {
                 self.shared.engine.submit(&mut self.intents);
                 return;
@@ -303,14 +312,55 @@ impl EventLoop {
     pub(super) fn drive(&mut self, slot: usize) {
         let state = self.with_conn(slot, |c, ctx| {
             c.drive(ctx);
-            (c.finished(), c.parked(), c.id)
+            (c.finished(), c.parked(), c.held(), c.id)
         });
-        match state {
-            Some((true, _, _)) => self.close(slot),
-            Some((false, true, id)) => {
-                self.parked.insert(id);
+        let Some((finished, parked, held, id)) = state else {
+            return;
+        };
+        if finished {
+            self.close(slot);
+            return;
+        }
+        if parked {
+            self.parked.insert(id);
+        }
+        if held {
+            self.held.insert(id);
+        }
+    }
+
+    /// Commits what this pass's commands wrote, and runs what the answers let run (a read
+    /// pipelined behind a write runs once the write is committed, not once it is synced), a
+    /// bounded number of times.
+    fn commit(&mut self) {
+        for _ in 0..MAX_COMMITS_PER_PASS {
+            if self.intents.is_empty() {
+                return;
             }
-            _ => {}
+            self.shared.engine.submit(&mut self.intents);
+            while let Ok(event) = self.mailbox.try_recv() {
+                self.dispatch(event);
+            }
+        }
+        // The answers to this one wait in the mailbox for the next pass.
+        self.shared.engine.submit(&mut self.intents);
+    }
+
+    /// Whether the syncer got further since the held replies were last looked at.
+    fn sync_advanced(&self) -> bool {
+        !self.held.is_empty() && self.shared.engine.synced() != self.seen_synced
+    }
+
+    /// Sends the replies that the last sync released.
+    fn release_held(&mut self) {
+        if !self.sync_advanced() {
+            return;
+        }
+        self.seen_synced = self.shared.engine.synced();
+        for id in std::mem::take(&mut self.held) {
+            if let Some(slot) = self.slot_of(id) {
+                self.drive(slot);
+            }
         }
     }
 
@@ -331,9 +381,13 @@ impl EventLoop {
 
     fn dispatch(&mut self, event: Event) {
         match event {
-            Event::Completed { conn, outcome } => match self.slot_of(conn) {
+            Event::Completed {
+                conn,
+                outcome,
+                durable_at,
+            } => match self.slot_of(conn) {
                 Some(slot) => {
-                    self.with_conn(slot, |c, ctx| c.write_answered(outcome, ctx));
+                    self.with_conn(slot, |c, ctx| c.write_answered(outcome, durable_at, ctx));
                     self.drive(slot);
                 }
                 None => self.orphan_answered(conn),

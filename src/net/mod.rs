@@ -15,6 +15,7 @@ mod event_loop;
 mod fd_limit;
 mod housekeeping;
 mod http_service;
+mod output;
 mod prometheus;
 mod report;
 mod requests;

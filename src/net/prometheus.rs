@@ -100,7 +100,7 @@ pub fn render(s: &Snapshot) -> String {
     );
     out.histogram(
         "mqd_fsync_duration_seconds",
-        "Duration of each synced commit (WAL append and fsync) and of each interval WAL sync.",
+        "Duration of each WAL fsync (--sync always: by the syncer, covering every write before it; --sync interval: each periodic sync).",
         &s.engine.sync_micros,
         1e6,
     );

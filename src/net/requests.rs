@@ -3,7 +3,7 @@
 //! connection's I/O loop (`connection`) and what its commands do (`session`), so that neither
 //! of those two modules needs the other's internals.
 
-use crate::engine::Taken;
+use crate::engine::{SyncPoint, Taken};
 use crate::protocol::{Command, Read, Value};
 
 /// A write sent to the committer, answered in order when its outcome arrives.
@@ -24,6 +24,8 @@ pub(super) struct GetInProgress {
     pub(super) bytes: usize,
     /// The wait id of the read blocked now.
     pub(super) waiting: Option<u64>,
+    /// The reply waits for this point: the latest write of a message in `values`.
+    pub(super) durable_at: SyncPoint,
 }
 
 /// A message this connection opened and has not yet closed or aborted.

@@ -11,7 +11,7 @@ use super::connection::Connection;
 use super::requests::{GetInProgress, OpenRead, PendingWrite};
 use super::{report, Ctx};
 use crate::engine::message;
-use crate::engine::{ConnRef, Error, Outcome, TakeMode, Taken};
+use crate::engine::{ConnRef, Error, Outcome, SyncPoint, TakeMode, Taken};
 use crate::protocol::{Command, ErrorKind, Read, Reply, StatsKind, Value};
 
 /// Body bytes after which a multi-key get takes no more messages (at least one message of
@@ -126,6 +126,7 @@ impl Connection {
             values: Vec::new(),
             bytes: 0,
             waiting: None,
+            durable_at: SyncPoint::NONE,
         });
         self.continue_get(ctx);
     }
@@ -230,7 +231,7 @@ impl Connection {
                 }
             }
         }
-        self.reply(&Reply::Values(get.values));
+        self.reply_after(&Reply::Values(get.values), get.durable_at);
     }
 
     /// Records a message taken for the get's current read and moves on to the next key.
@@ -239,6 +240,7 @@ impl Connection {
         // The body moves into the reply; an open read keeps only the queue and sequence number.
         let body = std::mem::take(&mut taken.body);
         get.bytes += body.len();
+        get.durable_at = get.durable_at.max(taken.durable_at);
         let read = &mut get.reads[get.next];
         get.values.push(Value {
             // This read is done: its key moves into the reply too.

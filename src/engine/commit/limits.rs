@@ -79,7 +79,7 @@ impl Committer<'_> {
         let front = self
             .engine
             .take_locked(queue, q, TakeMode::Peek, now, &mut intents);
-        self.carry.extend(intents.ops);
+        self.state.carry.extend(intents.ops);
         let taken = front.ok()??;
         let claimed = q.pop_front();
         debug_assert_eq!(claimed, Some(taken.seq));

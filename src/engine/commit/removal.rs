@@ -1,18 +1,20 @@
 //! The committer's removals of whole queues: `delete` (the queue and its record go, in one
-//! synced write) and `flush` (every message not held open goes; the queue and its counters
-//! stay).
+//! write) and `flush` (every message not held open goes; the queue and its counters stay). Both
+//! are answered once their write is synced, as a put is.
 
 use rocksdb::WriteBatch;
 
 use super::{Batch, Committer};
+use crate::engine::durability::SyncPoint;
 use crate::engine::events::Outcome;
 use crate::engine::queue::QueueState;
-use crate::engine::{store, Error, QueueRef, SyncPolicy};
+use crate::engine::{store, Error, QueueRef};
 
 impl Committer<'_> {
-    pub(super) fn delete_queue(&mut self, name: &[u8]) -> Outcome {
+    /// Deletes a queue; the outcome and the point its reply waits for.
+    pub(super) fn delete_queue(&mut self, name: &[u8]) -> (Outcome, SyncPoint) {
         let Some(queue) = self.engine.forget(name) else {
-            return Outcome::NotFound;
+            return (Outcome::NotFound, SyncPoint::NONE);
         };
         let (id, persisted, waiters) = {
             let mut q = queue.lock();
@@ -32,18 +34,23 @@ impl Committer<'_> {
             let mut write = WriteBatch::default();
             write.delete_cf(self.engine.meta(), store::meta_key(name));
             write.delete_range_cf(self.engine.messages(), first, end);
-            let sync = self.engine.config.sync == SyncPolicy::Always;
-            if let Err(e) = self.engine.write(write, sync) {
-                log::error!("cannot delete queue: {e}");
-                return Outcome::Failed(Error::Storage);
+            match self.engine.write(write, true) {
+                Ok(point) => {
+                    // The reclaimer compacts the range so the disk space comes back.
+                    self.engine.deleted_ids.lock().push(id);
+                    return (Outcome::Deleted, point);
+                }
+                Err(e) => {
+                    log::error!("cannot delete queue: {e}");
+                    return (Outcome::Failed(Error::Storage), SyncPoint::NONE);
+                }
             }
-            // The reclaimer compacts the range so the disk space comes back.
-            self.engine.deleted_ids.lock().push(id);
         }
-        Outcome::Deleted
+        (Outcome::Deleted, SyncPoint::NONE)
     }
 
-    pub(super) fn flush(&mut self, name: Option<&[u8]>) -> Outcome {
+    /// Empties one queue or all; the outcome and the point its reply waits for.
+    pub(super) fn flush(&mut self, name: Option<&[u8]>) -> (Outcome, SyncPoint) {
         let queues: Vec<QueueRef> = match name {
             Some(name) => self.engine.lookup(name).into_iter().collect(),
             None => self.engine.queues.read().values().cloned().collect(),
@@ -75,10 +82,10 @@ impl Committer<'_> {
             drop(q);
             batch.touch(queue, id);
         }
-        batch.sync = true;
+        batch.wanted = true;
         match self.commit(batch) {
-            true => Outcome::Flushed,
-            false => Outcome::Failed(Error::Storage),
+            Ok(point) => (Outcome::Flushed, point),
+            Err(()) => (Outcome::Failed(Error::Storage), SyncPoint::NONE),
         }
     }
 }

@@ -1,0 +1,118 @@
+//! Which writes are on disk. Every RocksDB write the engine makes is numbered, and is written at
+//! once without an fsync; under `--sync always` one syncer thread then fsyncs the WAL over and
+//! over, each fsync covering every write made before it started. A reply that depends on a write
+//! (`STORED` for a put, a message handed to a reader) carries that write's `SyncPoint` and is
+//! held by its event loop until `synced()` reaches it.
+//!
+//! This is how Redis runs with `appendfsync always`: commands run as soon as they are parsed,
+//! replies wait for the fsync. Nothing waits for a disk but the replies, so a pipelined `set`
+//! then `get` costs no extra round trip, one fsync covers everything that arrived while the
+//! previous one ran, and still no client learns of a message that a power cut could take back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::{Engine, SyncPolicy};
+
+/// A point in the sequence of the engine's writes: a reply carrying it may be sent once every
+/// write up to it is on disk. `SyncPoint::NONE` waits for nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SyncPoint(pub u64);
+
+impl SyncPoint {
+    pub const NONE: SyncPoint = SyncPoint(0);
+}
+
+/// The write counters and what the syncer waits on.
+pub(super) struct Durability {
+    /// Whether writes need the syncer (`--sync always`); otherwise a write counts as durable
+    /// once RocksDB took it (the policy acknowledges writes once they are in the WAL).
+    syncs: bool,
+    /// Number of the last write made. Writes are made one at a time (under the commit lock), so
+    /// every write up to it has completed.
+    written: AtomicU64,
+    /// Every write up to this one is on disk.
+    synced: AtomicU64,
+    /// Highest write that some reply waits for (writes that only remove consumed messages need
+    /// no fsync of their own).
+    wanted: Mutex<u64>,
+    wanted_changed: Condvar,
+}
+
+impl Durability {
+    pub(super) fn new(policy: SyncPolicy) -> Durability {
+        Durability {
+            syncs: policy == SyncPolicy::Always,
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            wanted: Mutex::new(0),
+            wanted_changed: Condvar::new(),
+        }
+    }
+
+    /// Every write up to the returned point is durable.
+    pub(super) fn synced(&self) -> SyncPoint {
+        SyncPoint(self.synced.load(Ordering::Acquire))
+    }
+
+    /// Numbers a write that just completed. `wanted`: a reply will wait for it, so the syncer
+    /// must cover it. Called under the commit lock only.
+    pub(super) fn written(&self, wanted: bool) -> SyncPoint {
+        let point = self.written.load(Ordering::Relaxed) + 1;
+        self.written.store(point, Ordering::Release);
+        if !self.syncs {
+            self.synced.store(point, Ordering::Release);
+        } else if wanted {
+            *self.wanted.lock() = point;
+            self.wanted_changed.notify_one();
+        }
+        SyncPoint(point)
+    }
+
+    /// Wakes the syncer so that it sees the engine stopping.
+    pub(super) fn stop(&self) {
+        let _wanted = self.wanted.lock();
+        self.wanted_changed.notify_all();
+    }
+}
+
+impl Engine {
+    /// Every write up to the returned point is on disk: replies held for a point up to it may
+    /// be sent.
+    pub fn synced(&self) -> SyncPoint {
+        self.durability.synced()
+    }
+
+    /// The syncer of `--sync always`: fsyncs the WAL whenever a reply waits for a write not yet
+    /// on disk, then wakes every event loop to send what it held. A failed fsync stops the
+    /// process: what reached the disk is then unknown, and acknowledging anything more could be
+    /// a lie (Redis with `appendfsync always` does the same).
+    pub(super) fn sync_when_wanted(&self) {
+        let d = &self.durability;
+        loop {
+            {
+                let mut wanted = d.wanted.lock();
+                while *wanted <= d.synced.load(Ordering::Acquire) {
+                    if self.stopping.load(Ordering::Acquire) {
+                        return;
+                    }
+                    d.wanted_changed.wait(&mut wanted);
+                }
+            }
+            // Every write numbered up to here has completed: the fsync covers them all.
+            let target = d.written.load(Ordering::Acquire);
+            let started = Instant::now();
+            if let Err(e) = self.db.flush_wal(true) {
+                log::error!("WAL sync failed, stopping: {e}");
+                std::process::exit(1);
+            }
+            self.metrics.observe_sync(started.elapsed());
+            d.synced.store(target, Ordering::Release);
+            for mailbox in &self.mailboxes {
+                mailbox.waker.wake();
+            }
+        }
+    }
+}
