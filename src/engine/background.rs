@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 
-use super::{message, store, Engine, Intents, Op, QueueRef, TakeMode};
+use super::{message, store, Engine, Op, QueueRef, TakeMode, Uncommitted};
 
 /// How often expired messages are swept away.
 pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -39,7 +39,7 @@ impl Engine {
     /// Drops expired messages from the head of every queue, so their space is reclaimed even if
     /// nobody reads the queue.
     pub(super) fn sweep_every(&self, every: Duration) {
-        let mut intents = Intents::default();
+        let mut uncommitted = Uncommitted::default();
         let mut slept = Duration::ZERO;
         while !self.stopping.load(Ordering::Acquire) {
             // Short naps so that shutdown is not held up by the sweep interval.
@@ -59,14 +59,14 @@ impl Engine {
                 let mut q = state.lock();
                 if q.items() > 0 {
                     // A peek drops expired messages on its way to the first live one.
-                    let _ = self.take_locked(&state, &mut q, TakeMode::Peek, now, &mut intents);
+                    let _ = self.take_locked(&state, &mut q, TakeMode::Peek, now, &mut uncommitted);
                 }
                 drop(q);
                 if budget.messages > 0 && budget.bytes > 0 {
-                    self.sweep_behind_head(&state, now, &mut intents, &mut budget);
+                    self.sweep_behind_head(&state, now, &mut uncommitted, &mut budget);
                 }
             }
-            self.submit(&mut intents);
+            self.submit(&mut uncommitted);
         }
     }
 
@@ -79,7 +79,7 @@ impl Engine {
         &self,
         state: &QueueRef,
         now: u64,
-        intents: &mut Intents,
+        uncommitted: &mut Uncommitted,
         budget: &mut Budget,
     ) {
         let (id, from, tail) = {
@@ -148,7 +148,7 @@ impl Engine {
             if q.mark_swept(seq) {
                 q.counters.expired += 1;
                 q.counters.bytes = q.counters.bytes.saturating_sub(len);
-                intents.ops.push(Op::Remove {
+                uncommitted.ops.push(Op::Remove {
                     queue: state.clone(),
                     seq,
                 });

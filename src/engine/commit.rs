@@ -296,8 +296,8 @@ impl Committer<'_> {
             if expires_at != 0 {
                 q.expiring_staged += 1;
             }
-            q.next_seq += 1;
-            let (id, seq) = (q.id, q.next_seq - 1);
+            let seq = q.next_seq.assign(self.state);
+            let id = q.id;
             drop(q);
             break (queue, id, seq);
         };
@@ -358,7 +358,7 @@ impl Committer<'_> {
             }
             new_queues |= !q.persisted;
             has_puts |= touched.has_puts;
-            let mut record = QueueMeta::of(&q, q.next_seq);
+            let mut record = QueueMeta::of(&q, q.next_seq.get());
             record.next_unclaimed = touched.next_unclaimed_after(&q);
             record.counters.bytes += touched.added_bytes;
             batch
@@ -389,7 +389,7 @@ impl Committer<'_> {
             if let Ok(point) = result {
                 q.persisted = true;
                 q.next_unclaimed = touched.next_unclaimed_after(&q);
-                q.tail = q.next_seq;
+                q.tail = q.next_seq.get();
                 q.counters.bytes += touched.added_bytes;
                 if touched.has_puts {
                     q.written_at(point, synced);
@@ -402,7 +402,8 @@ impl Committer<'_> {
                 }
             } else {
                 // Nothing of the batch happened: what it discarded is back in the queue.
-                q.next_seq = q.tail;
+                let tail = q.tail;
+                q.next_seq.roll_back(tail, self.state);
                 let discarded = touched.discarded.len() as u64 + touched.dropped_staged;
                 q.counters.discarded -= discarded;
                 for &(seq, len) in &touched.discarded {

@@ -11,7 +11,7 @@ impl QueueState {
     /// staged for it, and nothing is held open.
     pub(super) fn is_ghost(&self) -> bool {
         !self.persisted
-            && self.next_seq == 0
+            && self.next_seq.get() == 0
             && self.tail == 0
             && self.returned.is_empty()
             && self.open.is_empty()

@@ -118,13 +118,14 @@ pub struct QueueStats {
 
 type QueueRef = Arc<Mutex<QueueState>>;
 
-/// Writes a caller collected during one event-loop iteration, handed to the committer at once.
+/// Writes, removals and record updates that one caller (an event-loop pass, a sweep round)
+/// collected and has not committed yet: `Engine::submit` commits them together.
 #[derive(Default)]
-pub struct Intents {
+pub struct Uncommitted {
     ops: Vec<Op>,
 }
 
-impl Intents {
+impl Uncommitted {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -171,7 +172,7 @@ impl Engine {
             state.persisted = true;
             state.next_unclaimed = meta.next_unclaimed;
             state.tail = meta.tail;
-            state.next_seq = meta.tail;
+            state.next_seq = queue::NextSeq::recovered(meta.tail);
             state.counters = meta.counters;
             // Whether its messages expire is not recorded: the sweep has a look.
             state.sweep.clean_at = None;
@@ -250,10 +251,10 @@ impl Engine {
         }
     }
 
-    /// Commits what `intents` collected: when this returns, the writers' `Completed` events
+    /// Commits what `uncommitted` collected: when this returns, the writers' `Completed` events
     /// (and messages for blocked readers) are in their mailboxes.
-    pub fn submit(&self, intents: &mut Intents) {
-        let ops = std::mem::take(&mut intents.ops);
+    pub fn submit(&self, uncommitted: &mut Uncommitted) {
+        let ops = std::mem::take(&mut uncommitted.ops);
         if self.stopping.load(Ordering::Acquire) {
             // Stopped: answer every writer now.
             let mut outbox = Outbox::new(&self.mailboxes);
@@ -284,9 +285,9 @@ impl Engine {
         expires_at: u64,
         body: Vec<u8>,
         reply_to: ConnRef,
-        intents: &mut Intents,
+        uncommitted: &mut Uncommitted,
     ) {
-        intents.ops.push(Op::Put {
+        uncommitted.ops.push(Op::Put {
             queue: queue.into(),
             flags,
             expires_at,
@@ -303,14 +304,14 @@ impl Engine {
         queue: &[u8],
         mode: TakeMode,
         wait: Option<(ConnRef, u64)>,
-        intents: &mut Intents,
+        uncommitted: &mut Uncommitted,
     ) -> Result<Option<Taken>, Error> {
         let state = match (self.lookup(queue), wait) {
             (Some(state), _) => state,
             (None, None) => return Ok(None),
             (None, Some(_)) => self.lookup_or_create(queue),
         };
-        self.take_from(&state, mode, wait, intents)
+        self.take_from(&state, mode, wait, uncommitted)
     }
 
     /// `take` once the queue's handle is looked up. Between the look-up and the lock the queue
@@ -323,7 +324,7 @@ impl Engine {
         state: &QueueRef,
         mode: TakeMode,
         wait: Option<(ConnRef, u64)>,
-        intents: &mut Intents,
+        uncommitted: &mut Uncommitted,
     ) -> Result<Option<Taken>, Error> {
         let mut state = state.clone();
         loop {
@@ -338,7 +339,7 @@ impl Engine {
                 };
                 continue;
             }
-            let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), intents)?;
+            let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), uncommitted)?;
             if taken.is_none() {
                 if let Some((conn, wait_id)) = wait {
                     q.waiters.push_back(Waiter {
@@ -362,7 +363,7 @@ impl Engine {
     }
 
     /// Confirms open messages: they are removed for good.
-    pub fn confirm(&self, queue: &QueueHandle, seqs: &[u64], intents: &mut Intents) {
+    pub fn confirm(&self, queue: &QueueHandle, seqs: &[u64], uncommitted: &mut Uncommitted) {
         let state = &queue.0;
         let mut q = state.lock();
         if q.deleted {
@@ -371,7 +372,7 @@ impl Engine {
         for seq in seqs {
             if let Some(len) = q.open.remove(seq) {
                 q.counters.bytes = q.counters.bytes.saturating_sub(len);
-                intents.ops.push(Op::Remove {
+                uncommitted.ops.push(Op::Remove {
                     queue: state.clone(),
                     seq: *seq,
                 });
@@ -380,27 +381,27 @@ impl Engine {
     }
 
     /// Gives open messages back to the head of their queue, and serves any waiting reader.
-    pub fn give_back(&self, queue: &QueueHandle, seqs: &[u64], intents: &mut Intents) {
+    pub fn give_back(&self, queue: &QueueHandle, seqs: &[u64], uncommitted: &mut Uncommitted) {
         let state = &queue.0;
         let mut q = state.lock();
         if q.deleted || q.give_back(seqs) == 0 {
             return;
         }
         let mut outbox = Outbox::new(&self.mailboxes);
-        self.serve_waiters(state, &mut q, &mut intents.ops, &mut outbox);
+        self.serve_waiters(state, &mut q, &mut uncommitted.ops, &mut outbox);
     }
 
     /// Removes a queue and its messages; `reply_to` gets `Deleted` or `NotFound`.
-    pub fn delete_queue(&self, queue: &[u8], reply_to: ConnRef, intents: &mut Intents) {
-        intents.ops.push(Op::DeleteQueue {
+    pub fn delete_queue(&self, queue: &[u8], reply_to: ConnRef, uncommitted: &mut Uncommitted) {
+        uncommitted.ops.push(Op::DeleteQueue {
             name: queue.to_vec(),
             reply_to,
         });
     }
 
     /// Empties a queue (`None`: every queue); `reply_to` gets `Flushed`.
-    pub fn flush(&self, queue: Option<&[u8]>, reply_to: ConnRef, intents: &mut Intents) {
-        intents.ops.push(Op::Flush {
+    pub fn flush(&self, queue: Option<&[u8]>, reply_to: ConnRef, uncommitted: &mut Uncommitted) {
+        uncommitted.ops.push(Op::Flush {
             name: queue.map(<[u8]>::to_vec),
             reply_to,
         });

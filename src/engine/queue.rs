@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::commit::CommitState;
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
 
@@ -57,9 +58,8 @@ pub struct QueueState {
     pub next_unclaimed: u64,
     /// End (exclusive) of the committed messages: `next_unclaimed..tail` are waiting to be read.
     pub tail: u64,
-    /// Next sequence number the committer assigns (only the committer touches it); equals
-    /// `tail` between batches.
-    pub next_seq: u64,
+    /// Next sequence number the committer assigns; equals `tail` between commits.
+    pub next_seq: NextSeq,
     /// Messages given back (abort, disconnect, restart), served before `next_unclaimed`, sorted: oldest
     /// first.
     pub returned: VecDeque<u64>,
@@ -77,6 +77,34 @@ pub struct QueueState {
     /// Messages written but maybe not synced yet: (end of the write's messages, exclusive; the
     /// write's point), oldest first. A reply showing one of them waits for that point.
     pub unsynced: VecDeque<(u64, SyncPoint)>,
+}
+
+/// A queue's next sequence number. Only the committer hands numbers out, and only while it holds
+/// the commit lock: `assign` and `roll_back` take the lock's state as proof, so no other code can
+/// change it (everyone may look). Numbers thus follow the order of the writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextSeq(u64);
+
+impl NextSeq {
+    /// The next number of a queue found on disk at start-up, before anything is committed.
+    pub fn recovered(tail: u64) -> NextSeq {
+        NextSeq(tail)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Hands out the next number.
+    pub(super) fn assign(&mut self, _commit_lock: &mut CommitState) -> u64 {
+        self.0 += 1;
+        self.0 - 1
+    }
+
+    /// Takes back every number handed out since `tail` (their write failed).
+    pub(super) fn roll_back(&mut self, tail: u64, _commit_lock: &mut CommitState) {
+        self.0 = tail;
+    }
 }
 
 /// Where the sweep of a queue's messages behind its head stands. It reads a bounded number per
@@ -104,7 +132,7 @@ impl QueueState {
             deleted: false,
             next_unclaimed: 0,
             tail: 0,
-            next_seq: 0,
+            next_seq: NextSeq(0),
             returned: VecDeque::new(),
             open: HashMap::new(),
             waiters: VecDeque::new(),
@@ -244,7 +272,7 @@ mod tests {
     fn queue() -> QueueState {
         let mut q = QueueState::new(1, Arc::from(&b"q"[..]));
         q.tail = 5;
-        q.next_seq = 5;
+        q.next_seq = NextSeq(5);
         q
     }
 

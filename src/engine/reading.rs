@@ -4,7 +4,7 @@
 
 use super::events::{Event, Outbox, QueueHandle, Taken};
 use super::queue::QueueState;
-use super::{message, store, Engine, Error, Intents, Op, QueueRef, TakeMode};
+use super::{message, store, Engine, Error, Op, QueueRef, TakeMode, Uncommitted};
 
 impl Engine {
     /// One message's stored value, pinned in RocksDB's memtable or block cache rather than
@@ -42,7 +42,7 @@ impl Engine {
         q: &mut QueueState,
         mode: TakeMode,
         now_ms: u64,
-        ops: &mut Intents,
+        ops: &mut Uncommitted,
     ) -> Result<Option<Taken>, Error> {
         if q.deleted {
             return Ok(None);
@@ -104,7 +104,7 @@ impl Engine {
         ops: &mut Vec<Op>,
         outbox: &mut Outbox,
     ) {
-        let mut intents = Intents {
+        let mut uncommitted = Uncommitted {
             ops: std::mem::take(ops),
         };
         let now = message::now_ms();
@@ -116,7 +116,7 @@ impl Engine {
                 TakeMode::Peek => TakeMode::Peek,
                 TakeMode::Open | TakeMode::Remove => TakeMode::Open,
             };
-            match self.take_locked(state, q, mode, now, &mut intents) {
+            match self.take_locked(state, q, mode, now, &mut uncommitted) {
                 Ok(Some(taken)) => {
                     let waiter = q.waiters.pop_front().expect("checked non-empty");
                     let event = Event::Delivered {
@@ -129,6 +129,6 @@ impl Engine {
                 Ok(None) | Err(_) => break,
             }
         }
-        *ops = intents.ops;
+        *ops = uncommitted.ops;
     }
 }

@@ -142,13 +142,13 @@ impl Harness {
     /// Puts every body in one submission (as a pipelining client does), returns the outcomes.
     fn put_many(&mut self, queue: &str, bodies: &[&str]) -> Vec<Outcome> {
         let me = self.conn();
-        let mut intents = Intents::default();
+        let mut uncommitted = Uncommitted::default();
         for body in bodies {
             let body = body.as_bytes().to_vec();
             self.engine
-                .put(queue.as_bytes(), 0, 0, body, me, &mut intents);
+                .put(queue.as_bytes(), 0, 0, body, me, &mut uncommitted);
         }
-        self.engine.submit(&mut intents);
+        self.engine.submit(&mut uncommitted);
         bodies.iter().map(|_| self.completed(me)).collect()
     }
 
@@ -159,22 +159,22 @@ impl Harness {
     /// Puts a message that expires at `expires_at` (unix ms).
     fn put_expiring(&mut self, queue: &str, body: &str, expires_at: u64) -> Outcome {
         let me = self.conn();
-        let mut intents = Intents::default();
+        let mut uncommitted = Uncommitted::default();
         let body = body.as_bytes().to_vec();
         self.engine
-            .put(queue.as_bytes(), 0, expires_at, body, me, &mut intents);
-        self.engine.submit(&mut intents);
+            .put(queue.as_bytes(), 0, expires_at, body, me, &mut uncommitted);
+        self.engine.submit(&mut uncommitted);
         self.completed(me)
     }
 
     /// A non-blocking read; what it changed is submitted at once.
     fn take(&self, queue: &str, mode: TakeMode) -> Option<Taken> {
-        let mut intents = Intents::default();
+        let mut uncommitted = Uncommitted::default();
         let taken = self
             .engine
-            .take(queue.as_bytes(), mode, None, &mut intents)
+            .take(queue.as_bytes(), mode, None, &mut uncommitted)
             .unwrap();
-        self.engine.submit(&mut intents);
+        self.engine.submit(&mut uncommitted);
         taken
     }
 
@@ -188,33 +188,34 @@ impl Harness {
     }
 
     fn confirm(&self, taken: &Taken) {
-        let mut intents = Intents::default();
+        let mut uncommitted = Uncommitted::default();
         self.engine
-            .confirm(&taken.queue, &[taken.seq], &mut intents);
-        self.engine.submit(&mut intents);
+            .confirm(&taken.queue, &[taken.seq], &mut uncommitted);
+        self.engine.submit(&mut uncommitted);
     }
 
     fn give_back(&self, taken: &Taken) {
-        let mut intents = Intents::default();
+        let mut uncommitted = Uncommitted::default();
         self.engine
-            .give_back(&taken.queue, &[taken.seq], &mut intents);
-        self.engine.submit(&mut intents);
+            .give_back(&taken.queue, &[taken.seq], &mut uncommitted);
+        self.engine.submit(&mut uncommitted);
     }
 
     fn delete(&mut self, queue: &str) -> Outcome {
         let me = self.conn();
-        let mut intents = Intents::default();
-        self.engine.delete_queue(queue.as_bytes(), me, &mut intents);
-        self.engine.submit(&mut intents);
+        let mut uncommitted = Uncommitted::default();
+        self.engine
+            .delete_queue(queue.as_bytes(), me, &mut uncommitted);
+        self.engine.submit(&mut uncommitted);
         self.completed(me)
     }
 
     fn flush(&mut self, queue: Option<&str>) -> Outcome {
         let me = self.conn();
-        let mut intents = Intents::default();
+        let mut uncommitted = Uncommitted::default();
         self.engine
-            .flush(queue.map(str::as_bytes), me, &mut intents);
-        self.engine.submit(&mut intents);
+            .flush(queue.map(str::as_bytes), me, &mut uncommitted);
+        self.engine.submit(&mut uncommitted);
         self.completed(me)
     }
 
@@ -303,10 +304,10 @@ fn a_blocked_reader_gets_the_next_committed_message() {
     let dir = TempDir::new();
     let mut h = Harness::open(&dir.0, QueueLimits::default());
     let reader = h.conn();
-    let mut intents = Intents::default();
+    let mut uncommitted = Uncommitted::default();
     let taken = h
         .engine
-        .take(b"w", TakeMode::Remove, Some((reader, 1)), &mut intents)
+        .take(b"w", TakeMode::Remove, Some((reader, 1)), &mut uncommitted)
         .unwrap();
     assert!(taken.is_none());
     h.put("w", "hello");
@@ -330,9 +331,9 @@ fn a_waiting_peek_leaves_the_message_at_the_head() {
     let dir = TempDir::new();
     let mut h = Harness::open(&dir.0, QueueLimits::default());
     let (peeker, reader) = (h.conn(), h.conn());
-    let mut intents = Intents::default();
+    let mut uncommitted = Uncommitted::default();
     for (conn, mode) in [(peeker, TakeMode::Peek), (reader, TakeMode::Remove)] {
-        let taken = h.engine.take(b"p", mode, Some((conn, 1)), &mut intents);
+        let taken = h.engine.take(b"p", mode, Some((conn, 1)), &mut uncommitted);
         assert!(taken.unwrap().is_none());
     }
     h.put_many("p", &["m1", "m2"]);
@@ -471,20 +472,28 @@ fn a_read_that_races_a_delete_waits_on_the_live_queue() {
         assert!(h.take("race", TakeMode::Remove).is_some());
         let stale = h.engine.lookup(b"race").unwrap();
         assert_eq!(h.delete("race"), Outcome::Deleted);
-        let mut intents = Intents::default();
+        let mut uncommitted = Uncommitted::default();
         let other = h.conn();
         if cancel {
             // Another blocking read creates the queue again, empty.
-            let taken = h
-                .engine
-                .take(b"race", TakeMode::Remove, Some((other, 1)), &mut intents);
+            let taken = h.engine.take(
+                b"race",
+                TakeMode::Remove,
+                Some((other, 1)),
+                &mut uncommitted,
+            );
             assert!(taken.unwrap().is_none());
         }
         // The reader looked the queue up before the delete, and locks it after.
         let reader = h.conn();
         let taken = h
             .engine
-            .take_from(&stale, TakeMode::Remove, Some((reader, 9)), &mut intents)
+            .take_from(
+                &stale,
+                TakeMode::Remove,
+                Some((reader, 9)),
+                &mut uncommitted,
+            )
             .unwrap();
         assert!(taken.is_none());
         if cancel {
@@ -547,7 +556,7 @@ fn a_reopened_engine_has_every_queue_and_redelivers_open_messages() {
 }
 
 /// Bug 4 of issue 8: a commit wrote the in-memory head, already past a message whose removal
-/// was still in an event loop's intents. After a crash before that removal, nothing ever
+/// was still in an event loop's uncommitted. After a crash before that removal, nothing ever
 /// deleted the message's key: recovery and flush only look at `next_unclaimed..tail`.
 #[test]
 fn a_crash_leaves_no_orphaned_message_keys() {
@@ -556,7 +565,7 @@ fn a_crash_leaves_no_orphaned_message_keys() {
     h.put_many("o", &["m1", "m2"]);
     let id = h.queue_id("o");
     // A reader takes m1; its loop has not submitted the removal yet...
-    let mut unsubmitted = Intents::default();
+    let mut unsubmitted = Uncommitted::default();
     let taken = h
         .engine
         .take(b"o", TakeMode::Remove, None, &mut unsubmitted)
@@ -571,7 +580,7 @@ fn a_crash_leaves_no_orphaned_message_keys() {
     assert!(!h.stored(id, 0), "m1's key must not outlive the crash");
     assert_eq!(h.take_body("o", TakeMode::Peek).as_deref(), Some("m2"));
     // The same through flush, without a restart.
-    let mut unsubmitted = Intents::default();
+    let mut unsubmitted = Uncommitted::default();
     let taken = h
         .engine
         .take(b"o", TakeMode::Remove, None, &mut unsubmitted)
@@ -597,10 +606,10 @@ fn sweep_once(h: &Harness, queue: &str) -> usize {
         messages: 1000,
         bytes: 1 << 20,
     };
-    let mut intents = Intents::default();
+    let mut uncommitted = Uncommitted::default();
     h.engine
-        .sweep_behind_head(&state, message::now_ms(), &mut intents, &mut budget);
-    h.engine.submit(&mut intents);
+        .sweep_behind_head(&state, message::now_ms(), &mut uncommitted, &mut budget);
+    h.engine.submit(&mut uncommitted);
     1000 - budget.messages
 }
 

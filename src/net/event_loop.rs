@@ -13,7 +13,7 @@ use super::connection::Connection;
 use super::stream::{Listener, Stream};
 use super::timers::Timers;
 use super::{Ctx, LoopStats, Shared};
-use crate::engine::{Event, Intents, SyncPoint, Wake};
+use crate::engine::{Event, SyncPoint, Uncommitted, Wake};
 
 const WAKER: Token = Token(0);
 const FIRST_LISTENER: usize = 1;
@@ -78,7 +78,7 @@ pub struct EventLoop {
     free: Vec<usize>,
     timers: Timers,
     open_timers: Timers,
-    intents: Intents,
+    uncommitted: Uncommitted,
     next_wait_id: u64,
     next_peer: usize,
     drain_deadline: Option<Instant>,
@@ -119,7 +119,7 @@ impl EventLoop {
             free: Vec::new(),
             timers: Timers::default(),
             open_timers: Timers::default(),
-            intents: Intents::default(),
+            uncommitted: Uncommitted::default(),
             next_wait_id: 0,
             next_peer: 0,
             drain_deadline: None,
@@ -213,7 +213,7 @@ impl EventLoop {
             self.commit();
             self.release_held();
             if self.shared.shutting_down.load(Ordering::Acquire) && self.drain() {
-                self.shared.engine.submit(&mut self.intents);
+                self.shared.engine.submit(&mut self.uncommitted);
                 return;
             }
         }
@@ -298,7 +298,7 @@ impl EventLoop {
         let mut ctx = Ctx {
             shared: &self.shared,
             stats: &self.stats,
-            intents: &mut self.intents,
+            uncommitted: &mut self.uncommitted,
             timers: &mut self.timers,
             open_timers: &mut self.open_timers,
             mailbox: self.index,
@@ -334,16 +334,16 @@ impl EventLoop {
     /// bounded number of times.
     fn commit(&mut self) {
         for _ in 0..MAX_COMMITS_PER_PASS {
-            if self.intents.is_empty() {
+            if self.uncommitted.is_empty() {
                 return;
             }
-            self.shared.engine.submit(&mut self.intents);
+            self.shared.engine.submit(&mut self.uncommitted);
             while let Ok(event) = self.mailbox.try_recv() {
                 self.dispatch(event);
             }
         }
         // The answers to this one wait in the mailbox for the next pass.
-        self.shared.engine.submit(&mut self.intents);
+        self.shared.engine.submit(&mut self.uncommitted);
     }
 
     /// Whether the syncer got further since the held replies were last looked at.
@@ -408,7 +408,7 @@ impl EventLoop {
                 if let Some(taken) = refused.filter(|taken| taken.open) {
                     // Its reader is gone: the message goes back to the head of its queue.
                     let engine = self.shared.engine.clone();
-                    engine.give_back(&taken.queue, &[taken.seq], &mut self.intents);
+                    engine.give_back(&taken.queue, &[taken.seq], &mut self.uncommitted);
                 }
             }
         }

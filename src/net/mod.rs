@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::engine::{Engine, Intents};
+use crate::engine::{Engine, Uncommitted};
 use crate::protocol::Limits;
 use timers::Timers;
 
@@ -135,7 +135,7 @@ impl Shared {
 pub struct Ctx<'a> {
     pub shared: &'a Shared,
     pub stats: &'a LoopStats,
-    pub intents: &'a mut Intents,
+    pub uncommitted: &'a mut Uncommitted,
     pub timers: &'a mut Timers,
     /// Deadlines of open messages (`--open-timeout`), keyed by open-read id.
     pub open_timers: &'a mut Timers,

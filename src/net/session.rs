@@ -44,22 +44,29 @@ impl Connection {
                 let expires_at = set.expires_at(message::now_ms());
                 let me = self.conn_ref(ctx);
                 let noreply = set.noreply;
-                engine.put(set.queue, set.flags, expires_at, set.body, me, ctx.intents);
+                engine.put(
+                    set.queue,
+                    set.flags,
+                    expires_at,
+                    set.body,
+                    me,
+                    ctx.uncommitted,
+                );
                 self.pending_writes.push_back(PendingWrite::Put { noreply });
             }
             Command::Get(reads) => self.start_get(reads, ctx),
             Command::Delete { queue, noreply } => {
-                engine.delete_queue(&queue, self.conn_ref(ctx), ctx.intents);
+                engine.delete_queue(&queue, self.conn_ref(ctx), ctx.uncommitted);
                 self.pending_writes
                     .push_back(PendingWrite::Delete { noreply });
             }
             Command::Flush { queue, noreply } => {
-                engine.flush(Some(&queue), self.conn_ref(ctx), ctx.intents);
+                engine.flush(Some(&queue), self.conn_ref(ctx), ctx.uncommitted);
                 self.pending_writes
                     .push_back(PendingWrite::Flush { noreply });
             }
             Command::FlushAll { noreply } => {
-                engine.flush(None, self.conn_ref(ctx), ctx.intents);
+                engine.flush(None, self.conn_ref(ctx), ctx.uncommitted);
                 self.pending_writes
                     .push_back(PendingWrite::FlushAll { noreply });
             }
@@ -205,7 +212,7 @@ impl Connection {
             match ctx
                 .shared
                 .engine
-                .take(&read.queue, mode, registration, ctx.intents)
+                .take(&read.queue, mode, registration, ctx.uncommitted)
             {
                 Ok(Some(taken)) => self.accept(&mut get, taken, ctx),
                 Ok(None) => match wait {
@@ -273,9 +280,9 @@ impl Connection {
         for open in settled {
             let engine = &ctx.shared.engine;
             if confirm {
-                engine.confirm(&open.taken.queue, &[open.taken.seq], ctx.intents);
+                engine.confirm(&open.taken.queue, &[open.taken.seq], ctx.uncommitted);
             } else {
-                engine.give_back(&open.taken.queue, &[open.taken.seq], ctx.intents);
+                engine.give_back(&open.taken.queue, &[open.taken.seq], ctx.uncommitted);
             }
         }
     }
@@ -300,7 +307,7 @@ impl Connection {
         // confirms it.
         if taken.open && !get.reads[get.next].open {
             let engine = &ctx.shared.engine;
-            engine.confirm(&taken.queue, &[taken.seq], ctx.intents);
+            engine.confirm(&taken.queue, &[taken.seq], ctx.uncommitted);
         }
         self.accept(&mut get, taken, ctx);
         self.get = Some(get);
@@ -314,7 +321,7 @@ impl Connection {
             let open = self.open_reads.swap_remove(at);
             ctx.shared
                 .engine
-                .give_back(&open.taken.queue, &[open.taken.seq], ctx.intents);
+                .give_back(&open.taken.queue, &[open.taken.seq], ctx.uncommitted);
         }
     }
 
@@ -357,7 +364,7 @@ impl Connection {
         for open in std::mem::take(&mut self.open_reads) {
             ctx.shared
                 .engine
-                .give_back(&open.taken.queue, &[open.taken.seq], ctx.intents);
+                .give_back(&open.taken.queue, &[open.taken.seq], ctx.uncommitted);
         }
     }
 }

@@ -6,7 +6,7 @@
 use super::{touch, Batch, Committer};
 use crate::engine::message;
 use crate::engine::queue::{QueueState, TakeMode};
-use crate::engine::{store, Error, Intents, QueueRef};
+use crate::engine::{store, Error, QueueRef, Uncommitted};
 
 impl Committer<'_> {
     /// Checks the queue's limits for one more message of `len` bytes, counting what this batch
@@ -75,11 +75,11 @@ impl Committer<'_> {
         q: &mut QueueState,
         now: u64,
     ) -> Option<(u64, u64)> {
-        let mut intents = Intents::default();
+        let mut uncommitted = Uncommitted::default();
         let front = self
             .engine
-            .take_locked(queue, q, TakeMode::Peek, now, &mut intents);
-        self.state.carry.extend(intents.ops);
+            .take_locked(queue, q, TakeMode::Peek, now, &mut uncommitted);
+        self.state.carry.extend(uncommitted.ops);
         let taken = front.ok()??;
         let claimed = q.pop_front();
         debug_assert_eq!(claimed, Some(taken.seq));
