@@ -66,7 +66,9 @@ impl Engine {
                     self.sweep_behind_head(&state, now, &mut uncommitted, &mut budget);
                 }
             }
+            // The sweep's removals, and whatever removals the loops left for later.
             self.submit(&mut uncommitted);
+            self.commit_deferred();
         }
     }
 

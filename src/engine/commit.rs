@@ -30,6 +30,8 @@ const REUSED_VALUE_MAX: usize = 64 << 10;
 
 /// Most bytes one write carries: fan-out copies of a large put are written in parts.
 const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Most removals kept for the next commit (`Engine::submit`) before they are written anyway.
+const MAX_DEFERRED: usize = 4096;
 
 pub(super) enum Op {
     Put {
@@ -132,8 +134,8 @@ fn touch<'a>(touched: &'a mut HashMap<u64, Touched>, queue: &QueueRef, id: u64) 
 
 /// What the committer keeps between commits; the engine holds it under its commit lock.
 pub(super) struct CommitState {
-    /// Removals the committer itself caused (expired messages met while serving readers), for
-    /// the next commit.
+    /// Removals for the next commit: deferred ones (`Engine::submit`), and those the committer
+    /// itself caused (expired messages met while serving readers).
     carry: Vec<Op>,
     space: FreeSpace,
     /// Where each staged message's stored value is encoded before the batch copies it.
@@ -151,6 +153,14 @@ impl CommitState {
 }
 
 impl Engine {
+    /// Keeps removals that no one waits for to be written by the next commit; false if too
+    /// many are kept already (they are then due now).
+    pub(super) fn defer(&self, ops: Vec<Op>) -> bool {
+        let mut state = self.committer.lock();
+        state.carry.extend(ops);
+        state.carry.len() < MAX_DEFERRED
+    }
+
     /// Stages, writes and publishes `ops` (after any removals left from the last commit), and
     /// answers their writers. Callers collect the ops of one event-loop pass and commit them
     /// together; the lock keeps every write in one order.

@@ -129,6 +129,11 @@ impl Uncommitted {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Whether someone waits for these to be committed (a put, delete or flush to answer).
+    pub fn awaited(&self) -> bool {
+        self.ops.iter().any(|op| op.reply_to().is_some())
+    }
 }
 
 pub struct Engine {
@@ -252,7 +257,10 @@ impl Engine {
     }
 
     /// Commits what `uncommitted` collected: when this returns, the writers' `Completed` events
-    /// (and messages for blocked readers) are in their mailboxes.
+    /// (and messages for blocked readers) are in their mailboxes. Removals of consumed messages
+    /// and records of opened ones, which no one waits for, are only deferred: the next commit
+    /// (anyone's) writes them first, or `commit_deferred`, so a pass of reads alone costs no
+    /// RocksDB write of its own.
     pub fn submit(&self, uncommitted: &mut Uncommitted) {
         let ops = std::mem::take(&mut uncommitted.ops);
         if self.stopping.load(Ordering::Acquire) {
@@ -273,7 +281,26 @@ impl Engine {
             }
             return;
         }
+        if !ops.iter().any(|op| op.reply_to().is_some()) {
+            if self.defer(ops) {
+                return;
+            }
+            self.commit_ops(Vec::new());
+            return;
+        }
         self.commit_ops(ops);
+    }
+
+    /// Writes the deferred removals now.
+    pub fn commit_deferred(&self) {
+        self.commit_ops(Vec::new());
+    }
+
+    /// Commits now, deferred removals included (for tests, which look at what is on disk).
+    #[cfg(test)]
+    fn submit_now(&self, uncommitted: &mut Uncommitted) {
+        self.submit(uncommitted);
+        self.commit_deferred();
     }
 
     /// Appends a message; `reply_to` gets `Completed` once it is committed, with the point its

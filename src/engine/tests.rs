@@ -148,7 +148,7 @@ impl Harness {
             self.engine
                 .put(queue.as_bytes(), 0, 0, body, me, &mut uncommitted);
         }
-        self.engine.submit(&mut uncommitted);
+        self.engine.submit_now(&mut uncommitted);
         bodies.iter().map(|_| self.completed(me)).collect()
     }
 
@@ -163,7 +163,7 @@ impl Harness {
         let body = body.as_bytes().to_vec();
         self.engine
             .put(queue.as_bytes(), 0, expires_at, body, me, &mut uncommitted);
-        self.engine.submit(&mut uncommitted);
+        self.engine.submit_now(&mut uncommitted);
         self.completed(me)
     }
 
@@ -174,7 +174,7 @@ impl Harness {
             .engine
             .take(queue.as_bytes(), mode, None, &mut uncommitted)
             .unwrap();
-        self.engine.submit(&mut uncommitted);
+        self.engine.submit_now(&mut uncommitted);
         taken
     }
 
@@ -191,14 +191,14 @@ impl Harness {
         let mut uncommitted = Uncommitted::default();
         self.engine
             .confirm(&taken.queue, &[taken.seq], &mut uncommitted);
-        self.engine.submit(&mut uncommitted);
+        self.engine.submit_now(&mut uncommitted);
     }
 
     fn give_back(&self, taken: &Taken) {
         let mut uncommitted = Uncommitted::default();
         self.engine
             .give_back(&taken.queue, &[taken.seq], &mut uncommitted);
-        self.engine.submit(&mut uncommitted);
+        self.engine.submit_now(&mut uncommitted);
     }
 
     fn delete(&mut self, queue: &str) -> Outcome {
@@ -206,7 +206,7 @@ impl Harness {
         let mut uncommitted = Uncommitted::default();
         self.engine
             .delete_queue(queue.as_bytes(), me, &mut uncommitted);
-        self.engine.submit(&mut uncommitted);
+        self.engine.submit_now(&mut uncommitted);
         self.completed(me)
     }
 
@@ -215,7 +215,7 @@ impl Harness {
         let mut uncommitted = Uncommitted::default();
         self.engine
             .flush(queue.map(str::as_bytes), me, &mut uncommitted);
-        self.engine.submit(&mut uncommitted);
+        self.engine.submit_now(&mut uncommitted);
         self.completed(me)
     }
 
@@ -609,7 +609,7 @@ fn sweep_once(h: &Harness, queue: &str) -> usize {
     let mut uncommitted = Uncommitted::default();
     h.engine
         .sweep_behind_head(&state, message::now_ms(), &mut uncommitted, &mut budget);
-    h.engine.submit(&mut uncommitted);
+    h.engine.submit_now(&mut uncommitted);
     1000 - budget.messages
 }
 

@@ -23,6 +23,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most commits one loop pass makes before it polls again: each commit answers writes, which
 /// lets reads pipelined behind them run and maybe write more.
 const MAX_COMMITS_PER_PASS: usize = 64;
+/// Removals of consumed messages (which no one waits for) that the engine kept for the next
+/// commit are written by the loop at the latest this long after (see `Engine::submit`).
+const DEFERRED_REMOVALS_FOR: Duration = Duration::from_millis(20);
 
 /// Wakes a loop from other threads, but only when it is asleep in `poll`: a busy loop looks at
 /// its mailbox before it sleeps anyway, and an eventfd write per event would cost a syscall and
@@ -87,6 +90,8 @@ pub struct EventLoop {
     /// Connections with replies waiting for a sync, and the sync point last seen.
     held: HashSet<u64>,
     seen_synced: SyncPoint,
+    /// Since when removals this loop submitted may wait in the engine for the next commit.
+    deferred_since: Option<Instant>,
     /// Write weights of closed connections whose writes the committer has not answered yet.
     pub(super) orphans: HashMap<u64, VecDeque<usize>>,
     /// When to look for connections past their request or idle timeout next.
@@ -126,6 +131,7 @@ impl EventLoop {
             parked: HashSet::new(),
             held: HashSet::new(),
             seen_synced: SyncPoint::NONE,
+            deferred_since: None,
             orphans: HashMap::new(),
             next_sweep: Instant::now(),
             spare_inputs: Vec::new(),
@@ -154,6 +160,10 @@ impl EventLoop {
                 (a, b) => a.or(b),
             };
             if let Some(wait) = self.housekeeping_timeout(now) {
+                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+            }
+            if let Some(since) = self.deferred_since {
+                let wait = (since + DEFERRED_REMOVALS_FOR).saturating_duration_since(now);
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
             if self.drain_deadline.is_some() {
@@ -214,6 +224,7 @@ impl EventLoop {
             self.release_held();
             if self.shared.shutting_down.load(Ordering::Acquire) && self.drain() {
                 self.shared.engine.submit(&mut self.uncommitted);
+                self.shared.engine.commit_deferred();
                 return;
             }
         }
@@ -335,7 +346,13 @@ impl EventLoop {
     fn commit(&mut self) {
         for _ in 0..MAX_COMMITS_PER_PASS {
             if self.uncommitted.is_empty() {
-                return;
+                break;
+            }
+            if self.uncommitted.awaited() {
+                // The commit writes any deferred removals too.
+                self.deferred_since = None;
+            } else {
+                self.deferred_since.get_or_insert_with(Instant::now);
             }
             self.shared.engine.submit(&mut self.uncommitted);
             while let Ok(event) = self.mailbox.try_recv() {
@@ -344,6 +361,13 @@ impl EventLoop {
         }
         // The answers to this one wait in the mailbox for the next pass.
         self.shared.engine.submit(&mut self.uncommitted);
+        if self
+            .deferred_since
+            .is_some_and(|since| since.elapsed() >= DEFERRED_REMOVALS_FOR)
+        {
+            self.shared.engine.commit_deferred();
+            self.deferred_since = None;
+        }
     }
 
     /// Whether the syncer got further since the held replies were last looked at.
