@@ -8,8 +8,6 @@ rely on (`/abort`) and what a client library that reuses the reader's socket see
 
 Contract: protocol-spec/memcache.md sections 3.1, 4 and 5."""
 
-import time
-
 import memcache  # python-memcached
 import pylibmc
 import pytest
@@ -25,10 +23,12 @@ def test_blocking_peek_does_not_reorder_the_queue(server):
     for round_ in range(5):
         q = b"bp%d" % round_
         with server.mc() as peeker, server.mc() as reader, server.mc() as producer:
+            # Each waits before the next comes (a fixed sleep was not enough on a loaded machine:
+            # the reader then waited first and took m1, and the peek was shown m2).
             peeker.send(b"get %s/t=10000/peek\r\n" % q)
-            time.sleep(0.1)
+            assert wait_for(lambda: queue_stats(producer, q).get("waiters") == 1)
             reader.send(b"get %s/t=10000\r\n" % q)
-            time.sleep(0.1)
+            assert wait_for(lambda: queue_stats(producer, q).get("waiters") == 2)
             # Both messages in one pipelined send: one commit publishes both, and the waiters
             # are served in order.
             producer.send(b"set %s 0 0 2\r\nm1\r\nset %s 0 0 2\r\nm2\r\n" % (q, q))
