@@ -21,6 +21,7 @@ use super::durability::SyncPoint;
 use super::events::{Event, Outbox, Outcome};
 use super::message::{self, Header};
 use super::queue::QueueState;
+use super::recent::Fresh;
 use super::space::FreeSpace;
 use super::store::{self, QueueMeta};
 use super::{Engine, Error, QueueRef};
@@ -86,6 +87,8 @@ struct Touched {
     /// queue if the batch fails.
     discarded: Vec<(u64, u64)>,
     has_puts: bool,
+    /// Copies of the staged messages for the queue's in-memory tail (`super::recent`).
+    fresh: Option<Fresh>,
 }
 
 /// The batch being built.
@@ -129,6 +132,7 @@ fn touch<'a>(touched: &'a mut HashMap<u64, Touched>, queue: &QueueRef, id: u64) 
         dropped_staged: 0,
         discarded: Vec::new(),
         has_puts: false,
+        fresh: None,
     })
 }
 
@@ -196,7 +200,7 @@ impl Committer<'_> {
                     expires_at,
                     body,
                     reply_to,
-                } => self.stage_put(&mut batch, &queue, flags, expires_at, &body, reply_to),
+                } => self.stage_put(&mut batch, &queue, flags, expires_at, body, reply_to),
                 Op::Remove { queue, seq } => {
                     let id = queue.lock().id;
                     let messages = self.engine.messages();
@@ -241,7 +245,7 @@ impl Committer<'_> {
         name: &[u8],
         flags: u32,
         expires_at: u64,
-        body: &[u8],
+        body: Vec<u8>,
         reply_to: ConnRef,
     ) {
         let enough = self.state.space.enough();
@@ -250,13 +254,16 @@ impl Committer<'_> {
             batch.writers.push((reply_to, Some(Error::DiskFull)));
             return;
         }
-        if let Err(e) = self.stage_one(batch, name, flags, expires_at, body) {
-            batch.writers.push((reply_to, Some(e)));
-            return;
-        }
+        let (id, seq, header) = match self.stage_one(batch, name, flags, expires_at, &body) {
+            Ok(staged) => staged,
+            Err(e) => {
+                batch.writers.push((reply_to, Some(e)));
+                return;
+            }
+        };
         batch.writers.push((reply_to, None));
         for child in self.engine.fanout_children(name) {
-            if let Err(e) = self.stage_one(batch, &child, flags, expires_at, body) {
+            if let Err(e) = self.stage_one(batch, &child, flags, expires_at, &body) {
                 log::debug!(
                     "fan-out copy to {} refused: {e:?}",
                     String::from_utf8_lossy(&child)
@@ -266,6 +273,12 @@ impl Committer<'_> {
                 // Copies count against the batch size too: commit what is staged so far.
                 self.commit_part(batch);
             }
+        }
+        // The body moves into the queue's in-memory tail (unless a part was committed already).
+        if let Some(touched) = batch.touched.get_mut(&id) {
+            let budget = &self.engine.recent;
+            let fresh = touched.fresh.get_or_insert_with(|| Fresh::new(budget));
+            fresh.keep(seq, header, body);
         }
     }
 
@@ -285,7 +298,7 @@ impl Committer<'_> {
     }
 
     /// Stages one message: assigns its sequence number and adds it to the batch, after making
-    /// room under the queue's limits.
+    /// room under the queue's limits. Its queue's id, its sequence number and header.
     fn stage_one(
         &mut self,
         batch: &mut Batch,
@@ -293,7 +306,7 @@ impl Committer<'_> {
         flags: u32,
         expires_at: u64,
         body: &[u8],
-    ) -> Result<(), Error> {
+    ) -> Result<(u64, u64, Header), Error> {
         let len = body.len() as u64;
         let (queue, id, seq) = loop {
             let queue = self.engine.queue_for_put(name)?;
@@ -329,7 +342,7 @@ impl Committer<'_> {
         touched.staged.push_back((seq, len));
         touched.added_bytes += len;
         touched.has_puts = true;
-        Ok(())
+        Ok((id, seq, header))
     }
 
     /// Writes the batch with every touched queue's record, then publishes and answers. The
@@ -394,13 +407,17 @@ impl Committer<'_> {
         }
         let synced = self.engine.synced();
         let mut outbox = Outbox::new(&self.engine.mailboxes);
-        for touched in batch.touched.values() {
+        for touched in batch.touched.values_mut() {
             let mut q = touched.queue.lock();
             if let Ok(point) = result {
                 q.persisted = true;
                 q.next_unclaimed = touched.next_unclaimed_after(&q);
                 q.tail = q.next_seq.get();
                 q.counters.bytes += touched.added_bytes;
+                if let Some(fresh) = touched.fresh.take() {
+                    let from = q.next_unclaimed;
+                    q.recent.extend(fresh, from);
+                }
                 if touched.has_puts {
                     q.written_at(point, synced);
                     self.engine.serve_waiters(

@@ -20,6 +20,7 @@ pub mod message;
 mod metrics;
 pub mod queue;
 mod reading;
+mod recent;
 mod reclaim;
 mod space;
 pub mod store;
@@ -45,7 +46,12 @@ pub use events::{Event, Mailbox, Outcome, QueueHandle, Taken, Wake};
 pub use metrics::{EngineSnapshot, HistogramSnapshot};
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
+use recent::RecentBudget;
 use store::{Db, MemoryBudget, StoreOptions};
+
+/// Bytes all queues together keep of their newest messages in memory, so that reads of live
+/// queues skip RocksDB (see `recent`).
+const RECENT_BYTES: usize = 32 << 20;
 
 /// When a committed write is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +162,8 @@ pub struct Engine {
     fail_writes: AtomicBool,
     /// Ids of queues deleted since the reclaimer last looked, whose key ranges it compacts.
     deleted_ids: Mutex<Vec<u64>>,
+    /// What all queues' in-memory tails of recent messages may hold (`recent`).
+    recent: RecentBudget,
 }
 
 impl Engine {
@@ -170,10 +178,11 @@ impl Engine {
         }
         let recovered = store::open(&config.data_dir, &options)
             .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))?;
+        let recent = RecentBudget::new(RECENT_BYTES);
         let mut queues = HashMap::new();
         for (name, meta) in recovered.queues {
             let name: Arc<[u8]> = Arc::from(name);
-            let mut state = QueueState::new(meta.id, name.clone());
+            let mut state = QueueState::new(meta.id, name.clone(), &recent);
             state.persisted = true;
             state.next_unclaimed = meta.next_unclaimed;
             state.tail = meta.tail;
@@ -211,6 +220,7 @@ impl Engine {
             #[cfg(test)]
             fail_writes: AtomicBool::new(false),
             deleted_ids: Mutex::new(Vec::new()),
+            recent,
         });
         engine.spawn("expiry-sweep", |engine| {
             engine.sweep_every(background::SWEEP_EVERY)
@@ -524,7 +534,7 @@ impl Engine {
                     self.fanout.write().insert(name.clone());
                 }
                 let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Mutex::new(QueueState::new(id, name.clone())))
+                Arc::new(Mutex::new(QueueState::new(id, name.clone(), &self.recent)))
             })
             .clone()
     }

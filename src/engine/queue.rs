@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::commit::CommitState;
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
+use super::recent::{RecentBudget, RecentTail};
 
 /// How a read treats the message it finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +75,8 @@ pub struct QueueState {
     pub expiring_staged: u64,
     /// How far the sweep of the messages behind the head has got.
     pub sweep: SweepCursor,
+    /// The newest committed messages, kept in memory (`super::recent`).
+    pub recent: RecentTail,
     /// Messages written but maybe not synced yet: (end of the write's messages, exclusive; the
     /// write's point), oldest first. A reply showing one of them waits for that point.
     pub unsynced: VecDeque<(u64, SyncPoint)>,
@@ -124,7 +127,7 @@ pub struct SweepCursor {
 }
 
 impl QueueState {
-    pub fn new(id: u64, name: Arc<[u8]>) -> QueueState {
+    pub fn new(id: u64, name: Arc<[u8]>, recent: &RecentBudget) -> QueueState {
         QueueState {
             id,
             name,
@@ -143,6 +146,7 @@ impl QueueState {
                 clean_at: Some(0),
                 ..SweepCursor::default()
             },
+            recent: RecentTail::new(recent),
             unsynced: VecDeque::new(),
         }
     }
@@ -204,6 +208,8 @@ impl QueueState {
             let seq = self.next_unclaimed;
             self.next_unclaimed += 1;
             self.skip_swept();
+            // A message claimed (even if given back later) is read from RocksDB from now on.
+            self.recent.forget_before(self.next_unclaimed);
             return Some(seq);
         }
         None
@@ -270,7 +276,7 @@ mod tests {
     use super::*;
 
     fn queue() -> QueueState {
-        let mut q = QueueState::new(1, Arc::from(&b"q"[..]));
+        let mut q = QueueState::new(1, Arc::from(&b"q"[..]), &RecentBudget::new(0));
         q.tail = 5;
         q.next_seq = NextSeq(5);
         q

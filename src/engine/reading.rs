@@ -48,12 +48,18 @@ impl Engine {
             return Ok(None);
         }
         while let Some(seq) = q.front() {
-            let value = self.read(q, seq)?;
-            let Some((header, body)) = value.as_deref().and_then(message::decode) else {
-                q.pop_front();
-                continue;
+            // From the in-memory tail if it is kept there (its body is taken below), else from
+            // RocksDB; a sequence number with no message (removed before a crash) is skipped.
+            let (header, len, read_body) = match q.recent.get(seq) {
+                Some(kept) => (kept.header, kept.body.len() as u64, None),
+                None => match self.read(q, seq)?.as_deref().and_then(message::decode) {
+                    Some((header, body)) => (header, body.len() as u64, Some(body.to_vec())),
+                    None => {
+                        q.pop_front();
+                        continue;
+                    }
+                },
             };
-            let len = body.len() as u64;
             if header.is_expired(now_ms) {
                 q.pop_front();
                 q.counters.expired += 1;
@@ -64,6 +70,16 @@ impl Engine {
                 });
                 continue;
             }
+            let body = match (read_body, mode) {
+                (Some(body), _) => Some(body),
+                (None, TakeMode::Peek) => q.recent.get(seq).map(|kept| kept.body.clone()),
+                // Claimed: the body moves out of the tail, uncopied.
+                (None, _) => {
+                    q.recent.forget_before(seq);
+                    q.recent.take_front(seq).map(|kept| kept.body)
+                }
+            }
+            .unwrap_or_default();
             match mode {
                 TakeMode::Remove => {
                     q.pop_front();
@@ -86,7 +102,7 @@ impl Engine {
                 queue: QueueHandle(state.clone()),
                 seq,
                 flags: header.flags,
-                body: body.to_vec(),
+                body,
                 open: mode == TakeMode::Open,
                 durable_at: q.durable_at(seq, self.synced()),
             }));

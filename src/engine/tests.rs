@@ -278,6 +278,32 @@ fn committed_messages_are_read_in_order_once() {
     h.close();
 }
 
+/// Recent messages are read from memory, older ones from RocksDB, with the same result; the
+/// memory comes back when they are read, flushed or deleted.
+#[test]
+fn recent_messages_come_from_memory_and_their_memory_comes_back() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    h.put_many("q", &["a", "b", "c"]);
+    assert!(h.engine.recent.used() > 0, "kept in memory");
+    // Given back after being read from memory: read again from RocksDB, in order.
+    let a = h.take("q", TakeMode::Open).unwrap();
+    assert_eq!(body(&a), "a");
+    h.give_back(&a);
+    assert_eq!(h.drain("q"), strings(&["a", "b", "c"]));
+    assert_eq!(h.engine.recent.used(), 0, "read: nothing kept");
+    h.put_many("f", &["x", "y"]);
+    h.flush(Some("f"));
+    h.put_many("d", &["z"]);
+    h.delete("d");
+    assert_eq!(
+        h.engine.recent.used(),
+        0,
+        "flushed and deleted: nothing kept"
+    );
+    h.close();
+}
+
 #[test]
 fn opened_messages_are_confirmed_or_given_back_in_order() {
     let dir = TempDir::new();

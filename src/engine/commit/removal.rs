@@ -93,6 +93,7 @@ impl Committer<'_> {
 /// Empties a queue's state: everything not held open is gone.
 fn flush_state(q: &mut QueueState) {
     q.next_unclaimed = q.tail;
+    q.recent.clear();
     q.returned.clear();
     q.swept.clear();
     q.counters.bytes = q.open.values().sum();

@@ -1,0 +1,231 @@
+//! Recent messages served from memory: each queue keeps the newest messages it committed (header
+//! and body, as written), so a read of a live queue, which is mostly of what was just written,
+//! costs no RocksDB lookup, and a plain read takes the body without copying it. Older messages,
+//! given-back ones and everything after a restart are read from RocksDB as before; the tail is
+//! only ever a copy of what is committed there.
+//!
+//! Bounded twice: per queue (`PER_QUEUE_BYTES`, oldest dropped first) and for all queues together
+//! (`RecentBudget`, new messages are not kept while it is spent).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::message::Header;
+
+/// Most body bytes one queue keeps in memory.
+const PER_QUEUE_BYTES: usize = 1 << 20;
+/// What an entry costs besides its body.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Bytes all queues' tails may hold together.
+#[derive(Clone)]
+pub struct RecentBudget {
+    limit: usize,
+    used: Arc<AtomicUsize>,
+}
+
+impl RecentBudget {
+    pub fn new(limit: usize) -> RecentBudget {
+        RecentBudget {
+            limit,
+            used: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        let taken = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if taken + bytes > self.limit {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A message as committed, kept in memory.
+pub struct Recent {
+    pub seq: u64,
+    pub header: Header,
+    pub body: Vec<u8>,
+}
+
+impl Recent {
+    fn cost(&self) -> usize {
+        self.body.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// Messages staged by one commit for one queue, with their share of the budget taken: they join
+/// the queue's tail if the commit succeeds, and give their share back otherwise.
+pub struct Fresh {
+    budget: RecentBudget,
+    entries: Vec<Recent>,
+    bytes: usize,
+}
+
+impl Fresh {
+    pub fn new(budget: &RecentBudget) -> Fresh {
+        Fresh {
+            budget: budget.clone(),
+            entries: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Keeps a copy of message `seq` if the budget allows.
+    pub fn keep(&mut self, seq: u64, header: Header, body: Vec<u8>) {
+        let entry = Recent { seq, header, body };
+        if entry.cost() <= PER_QUEUE_BYTES && self.budget.try_take(entry.cost()) {
+            self.bytes += entry.cost();
+            self.entries.push(entry);
+        }
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
+/// One queue's newest committed messages, oldest first, by sequence number (not necessarily
+/// contiguous: a message dropped within its commit has none).
+pub struct RecentTail {
+    budget: RecentBudget,
+    entries: VecDeque<Recent>,
+    bytes: usize,
+}
+
+impl RecentTail {
+    pub fn new(budget: &RecentBudget) -> RecentTail {
+        RecentTail {
+            budget: budget.clone(),
+            entries: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds what a commit wrote, from `from` on (earlier ones were dropped within the commit).
+    pub fn extend(&mut self, mut fresh: Fresh, from: u64) {
+        for entry in fresh.entries.drain(..) {
+            let cost = entry.cost();
+            fresh.bytes -= cost;
+            if entry.seq < from || self.entries.back().is_some_and(|e| e.seq >= entry.seq) {
+                self.budget.give(cost);
+                continue;
+            }
+            self.bytes += cost;
+            self.entries.push_back(entry);
+        }
+        while self.bytes > PER_QUEUE_BYTES {
+            self.pop_front();
+        }
+    }
+
+    /// Message `seq`, if it is kept.
+    pub fn get(&self, seq: u64) -> Option<&Recent> {
+        let first = self.entries.front()?.seq;
+        if seq < first {
+            return None;
+        }
+        // Usually contiguous: try the direct position first.
+        let guess = (seq - first) as usize;
+        match self.entries.get(guess) {
+            Some(entry) if entry.seq == seq => Some(entry),
+            _ => {
+                let at = self.entries.binary_search_by_key(&seq, |e| e.seq).ok()?;
+                self.entries.get(at)
+            }
+        }
+    }
+
+    /// Takes message `seq` out if it is the oldest kept (a read claiming the head).
+    pub fn take_front(&mut self, seq: u64) -> Option<Recent> {
+        if self.entries.front()?.seq != seq {
+            return None;
+        }
+        self.pop_front()
+    }
+
+    /// Forgets every message before `seq` (claimed, dropped or swept: never read from here).
+    pub fn forget_before(&mut self, seq: u64) {
+        while self.entries.front().is_some_and(|e| e.seq < seq) {
+            self.pop_front();
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.forget_before(u64::MAX);
+    }
+
+    fn pop_front(&mut self) -> Option<Recent> {
+        let entry = self.entries.pop_front()?;
+        self.bytes -= entry.cost();
+        self.budget.give(entry.cost());
+        Some(entry)
+    }
+}
+
+impl Drop for RecentTail {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            flags: 0,
+            expires_at: 0,
+            enqueued_at: 0,
+        }
+    }
+
+    #[test]
+    fn keeps_what_fits_and_gives_everything_back() {
+        let budget = RecentBudget::new(3 * (ENTRY_OVERHEAD + 10));
+        let mut tail = RecentTail::new(&budget);
+        let mut fresh = Fresh::new(&budget);
+        for seq in 0..4 {
+            fresh.keep(seq, header(), vec![0; 10]);
+        }
+        assert_eq!(
+            budget.used(),
+            3 * (ENTRY_OVERHEAD + 10),
+            "the fourth did not fit"
+        );
+        // Message 0 was dropped within its commit.
+        tail.extend(fresh, 1);
+        assert!(tail.get(0).is_none());
+        assert_eq!(tail.get(2).map(|e| e.seq), Some(2));
+        assert!(tail.take_front(2).is_none(), "not the oldest kept");
+        assert_eq!(tail.take_front(1).map(|e| e.seq), Some(1));
+        tail.forget_before(3);
+        assert!(tail.get(2).is_none());
+        drop(tail);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_failed_commit_gives_its_share_back() {
+        let budget = RecentBudget::new(1 << 20);
+        let mut fresh = Fresh::new(&budget);
+        fresh.keep(0, header(), vec![0; 100]);
+        assert!(budget.used() > 0);
+        drop(fresh);
+        assert_eq!(budget.used(), 0);
+    }
+}
