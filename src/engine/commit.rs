@@ -156,31 +156,29 @@ impl CommitState {
     }
 }
 
-impl Engine {
-    /// Keeps removals that no one waits for to be written by the next commit; false if too
-    /// many are kept already (they are then due now).
-    pub(super) fn defer(&self, ops: Vec<Op>) -> bool {
-        let mut state = self.committer.lock();
-        state.carry.extend(ops);
-        state.carry.len() < MAX_DEFERRED
-    }
+/// Keeps removals that no one waits for to be written by the next commit; false if too
+/// many are kept already (they are then due now).
+pub(super) fn defer(engine: &Engine, ops: Vec<Op>) -> bool {
+    let mut state = engine.committer.lock();
+    state.carry.extend(ops);
+    state.carry.len() < MAX_DEFERRED
+}
 
-    /// Stages, writes and publishes `ops` (after any removals left from the last commit), and
-    /// answers their writers. Callers collect the ops of one event-loop pass and commit them
-    /// together; the lock keeps every write in one order.
-    pub(super) fn commit_ops(&self, ops: Vec<Op>) {
-        let mut state = self.committer.lock();
-        let mut all = std::mem::take(&mut state.carry);
-        all.extend(ops);
-        if all.is_empty() {
-            return;
-        }
-        Committer {
-            engine: self,
-            state: &mut state,
-        }
-        .apply(all);
+/// Stages, writes and publishes `ops` (after any removals left from the last commit), and
+/// answers their writers. Callers collect the ops of one event-loop pass and commit them
+/// together; the lock keeps every write in one order.
+pub(super) fn commit_ops(engine: &Engine, ops: Vec<Op>) {
+    let mut state = engine.committer.lock();
+    let mut all = std::mem::take(&mut state.carry);
+    all.extend(ops);
+    if all.is_empty() {
+        return;
     }
+    Committer {
+        engine,
+        state: &mut state,
+    }
+    .apply(all);
 }
 
 struct Committer<'a> {
@@ -309,7 +307,7 @@ impl Committer<'_> {
     ) -> Result<(u64, u64, Header), Error> {
         let len = body.len() as u64;
         let (queue, id, seq) = loop {
-            let queue = self.engine.queue_for_put(name)?;
+            let queue = super::fanout::queue_for_put(self.engine, name)?;
             let mut q = queue.lock();
             if q.deleted {
                 // Forgotten as an unused ghost since the lookup: create it again.
@@ -420,7 +418,8 @@ impl Committer<'_> {
                 }
                 if touched.has_puts {
                     q.written_at(point, synced);
-                    self.engine.serve_waiters(
+                    super::reading::serve_waiters(
+                        self.engine,
                         &touched.queue,
                         &mut q,
                         &mut self.state.carry,

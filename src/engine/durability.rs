@@ -78,41 +78,33 @@ impl Durability {
     }
 }
 
-impl Engine {
-    /// Every write up to the returned point is on disk: replies held for a point up to it may
-    /// be sent.
-    pub fn synced(&self) -> SyncPoint {
-        self.durability.synced()
-    }
-
-    /// The syncer of `--sync always`: fsyncs the WAL whenever a reply waits for a write not yet
-    /// on disk, then wakes every event loop to send what it held. A failed fsync stops the
-    /// process: what reached the disk is then unknown, and acknowledging anything more could be
-    /// a lie (Redis with `appendfsync always` does the same).
-    pub(super) fn sync_when_wanted(&self) {
-        let d = &self.durability;
-        loop {
-            {
-                let mut wanted = d.wanted.lock();
-                while *wanted <= d.synced.load(Ordering::Acquire) {
-                    if self.stopping.load(Ordering::Acquire) {
-                        return;
-                    }
-                    d.wanted_changed.wait(&mut wanted);
+/// The syncer of `--sync always`: fsyncs the WAL whenever a reply waits for a write not yet
+/// on disk, then wakes every event loop to send what it held. A failed fsync stops the
+/// process: what reached the disk is then unknown, and acknowledging anything more could be
+/// a lie (Redis with `appendfsync always` does the same).
+pub(super) fn sync_when_wanted(engine: &Engine) {
+    let d = &engine.durability;
+    loop {
+        {
+            let mut wanted = d.wanted.lock();
+            while *wanted <= d.synced.load(Ordering::Acquire) {
+                if engine.stopping.load(Ordering::Acquire) {
+                    return;
                 }
+                d.wanted_changed.wait(&mut wanted);
             }
-            // Every write numbered up to here has completed: the fsync covers them all.
-            let target = d.written.load(Ordering::Acquire);
-            let started = Instant::now();
-            if let Err(e) = self.db.flush_wal(true) {
-                log::error!("WAL sync failed, stopping: {e}");
-                std::process::exit(1);
-            }
-            self.metrics.observe_sync(started.elapsed());
-            d.synced.store(target, Ordering::Release);
-            for mailbox in &self.mailboxes {
-                mailbox.waker.wake();
-            }
+        }
+        // Every write numbered up to here has completed: the fsync covers them all.
+        let target = d.written.load(Ordering::Acquire);
+        let started = Instant::now();
+        if let Err(e) = engine.db.flush_wal(true) {
+            log::error!("WAL sync failed, stopping: {e}");
+            std::process::exit(1);
+        }
+        engine.metrics.observe_sync(started.elapsed());
+        d.synced.store(target, Ordering::Release);
+        for mailbox in &engine.mailboxes {
+            mailbox.waker.wake();
         }
     }
 }

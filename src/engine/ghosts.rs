@@ -23,23 +23,21 @@ impl QueueState {
     }
 }
 
-impl Engine {
-    /// Forgets `queue` if it is a ghost no one waits on. Safe against a put racing it: the
-    /// committer stages under the queue's lock and looks again if it finds the queue forgotten.
-    pub fn forget_if_unused(&self, queue: &[u8]) {
-        let mut queues = self.queues.write();
-        let Some(state) = queues.get(queue).cloned() else {
+/// Forgets `queue` if it is a ghost no one waits on. Safe against a put racing it: the
+/// committer stages under the queue's lock and looks again if it finds the queue forgotten.
+pub(super) fn forget_if_unused(engine: &Engine, queue: &[u8]) {
+    let mut queues = engine.queues.write();
+    let Some(state) = queues.get(queue).cloned() else {
+        return;
+    };
+    {
+        let mut q = state.lock();
+        if q.deleted || !q.is_ghost() || !q.waiters.is_empty() {
             return;
-        };
-        {
-            let mut q = state.lock();
-            if q.deleted || !q.is_ghost() || !q.waiters.is_empty() {
-                return;
-            }
-            q.deleted = true;
         }
-        queues.remove(queue);
-        // Lock order: `queues` before `fanout`, as everywhere.
-        self.fanout.write().remove(queue);
+        q.deleted = true;
     }
+    queues.remove(queue);
+    // Lock order: `queues` before `fanout`, as everywhere.
+    engine.fanout.write().remove(queue);
 }

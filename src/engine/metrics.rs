@@ -119,50 +119,55 @@ pub struct EngineSnapshot {
     pub rocksdb_memory: Vec<(&'static str, u64)>,
 }
 
-impl Engine {
-    /// The engine's monitoring numbers now. Cheap: a few atomics, one statvfs and a few RocksDB
-    /// property reads.
-    pub fn metrics(&self) -> EngineSnapshot {
-        let m = &self.metrics;
-        EngineSnapshot {
-            commit_batches: m.batches.load(Ordering::Relaxed),
-            batch_size: m.batch_size.snapshot(),
-            sync_micros: m.sync_micros.snapshot(),
-            below_reserve: m.below_reserve.load(Ordering::Relaxed),
-            reserve_bytes: self.config.min_free_bytes,
-            free_bytes: space::free_bytes(&self.config.data_dir),
-            rocksdb_memory: self.rocksdb_memory(),
-        }
+/// The engine's monitoring numbers now. Cheap: a few atomics, one statvfs and a few RocksDB
+/// property reads.
+pub(super) fn snapshot(engine: &Engine) -> EngineSnapshot {
+    let m = &engine.metrics;
+    EngineSnapshot {
+        commit_batches: m.batches.load(Ordering::Relaxed),
+        batch_size: m.batch_size.snapshot(),
+        sync_micros: m.sync_micros.snapshot(),
+        below_reserve: m.below_reserve.load(Ordering::Relaxed),
+        reserve_bytes: engine.config.min_free_bytes,
+        free_bytes: space::free_bytes(&engine.config.data_dir),
+        rocksdb_memory: rocksdb_memory(engine),
     }
+}
 
-    fn rocksdb_memory(&self) -> Vec<(&'static str, u64)> {
-        let cfs = [self.messages(), self.meta()];
-        let summed = |property: &str| -> u64 {
-            cfs.iter()
-                .filter_map(|cf| self.db.property_int_value_cf(*cf, property).ok().flatten())
-                .sum()
-        };
-        // The block cache is shared by both column families: read it once.
-        let cache = |property: &str| -> u64 {
-            self.db
-                .property_int_value_cf(self.messages(), property)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
-        vec![
-            ("memtables", summed("rocksdb.cur-size-all-mem-tables")),
-            ("block_cache", cache("rocksdb.block-cache-usage")),
-            (
-                "block_cache_pinned",
-                cache("rocksdb.block-cache-pinned-usage"),
-            ),
-            (
-                "table_readers",
-                summed("rocksdb.estimate-table-readers-mem"),
-            ),
-        ]
-    }
+fn rocksdb_memory(engine: &Engine) -> Vec<(&'static str, u64)> {
+    let cfs = [engine.messages(), engine.meta()];
+    let summed = |property: &str| -> u64 {
+        cfs.iter()
+            .filter_map(|cf| {
+                engine
+                    .db
+                    .property_int_value_cf(*cf, property)
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    };
+    // The block cache is shared by both column families: read it once.
+    let cache = |property: &str| -> u64 {
+        engine
+            .db
+            .property_int_value_cf(engine.messages(), property)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    };
+    vec![
+        ("memtables", summed("rocksdb.cur-size-all-mem-tables")),
+        ("block_cache", cache("rocksdb.block-cache-usage")),
+        (
+            "block_cache_pinned",
+            cache("rocksdb.block-cache-pinned-usage"),
+        ),
+        (
+            "table_readers",
+            summed("rocksdb.estimate-table-readers-mem"),
+        ),
+    ]
 }
 
 #[cfg(test)]

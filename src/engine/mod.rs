@@ -1,13 +1,17 @@
 //! The queue engine: every queue's state, on RocksDB, behind a small API that knows no wire format.
 //!
 //! Reads happen on the caller's thread: a read claims the head sequence number under the queue's
-//! lock and fetches that one key (no scans, so the cost does not grow with what was consumed
-//! before). Writes are committed on the caller's thread too, under one lock (`commit`): each
+//! lock and takes that message from the queue's in-memory tail of recent messages (`recent`) or
+//! fetches that one key (no scans, so the cost does not grow with what was consumed before). Writes are committed on the caller's thread too, under one lock (`commit`): each
 //! event-loop pass stages its requests, assigns sequence numbers and writes one WriteBatch without
 //! an fsync, then makes the messages visible, answers the writers and hands messages to blocked
 //! readers. Every reply that depends on a write carries its `SyncPoint`; the syncer thread
 //! (`durability`) fsyncs and tells the loops when to send them. Removals of consumed messages
 //! need no sync: after a crash a message may come back, but it never vanishes.
+//!
+//! `impl Engine` below is the engine's whole API; each concern's module (`reading`, `commit`,
+//! `durability`, `background`, `reclaim`, `ghosts`, `fanout`, `metrics`) holds plain functions
+//! over an `&Engine`.
 
 mod background;
 mod commit;
@@ -223,19 +227,37 @@ impl Engine {
             recent,
         });
         engine.spawn("expiry-sweep", |engine| {
-            engine.sweep_every(background::SWEEP_EVERY)
+            background::sweep_every(&engine, background::SWEEP_EVERY)
         })?;
         engine.spawn("reclaim", |engine| {
-            engine.reclaim_every(reclaim::RECLAIM_EVERY)
+            reclaim::reclaim_every(&engine, reclaim::RECLAIM_EVERY)
         })?;
         match engine.config.sync {
-            SyncPolicy::Always => engine.spawn("wal-sync", |engine| engine.sync_when_wanted())?,
-            SyncPolicy::Interval(every) => {
-                engine.spawn("wal-sync", move |engine| engine.sync_every(every))?
+            SyncPolicy::Always => {
+                engine.spawn("wal-sync", |engine| durability::sync_when_wanted(&engine))?
             }
+            SyncPolicy::Interval(every) => engine.spawn("wal-sync", move |engine| {
+                background::sync_every(&engine, every)
+            })?,
             SyncPolicy::Never => {}
         }
         Ok(engine)
+    }
+
+    /// Every write up to the returned point is on disk: replies held for a point up to it may
+    /// be sent.
+    pub fn synced(&self) -> SyncPoint {
+        self.durability.synced()
+    }
+
+    /// Forgets `queue` if it is a ghost no one waits on (see `ghosts`).
+    pub fn forget_if_unused(&self, queue: &[u8]) {
+        ghosts::forget_if_unused(self, queue)
+    }
+
+    /// The engine's monitoring numbers now (see `metrics`).
+    pub fn metrics(&self) -> EngineSnapshot {
+        metrics::snapshot(self)
     }
 
     /// Starts one of the engine's own threads; `shutdown` joins it.
@@ -292,18 +314,18 @@ impl Engine {
             return;
         }
         if !ops.iter().any(|op| op.reply_to().is_some()) {
-            if self.defer(ops) {
+            if commit::defer(self, ops) {
                 return;
             }
-            self.commit_ops(Vec::new());
+            commit::commit_ops(self, Vec::new());
             return;
         }
-        self.commit_ops(ops);
+        commit::commit_ops(self, ops);
     }
 
     /// Writes the deferred removals now.
     pub fn commit_deferred(&self) {
-        self.commit_ops(Vec::new());
+        commit::commit_ops(self, Vec::new());
     }
 
     /// Commits now, deferred removals included (for tests, which look at what is on disk).
@@ -376,7 +398,8 @@ impl Engine {
                 };
                 continue;
             }
-            let taken = self.take_locked(&state, &mut q, mode, message::now_ms(), uncommitted)?;
+            let taken =
+                reading::take_locked(self, &state, &mut q, mode, message::now_ms(), uncommitted)?;
             if taken.is_none() {
                 if let Some((conn, wait_id)) = wait {
                     q.waiters.push_back(Waiter {
@@ -425,7 +448,7 @@ impl Engine {
             return;
         }
         let mut outbox = Outbox::new(&self.mailboxes);
-        self.serve_waiters(state, &mut q, &mut uncommitted.ops, &mut outbox);
+        reading::serve_waiters(self, state, &mut q, &mut uncommitted.ops, &mut outbox);
     }
 
     /// Removes a queue and its messages; `reply_to` gets `Deleted` or `NotFound`.
@@ -454,8 +477,7 @@ impl Engine {
             .map(|state| {
                 let q = state.lock();
                 let age_ms = match (with_age, q.front()) {
-                    (true, Some(seq)) => self
-                        .read(&q, seq)
+                    (true, Some(seq)) => reading::read(self, &q, seq)
                         .ok()
                         .flatten()
                         .and_then(|v| {
@@ -515,6 +537,18 @@ impl Engine {
         }
         self.db.write(batch).map_err(|e| e.to_string())?;
         Ok(self.durability.written(wanted))
+    }
+
+    fn messages(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(store::MESSAGES_CF)
+            .expect("messages column family is always opened")
+    }
+
+    fn meta(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(store::META_CF)
+            .expect("meta column family is always opened")
     }
 
     fn lookup(&self, queue: &[u8]) -> Option<QueueRef> {

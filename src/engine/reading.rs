@@ -6,145 +6,132 @@ use super::events::{Event, Outbox, QueueHandle, Taken};
 use super::queue::QueueState;
 use super::{message, store, Engine, Error, Op, QueueRef, TakeMode, Uncommitted};
 
-impl Engine {
-    /// One message's stored value, pinned in RocksDB's memtable or block cache rather than
-    /// copied out (the caller copies the body once, into the reply).
-    pub(super) fn read(
-        &self,
-        q: &QueueState,
-        seq: u64,
-    ) -> Result<Option<rocksdb::DBPinnableSlice<'_>>, Error> {
-        self.db
-            .get_pinned_cf(self.messages(), store::message_key(q.id, seq))
-            .map_err(|e| {
-                log::error!("read failed: {e}");
-                Error::Storage
-            })
-    }
+/// One message's stored value, pinned in RocksDB's memtable or block cache rather than
+/// copied out (the caller copies the body once, into the reply).
+pub(super) fn read<'a>(
+    engine: &'a Engine,
+    q: &QueueState,
+    seq: u64,
+) -> Result<Option<rocksdb::DBPinnableSlice<'a>>, Error> {
+    engine
+        .db
+        .get_pinned_cf(engine.messages(), store::message_key(q.id, seq))
+        .map_err(|e| {
+            log::error!("read failed: {e}");
+            Error::Storage
+        })
+}
 
-    pub(super) fn messages(&self) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(store::MESSAGES_CF)
-            .expect("messages column family is always opened")
+/// Claims the next deliverable message, dropping expired ones and skipping sequence numbers
+/// whose message is gone (removed just before a crash).
+pub(super) fn take_locked(
+    engine: &Engine,
+    state: &QueueRef,
+    q: &mut QueueState,
+    mode: TakeMode,
+    now_ms: u64,
+    ops: &mut Uncommitted,
+) -> Result<Option<Taken>, Error> {
+    if q.deleted {
+        return Ok(None);
     }
-
-    pub(super) fn meta(&self) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(store::META_CF)
-            .expect("meta column family is always opened")
-    }
-
-    /// Claims the next deliverable message, dropping expired ones and skipping sequence numbers
-    /// whose message is gone (removed just before a crash).
-    pub(super) fn take_locked(
-        &self,
-        state: &QueueRef,
-        q: &mut QueueState,
-        mode: TakeMode,
-        now_ms: u64,
-        ops: &mut Uncommitted,
-    ) -> Result<Option<Taken>, Error> {
-        if q.deleted {
-            return Ok(None);
+    while let Some(seq) = q.front() {
+        // From the in-memory tail if it is kept there (its body is taken below), else from
+        // RocksDB; a sequence number with no message (removed before a crash) is skipped.
+        let (header, len, read_body) = match q.recent.get(seq) {
+            Some(kept) => (kept.header, kept.body.len() as u64, None),
+            None => match read(engine, q, seq)?.as_deref().and_then(message::decode) {
+                Some((header, body)) => (header, body.len() as u64, Some(body.to_vec())),
+                None => {
+                    q.pop_front();
+                    continue;
+                }
+            },
+        };
+        if header.is_expired(now_ms) {
+            q.pop_front();
+            q.counters.expired += 1;
+            q.counters.bytes = q.counters.bytes.saturating_sub(len);
+            ops.ops.push(Op::Remove {
+                queue: state.clone(),
+                seq,
+            });
+            continue;
         }
-        while let Some(seq) = q.front() {
-            // From the in-memory tail if it is kept there (its body is taken below), else from
-            // RocksDB; a sequence number with no message (removed before a crash) is skipped.
-            let (header, len, read_body) = match q.recent.get(seq) {
-                Some(kept) => (kept.header, kept.body.len() as u64, None),
-                None => match self.read(q, seq)?.as_deref().and_then(message::decode) {
-                    Some((header, body)) => (header, body.len() as u64, Some(body.to_vec())),
-                    None => {
-                        q.pop_front();
-                        continue;
-                    }
-                },
-            };
-            if header.is_expired(now_ms) {
+        let body = match (read_body, mode) {
+            (Some(body), _) => Some(body),
+            (None, TakeMode::Peek) => q.recent.get(seq).map(|kept| kept.body.clone()),
+            // Claimed: the body moves out of the tail, uncopied.
+            (None, _) => {
+                q.recent.forget_before(seq);
+                q.recent.take_front(seq).map(|kept| kept.body)
+            }
+        }
+        .unwrap_or_default();
+        match mode {
+            TakeMode::Remove => {
                 q.pop_front();
-                q.counters.expired += 1;
                 q.counters.bytes = q.counters.bytes.saturating_sub(len);
                 ops.ops.push(Op::Remove {
                     queue: state.clone(),
                     seq,
                 });
-                continue;
             }
-            let body = match (read_body, mode) {
-                (Some(body), _) => Some(body),
-                (None, TakeMode::Peek) => q.recent.get(seq).map(|kept| kept.body.clone()),
-                // Claimed: the body moves out of the tail, uncopied.
-                (None, _) => {
-                    q.recent.forget_before(seq);
-                    q.recent.take_front(seq).map(|kept| kept.body)
-                }
+            TakeMode::Open => {
+                q.pop_front();
+                q.open.insert(seq, len);
+                ops.ops.push(Op::SaveRecord {
+                    queue: state.clone(),
+                });
             }
-            .unwrap_or_default();
-            match mode {
-                TakeMode::Remove => {
-                    q.pop_front();
-                    q.counters.bytes = q.counters.bytes.saturating_sub(len);
-                    ops.ops.push(Op::Remove {
-                        queue: state.clone(),
-                        seq,
-                    });
-                }
-                TakeMode::Open => {
-                    q.pop_front();
-                    q.open.insert(seq, len);
-                    ops.ops.push(Op::SaveRecord {
-                        queue: state.clone(),
-                    });
-                }
-                TakeMode::Peek => {}
-            }
-            return Ok(Some(Taken {
-                queue: QueueHandle(state.clone()),
-                seq,
-                flags: header.flags,
-                body,
-                open: mode == TakeMode::Open,
-                durable_at: q.durable_at(seq, self.synced()),
-            }));
+            TakeMode::Peek => {}
         }
-        Ok(None)
+        return Ok(Some(Taken {
+            queue: QueueHandle(state.clone()),
+            seq,
+            flags: header.flags,
+            body,
+            open: mode == TakeMode::Open,
+            durable_at: q.durable_at(seq, engine.synced()),
+        }));
     }
+    Ok(None)
+}
 
-    /// Hands available messages to waiting readers, oldest waiter first. Each is delivered open
-    /// (the reader's loop confirms it, or gives it back if the reader is gone), except to a
-    /// waiting peek, which is shown the head and leaves it there for the waiters behind it.
-    pub(super) fn serve_waiters(
-        &self,
-        state: &QueueRef,
-        q: &mut QueueState,
-        ops: &mut Vec<Op>,
-        outbox: &mut Outbox,
-    ) {
-        let mut uncommitted = Uncommitted {
-            ops: std::mem::take(ops),
-        };
-        let now = message::now_ms();
-        while let Some(waiter) = q.waiters.front() {
-            if q.items() == 0 {
-                break;
-            }
-            let mode = match waiter.mode {
-                TakeMode::Peek => TakeMode::Peek,
-                TakeMode::Open | TakeMode::Remove => TakeMode::Open,
-            };
-            match self.take_locked(state, q, mode, now, &mut uncommitted) {
-                Ok(Some(taken)) => {
-                    let waiter = q.waiters.pop_front().expect("checked non-empty");
-                    let event = Event::Delivered {
-                        conn: waiter.conn.conn,
-                        wait_id: waiter.wait_id,
-                        taken,
-                    };
-                    outbox.send(waiter.conn, event);
-                }
-                Ok(None) | Err(_) => break,
-            }
+/// Hands available messages to waiting readers, oldest waiter first. Each is delivered open
+/// (the reader's loop confirms it, or gives it back if the reader is gone), except to a
+/// waiting peek, which is shown the head and leaves it there for the waiters behind it.
+pub(super) fn serve_waiters(
+    engine: &Engine,
+    state: &QueueRef,
+    q: &mut QueueState,
+    ops: &mut Vec<Op>,
+    outbox: &mut Outbox,
+) {
+    let mut uncommitted = Uncommitted {
+        ops: std::mem::take(ops),
+    };
+    let now = message::now_ms();
+    while let Some(waiter) = q.waiters.front() {
+        if q.items() == 0 {
+            break;
         }
-        *ops = uncommitted.ops;
+        let mode = match waiter.mode {
+            TakeMode::Peek => TakeMode::Peek,
+            TakeMode::Open | TakeMode::Remove => TakeMode::Open,
+        };
+        match take_locked(engine, state, q, mode, now, &mut uncommitted) {
+            Ok(Some(taken)) => {
+                let waiter = q.waiters.pop_front().expect("checked non-empty");
+                let event = Event::Delivered {
+                    conn: waiter.conn.conn,
+                    wait_id: waiter.wait_id,
+                    taken,
+                };
+                outbox.send(waiter.conn, event);
+            }
+            Ok(None) | Err(_) => break,
+        }
     }
+    *ops = uncommitted.ops;
 }

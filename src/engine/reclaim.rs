@@ -45,83 +45,89 @@ struct Reclaimed {
     last_low: u64,
 }
 
-impl Engine {
-    pub(super) fn reclaim_every(&self, every: Duration) {
-        let low_mark = self.config.min_free_bytes.saturating_mul(LOW_SPACE_FACTOR);
-        let mut known: HashMap<u64, Reclaimed> = HashMap::new();
-        let mut next = Instant::now() + every;
-        while !self.stopping.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(50));
-            if Instant::now() < next {
-                continue;
-            }
-            next = Instant::now() + every;
-            let low_space = low_mark > 0
-                && space::free_bytes(&self.config.data_dir).is_some_and(|free| free < low_mark);
-            self.reclaim_pass(&mut known, low_space);
+pub(super) fn reclaim_every(engine: &Engine, every: Duration) {
+    let low_mark = engine
+        .config
+        .min_free_bytes
+        .saturating_mul(LOW_SPACE_FACTOR);
+    let mut known: HashMap<u64, Reclaimed> = HashMap::new();
+    let mut next = Instant::now() + every;
+    while !engine.stopping.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+        if Instant::now() < next {
+            continue;
         }
+        next = Instant::now() + every;
+        let low_space = low_mark > 0
+            && space::free_bytes(&engine.config.data_dir).is_some_and(|free| free < low_mark);
+        reclaim_pass(engine, &mut known, low_space);
     }
+}
 
-    fn reclaim_pass(&self, known: &mut HashMap<u64, Reclaimed>, low_space: bool) {
-        let queues: Vec<QueueRef> = self.queues.read().values().cloned().collect();
-        // Queue id → (low mark, whether the queue is empty).
-        let mut live: HashMap<u64, (u64, bool)> = HashMap::with_capacity(queues.len());
-        for state in &queues {
-            let q = state.lock();
-            if q.deleted || !q.persisted {
-                continue;
-            }
-            // The oldest message still wanted: given back, held open, or never claimed.
-            let low = q
-                .returned
-                .front()
-                .copied()
-                .into_iter()
-                .chain(q.open.keys().copied())
-                .fold(q.next_unclaimed, u64::min);
-            live.insert(q.id, (low, q.items() == 0 && q.open.is_empty()));
+fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>, low_space: bool) {
+    let queues: Vec<QueueRef> = engine.queues.read().values().cloned().collect();
+    // Queue id → (low mark, whether the queue is empty).
+    let mut live: HashMap<u64, (u64, bool)> = HashMap::with_capacity(queues.len());
+    for state in &queues {
+        let q = state.lock();
+        if q.deleted || !q.persisted {
+            continue;
         }
-        let mut compacted_any = false;
-        for (&id, &(low, empty)) in &live {
-            let seen = known.entry(id).or_insert(Reclaimed {
-                compacted: 0,
-                last_low: u64::MAX,
-            });
-            let stopped = low == seen.last_low;
-            let settled =
-                stopped && (empty || low - seen.compacted.min(low) >= COMPACT_STOPPED_AFTER);
-            seen.last_low = low;
-            let dead = low.saturating_sub(seen.compacted);
-            if dead > 0 && (low_space || settled || dead >= COMPACT_AFTER) {
-                self.compact(
-                    store::message_key(id, seen.compacted),
-                    store::message_key(id, low),
-                );
-                seen.compacted = low;
-                compacted_any = true;
-            }
-        }
-        // Deleted queues: their whole range.
-        known.retain(|id, _| live.contains_key(id));
-        for id in std::mem::take(&mut *self.deleted_ids.lock()) {
-            self.compact(store::message_key(id, 0), store::message_key(id + 1, 0));
+        // The oldest message still wanted: given back, held open, or never claimed.
+        let low = q
+            .returned
+            .front()
+            .copied()
+            .into_iter()
+            .chain(q.open.keys().copied())
+            .fold(q.next_unclaimed, u64::min);
+        live.insert(q.id, (low, q.items() == 0 && q.open.is_empty()));
+    }
+    let mut compacted_any = false;
+    for (&id, &(low, empty)) in &live {
+        let seen = known.entry(id).or_insert(Reclaimed {
+            compacted: 0,
+            last_low: u64::MAX,
+        });
+        let stopped = low == seen.last_low;
+        let settled = stopped && (empty || low - seen.compacted.min(low) >= COMPACT_STOPPED_AFTER);
+        seen.last_low = low;
+        let dead = low.saturating_sub(seen.compacted);
+        if dead > 0 && (low_space || settled || dead >= COMPACT_AFTER) {
+            compact(
+                engine,
+                store::message_key(id, seen.compacted),
+                store::message_key(id, low),
+            );
+            seen.compacted = low;
             compacted_any = true;
         }
-        if compacted_any && low_space {
-            // Let the WAL files go too: they are freed once no memtable needs them.
-            for cf in [self.messages(), self.meta()] {
-                if let Err(e) = self.db.flush_cf(cf) {
-                    log::warn!("flush for space failed: {e}");
-                }
+    }
+    // Deleted queues: their whole range.
+    known.retain(|id, _| live.contains_key(id));
+    for id in std::mem::take(&mut *engine.deleted_ids.lock()) {
+        compact(
+            engine,
+            store::message_key(id, 0),
+            store::message_key(id + 1, 0),
+        );
+        compacted_any = true;
+    }
+    if compacted_any && low_space {
+        // Let the WAL files go too: they are freed once no memtable needs them.
+        for cf in [engine.messages(), engine.meta()] {
+            if let Err(e) = engine.db.flush_cf(cf) {
+                log::warn!("flush for space failed: {e}");
             }
         }
     }
+}
 
-    fn compact(&self, from: [u8; 16], to: [u8; 16]) {
-        let mut options = CompactOptions::default();
-        options.set_exclusive_manual_compaction(false);
-        options.set_bottommost_level_compaction(BottommostLevelCompaction::ForceOptimized);
-        self.db
-            .compact_range_cf_opt(self.messages(), Some(from), Some(to), &options);
-    }
+fn compact(engine: &Engine, from: [u8; 16], to: [u8; 16]) {
+    let mut options = CompactOptions::default();
+    options.set_exclusive_manual_compaction(false);
+    options.set_bottommost_level_compaction(BottommostLevelCompaction::ForceOptimized);
+    engine
+        .db
+        .compact_range_cf_opt(engine.messages(), Some(from), Some(to), &options);
 }

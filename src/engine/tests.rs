@@ -633,8 +633,13 @@ fn sweep_once(h: &Harness, queue: &str) -> usize {
         bytes: 1 << 20,
     };
     let mut uncommitted = Uncommitted::default();
-    h.engine
-        .sweep_behind_head(&state, message::now_ms(), &mut uncommitted, &mut budget);
+    background::sweep_behind_head(
+        &h.engine,
+        &state,
+        message::now_ms(),
+        &mut uncommitted,
+        &mut budget,
+    );
     h.engine.submit_now(&mut uncommitted);
     1000 - budget.messages
 }

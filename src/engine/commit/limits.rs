@@ -76,9 +76,14 @@ impl Committer<'_> {
         now: u64,
     ) -> Option<(u64, u64)> {
         let mut uncommitted = Uncommitted::default();
-        let front = self
-            .engine
-            .take_locked(queue, q, TakeMode::Peek, now, &mut uncommitted);
+        let front = crate::engine::reading::take_locked(
+            self.engine,
+            queue,
+            q,
+            TakeMode::Peek,
+            now,
+            &mut uncommitted,
+        );
         self.state.carry.extend(uncommitted.ops);
         let taken = front.ok()??;
         let claimed = q.pop_front();
