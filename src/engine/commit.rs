@@ -20,8 +20,10 @@ use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
 use super::events::{Event, Outbox, Outcome};
 use super::message::{self, Header};
+use super::ops::Op;
 use super::queue::QueueState;
 use super::recent::Fresh;
+use super::sequence::SeqToken;
 use super::space::FreeSpace;
 use super::store::{self, QueueMeta};
 use super::{Engine, Error, QueueRef};
@@ -33,45 +35,6 @@ const REUSED_VALUE_MAX: usize = 64 << 10;
 const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Most removals kept for the next commit (`Engine::submit`) before they are written anyway.
 const MAX_DEFERRED: usize = 4096;
-
-pub(super) enum Op {
-    Put {
-        queue: Vec<u8>,
-        flags: u32,
-        expires_at: u64,
-        body: Vec<u8>,
-        reply_to: ConnRef,
-    },
-    /// A consumed message to delete (and its queue's record to rewrite).
-    Remove {
-        queue: QueueRef,
-        seq: u64,
-    },
-    /// Rewrite the queue's record only (a message was opened: the record lists open ones).
-    SaveRecord {
-        queue: QueueRef,
-    },
-    DeleteQueue {
-        name: Vec<u8>,
-        reply_to: ConnRef,
-    },
-    /// Empty one queue, or all of them.
-    Flush {
-        name: Option<Vec<u8>>,
-        reply_to: ConnRef,
-    },
-}
-
-impl Op {
-    pub(super) fn reply_to(&self) -> Option<ConnRef> {
-        match self {
-            Op::Put { reply_to, .. }
-            | Op::DeleteQueue { reply_to, .. }
-            | Op::Flush { reply_to, .. } => Some(*reply_to),
-            _ => None,
-        }
-    }
-}
 
 /// A queue a batch writes to.
 struct Touched {
@@ -144,6 +107,8 @@ pub(super) struct CommitState {
     space: FreeSpace,
     /// Where each staged message's stored value is encoded before the batch copies it.
     value: Vec<u8>,
+    /// Lent to `NextSeq` to hand out sequence numbers: only the lock's holder has it.
+    token: SeqToken,
 }
 
 impl CommitState {
@@ -152,6 +117,7 @@ impl CommitState {
             carry: Vec::new(),
             space,
             value: Vec::new(),
+            token: SeqToken::new(),
         }
     }
 }
@@ -317,7 +283,7 @@ impl Committer<'_> {
             if expires_at != 0 {
                 q.expiring_staged += 1;
             }
-            let seq = q.next_seq.assign(self.state);
+            let seq = q.next_seq.assign(&mut self.state.token);
             let id = q.id;
             drop(q);
             break (queue, id, seq);
@@ -429,7 +395,7 @@ impl Committer<'_> {
             } else {
                 // Nothing of the batch happened: what it discarded is back in the queue.
                 let tail = q.tail;
-                q.next_seq.roll_back(tail, self.state);
+                q.next_seq.roll_back(tail, &mut self.state.token);
                 let discarded = touched.discarded.len() as u64 + touched.dropped_staged;
                 q.counters.discarded -= discarded;
                 for &(seq, len) in &touched.discarded {

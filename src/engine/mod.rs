@@ -22,10 +22,12 @@ mod fanout;
 mod ghosts;
 pub mod message;
 mod metrics;
+mod ops;
 pub mod queue;
 mod reading;
 mod recent;
 mod reclaim;
+mod sequence;
 mod space;
 pub mod store;
 #[cfg(test)]
@@ -41,13 +43,14 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use commit::{CommitState, Op};
+use commit::CommitState;
 pub use conn_ref::ConnRef;
 use durability::Durability;
 pub use durability::SyncPoint;
 use events::Outbox;
 pub use events::{Event, Mailbox, Outcome, QueueHandle, Taken, Wake};
 pub use metrics::{EngineSnapshot, HistogramSnapshot};
+use ops::Op;
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use recent::RecentBudget;
@@ -190,7 +193,7 @@ impl Engine {
             state.persisted = true;
             state.next_unclaimed = meta.next_unclaimed;
             state.tail = meta.tail;
-            state.next_seq = queue::NextSeq::recovered(meta.tail);
+            state.next_seq = sequence::NextSeq::starting_at(meta.tail);
             state.counters = meta.counters;
             // Whether its messages expire is not recorded: the sweep has a look.
             state.sweep.clean_at = None;

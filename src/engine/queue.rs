@@ -6,10 +6,10 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::commit::CommitState;
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
 use super::recent::{RecentBudget, RecentTail};
+use super::sequence::NextSeq;
 
 /// How a read treats the message it finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,34 +82,6 @@ pub struct QueueState {
     pub unsynced: VecDeque<(u64, SyncPoint)>,
 }
 
-/// A queue's next sequence number. Only the committer hands numbers out, and only while it holds
-/// the commit lock: `assign` and `roll_back` take the lock's state as proof, so no other code can
-/// change it (everyone may look). Numbers thus follow the order of the writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NextSeq(u64);
-
-impl NextSeq {
-    /// The next number of a queue found on disk at start-up, before anything is committed.
-    pub fn recovered(tail: u64) -> NextSeq {
-        NextSeq(tail)
-    }
-
-    pub fn get(self) -> u64 {
-        self.0
-    }
-
-    /// Hands out the next number.
-    pub(super) fn assign(&mut self, _commit_lock: &mut CommitState) -> u64 {
-        self.0 += 1;
-        self.0 - 1
-    }
-
-    /// Takes back every number handed out since `tail` (their write failed).
-    pub(super) fn roll_back(&mut self, tail: u64, _commit_lock: &mut CommitState) {
-        self.0 = tail;
-    }
-}
-
 /// Where the sweep of a queue's messages behind its head stands. It reads a bounded number per
 /// round, resuming where it stopped; a queue in which a whole pass found no message with an
 /// expiry is not read again until one is staged.
@@ -135,7 +107,7 @@ impl QueueState {
             deleted: false,
             next_unclaimed: 0,
             tail: 0,
-            next_seq: NextSeq(0),
+            next_seq: NextSeq::starting_at(0),
             returned: VecDeque::new(),
             open: HashMap::new(),
             waiters: VecDeque::new(),
@@ -278,7 +250,7 @@ mod tests {
     fn queue() -> QueueState {
         let mut q = QueueState::new(1, Arc::from(&b"q"[..]), &RecentBudget::new(0));
         q.tail = 5;
-        q.next_seq = NextSeq(5);
+        q.next_seq = NextSeq::starting_at(5);
         q
     }
 

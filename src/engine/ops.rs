@@ -1,0 +1,45 @@
+//! What a caller asks the committer to write: the vocabulary of `Uncommitted`, shared by the
+//! modules that collect writes (reading, the sweep, the API) and the one that commits them.
+
+use super::conn_ref::ConnRef;
+use super::QueueRef;
+
+/// One write to commit.
+pub enum Op {
+    Put {
+        queue: Vec<u8>,
+        flags: u32,
+        expires_at: u64,
+        body: Vec<u8>,
+        reply_to: ConnRef,
+    },
+    /// A consumed message to delete (and its queue's record to rewrite).
+    Remove {
+        queue: QueueRef,
+        seq: u64,
+    },
+    /// Rewrite the queue's record only (a message was opened: the record lists open ones).
+    SaveRecord {
+        queue: QueueRef,
+    },
+    DeleteQueue {
+        name: Vec<u8>,
+        reply_to: ConnRef,
+    },
+    /// Empty one queue, or all of them.
+    Flush {
+        name: Option<Vec<u8>>,
+        reply_to: ConnRef,
+    },
+}
+
+impl Op {
+    pub fn reply_to(&self) -> Option<ConnRef> {
+        match self {
+            Op::Put { reply_to, .. }
+            | Op::DeleteQueue { reply_to, .. }
+            | Op::Flush { reply_to, .. } => Some(*reply_to),
+            _ => None,
+        }
+    }
+}
