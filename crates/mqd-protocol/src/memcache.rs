@@ -306,15 +306,23 @@ pub fn encode(reply: &Reply, out: &mut Vec<u8>) {
     match reply {
         Reply::Stored => out.extend_from_slice(b"STORED\r\n"),
         Reply::Values(values) => {
+            let size = values
+                .iter()
+                .map(|value| {
+                    b"VALUE ".len() + value.key.len() + VALUE_LINE_END + value.body.len() + 2
+                })
+                .sum::<usize>();
+            out.reserve(size + b"END\r\n".len());
             for value in values {
                 out.extend_from_slice(b"VALUE ");
                 out.extend_from_slice(&value.key);
-                push_number(out, b' ', value.flags as u64);
-                push_number(out, b' ', value.body.len() as u64);
-                if let Some(cas) = value.cas {
-                    push_number(out, b' ', cas);
-                }
-                out.extend_from_slice(b"\r\n");
+                let mut end = [0; VALUE_LINE_END];
+                out.extend_from_slice(value_line_end(
+                    &mut end,
+                    value.flags,
+                    value.body.len(),
+                    value.cas,
+                ));
                 out.extend_from_slice(&value.body);
                 out.extend_from_slice(b"\r\n");
             }
@@ -395,19 +403,41 @@ pub fn error_line(kind: ErrorKind) -> String {
     }
 }
 
-fn push_number(out: &mut Vec<u8>, separator: u8, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+/// Longest end of a `VALUE` line: three numbers of up to 20 digits, each after a space, then
+/// `\r\n`.
+const VALUE_LINE_END: usize = 3 * 21 + 2;
+
+/// ` <flags> <bytes>[ <cas>]\r\n`, written back to front into `buf`: one copy into the reply
+/// instead of one per piece.
+fn value_line_end(
+    buf: &mut [u8; VALUE_LINE_END],
+    flags: u32,
+    bytes: usize,
+    cas: Option<u64>,
+) -> &[u8] {
+    let mut at = buf.len() - 2;
+    buf[at..].copy_from_slice(b"\r\n");
+    if let Some(cas) = cas {
+        at = prepend_number(buf, at, cas);
+    }
+    at = prepend_number(buf, at, bytes as u64);
+    at = prepend_number(buf, at, u64::from(flags));
+    &buf[at..]
+}
+
+/// Writes ` <n>` to end just before `buf[end]`; returns where it starts.
+fn prepend_number(buf: &mut [u8], mut end: usize, mut n: u64) -> usize {
     loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        end -= 1;
+        buf[end] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.push(separator);
-    out.extend_from_slice(&digits[at..]);
+    end -= 1;
+    buf[end] = b' ';
+    end
 }
 
 #[cfg(test)]
