@@ -11,6 +11,7 @@ pub mod http;
 pub mod json;
 pub mod memcache;
 pub mod mqmq;
+mod text;
 
 pub use command::{Command, ErrorKind, Info, Read, Reply, Set, StatsKind, Value};
 pub use framing::{input_limit, Framer};

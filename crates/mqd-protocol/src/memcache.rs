@@ -5,6 +5,7 @@
 //! `protocol-spec/memcache.md`.
 
 use super::command::{Command, ErrorKind, Read, Reply, Set, StatsKind};
+use super::text::{Args, Decimal, Tokens};
 use super::{Limits, Parsed};
 
 /// Longest queue name, as in memcached and MemcacheQ.
@@ -38,25 +39,28 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
     let line = buf[..newline]
         .strip_suffix(b"\r")
         .unwrap_or(&buf[..newline]);
-    let tokens: Vec<&[u8]> = line
-        .split(|&b| b == b' ')
-        .filter(|t| !t.is_empty())
-        .collect();
-    let Some((&name, args)) = tokens.split_first() else {
+    let mut tokens = Tokens::new(line);
+    let Some(name) = tokens.next() else {
         return invalid(line_len, ErrorKind::UnknownCommand, false);
     };
     let command = match name {
-        b"set" => return parse_set(buf, line_len, args, limits),
-        b"get" => parse_get(args, false),
-        b"gets" => parse_get(args, true),
-        b"delete" => parse_delete(args),
-        b"flush" => parse_flush(args),
-        b"flush_all" => parse_flush_all(args),
-        b"stats" => parse_stats(args),
-        b"version" if args.is_empty() => Ok(Command::Version),
-        b"verbosity" => parse_verbosity(args),
-        b"quit" if args.is_empty() => Ok(Command::Quit),
-        _ => Err(ErrorKind::UnknownCommand),
+        b"get" => parse_get(tokens, false),
+        b"gets" => parse_get(tokens, true),
+        _ => {
+            let args = Args::new(tokens);
+            let args = args.as_slice();
+            match name {
+                b"set" => return parse_set(buf, line_len, args, limits),
+                b"delete" => parse_delete(args),
+                b"flush" => parse_flush(args),
+                b"flush_all" => parse_flush_all(args),
+                b"stats" => parse_stats(args),
+                b"version" if args.is_empty() => Ok(Command::Version),
+                b"verbosity" => parse_verbosity(args),
+                b"quit" if args.is_empty() => Ok(Command::Quit),
+                _ => Err(ErrorKind::UnknownCommand),
+            }
+        }
     };
     match command {
         Ok(command) => Parsed::Command {
@@ -143,14 +147,15 @@ fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Pa
 }
 
 /// `get <key> [<key> ...]`; every key is checked before any is acted on.
-fn parse_get(args: &[&[u8]], cas: bool) -> Result<Command, ErrorKind> {
-    if args.is_empty() {
+fn parse_get(keys: Tokens, cas: bool) -> Result<Command, ErrorKind> {
+    // One key is the common case: one small allocation, grown only for multi-key gets.
+    let mut reads = Vec::with_capacity(1);
+    for key in keys {
+        reads.push(parse_read(key, cas)?);
+    }
+    if reads.is_empty() {
         return Err(ErrorKind::UnknownCommand);
     }
-    let reads = args
-        .iter()
-        .map(|key| parse_read(key, cas))
-        .collect::<Result<Vec<_>, _>>()?;
     Ok(Command::Get(reads))
 }
 
@@ -158,33 +163,59 @@ fn parse_get(args: &[&[u8]], cas: bool) -> Result<Command, ErrorKind> {
 /// with a `/` whose parts are not all options is a plain queue name, as in MemcacheQ, so queues
 /// named like `jobs/daily` keep working.
 pub fn parse_read(key: &[u8], cas: bool) -> Result<Read, ErrorKind> {
-    let mut read = Read::take(key);
-    read.cas = cas;
-    let mut parts = key.split(|&b| b == b'/');
-    let queue = parts.next().unwrap_or_default();
-    let mut options = read.clone();
-    let all_options = parts.all(|option| {
+    let plain = ReadOptions::default();
+    let (queue, options) = match key.iter().position(|&b| b == b'/') {
+        Some(slash) => match read_options(&key[slash + 1..]) {
+            Some(options) => (&key[..slash], options),
+            None => (key, plain),
+        },
+        None => (key, plain),
+    };
+    queue_name(queue)?;
+    let ReadOptions {
+        wait_ms,
+        open,
+        close,
+        abort,
+        peek,
+    } = options;
+    if (peek || abort) && (open || close) || (peek && abort) {
+        return Err(ErrorKind::BadFormat("bad option combination"));
+    }
+    Ok(Read {
+        key: key.to_vec(),
+        queue: queue.to_vec(),
+        wait_ms,
+        open,
+        close,
+        abort,
+        peek,
+        cas,
+    })
+}
+
+/// The `/`-separated options after a get key's queue name, or `None` if any part is not one.
+#[derive(Default)]
+struct ReadOptions {
+    wait_ms: Option<u64>,
+    open: bool,
+    close: bool,
+    abort: bool,
+    peek: bool,
+}
+
+fn read_options(parts: &[u8]) -> Option<ReadOptions> {
+    let mut options = ReadOptions::default();
+    for option in parts.split(|&b| b == b'/') {
         match option {
             b"open" => options.open = true,
             b"close" => options.close = true,
             b"abort" => options.abort = true,
             b"peek" => options.peek = true,
-            _ => match option.strip_prefix(b"t=").map(parse_number::<u64>) {
-                Some(Ok(ms)) => options.wait_ms = Some(ms),
-                _ => return false,
-            },
+            _ => options.wait_ms = Some(u64::from_decimal(option.strip_prefix(b"t=")?)?),
         }
-        true
-    });
-    if queue.len() < key.len() && all_options {
-        read = options;
-        read.queue = queue.to_vec();
     }
-    queue_name(&read.queue)?;
-    if (read.peek || read.abort) && (read.open || read.close) || (read.peek && read.abort) {
-        return Err(ErrorKind::BadFormat("bad option combination"));
-    }
-    Ok(read)
+    Some(options)
 }
 
 fn parse_delete(args: &[&[u8]]) -> Result<Command, ErrorKind> {
@@ -266,14 +297,8 @@ fn parse_noreply(token: Option<&&[u8]>) -> Result<bool, ErrorKind> {
 }
 
 /// Strict decimal: digits only (a leading `-` for signed types), no overflow.
-fn parse_number<T: std::str::FromStr>(token: &[u8]) -> Result<T, ErrorKind> {
-    if token.starts_with(b"+") {
-        return Err(BAD_FORMAT);
-    }
-    std::str::from_utf8(token)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(BAD_FORMAT)
+fn parse_number<T: Decimal>(token: &[u8]) -> Result<T, ErrorKind> {
+    T::from_decimal(token).ok_or(BAD_FORMAT)
 }
 
 /// Appends the wire form of `reply`.
@@ -281,15 +306,23 @@ pub fn encode(reply: &Reply, out: &mut Vec<u8>) {
     match reply {
         Reply::Stored => out.extend_from_slice(b"STORED\r\n"),
         Reply::Values(values) => {
+            let size = values
+                .iter()
+                .map(|value| {
+                    b"VALUE ".len() + value.key.len() + VALUE_LINE_END + value.body.len() + 2
+                })
+                .sum::<usize>();
+            out.reserve(size + b"END\r\n".len());
             for value in values {
                 out.extend_from_slice(b"VALUE ");
                 out.extend_from_slice(&value.key);
-                push_number(out, b' ', value.flags as u64);
-                push_number(out, b' ', value.body.len() as u64);
-                if let Some(cas) = value.cas {
-                    push_number(out, b' ', cas);
-                }
-                out.extend_from_slice(b"\r\n");
+                let mut end = [0; VALUE_LINE_END];
+                out.extend_from_slice(value_line_end(
+                    &mut end,
+                    value.flags,
+                    value.body.len(),
+                    value.cas,
+                ));
                 out.extend_from_slice(&value.body);
                 out.extend_from_slice(b"\r\n");
             }
@@ -370,19 +403,41 @@ pub fn error_line(kind: ErrorKind) -> String {
     }
 }
 
-fn push_number(out: &mut Vec<u8>, separator: u8, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+/// Longest end of a `VALUE` line: three numbers of up to 20 digits, each after a space, then
+/// `\r\n`.
+const VALUE_LINE_END: usize = 3 * 21 + 2;
+
+/// ` <flags> <bytes>[ <cas>]\r\n`, written back to front into `buf`: one copy into the reply
+/// instead of one per piece.
+fn value_line_end(
+    buf: &mut [u8; VALUE_LINE_END],
+    flags: u32,
+    bytes: usize,
+    cas: Option<u64>,
+) -> &[u8] {
+    let mut at = buf.len() - 2;
+    buf[at..].copy_from_slice(b"\r\n");
+    if let Some(cas) = cas {
+        at = prepend_number(buf, at, cas);
+    }
+    at = prepend_number(buf, at, bytes as u64);
+    at = prepend_number(buf, at, u64::from(flags));
+    &buf[at..]
+}
+
+/// Writes ` <n>` to end just before `buf[end]`; returns where it starts.
+fn prepend_number(buf: &mut [u8], mut end: usize, mut n: u64) -> usize {
     loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        end -= 1;
+        buf[end] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.push(separator);
-    out.extend_from_slice(&digits[at..]);
+    end -= 1;
+    buf[end] = b' ';
+    end
 }
 
 #[cfg(test)]

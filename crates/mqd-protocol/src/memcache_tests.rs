@@ -273,6 +273,33 @@ fn encodes_replies() {
         "VALUE q4 0 5 9\r\nhello\r\nEND\r\n"
     );
     assert_eq!(encoded(&Reply::Values(vec![])), "END\r\n");
+}
+
+#[test]
+fn encodes_the_widest_value_lines_and_several_values() {
+    let widest = Value {
+        key: b"q/t=1/open".to_vec(),
+        flags: u32::MAX,
+        body: b"".to_vec(),
+        cas: Some(u64::MAX),
+    };
+    let plain = Value {
+        key: b"r".to_vec(),
+        flags: 10,
+        body: vec![b'x'; 100],
+        cas: None,
+    };
+    let mut out = b"before ".to_vec();
+    encode(&Reply::Values(vec![widest, plain]), &mut out);
+    let expected = format!(
+        "before VALUE q/t=1/open 4294967295 0 18446744073709551615\r\n\r\nVALUE r 10 100\r\n{}\r\nEND\r\n",
+        "x".repeat(100)
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+}
+
+#[test]
+fn encodes_other_replies() {
     assert_eq!(
         encoded(&Reply::Stats(vec![("q4".into(), "2/0".into())])),
         "STAT q4 2/0\r\nEND\r\n"
