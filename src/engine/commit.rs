@@ -105,8 +105,11 @@ pub(super) struct CommitState {
     /// itself caused (expired messages met while serving readers).
     carry: Vec<Op>,
     space: FreeSpace,
-    /// Where each staged message's stored value is encoded before the batch copies it.
+    /// Where each staged message's stored value is encoded before the batch copies it, and
+    /// each queue record and its key.
     value: Vec<u8>,
+    record: Vec<u8>,
+    record_key: Vec<u8>,
     /// Lent to `NextSeq` to hand out sequence numbers: only the lock's holder has it.
     token: SeqToken,
 }
@@ -117,6 +120,8 @@ impl CommitState {
             carry: Vec::new(),
             space,
             value: Vec::new(),
+            record: Vec::new(),
+            record_key: Vec::new(),
             token: SeqToken::new(),
         }
     }
@@ -155,7 +160,18 @@ struct Committer<'a> {
 impl Committer<'_> {
     /// Applies the ops in order.
     fn apply(&mut self, ops: Vec<Op>) {
-        let mut batch = Batch::default();
+        // Sized for what the ops write, so that the batch is not copied as it grows.
+        let estimate: usize = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { body, .. } => body.len() + message::HEADER_LEN + 48,
+                _ => 48,
+            })
+            .sum();
+        let mut batch = Batch {
+            write: WriteBatch::with_capacity_bytes(estimate + 256),
+            ..Batch::default()
+        };
         for op in ops {
             match op {
                 Op::Put {
@@ -348,9 +364,11 @@ impl Committer<'_> {
             let mut record = QueueMeta::of(&q, q.next_seq.get());
             record.next_unclaimed = touched.next_unclaimed_after(&q);
             record.counters.bytes += touched.added_bytes;
+            record.encode_into(&mut self.state.record);
+            store::meta_key_into(&mut self.state.record_key, &q.name);
             batch
                 .write
-                .put_cf(meta, store::meta_key(&q.name), record.encode());
+                .put_cf(meta, &self.state.record_key, &self.state.record);
         }
         if new_queues {
             // Ids are never reused, even for a queue deleted before the restart.

@@ -106,10 +106,17 @@ pub fn message_key(id: u64, seq: u64) -> [u8; 16] {
 }
 
 pub fn meta_key(name: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + name.len());
+    let mut key = Vec::new();
+    meta_key_into(&mut key, name);
+    key
+}
+
+/// `meta_key` into a reused buffer (replacing what it held).
+pub fn meta_key_into(key: &mut Vec<u8>, name: &[u8]) {
+    key.clear();
+    key.reserve(1 + name.len());
     key.push(QUEUE_PREFIX);
     key.extend_from_slice(name);
-    key
 }
 
 /// A queue's durable record.
@@ -139,7 +146,15 @@ impl QueueMeta {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 8 * 8 + 8 * self.pending.len());
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// `encode` into a reused buffer (replacing what it held).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(1 + 8 * 8 + 8 * self.pending.len());
         out.push(META_VERSION);
         for n in [
             self.id,
@@ -156,7 +171,6 @@ impl QueueMeta {
         for seq in &self.pending {
             out.extend_from_slice(&seq.to_be_bytes());
         }
-        out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<QueueMeta> {
