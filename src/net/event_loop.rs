@@ -185,6 +185,8 @@ impl EventLoop {
                     return;
                 }
             }
+            // Replies the last sync released go out first, before this pass's new work.
+            self.release_held();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
