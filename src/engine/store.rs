@@ -14,8 +14,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
-    Options, ReadOptions, WriteBatch, WriteBufferManager,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager,
 };
 
 use super::queue::{Counters, QueueState};
@@ -57,8 +57,11 @@ pub struct StoreOptions {
 impl StoreOptions {
     pub fn new(budget: MemoryBudget) -> StoreOptions {
         let cache = Cache::new_lru_cache(budget.block_cache);
+        // Writers stall while the memtables hold more than their budget, waiting for a flush:
+        // without that, three 64 MB memtables of `messages` plus `meta`'s could all be full at
+        // once during a long fill, well past the budget.
         let write_buffers =
-            WriteBufferManager::new_write_buffer_manager(budget.write_buffers, false);
+            WriteBufferManager::new_write_buffer_manager(budget.write_buffers, true);
 
         let mut db = Options::default();
         db.create_if_missing(true);
@@ -78,7 +81,17 @@ impl StoreOptions {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
+        // Index and filter blocks live in the block cache, so their memory is bounded by it
+        // instead of growing with the backlog (10 million 1 KB messages have 50 MB of them). And
+        // they are partitioned: a get loads only the few-KB partitions covering its key (a drain
+        // reads near the queue's head, so those stay cached), never a whole table's index or
+        // filter, which a cache too small to hold every table's would reload on every get. Each
+        // table's top level is pinned (a few KB), and so are L0 tables' blocks: every get checks
+        // each L0 table, and there are few.
         table.set_cache_index_and_filter_blocks(true);
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_pin_top_level_index_and_filter(true);
 
         let mut messages_cf = Options::default();
         messages_cf.set_block_based_table_factory(&table);
@@ -88,6 +101,9 @@ impl StoreOptions {
 
         let mut meta_cf = messages_cf.clone();
         meta_cf.set_write_buffer_size(16 << 20);
+        // A read asks for a message that exists (the queue's head), so a filter only ever says
+        // "maybe": the last level, which holds most messages, is built without one.
+        messages_cf.set_optimize_filters_for_hits(true);
 
         StoreOptions {
             db,
