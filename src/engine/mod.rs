@@ -289,6 +289,9 @@ impl Engine {
         if let Err(e) = self.db.flush_wal(true) {
             log::error!("final WAL sync failed: {e}");
         }
+        if let Err(e) = store::flush_memtables(&self.db) {
+            log::warn!("final flush failed (the next start-up replays the WAL): {e}");
+        }
     }
 
     /// Commits what `uncommitted` collected: when this returns, the writers' `Completed` events
