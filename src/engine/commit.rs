@@ -18,7 +18,7 @@ use rocksdb::WriteBatch;
 
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
-use super::events::{Event, Outbox, Outcome};
+use super::events::{Outbox, Outcome};
 use super::message::{self, Header};
 use super::ops::Op;
 use super::queue::QueueState;
@@ -208,14 +208,7 @@ impl Committer<'_> {
     }
 
     fn answer(&self, to: ConnRef, outcome: Outcome, durable_at: SyncPoint) {
-        Outbox::new(&self.engine.mailboxes).send(
-            to,
-            Event::Completed {
-                conn: to.conn,
-                outcome,
-                durable_at,
-            },
-        );
+        Outbox::new(&self.engine.mailboxes).complete(to, outcome, durable_at);
     }
 
     /// Stages a put to `name` and a copy to each of its fan-out queues (`name+<child>`).
@@ -340,14 +333,7 @@ impl Committer<'_> {
                 } else {
                     SyncPoint::NONE
                 };
-                outbox.send(
-                    writer,
-                    Event::Completed {
-                        conn: writer.conn,
-                        outcome,
-                        durable_at,
-                    },
-                );
+                outbox.complete(writer, outcome, durable_at);
             }
             return Ok(batch.written);
         }
@@ -429,14 +415,7 @@ impl Committer<'_> {
                 (None, Ok(point)) => (Outcome::Stored, *point),
                 (None, Err(_)) => (Outcome::Failed(Error::Storage), SyncPoint::NONE),
             };
-            outbox.send(
-                writer,
-                Event::Completed {
-                    conn: writer.conn,
-                    outcome,
-                    durable_at,
-                },
-            );
+            outbox.complete(writer, outcome, durable_at);
         }
         result.map_err(|_| ())
     }

@@ -98,6 +98,17 @@ impl<'a> Outbox<'a> {
         }
     }
 
+    /// Tells `to` its oldest outstanding write is done; its reply waits for `durable_at`.
+    pub fn complete(&mut self, to: ConnRef, outcome: Outcome, durable_at: SyncPoint) {
+        let conn = to.conn;
+        let event = Event::Completed {
+            conn,
+            outcome,
+            durable_at,
+        };
+        self.send(to, event);
+    }
+
     pub fn send(&mut self, to: ConnRef, event: Event) {
         if let Some(mailbox) = self.mailboxes.get(to.mailbox as usize) {
             // A closed mailbox means that loop has stopped: nothing is waiting for this.

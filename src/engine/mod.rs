@@ -2,12 +2,13 @@
 //!
 //! Reads happen on the caller's thread: a read claims the head sequence number under the queue's
 //! lock and takes that message from the queue's in-memory tail of recent messages (`recent`) or
-//! fetches that one key (no scans, so the cost does not grow with what was consumed before). Writes are committed on the caller's thread too, under one lock (`commit`): each
-//! event-loop pass stages its requests, assigns sequence numbers and writes one WriteBatch without
-//! an fsync, then makes the messages visible, answers the writers and hands messages to blocked
-//! readers. Every reply that depends on a write carries its `SyncPoint`; the syncer thread
-//! (`durability`) fsyncs and tells the loops when to send them. Removals of consumed messages
-//! need no sync: after a crash a message may come back, but it never vanishes.
+//! fetches that one key (no scans, so the cost does not grow with what was consumed before).
+//! Writes are committed on the caller's thread too, under one lock (`commit`): each event-loop
+//! pass stages its requests, assigns sequence numbers and writes one WriteBatch without an fsync,
+//! then makes the messages visible, answers the writers and hands messages to blocked readers.
+//! Every reply that depends on a write carries its `SyncPoint`; the syncer thread (`durability`)
+//! fsyncs and tells the loops when to send them. Removals of consumed messages need no sync:
+//! after a crash a message may come back, but it never vanishes.
 //!
 //! `impl Engine` below is the engine's whole API; each concern's module (`reading`, `commit`,
 //! `durability`, `background`, `reclaim`, `ghosts`, `fanout`, `metrics`) holds plain functions
@@ -300,33 +301,22 @@ impl Engine {
     /// (anyone's) writes them first, or `commit_deferred`, so a pass of reads alone costs no
     /// RocksDB write of its own.
     pub fn submit(&self, uncommitted: &mut Uncommitted) {
+        let awaited = uncommitted.awaited();
         let ops = std::mem::take(&mut uncommitted.ops);
         if self.stopping.load(Ordering::Acquire) {
             // Stopped: answer every writer now.
             let mut outbox = Outbox::new(&self.mailboxes);
             for to in ops.iter().filter_map(Op::reply_to) {
-                let outcome = Outcome::Failed(Error::ShuttingDown);
-                let durable_at = SyncPoint::NONE;
-                let conn = to.conn;
-                outbox.send(
-                    to,
-                    Event::Completed {
-                        conn,
-                        outcome,
-                        durable_at,
-                    },
-                );
+                outbox.complete(to, Outcome::Failed(Error::ShuttingDown), SyncPoint::NONE);
             }
             return;
         }
-        if !ops.iter().any(|op| op.reply_to().is_some()) {
-            if commit::defer(self, ops) {
-                return;
-            }
+        if awaited {
+            commit::commit_ops(self, ops);
+        } else if !commit::defer(self, ops) {
+            // Too many deferred already: write them now.
             commit::commit_ops(self, Vec::new());
-            return;
         }
-        commit::commit_ops(self, ops);
     }
 
     /// Writes the deferred removals now.
