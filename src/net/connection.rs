@@ -32,6 +32,10 @@ const SPARE_INPUTS: usize = 64;
 const SHRINK_ABOVE: usize = 256 << 10;
 /// Run no more commands while this much output waits for a slow reader (or for a sync).
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
+/// Replies are written to the socket once per loop pass (`EventLoop::flush_pending`), not after
+/// every command or commit round: one `send` then carries a whole pipeline's replies. Output
+/// beyond this is written at once, so buffers stay small.
+const FLUSH_EARLY: usize = 64 << 10;
 
 /// Why `process` stopped running commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +136,11 @@ impl Connection {
         self.output.unsent()
     }
 
+    /// Whether some replies are not written to the socket yet (maybe held for a sync).
+    pub fn unflushed(&self) -> bool {
+        !self.output.is_empty()
+    }
+
     /// Whether some of its replies or writes wait for a sync.
     pub fn held(&self) -> bool {
         self.output.held() || !self.unsynced_writes.is_empty()
@@ -141,7 +150,9 @@ impl Connection {
     pub fn drive(&mut self, ctx: &mut Ctx) {
         loop {
             let stop = self.process(ctx);
-            self.flush(ctx);
+            if self.dead || self.closing || self.unsent() >= FLUSH_EARLY {
+                self.flush(ctx);
+            }
             if self.dead || self.closing {
                 break;
             }

@@ -26,6 +26,9 @@ const MAX_COMMITS_PER_PASS: usize = 64;
 /// Removals of consumed messages (which no one waits for) that the engine kept for the next
 /// commit are written by the loop at the latest this long after (see `Engine::submit`).
 const DEFERRED_REMOVALS_FOR: Duration = Duration::from_millis(20);
+/// Replies ready this long are written before the loop's next commit rather than at the end of
+/// the pass (`EventLoop::flush_if_overdue`).
+const FLUSH_OVERDUE: Duration = Duration::from_millis(1);
 
 /// Wakes a loop from other threads, but only when it is asleep in `poll`: a busy loop looks at
 /// its mailbox before it sleeps anyway, and an eventfd write per event would cost a syscall and
@@ -90,6 +93,10 @@ pub struct EventLoop {
     /// Connections with replies waiting for a sync, and the sync point last seen.
     held: HashSet<u64>,
     seen_synced: SyncPoint,
+    /// Connections with replies to write at the end of this pass (`flush_pending`), and since
+    /// when the first of them waits.
+    unflushed: Vec<u64>,
+    unflushed_since: Instant,
     /// Since when removals this loop submitted may wait in the engine for the next commit.
     deferred_since: Option<Instant>,
     /// Write weights of closed connections whose writes the committer has not answered yet.
@@ -131,6 +138,8 @@ impl EventLoop {
             parked: HashSet::new(),
             held: HashSet::new(),
             seen_synced: SyncPoint::NONE,
+            unflushed: Vec::new(),
+            unflushed_since: Instant::now(),
             deferred_since: None,
             orphans: HashMap::new(),
             next_sweep: Instant::now(),
@@ -187,6 +196,7 @@ impl EventLoop {
             }
             // Replies the last sync released go out first, before this pass's new work.
             self.release_held();
+            self.flush_pending();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -224,6 +234,7 @@ impl EventLoop {
             self.sweep(now);
             self.commit();
             self.release_held();
+            self.flush_pending();
             if self.shared.shutting_down.load(Ordering::Acquire) && self.drain() {
                 self.shared.engine.submit(&mut self.uncommitted);
                 self.shared.engine.commit_deferred();
@@ -325,9 +336,9 @@ impl EventLoop {
     pub(super) fn drive(&mut self, slot: usize) {
         let state = self.with_conn(slot, |c, ctx| {
             c.drive(ctx);
-            (c.finished(), c.parked(), c.held(), c.id)
+            (c.finished(), c.parked(), c.held(), c.unflushed(), c.id)
         });
-        let Some((finished, parked, held, id)) = state else {
+        let Some((finished, parked, held, unflushed, id)) = state else {
             return;
         };
         if finished {
@@ -340,6 +351,39 @@ impl EventLoop {
         if held {
             self.held.insert(id);
         }
+        if unflushed && self.unflushed.last() != Some(&id) {
+            if self.unflushed.is_empty() {
+                self.unflushed_since = Instant::now();
+            }
+            self.unflushed.push(id);
+        }
+    }
+
+    /// Writes the replies waiting for the end of the pass now if they have waited long: a commit
+    /// may block on RocksDB for a while (a write stall), and replies ready before it should not.
+    fn flush_if_overdue(&mut self) {
+        if !self.unflushed.is_empty() && self.unflushed_since.elapsed() >= FLUSH_OVERDUE {
+            self.flush_pending();
+        }
+    }
+
+    /// Writes the replies this pass produced, one `send` per connection (see
+    /// `connection::FLUSH_EARLY`), and closes those that are done.
+    fn flush_pending(&mut self) {
+        let mut ids = std::mem::take(&mut self.unflushed);
+        for id in ids.drain(..) {
+            let Some(slot) = self.slot_of(id) else {
+                continue;
+            };
+            let finished = self.with_conn(slot, |c, ctx| {
+                c.flush(ctx);
+                c.finished()
+            });
+            if finished == Some(true) {
+                self.close(slot);
+            }
+        }
+        self.unflushed = ids;
     }
 
     /// Commits what this pass's commands wrote, and runs what the answers let run (a read
@@ -356,12 +400,14 @@ impl EventLoop {
             } else {
                 self.deferred_since.get_or_insert_with(Instant::now);
             }
+            self.flush_if_overdue();
             self.shared.engine.submit(&mut self.uncommitted);
             while let Ok(event) = self.mailbox.try_recv() {
                 self.dispatch(event);
             }
         }
         // The answers to this one wait in the mailbox for the next pass.
+        self.flush_if_overdue();
         self.shared.engine.submit(&mut self.uncommitted);
         if self
             .deferred_since
