@@ -103,6 +103,7 @@ def cut(server):
 
 QUEUE = b"powercut"
 WATCHED = b"powercut.watched"
+PAIRED = b"powercut.paired"
 BURST = 10
 
 
@@ -259,6 +260,39 @@ def _watcher(port, tally, stop):
             sock.close()
 
 
+def _pair_worker(port, prefix, tally, stop):
+    """Pipelines bursts of `set PAIRED` each followed by `get PAIRED/open`. Each get runs behind
+    the set before it, so within one server pass the later sets are published before they are
+    written (the engine's `CommitSession`) and the gets are shown them. Never confirms: every
+    message it was shown must be read again after the cut, like the watcher's."""
+    held = []
+    n = 0
+    try:
+        while not stop.is_set():
+            sock = _connect(port)
+            held.append(sock)
+            buf = bytearray()
+            for _ in range(9):  # 90 open messages per connection, under --max-open-reads
+                if stop.is_set():
+                    break
+                ids = [b"%s-%d" % (prefix, n + i) for i in range(BURST)]
+                n += BURST
+                pairs = (b"set %s 0 0 %d\r\n%s\r\nget %s/open\r\n" % (PAIRED, len(i), i, PAIRED) for i in ids)
+                sock.sendall(b"".join(pairs))
+                for i in ids:
+                    if _memcache_stored(sock, buf):
+                        tally.ack([i])
+                    for body in _read_values(sock, buf):
+                        with tally.lock:
+                            tally.shown_open.add(body)
+                        tally.read(body)
+    except OSError:
+        pass
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def _drain(port, tally, queue=QUEUE):
     """Reads everything left with plain gets."""
     sock = _connect(port)
@@ -300,6 +334,7 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
             for _ in range(2)
         ]
         workers += [
+            threading.Thread(target=_pair_worker, args=(server.port, b"p%d" % cycle, tally, stop)),
             # One message at a time, so that the watcher is waiting when each is written.
             threading.Thread(target=_memcache_producer, args=(server.port, b"w%d" % cycle, tally, stop, 0.0005, WATCHED, 1)),
             threading.Thread(target=_watcher, args=(server.port, tally, stop)),
@@ -319,6 +354,7 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
             log(f"cycle {cycle + 1}/{cycles}: {len(tally.acked)} acknowledged so far")
     _drain(server.port, tally)
     _drain(server.port, tally, WATCHED)
+    _drain(server.port, tally, PAIRED)
     lost = [i for i in tally.acked if i not in tally.seen]
     shown_lost = [i for i in tally.shown_open if tally.seen[i] < 2]
     ages = []

@@ -12,8 +12,10 @@
  *
  * How: the shim watches write, pwrite, writev, pwritev and ftruncate on files of the data
  * directory (MQD_POWERCUT_DATA, flat, as RocksDB's is) and remembers which byte ranges of each
- * file (inode) changed. fsync/fdatasync of a file copies those ranges into the file's shadow,
- * $MQD_POWERCUT_SHADOW/ids/<id>, which thus holds exactly what the disk would have. fsync of the
+ * file (inode) changed. fsync/fdatasync of a file reads those ranges when it is called and,
+ * once it returns, copies them into the file's shadow, $MQD_POWERCUT_SHADOW/ids/<id>, which
+ * thus holds exactly what the disk would have (a write made while an fsync runs is not covered
+ * by it). fsync of the
  * directory writes $MQD_POWERCUT_SHADOW/namespace ("<id>\t<name>" per entry) atomically. The real
  * fsync is not needed for the model and is skipped. After the kill, powercut.py's restore()
  * rebuilds the data directory from namespace and ids/, and the next run of the shim starts from
@@ -153,54 +155,97 @@ static void shadow_path(char *out, size_t size, unsigned long id) {
     snprintf(out, size, "%s/ids/%lu", shadow_dir, id);
 }
 
-/* Copies what changed in `fd` since the last sync into the file's shadow. */
-static void sync_file(int fd, struct file *f) {
+/* What one fsync of a file makes durable: what changed in it since the last sync, read when
+ * the fsync was called. Writes made while it runs are left to the next one, as a disk may
+ * leave them. */
+struct chunk {
+    off_t at;
+    size_t len;
+    char *data;
+};
+struct capture {
+    unsigned long id; /* the file's shadow */
+    off_t trunc_to;   /* smallest size since the last sync */
+    off_t size;
+    struct chunk *chunks;
+    size_t nchunks;
+    unsigned long ticket; /* captures are applied in the order they were taken */
+};
+static unsigned long next_ticket, applied_ticket;
+static pthread_cond_t turn = PTHREAD_COND_INITIALIZER;
+
+/* Reads what changed in `fd` since the last sync. Under the lock. */
+static void capture_file(int fd, struct file *f, struct capture *c) {
     struct stat st;
     if (fstat(fd, &st) != 0)
         die("fstat");
-    char path[PATH_MAX];
-    shadow_path(path, sizeof path, f->id);
-    int out = real_open(path, O_WRONLY | O_CREAT, 0644);
-    if (out < 0)
-        die("open shadow");
     if (f->copy_all) {
         f->min_size = 0;
         f->ndirty = 0;
         add_dirty(f, 0, st.st_size);
         f->copy_all = 0;
     }
-    if (real_ftruncate(out, f->min_size < st.st_size ? f->min_size : st.st_size) != 0 ||
-        real_ftruncate(out, st.st_size) != 0)
-        die("truncate shadow");
+    c->id = f->id;
+    c->trunc_to = f->min_size < st.st_size ? f->min_size : st.st_size;
+    c->size = st.st_size;
+    c->chunks = calloc(f->ndirty ? f->ndirty : 1, sizeof *c->chunks);
+    if (!c->chunks)
+        die("calloc");
     /* `fd` may be write-only: read through a descriptor of our own. */
     char self[64];
     snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
     int in = real_open(self, O_RDONLY);
     if (in < 0)
         die("reopen for reading");
-    static char buf[1 << 16];
     for (size_t i = 0; i < f->ndirty; i++) {
         off_t at = f->dirty[i].start;
         off_t end = f->dirty[i].end < st.st_size ? f->dirty[i].end : st.st_size;
+        if (at >= end)
+            continue;
+        struct chunk *ch = &c->chunks[c->nchunks++];
+        ch->at = at;
+        ch->data = malloc((size_t)(end - at));
+        if (!ch->data)
+            die("malloc");
         while (at < end) {
-            size_t want = (size_t)(end - at) < sizeof buf ? (size_t)(end - at) : sizeof buf;
-            ssize_t n = pread(in, buf, want, at);
+            ssize_t n = pread(in, ch->data + ch->len, (size_t)(end - at), at);
             if (n < 0)
                 die("pread");
             if (n == 0)
                 break;
-            if (real_pwrite(out, buf, (size_t)n, at) != n)
-                die("pwrite shadow");
+            ch->len += (size_t)n;
             at += n;
         }
     }
     real_close(in);
-    real_close(out);
     f->ndirty = 0;
     f->min_size = st.st_size;
+    c->ticket = next_ticket++;
 }
 
-/* Records the data directory's entries as they are now: what survives from now on. */
+/* Writes a capture into its file's shadow, after every capture taken before it. Under the lock. */
+static void apply_capture(struct capture *c) {
+    while (c->ticket != applied_ticket)
+        pthread_cond_wait(&turn, &lock);
+    char path[PATH_MAX];
+    shadow_path(path, sizeof path, c->id);
+    int out = real_open(path, O_WRONLY | O_CREAT, 0644);
+    if (out < 0)
+        die("open shadow");
+    if (real_ftruncate(out, c->trunc_to) != 0 || real_ftruncate(out, c->size) != 0)
+        die("truncate shadow");
+    for (size_t i = 0; i < c->nchunks; i++) {
+        if (real_pwrite(out, c->chunks[i].data, c->chunks[i].len, c->chunks[i].at) !=
+            (ssize_t)c->chunks[i].len)
+            die("pwrite shadow");
+        free(c->chunks[i].data);
+    }
+    free(c->chunks);
+    real_close(out);
+    applied_ticket++;
+    pthread_cond_broadcast(&turn);
+}
+
 static void sync_dir(void) {
     char tmp[PATH_MAX], final[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s/namespace.tmp", shadow_dir);
@@ -407,19 +452,33 @@ int ftruncate64(int fd, off_t length) {
 static int synced(int fd, int (*real)(int)) {
     if (!active || fd < 0 || fd >= MAX_FD || !fds[fd].tracked)
         return real(fd);
-    /* A disk takes a while to sync, and what it syncs is safe only once the call returns: a
-     * kill during the delay loses it, as a power cut during a real fsync may. */
-    if (sync_delay_us)
-        usleep(sync_delay_us);
-    pthread_mutex_lock(&lock);
     if (fds[fd].tracked == 2) {
+        if (sync_delay_us)
+            usleep(sync_delay_us);
+        pthread_mutex_lock(&lock);
         sync_dir();
-    } else {
-        struct file *f = find_file(fds[fd].dev, fds[fd].ino);
-        if (f)
-            sync_file(fd, f);
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    /* A disk takes a while to sync. What it syncs is what was written when the call was made,
+     * and it is safe only once the call returns: a kill during the delay loses it, as a power
+     * cut during a real fsync may, and what is written meanwhile waits for the next fsync. */
+    struct capture c = {0};
+    int captured = 0;
+    pthread_mutex_lock(&lock);
+    struct file *f = find_file(fds[fd].dev, fds[fd].ino);
+    if (f) {
+        capture_file(fd, f, &c);
+        captured = 1;
     }
     pthread_mutex_unlock(&lock);
+    if (sync_delay_us)
+        usleep(sync_delay_us);
+    if (captured) {
+        pthread_mutex_lock(&lock);
+        apply_capture(&c);
+        pthread_mutex_unlock(&lock);
+    }
     return 0;
 }
 
