@@ -106,7 +106,8 @@ pub(super) fn sweep_behind_head(
                 start
             }
         };
-        (q.id, from, q.tail)
+        // Messages published ahead of their write are not on disk yet: the next pass sees them.
+        (q.id, from, q.written_end)
     };
     let mut expired = Vec::new();
     let mut saw_expiring = false;

@@ -5,11 +5,18 @@
 //! `SyncPoint` and wait for the syncer (`super::durability`) instead. One fsync thus covers the
 //! writes of every loop that arrived while the previous one ran.
 //!
-//! Its other concerns have their own files: queue limits and discarding (`limits`), deleting and
-//! flushing queues (`removal`); the free-space reserve is `super::space`.
+//! An event loop's later commits within one pass are published before they are written, and
+//! written together at the pass's end (`session`). Its other concerns have their own files:
+//! queue limits and discarding (`limits`), deleting and flushing queues (`removal`); the
+//! free-space reserve is `super::space`.
 
 mod limits;
 mod removal;
+mod session;
+
+pub(super) use session::begin;
+pub use session::CommitSession;
+use session::{fatal_write_failure, Unwritten};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -112,6 +119,7 @@ pub(super) struct CommitState {
     record_key: Vec<u8>,
     /// Lent to `NextSeq` to hand out sequence numbers: only the lock's holder has it.
     token: SeqToken,
+    unwritten: Option<Unwritten>,
 }
 
 impl CommitState {
@@ -123,6 +131,7 @@ impl CommitState {
             record: Vec::new(),
             record_key: Vec::new(),
             token: SeqToken::new(),
+            unwritten: None,
         }
     }
 }
@@ -149,7 +158,7 @@ pub(super) fn commit_ops(engine: &Engine, ops: Vec<Op>) {
         engine,
         state: &mut state,
     }
-    .apply(all);
+    .apply(all, false);
 }
 
 struct Committer<'a> {
@@ -158,8 +167,9 @@ struct Committer<'a> {
 }
 
 impl Committer<'_> {
-    /// Applies the ops in order.
-    fn apply(&mut self, ops: Vec<Op>) {
+    /// Applies the ops in order. `early`: the batch may be published ahead of its write (see
+    /// `CommitSession`) if it qualifies.
+    fn apply(&mut self, ops: Vec<Op>, early: bool) {
         // Sized for what the ops write, so that the batch is not copied as it grows.
         let estimate: usize = ops
             .iter()
@@ -168,8 +178,13 @@ impl Committer<'_> {
                 _ => 48,
             })
             .sum();
+        // Written together with what earlier rounds published ahead of their write, if any.
+        let write = match &mut self.state.unwritten {
+            Some(unwritten) => std::mem::take(&mut unwritten.write),
+            None => WriteBatch::with_capacity_bytes(estimate + 256),
+        };
         let mut batch = Batch {
-            write: WriteBatch::with_capacity_bytes(estimate + 256),
+            write,
             ..Batch::default()
         };
         for op in ops {
@@ -204,7 +219,81 @@ impl Committer<'_> {
                 }
             }
         }
-        let _ = self.commit(batch);
+        if early && self.may_publish_early(&batch) {
+            self.publish_early(batch);
+        } else {
+            let _ = self.commit(batch);
+        }
+    }
+
+    /// Makes a batch's messages visible, and hands them to waiting readers. `point`: that of
+    /// the batch's write; `written`: whether it is made already (else it is to come in this
+    /// session).
+    fn publish(
+        &mut self,
+        touched: &mut Touched,
+        q: &mut QueueState,
+        point: SyncPoint,
+        written: bool,
+        synced: SyncPoint,
+        outbox: &mut Outbox,
+    ) {
+        q.persisted = true;
+        q.next_unclaimed = touched.next_unclaimed_after(q);
+        q.tail = q.next_seq.get();
+        if written {
+            q.written_end = q.tail;
+        }
+        q.counters.bytes += touched.added_bytes;
+        if let Some(fresh) = touched.fresh.take() {
+            let from = q.next_unclaimed;
+            q.recent.extend(fresh, from);
+        }
+        if touched.has_puts {
+            q.written_at(point, synced);
+            super::reading::serve_waiters(
+                self.engine,
+                &touched.queue,
+                q,
+                &mut self.state.carry,
+                outbox,
+            );
+        }
+    }
+
+    /// Adds every touched queue's record (and the next queue id, if a queue is new) to the
+    /// batch. Whether the batch holds puts.
+    fn add_records(&mut self, batch: &mut Batch) -> bool {
+        let meta = self.engine.meta();
+        let mut has_puts = false;
+        let mut new_queues = false;
+        for touched in batch.touched.values() {
+            let q = touched.queue.lock();
+            if q.deleted {
+                continue;
+            }
+            new_queues |= !q.persisted;
+            has_puts |= touched.has_puts;
+            let mut record = QueueMeta::of(&q, q.next_seq.get());
+            record.next_unclaimed = touched.next_unclaimed_after(&q);
+            record.counters.bytes += touched.added_bytes;
+            record.encode_into(&mut self.state.record);
+            store::meta_key_into(&mut self.state.record_key, &q.name);
+            batch
+                .write
+                .put_cf(meta, &self.state.record_key, &self.state.record);
+        }
+        if new_queues {
+            // Ids are never reused, even for a queue deleted before the restart.
+            let next = self
+                .engine
+                .next_queue_id
+                .load(std::sync::atomic::Ordering::Relaxed);
+            batch
+                .write
+                .put_cf(meta, store::NEXT_ID_KEY, next.to_be_bytes());
+        }
+        has_puts
     }
 
     fn answer(&self, to: ConnRef, outcome: Outcome, durable_at: SyncPoint) {
@@ -318,11 +407,11 @@ impl Committer<'_> {
         Ok((id, seq, header))
     }
 
-    /// Writes the batch with every touched queue's record, then publishes and answers. The
-    /// point the writers' replies wait for, or Err if the write failed (and nothing of it
-    /// happened).
+    /// Writes the batch with every touched queue's record (and whatever the session published
+    /// ahead of its write), then publishes and answers. The point the writers' replies wait
+    /// for, or Err if the write failed (and nothing of it happened).
     fn commit(&mut self, mut batch: Batch) -> Result<SyncPoint, ()> {
-        if batch.touched.is_empty() {
+        if batch.touched.is_empty() && self.state.unwritten.is_none() {
             let mut outbox = Outbox::new(&self.engine.mailboxes);
             for (writer, error) in batch.writers {
                 // Nothing left to write: writers without an error had theirs committed by an
@@ -337,65 +426,26 @@ impl Committer<'_> {
             }
             return Ok(batch.written);
         }
-        let meta = self.engine.meta();
-        let mut has_puts = false;
-        let mut new_queues = false;
-        for touched in batch.touched.values() {
-            let q = touched.queue.lock();
-            if q.deleted {
-                continue;
-            }
-            new_queues |= !q.persisted;
-            has_puts |= touched.has_puts;
-            let mut record = QueueMeta::of(&q, q.next_seq.get());
-            record.next_unclaimed = touched.next_unclaimed_after(&q);
-            record.counters.bytes += touched.added_bytes;
-            record.encode_into(&mut self.state.record);
-            store::meta_key_into(&mut self.state.record_key, &q.name);
-            batch
-                .write
-                .put_cf(meta, &self.state.record_key, &self.state.record);
-        }
-        if new_queues {
-            // Ids are never reused, even for a queue deleted before the restart.
-            let next = self
-                .engine
-                .next_queue_id
-                .load(std::sync::atomic::Ordering::Relaxed);
-            batch
-                .write
-                .put_cf(meta, store::NEXT_ID_KEY, next.to_be_bytes());
-        }
+        let mut has_puts = self.add_records(&mut batch);
+        let unwritten = self.state.unwritten.take();
+        has_puts |= unwritten.as_ref().is_some_and(|u| u.wanted);
         // Only puts and flushes are answered after a sync; removals of consumed messages may
         // come back after a crash (at-least-once), so they wait for no fsync of their own.
         let result = self.engine.write(batch.write, has_puts || batch.wanted);
         self.engine.metrics.committed(batch.writers.len() as u64);
         if let Err(e) = &result {
+            if unwritten.is_some() {
+                fatal_write_failure(e);
+            }
             log::error!("commit of {} writes failed: {e}", batch.writers.len());
         }
         let synced = self.engine.synced();
         let mut outbox = Outbox::new(&self.engine.mailboxes);
         for touched in batch.touched.values_mut() {
-            let mut q = touched.queue.lock();
+            let queue = touched.queue.clone();
+            let mut q = queue.lock();
             if let Ok(point) = result {
-                q.persisted = true;
-                q.next_unclaimed = touched.next_unclaimed_after(&q);
-                q.tail = q.next_seq.get();
-                q.counters.bytes += touched.added_bytes;
-                if let Some(fresh) = touched.fresh.take() {
-                    let from = q.next_unclaimed;
-                    q.recent.extend(fresh, from);
-                }
-                if touched.has_puts {
-                    q.written_at(point, synced);
-                    super::reading::serve_waiters(
-                        self.engine,
-                        &touched.queue,
-                        &mut q,
-                        &mut self.state.carry,
-                        &mut outbox,
-                    );
-                }
+                self.publish(touched, &mut q, point, true, synced, &mut outbox);
             } else {
                 // Nothing of the batch happened: what it discarded is back in the queue.
                 let tail = q.tail;
@@ -408,6 +458,9 @@ impl Committer<'_> {
                 }
                 q.returned.make_contiguous().sort_unstable();
             }
+        }
+        if let Some(unwritten) = unwritten {
+            self.written_out(unwritten);
         }
         for (writer, error) in batch.writers {
             let (outcome, durable_at) = match (error, &result) {

@@ -71,6 +71,12 @@ impl Durability {
         SyncPoint(point)
     }
 
+    /// The point the next write will have. Only meaningful under the commit lock, which every
+    /// write is made under: no other write can come first.
+    pub(super) fn next_point(&self) -> SyncPoint {
+        SyncPoint(self.written.load(Ordering::Relaxed) + 1)
+    }
+
     /// Wakes the syncer so that it sees the engine stopping.
     pub(super) fn stop(&self) {
         let _wanted = self.wanted.lock();

@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+pub use commit::CommitSession;
 use commit::CommitState;
 pub use conn_ref::ConnRef;
 use durability::Durability;
@@ -194,6 +195,7 @@ impl Engine {
             state.persisted = true;
             state.next_unclaimed = meta.next_unclaimed;
             state.tail = meta.tail;
+            state.written_end = meta.tail;
             state.next_seq = sequence::NextSeq::starting_at(meta.tail);
             state.counters = meta.counters;
             // Whether its messages expire is not recorded: the sweep has a look.
@@ -304,11 +306,7 @@ impl Engine {
         let awaited = uncommitted.awaited();
         let ops = std::mem::take(&mut uncommitted.ops);
         if self.stopping.load(Ordering::Acquire) {
-            // Stopped: answer every writer now.
-            let mut outbox = Outbox::new(&self.mailboxes);
-            for to in ops.iter().filter_map(Op::reply_to) {
-                outbox.complete(to, Outcome::Failed(Error::ShuttingDown), SyncPoint::NONE);
-            }
+            refuse_stopping(self, ops);
             return;
         }
         if awaited {
@@ -317,6 +315,12 @@ impl Engine {
             // Too many deferred already: write them now.
             commit::commit_ops(self, Vec::new());
         }
+    }
+
+    /// Opens one event-loop pass's commits (see `CommitSession`): writes committed through it
+    /// are answered as with `submit`, and may be published before they are written.
+    pub fn begin_commit(&self) -> CommitSession<'_> {
+        commit::begin(self)
     }
 
     /// Writes the deferred removals now.
@@ -567,5 +571,13 @@ impl Engine {
                 Arc::new(Mutex::new(QueueState::new(id, name.clone(), &self.recent)))
             })
             .clone()
+    }
+}
+
+/// The engine is stopping: every writer among `ops` is refused now.
+fn refuse_stopping(engine: &Engine, ops: Vec<Op>) {
+    let mut outbox = Outbox::new(&engine.mailboxes);
+    for to in ops.iter().filter_map(Op::reply_to) {
+        outbox.complete(to, Outcome::Failed(Error::ShuttingDown), SyncPoint::NONE);
     }
 }

@@ -59,6 +59,11 @@ pub struct QueueState {
     pub next_unclaimed: u64,
     /// End (exclusive) of the committed messages: `next_unclaimed..tail` are waiting to be read.
     pub tail: u64,
+    /// End (exclusive) of the messages written to RocksDB. `written_end..tail` were published
+    /// ahead of their write (`commit::CommitSession`): they are read from the in-memory tail
+    /// only, and one not kept there (given back after a claiming read took its body) is not
+    /// readable until the write.
+    pub written_end: u64,
     /// Next sequence number the committer assigns; equals `tail` between commits.
     pub next_seq: NextSeq,
     /// Messages given back (abort, disconnect, restart), served before `next_unclaimed`, sorted: oldest
@@ -107,6 +112,7 @@ impl QueueState {
             deleted: false,
             next_unclaimed: 0,
             tail: 0,
+            written_end: 0,
             next_seq: NextSeq::starting_at(0),
             returned: VecDeque::new(),
             open: HashMap::new(),

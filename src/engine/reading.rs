@@ -40,6 +40,9 @@ pub(super) fn take_locked(
         // RocksDB; a sequence number with no message (removed before a crash) is skipped.
         let (header, len, read_body) = match q.recent.get(seq) {
             Some(kept) => (kept.header, kept.body.len() as u64, None),
+            // Published ahead of its write and no longer in memory: not readable until the
+            // write (it must not be skipped as gone).
+            None if seq >= q.written_end => return Ok(None),
             None => match read(engine, q, seq)?.as_deref().and_then(message::decode) {
                 Some((header, body)) => (header, body.len() as u64, Some(body.to_vec())),
                 None => {

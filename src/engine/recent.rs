@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::message::Header;
 
 /// Most body bytes one queue keeps in memory.
-const PER_QUEUE_BYTES: usize = 1 << 20;
+pub(super) const PER_QUEUE_BYTES: usize = 1 << 20;
 /// What an entry costs besides its body.
 const ENTRY_OVERHEAD: usize = 64;
 
@@ -80,6 +80,15 @@ impl Fresh {
             entries: Vec::new(),
             bytes: 0,
         }
+    }
+
+    /// How many messages it keeps, and what they cost (bodies and overhead).
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn cost(&self) -> usize {
+        self.bytes
     }
 
     /// Keeps a copy of message `seq` if the budget allows.

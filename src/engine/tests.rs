@@ -130,6 +130,19 @@ impl Harness {
         }
     }
 
+    /// The outcome of `conn`'s next write and the point its reply waits for.
+    fn answered(&mut self, conn: ConnRef) -> (Outcome, SyncPoint) {
+        let completed = |e: &Event| matches!(e, Event::Completed { .. });
+        match self.event_for(conn, EVENT_TIMEOUT, completed) {
+            Some(Event::Completed {
+                outcome,
+                durable_at,
+                ..
+            }) => (outcome, durable_at),
+            other => panic!("no outcome for {conn:?}: {other:?}"),
+        }
+    }
+
     /// The message delivered to a blocked read, if one arrives within `timeout`.
     fn delivered(&mut self, conn: ConnRef, timeout: Duration) -> Option<Taken> {
         let delivered = |e: &Event| matches!(e, Event::Delivered { .. });
@@ -469,6 +482,57 @@ fn a_failed_write_leaves_no_trace_and_the_next_one_works() {
 // --------------------------------------------------------------------------------------------
 // Delete and flush
 // --------------------------------------------------------------------------------------------
+
+/// A loop pass's commits after its first are published before they are written
+/// (`CommitSession`): readers take them from memory, replies showing them wait for the write
+/// to come, and one given back meanwhile waits for that write rather than being skipped as gone.
+#[test]
+fn a_session_publishes_later_commits_ahead_of_their_write() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let me = h.conn();
+    let engine = h.engine.clone();
+    let mut session = engine.begin_commit();
+    let mut uncommitted = Uncommitted::default();
+    for body in ["m1", "m2"] {
+        engine.put("s", 0, 0, body.as_bytes().to_vec(), me, &mut uncommitted);
+        session.commit(&mut uncommitted);
+    }
+    let (first, second) = (h.answered(me), h.answered(me));
+    assert_eq!((first.0, second.0), (Outcome::Stored, Outcome::Stored));
+    let id = h.queue_id("s");
+    assert!(
+        h.stored(id, 0),
+        "the first commit is written before it is published"
+    );
+    assert!(
+        !h.stored(id, 1),
+        "a later one is published before its write"
+    );
+    assert!(second.1 > first.1 && second.1 > engine.synced());
+
+    let mut reads = Uncommitted::default();
+    let mut take = |mode| engine.take(b"s", mode, None, &mut reads).unwrap();
+    let m1 = take(TakeMode::Remove).unwrap();
+    let m2 = take(TakeMode::Open).unwrap();
+    assert_eq!((body(&m1), body(&m2)), ("m1".to_string(), "m2".to_string()));
+    assert_eq!(
+        m2.durable_at, second.1,
+        "a reply showing m2 waits for its write"
+    );
+    // Given back, m2 is no longer in memory and not on disk yet: not readable, not gone.
+    engine.give_back(&m2.queue, &[m2.seq], &mut reads);
+    assert!(engine
+        .take(b"s", TakeMode::Remove, None, &mut reads)
+        .unwrap()
+        .is_none());
+    session.finish();
+    assert!(h.stored(id, 1));
+    engine.submit_now(&mut reads);
+    drop(engine);
+    assert_eq!(h.drain("s"), strings(&["m2"]));
+    h.close();
+}
 
 #[test]
 fn delete_removes_the_queue_and_its_messages() {

@@ -388,27 +388,32 @@ impl EventLoop {
 
     /// Commits what this pass's commands wrote, and runs what the answers let run (a read
     /// pipelined behind a write runs once the write is committed, not once it is synced), a
-    /// bounded number of times.
+    /// bounded number of times, all in one `CommitSession`.
     fn commit(&mut self) {
-        for _ in 0..MAX_COMMITS_PER_PASS {
-            if self.uncommitted.is_empty() {
-                break;
+        if self.uncommitted.awaited() {
+            // The commit writes any deferred removals too.
+            self.deferred_since = None;
+            let engine = self.shared.engine.clone();
+            let mut session = engine.begin_commit();
+            for _ in 0..MAX_COMMITS_PER_PASS {
+                if self.uncommitted.is_empty() {
+                    break;
+                }
+                self.flush_if_overdue();
+                session.commit(&mut self.uncommitted);
+                while let Ok(event) = self.mailbox.try_recv() {
+                    self.dispatch(event);
+                }
             }
-            if self.uncommitted.awaited() {
-                // The commit writes any deferred removals too.
-                self.deferred_since = None;
-            } else {
+            session.finish();
+        }
+        if !self.uncommitted.is_empty() {
+            // Removals alone are deferred; writes past the last round are answered next pass.
+            if !self.uncommitted.awaited() {
                 self.deferred_since.get_or_insert_with(Instant::now);
             }
-            self.flush_if_overdue();
             self.shared.engine.submit(&mut self.uncommitted);
-            while let Ok(event) = self.mailbox.try_recv() {
-                self.dispatch(event);
-            }
         }
-        // The answers to this one wait in the mailbox for the next pass.
-        self.flush_if_overdue();
-        self.shared.engine.submit(&mut self.uncommitted);
         if self
             .deferred_since
             .is_some_and(|since| since.elapsed() >= DEFERRED_REMOVALS_FOR)

@@ -1,0 +1,197 @@
+//! Commits published ahead of their write: one event-loop pass's commits after its first (see
+//! `CommitSession`). Readers take such messages from the queues' in-memory tails, and their
+//! replies wait for the point the session's closing write will have.
+
+use parking_lot::MutexGuard;
+use rocksdb::WriteBatch;
+
+use super::{Batch, CommitState, Committer};
+use crate::engine::durability::SyncPoint;
+use crate::engine::events::{Outbox, Outcome};
+use crate::engine::recent::{self, Fresh};
+use crate::engine::{Engine, QueueRef, Uncommitted};
+
+/// Messages published ahead of their write by a `CommitSession`, and what that write must do
+/// once made. Only ever present while a session holds the commit lock.
+pub(super) struct Unwritten {
+    /// The writes of the rounds published so far (moved into the batch while one is staged).
+    pub(super) write: WriteBatch,
+    /// Whether a reply waits for the write (it holds puts).
+    pub(super) wanted: bool,
+    /// The point the write will have: the replies of everything published wait for it.
+    pub(super) point: SyncPoint,
+    /// Queues with messages published ahead of the write.
+    pub(super) queues: Vec<QueueRef>,
+    /// What the published messages cost in their queues' in-memory tails.
+    pub(super) cost: usize,
+}
+
+/// One event-loop pass's commits, under the commit lock from the first to the last: the loop
+/// commits what its commands wrote, runs what the answers let run (a `get` pipelined behind a
+/// `set`), commits what that wrote, and so on. The first commit is written before its messages
+/// are published, as every other commit is. Later ones are published at once and written all
+/// together by `finish`: a pipeline of set/get pairs then costs two RocksDB writes per pass,
+/// not one per pair. Their replies wait for that write's point like any other (the commit lock
+/// keeps every write from coming first, so the point is known ahead), readers take them from
+/// the queues' in-memory tails, and a failure of that write stops the process, as a failed
+/// fsync does: messages already handed to readers cannot be taken back.
+pub struct CommitSession<'a> {
+    engine: &'a Engine,
+    state: MutexGuard<'a, CommitState>,
+    first: bool,
+}
+
+/// Opens a session: takes the commit lock until `finish` (or drop).
+pub(in crate::engine) fn begin(engine: &Engine) -> CommitSession<'_> {
+    CommitSession {
+        engine,
+        state: engine.committer.lock(),
+        first: true,
+    }
+}
+
+impl CommitSession<'_> {
+    /// Commits `uncommitted` (after any removals left from the last commit) and answers its
+    /// writers: their `Completed` events are in their mailboxes when this returns.
+    pub fn commit(&mut self, uncommitted: &mut Uncommitted) {
+        let ops = std::mem::take(&mut uncommitted.ops);
+        if self
+            .engine
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            crate::engine::refuse_stopping(self.engine, ops);
+            return;
+        }
+        let mut all = std::mem::take(&mut self.state.carry);
+        all.extend(ops);
+        if all.is_empty() {
+            return;
+        }
+        let early = !self.first;
+        self.first = false;
+        Committer {
+            engine: self.engine,
+            state: &mut self.state,
+        }
+        .apply(all, early);
+    }
+
+    /// Writes what was published ahead of its write, and ends the session.
+    pub fn finish(self) {}
+}
+
+impl Drop for CommitSession<'_> {
+    fn drop(&mut self) {
+        Committer {
+            engine: self.engine,
+            state: &mut self.state,
+        }
+        .write_unwritten();
+    }
+}
+
+impl Committer<'_> {
+    /// Whether a batch may be published ahead of its write: only when readers can take every
+    /// message it adds from memory, for the whole time until the write. So no queue may have
+    /// dropped messages to make room, every added message must have its copy in the queue's
+    /// in-memory tail (not so for fan-out copies, or with the tails' budget spent), and all
+    /// that the session publishes must fit in one queue's tail, so none of it is pushed out.
+    pub(super) fn may_publish_early(&self, batch: &Batch) -> bool {
+        let mut cost = self.state.unwritten.as_ref().map_or(0, |u| u.cost);
+        for touched in batch.touched.values() {
+            if !touched.discarded.is_empty() || touched.dropped_staged > 0 {
+                return false;
+            }
+            let kept = touched.fresh.as_ref().map_or(0, Fresh::count);
+            if kept != touched.staged.len() {
+                return false;
+            }
+            cost += touched.fresh.as_ref().map_or(0, Fresh::cost);
+        }
+        !batch.wanted && cost <= recent::PER_QUEUE_BYTES
+    }
+
+    /// Publishes a batch without writing it: its writes join the session's `Unwritten`, and
+    /// its replies wait for the point that write will have.
+    pub(super) fn publish_early(&mut self, mut batch: Batch) {
+        let point = match &self.state.unwritten {
+            Some(unwritten) => unwritten.point,
+            None => self.engine.durability.next_point(),
+        };
+        let has_puts = self.add_records(&mut batch);
+        self.engine.metrics.committed(batch.writers.len() as u64);
+        let synced = self.engine.synced();
+        let mut outbox = Outbox::new(&self.engine.mailboxes);
+        let mut queues = Vec::with_capacity(batch.touched.len());
+        let mut cost = 0;
+        for touched in batch.touched.values_mut() {
+            cost += touched.fresh.as_ref().map_or(0, Fresh::cost);
+            let queue = touched.queue.clone();
+            let mut q = queue.lock();
+            self.publish(touched, &mut q, point, false, synced, &mut outbox);
+            drop(q);
+            queues.push(queue);
+        }
+        for (writer, error) in batch.writers {
+            let (outcome, durable_at) = match error {
+                Some(e) => (Outcome::Failed(e), SyncPoint::NONE),
+                None => (Outcome::Stored, point),
+            };
+            outbox.complete(writer, outcome, durable_at);
+        }
+        let unwritten = self.state.unwritten.get_or_insert_with(|| Unwritten {
+            write: WriteBatch::default(),
+            wanted: false,
+            point,
+            queues: Vec::new(),
+            cost: 0,
+        });
+        unwritten.write = batch.write;
+        unwritten.wanted |= has_puts;
+        unwritten.queues.extend(queues);
+        unwritten.cost += cost;
+    }
+
+    /// Writes what the session published ahead of its write. A failure stops the process:
+    /// those messages may be in readers' hands already (their replies held), and the queues
+    /// cannot be put back as they were; the next start-up recovers what is on disk.
+    pub(super) fn write_unwritten(&mut self) {
+        let Some(mut unwritten) = self.state.unwritten.take() else {
+            return;
+        };
+        let write = std::mem::take(&mut unwritten.write);
+        match self.engine.write(write, unwritten.wanted) {
+            Ok(point) => {
+                debug_assert_eq!(point, unwritten.point);
+                self.written_out(unwritten);
+            }
+            Err(e) => fatal_write_failure(&e),
+        }
+    }
+
+    /// The session's published messages are written now: readable from RocksDB too, which
+    /// may let a waiting reader have one that was given back meanwhile.
+    pub(super) fn written_out(&mut self, unwritten: Unwritten) {
+        let mut outbox = Outbox::new(&self.engine.mailboxes);
+        for queue in unwritten.queues {
+            let mut q = queue.lock();
+            q.written_end = q.tail;
+            if !q.waiters.is_empty() {
+                crate::engine::reading::serve_waiters(
+                    self.engine,
+                    &queue,
+                    &mut q,
+                    &mut self.state.carry,
+                    &mut outbox,
+                );
+            }
+        }
+    }
+}
+
+/// A write of messages published ahead of it failed: see `CommitSession`.
+pub(super) fn fatal_write_failure(error: &str) -> ! {
+    log::error!("a write of messages already handed to readers failed, stopping: {error}");
+    std::process::exit(1);
+}
