@@ -124,7 +124,7 @@ pub(super) fn sweep_behind_head(
             .enumerate()
         {
             let Ok((key, value)) = item else { break };
-            let seq = u64::from_be_bytes(key[8..16].try_into().unwrap());
+            let seq = store::message_seq(&key);
             if scanned == limit || budget.bytes == 0 {
                 next = seq;
                 break;

@@ -82,6 +82,9 @@ pub struct QueueState {
     pub sweep: SweepCursor,
     /// The newest committed messages, kept in memory (`super::recent`).
     pub recent: RecentTail,
+    /// The messages right after the head of a backlog, read ahead from RocksDB in one scan by
+    /// the read that met the head not in memory (`super::reading`), for the reads after it.
+    pub ahead: RecentTail,
     /// Messages written but maybe not synced yet: (end of the write's messages, exclusive; the
     /// write's point), oldest first. A reply showing one of them waits for that point.
     pub unsynced: VecDeque<(u64, SyncPoint)>,
@@ -125,6 +128,7 @@ impl QueueState {
                 ..SweepCursor::default()
             },
             recent: RecentTail::new(recent),
+            ahead: RecentTail::new(recent),
             unsynced: VecDeque::new(),
         }
     }
@@ -188,6 +192,7 @@ impl QueueState {
             self.skip_swept();
             // A message claimed (even if given back later) is read from RocksDB from now on.
             self.recent.forget_before(self.next_unclaimed);
+            self.ahead.forget_before(self.next_unclaimed);
             return Some(seq);
         }
         None

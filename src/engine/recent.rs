@@ -141,6 +141,11 @@ impl RecentTail {
         }
     }
 
+    /// The oldest message kept.
+    pub fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.seq)
+    }
+
     /// Message `seq`, if it is kept.
     pub fn get(&self, seq: u64) -> Option<&Recent> {
         let first = self.entries.front()?.seq;

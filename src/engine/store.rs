@@ -136,6 +136,13 @@ pub fn message_key(id: u64, seq: u64) -> [u8; 16] {
     key
 }
 
+/// The sequence number of a message key (`message_key`).
+pub fn message_seq(key: &[u8]) -> u64 {
+    let mut seq = [0; 8];
+    seq.copy_from_slice(&key[8..16]);
+    u64::from_be_bytes(seq)
+}
+
 pub fn meta_key(name: &[u8]) -> Vec<u8> {
     let mut key = Vec::new();
     meta_key_into(&mut key, name);

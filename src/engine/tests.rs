@@ -317,6 +317,32 @@ fn recent_messages_come_from_memory_and_their_memory_comes_back() {
     h.close();
 }
 
+/// A read that meets the head of a backlog not in memory reads the messages after it in the
+/// same scan; they are then read from memory, in order and once, with a given-back message first.
+#[test]
+fn a_backlog_is_read_ahead_in_order_once() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let bodies: Vec<String> = (0..150).map(|i| format!("m{i}")).collect();
+    let all: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    h.put_many("b", &all);
+    h.close();
+    // Nothing is in memory after a restart.
+    let h = Harness::open(&dir.0, QueueLimits::default());
+    let first = h.take("b", TakeMode::Open).unwrap();
+    assert_eq!(body(&first), "m0");
+    let queue = h.engine.lookup(b"b").unwrap();
+    assert_eq!(
+        queue.lock().ahead.first(),
+        Some(1),
+        "the next ones were read ahead"
+    );
+    drop(queue);
+    h.give_back(&first);
+    assert_eq!(h.drain("b"), bodies);
+    h.close();
+}
+
 #[test]
 fn opened_messages_are_confirmed_or_given_back_in_order() {
     let dir = TempDir::new();

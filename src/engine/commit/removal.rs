@@ -94,6 +94,7 @@ impl Committer<'_> {
 fn flush_state(q: &mut QueueState) {
     q.next_unclaimed = q.tail;
     q.recent.clear();
+    q.ahead.clear();
     q.returned.clear();
     q.swept.clear();
     q.counters.bytes = q.open.values().sum();
