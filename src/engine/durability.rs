@@ -9,12 +9,16 @@
 //! then `get` costs no extra round trip, one fsync covers everything that arrived while the
 //! previous one ran, and still no client learns of a message that a power cut could take back.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use super::{Engine, SyncPolicy};
+
+/// Longest the syncer waits for event-loop passes in progress before it fsyncs
+/// (`Durability::passes`).
+const LINGER: Duration = Duration::from_micros(300);
 
 /// A point in the sequence of the engine's writes: a reply carrying it may be sent once every
 /// write up to it is on disk. `SyncPoint::NONE` waits for nothing.
@@ -39,6 +43,11 @@ pub(super) struct Durability {
     /// no fsync of their own).
     wanted: Mutex<u64>,
     wanted_changed: Condvar,
+    /// Event-loop passes running now. Before an fsync the syncer waits (up to `LINGER`) for
+    /// them to end, so that loops whose passes overlap share one fsync, as the commands of one
+    /// Redis loop pass do: otherwise a loop that writes just after another one's write started
+    /// an fsync waits for that fsync and then its own.
+    passes: AtomicUsize,
 }
 
 impl Durability {
@@ -49,6 +58,7 @@ impl Durability {
             synced: AtomicU64::new(0),
             wanted: Mutex::new(0),
             wanted_changed: Condvar::new(),
+            passes: AtomicUsize::new(0),
         }
     }
 
@@ -77,6 +87,19 @@ impl Durability {
         SyncPoint(self.written.load(Ordering::Relaxed) + 1)
     }
 
+    /// An event-loop pass begins: its writes are coming.
+    pub(super) fn pass_begins(&self) {
+        self.passes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An event-loop pass made its writes: the syncer may stop waiting for it.
+    pub(super) fn pass_ends(&self) {
+        if self.passes.fetch_sub(1, Ordering::AcqRel) == 1 && self.syncs {
+            let _wanted = self.wanted.lock();
+            self.wanted_changed.notify_one();
+        }
+    }
+
     /// Wakes the syncer so that it sees the engine stopping.
     pub(super) fn stop(&self) {
         let _wanted = self.wanted.lock();
@@ -98,6 +121,15 @@ pub(super) fn sync_when_wanted(engine: &Engine) {
                     return;
                 }
                 d.wanted_changed.wait(&mut wanted);
+            }
+            let deadline = Instant::now() + LINGER;
+            while d.passes.load(Ordering::Acquire) > 0 {
+                if d.wanted_changed
+                    .wait_until(&mut wanted, deadline)
+                    .timed_out()
+                {
+                    break;
+                }
             }
         }
         // Every write numbered up to here has completed: the fsync covers them all.

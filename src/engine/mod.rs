@@ -256,6 +256,16 @@ impl Engine {
         self.durability.synced()
     }
 
+    /// An event-loop pass begins; `pass_ends` once it made its writes. Under `--sync always`
+    /// the syncer waits a little for passes in progress, so that one fsync covers them all.
+    pub fn pass_begins(&self) {
+        self.durability.pass_begins();
+    }
+
+    pub fn pass_ends(&self) {
+        self.durability.pass_ends();
+    }
+
     /// Forgets `queue` if it is a ghost no one waits on (see `ghosts`).
     pub fn forget_if_unused(&self, queue: &[u8]) {
         ghosts::forget_if_unused(self, queue)

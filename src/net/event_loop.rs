@@ -194,6 +194,7 @@ impl EventLoop {
                     return;
                 }
             }
+            self.shared.engine.pass_begins();
             // Replies the last sync released go out first, before this pass's new work.
             self.release_held();
             self.flush_pending();
@@ -233,6 +234,7 @@ impl EventLoop {
             self.retry_parked();
             self.sweep(now);
             self.commit();
+            self.shared.engine.pass_ends();
             self.release_held();
             self.flush_pending();
             if self.shared.shutting_down.load(Ordering::Acquire) && self.drain() {
