@@ -7,6 +7,7 @@
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod id_hash;
 pub mod logging;
 pub mod memcacheq_cli;
 pub mod net;

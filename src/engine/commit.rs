@@ -18,10 +18,12 @@ pub(super) use session::begin;
 pub use session::CommitSession;
 use session::{fatal_write_failure, Unwritten};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
 use rocksdb::WriteBatch;
+
+use crate::id_hash::IdMap;
 
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
@@ -65,7 +67,7 @@ struct Touched {
 #[derive(Default)]
 struct Batch {
     write: WriteBatch,
-    touched: HashMap<u64, Touched>,
+    touched: IdMap<Touched>,
     /// Writers to answer, in submission order, with the error of those refused while staging.
     /// All are answered together after the commit, so a connection's replies stay in order.
     writers: Vec<(ConnRef, Option<Error>)>,
@@ -94,7 +96,7 @@ impl Touched {
     }
 }
 
-fn touch<'a>(touched: &'a mut HashMap<u64, Touched>, queue: &QueueRef, id: u64) -> &'a mut Touched {
+fn touch<'a>(touched: &'a mut IdMap<Touched>, queue: &QueueRef, id: u64) -> &'a mut Touched {
     touched.entry(id).or_insert_with(|| Touched {
         queue: queue.clone(),
         staged: VecDeque::new(),

@@ -3,13 +3,14 @@
 //! what is small. Every field that must survive a restart is written to the metadata column
 //! family by the committer (see `store::QueueMeta`).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
 use super::recent::{RecentBudget, RecentTail};
 use super::sequence::NextSeq;
+use crate::id_hash::IdMap;
 
 /// How a read treats the message it finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +71,7 @@ pub struct QueueState {
     /// first.
     pub returned: VecDeque<u64>,
     /// Messages handed out with `/open`, not yet confirmed: sequence number → body length.
-    pub open: HashMap<u64, u64>,
+    pub open: IdMap<u64>,
     pub waiters: VecDeque<Waiter>,
     pub counters: Counters,
     /// Messages in `next_unclaimed..tail` that the sweep already dropped because they expired:
@@ -118,7 +119,7 @@ impl QueueState {
             written_end: 0,
             next_seq: NextSeq::starting_at(0),
             returned: VecDeque::new(),
-            open: HashMap::new(),
+            open: IdMap::default(),
             waiters: VecDeque::new(),
             counters: Counters::default(),
             swept: BTreeSet::new(),

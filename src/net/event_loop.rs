@@ -1,7 +1,7 @@
 //! One event-loop thread: readiness from mio, connections in a slab, deadlines of blocked reads,
 //! and the engine's events (committed writes, delivered messages) from this loop's mailbox.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use super::stream::{Listener, Stream};
 use super::timers::Timers;
 use super::{Ctx, LoopStats, Shared};
 use crate::engine::{Event, SyncPoint, Uncommitted, Wake};
+use crate::id_hash::{IdMap, IdSet};
 
 const WAKER: Token = Token(0);
 const FIRST_LISTENER: usize = 1;
@@ -89,9 +90,9 @@ pub struct EventLoop {
     next_peer: usize,
     drain_deadline: Option<Instant>,
     /// Connections waiting for a server-wide budget, retried every few milliseconds.
-    pub(super) parked: HashSet<u64>,
+    pub(super) parked: IdSet,
     /// Connections with replies waiting for a sync, and the sync point last seen.
-    held: HashSet<u64>,
+    held: IdSet,
     seen_synced: SyncPoint,
     /// Connections with replies to write at the end of this pass (`flush_pending`), and since
     /// when the first of them waits.
@@ -100,7 +101,7 @@ pub struct EventLoop {
     /// Since when removals this loop submitted may wait in the engine for the next commit.
     deferred_since: Option<Instant>,
     /// Write weights of closed connections whose writes the committer has not answered yet.
-    pub(super) orphans: HashMap<u64, VecDeque<usize>>,
+    pub(super) orphans: IdMap<VecDeque<usize>>,
     /// When to look for connections past their request or idle timeout next.
     pub(super) next_sweep: Instant,
     spare_inputs: Vec<Vec<u8>>,
@@ -135,13 +136,13 @@ impl EventLoop {
             next_wait_id: 0,
             next_peer: 0,
             drain_deadline: None,
-            parked: HashSet::new(),
-            held: HashSet::new(),
+            parked: IdSet::default(),
+            held: IdSet::default(),
             seen_synced: SyncPoint::NONE,
             unflushed: Vec::new(),
             unflushed_since: Instant::now(),
             deferred_since: None,
-            orphans: HashMap::new(),
+            orphans: IdMap::default(),
             next_sweep: Instant::now(),
             spare_inputs: Vec::new(),
         }
