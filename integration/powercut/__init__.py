@@ -235,29 +235,44 @@ def _reliable_reader(port, tally, stop, pause):
         sock.close()
 
 
-def _watcher(port, tally, stop):
-    """Blocks on WATCHED with open reads, so it is handed each message as it is written, and
-    never confirms one: every message it was shown must be read again later, after the power
-    cut (redelivered). Each connection holds fewer than --max-open-reads, and stays open."""
+def _held_rounds(port, stop, rounds):
+    """Yields (socket, buffer) `rounds` times per connection, on new connections until `stop`.
+    Every connection stays open until the end, so that the messages it opened stay held."""
     held = []
     try:
         while not stop.is_set():
             sock = _connect(port)
             held.append(sock)
             buf = bytearray()
-            for _ in range(90):
+            for _ in range(rounds):
                 if stop.is_set():
                     break
-                sock.sendall(b"get %s/open/t=200\r\n" % WATCHED)
-                for body in _read_values(sock, buf):
-                    with tally.lock:
-                        tally.shown_open.add(body)
-                    tally.read(body)
+                yield sock, buf
     except OSError:
         pass
     finally:
         for sock in held:
             sock.close()
+
+
+def _shown(tally, bodies):
+    """Records messages a client was shown open and never confirms."""
+    for body in bodies:
+        with tally.lock:
+            tally.shown_open.add(body)
+        tally.read(body)
+
+
+def _watcher(port, tally, stop):
+    """Blocks on WATCHED with open reads, so it is handed each message as it is written, and
+    never confirms one: every message it was shown must be read again later, after the power
+    cut (redelivered). Each connection holds fewer than --max-open-reads, and stays open."""
+    try:
+        for sock, buf in _held_rounds(port, stop, 90):
+            sock.sendall(b"get %s/open/t=200\r\n" % WATCHED)
+            _shown(tally, _read_values(sock, buf))
+    except OSError:
+        pass
 
 
 def _pair_worker(port, prefix, tally, stop):
@@ -265,32 +280,20 @@ def _pair_worker(port, prefix, tally, stop):
     the set before it, so within one server pass the later sets are published before they are
     written (the engine's `CommitSession`) and the gets are shown them. Never confirms: every
     message it was shown must be read again after the cut, like the watcher's."""
-    held = []
     n = 0
     try:
-        while not stop.is_set():
-            sock = _connect(port)
-            held.append(sock)
-            buf = bytearray()
-            for _ in range(9):  # 90 open messages per connection, under --max-open-reads
-                if stop.is_set():
-                    break
-                ids = [b"%s-%d" % (prefix, n + i) for i in range(BURST)]
-                n += BURST
-                pairs = (b"set %s 0 0 %d\r\n%s\r\nget %s/open\r\n" % (PAIRED, len(i), i, PAIRED) for i in ids)
-                sock.sendall(b"".join(pairs))
-                for i in ids:
-                    if _memcache_stored(sock, buf):
-                        tally.ack([i])
-                    for body in _read_values(sock, buf):
-                        with tally.lock:
-                            tally.shown_open.add(body)
-                        tally.read(body)
+        # 9 bursts of 10: 90 open messages per connection, under --max-open-reads.
+        for sock, buf in _held_rounds(port, stop, 9):
+            ids = [b"%s-%d" % (prefix, n + i) for i in range(BURST)]
+            n += BURST
+            pairs = (b"set %s 0 0 %d\r\n%s\r\nget %s/open\r\n" % (PAIRED, len(i), i, PAIRED) for i in ids)
+            sock.sendall(b"".join(pairs))
+            for i in ids:
+                if _memcache_stored(sock, buf):
+                    tally.ack([i])
+                _shown(tally, _read_values(sock, buf))
     except OSError:
         pass
-    finally:
-        for sock in held:
-            sock.close()
 
 
 def _drain(port, tally, queue=QUEUE):
