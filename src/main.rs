@@ -153,6 +153,7 @@ fn run(mut plan: Plan) -> Result<(), String> {
         _ => "trace",
     };
     let format = plan.log_format.unwrap_or_else(LogFormat::detect);
+    process::tune_allocator();
     logging::init(level, format);
     if !plan.without_effect.is_empty() {
         log::info!(

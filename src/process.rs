@@ -1,12 +1,30 @@
 //! What MemcacheQ's process options do to the process itself, on Linux through libc: `-d` (become
 //! a daemon, while the shell that started it still learns whether start-up worked), `-r` (raise
-//! the core-file limit) and `-u` (run as another user when started as root).
+//! the core-file limit) and `-u` (run as another user when started as root); and how the
+//! process's allocator is set up.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
+
+/// Makes glibc's malloc give large freed blocks back. By default glibc raises its mmap
+/// threshold (up to 32 MiB) whenever a large mmapped block is freed; from then on RocksDB's
+/// memtable blocks come from the heap, whose freed memory stays with the process: a fill of 10
+/// million 1 KB messages peaked at 276 MB. A fixed threshold (which turns the raising off)
+/// keeps blocks of 1 MiB and more mmapped, returned when freed; the heap is trimmed only past
+/// 64 MiB free at its top, so that smaller churn does not pay for `brk` calls. Fill of 3
+/// million: peak 217 -> 175 MB, RSS after it 161-216 -> 104 MB; callgrind's instructions per
+/// request unchanged.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
 
 /// What a daemon tells the process that started it, through a pipe, once start-up is decided.
 const READY: &str = "READY\n";
