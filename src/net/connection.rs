@@ -1,7 +1,7 @@
 //! One client connection: its socket, input and output buffers, and the loop that reads requests,
 //! runs them (see `session`) and writes replies. Reads are edge-triggered: a readable event is
-//! remembered until a read says WouldBlock, so a connection paused by back-pressure or by a
-//! pending write resumes reading where it stopped.
+//! remembered until a read says WouldBlock or comes back short, so a connection paused by
+//! back-pressure or by a pending write resumes reading where it stopped.
 //!
 //! Back-pressure is checked before every command, not every read: a connection runs no further
 //! command while its unsent output is over a high-water mark or its writes in flight are at their
@@ -65,8 +65,10 @@ pub struct Connection {
     /// Replies from now on wait for this point: the latest write of this connection that was
     /// answered, so no reply tells a client more than its earlier writes being on disk.
     floor: SyncPoint,
-    /// The socket may have more to read (edge seen, no WouldBlock since).
+    /// The socket may have more to read (edge seen, no WouldBlock or short read since).
     pub readable: bool,
+    /// The peer's FIN was reported: read until EOF, not just until a short read.
+    pub read_closed: bool,
     /// The peer closed its side.
     eof: bool,
     /// Close once the output is written.
@@ -109,6 +111,7 @@ impl Connection {
             output: Output::default(),
             floor: SyncPoint::NONE,
             readable: true,
+            read_closed: false,
             eof: false,
             closing: false,
             dead: false,
@@ -426,6 +429,7 @@ impl Connection {
                     break;
                 }
             }
+            let room = self.input.len() - self.input_end;
             let result = self.stream.read(&mut self.input[self.input_end..]);
             match result {
                 Ok(0) => {
@@ -438,6 +442,13 @@ impl Connection {
                     self.input_end += n;
                     self.last_active = Instant::now();
                     progressed = true;
+                    if n < room && !self.read_closed {
+                        // A short read emptied the socket: data arriving later raises a new
+                        // edge (epoll signals every arrival), so the read that would only say
+                        // WouldBlock is skipped, as memcached does. One syscall per request.
+                        self.readable = false;
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == IoErrorKind::WouldBlock => {
                     self.readable = false;

@@ -208,6 +208,7 @@ impl EventLoop {
                         if let Some(Some(conn)) = self.conns.get_mut(slot) {
                             if event.is_readable() || event.is_read_closed() {
                                 conn.readable = true;
+                                conn.read_closed |= event.is_read_closed();
                             }
                             self.drive(slot);
                         }
