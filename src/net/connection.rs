@@ -357,7 +357,10 @@ impl Connection {
                 return Some("request incomplete past --request-timeout");
             }
         }
-        let busy = self.get.is_some() || !self.pending_writes.is_empty();
+        // Replies not written yet (they go out at the end of the pass, or wait for a sync or
+        // for the client to read) make it busy too, as memcached's idle timeout skips
+        // connections in the middle of writing.
+        let busy = self.get.is_some() || !self.pending_writes.is_empty() || !self.output.is_empty();
         if !busy && older(self.last_active, ctx.shared.idle_timeout) {
             return Some("idle past --idle-timeout");
         }
