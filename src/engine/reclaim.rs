@@ -21,7 +21,8 @@ use super::{store, Engine, QueueRef};
 
 /// How often dead ranges are looked for.
 pub(super) const RECLAIM_EVERY: Duration = Duration::from_secs(1);
-/// Consumed messages after which a still-moving queue's dead range is compacted anyway.
+/// Consumed messages after which a still-moving queue's dead range is compacted anyway, if they
+/// are also at least as many as the messages still behind them (see `worth_compacting`).
 const COMPACT_AFTER: u64 = 100_000;
 /// Consumed messages after which a queue that stopped moving is compacted (an emptied queue is
 /// compacted whatever the count).
@@ -66,8 +67,8 @@ pub(super) fn reclaim_every(engine: &Engine, every: Duration) {
 
 fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>, low_space: bool) {
     let queues: Vec<QueueRef> = engine.queues.read().values().cloned().collect();
-    // Queue id → (low mark, whether the queue is empty).
-    let mut live: HashMap<u64, (u64, bool)> = HashMap::with_capacity(queues.len());
+    // Queue id → (low mark, messages from it to the tail, whether the queue is empty).
+    let mut live: HashMap<u64, (u64, u64, bool)> = HashMap::with_capacity(queues.len());
     for state in &queues {
         let q = state.lock();
         if q.deleted || !q.persisted {
@@ -81,10 +82,11 @@ fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>, low_space:
             .into_iter()
             .chain(q.open.keys().copied())
             .fold(q.next_unclaimed, u64::min);
-        live.insert(q.id, (low, q.items() == 0 && q.open.is_empty()));
+        let empty = q.items() == 0 && q.open.is_empty();
+        live.insert(q.id, (low, q.tail.saturating_sub(low), empty));
     }
     let mut compacted_any = false;
-    for (&id, &(low, empty)) in &live {
+    for (&id, &(low, behind, empty)) in &live {
         let seen = known.entry(id).or_insert(Reclaimed {
             compacted: 0,
             last_low: u64::MAX,
@@ -93,7 +95,7 @@ fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>, low_space:
         let settled = stopped && (empty || low - seen.compacted.min(low) >= COMPACT_STOPPED_AFTER);
         seen.last_low = low;
         let dead = low.saturating_sub(seen.compacted);
-        if dead > 0 && (low_space || settled || dead >= COMPACT_AFTER) {
+        if dead > 0 && (low_space || settled || worth_compacting(dead, behind)) {
             compact(
                 engine,
                 store::message_key(id, seen.compacted),
@@ -121,6 +123,16 @@ fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>, low_space:
             }
         }
     }
+}
+
+/// Whether a moving queue's dead range is worth compacting now. The consumed messages' keys
+/// sit in the same files as the live ones behind them (every flush holds both removals at the
+/// head and new messages at the tail), so compacting the dead range rewrites the live backlog
+/// too. Waiting until the dead messages are as many as the live ones bounds that rewrite to
+/// about twice what it frees: compacting every 100,000 gets of a 1-million-message backlog
+/// rewrote 77 MB each time, a third of the server's CPU while it was busy.
+fn worth_compacting(dead: u64, behind: u64) -> bool {
+    dead >= COMPACT_AFTER.max(behind)
 }
 
 fn compact(engine: &Engine, from: [u8; 16], to: [u8; 16]) {
