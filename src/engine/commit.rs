@@ -163,6 +163,10 @@ pub(super) fn commit_ops(engine: &Engine, ops: Vec<Op>) {
     .apply(all, false);
 }
 
+/// Most range tombstones one write adds to delete a queue's consumed messages (one more than
+/// the pending messages among them).
+const MOST_RECLAIM_RANGES: usize = 64;
+
 struct Committer<'a> {
     engine: &'a Engine,
     state: &'a mut CommitState,
@@ -270,7 +274,7 @@ impl Committer<'_> {
         let mut has_puts = false;
         let mut new_queues = false;
         for touched in batch.touched.values() {
-            let q = touched.queue.lock();
+            let mut q = touched.queue.lock();
             if q.deleted {
                 continue;
             }
@@ -284,6 +288,17 @@ impl Committer<'_> {
             batch
                 .write
                 .put_cf(meta, &self.state.record_key, &self.state.record);
+            if q.reclaim_wanted {
+                // In the same write as the record that says they are consumed.
+                q.reclaim_wanted = false;
+                q.deleted_below = store::delete_consumed(
+                    &mut batch.write,
+                    &self.engine.messages(),
+                    &record,
+                    q.deleted_below,
+                    MOST_RECLAIM_RANGES,
+                );
+            }
         }
         if new_queues {
             // Ids are never reused, even for a queue deleted before the restart.

@@ -194,6 +194,8 @@ impl Engine {
             let mut state = QueueState::new(meta.id, name.clone(), &recent);
             state.persisted = true;
             state.next_unclaimed = meta.next_unclaimed;
+            // Opening deleted every consumed message below it (`store::remove_orphans`).
+            state.deleted_below = meta.next_unclaimed;
             state.tail = meta.tail;
             state.written_end = meta.tail;
             state.next_seq = sequence::NextSeq::starting_at(meta.tail);

@@ -86,6 +86,14 @@ pub struct QueueState {
     /// The messages right after the head of a backlog, read ahead from RocksDB in one scan by
     /// the read that met the head not in memory (`super::reading`), for the reads after it.
     pub ahead: RecentTail,
+    /// Every message below this that is not pending (open or given back) has had its key
+    /// deleted in a write already made. Messages consumed from the head are not deleted one by
+    /// one: the reclaimer asks (`reclaim_wanted`) and the next write of the queue's record
+    /// deletes them with a few range tombstones (`store::delete_consumed`).
+    pub deleted_below: u64,
+    /// Whether the next write of the queue's record should also delete the messages consumed
+    /// since `deleted_below`.
+    pub reclaim_wanted: bool,
     /// Messages written but maybe not synced yet: (end of the write's messages, exclusive; the
     /// write's point), oldest first. A reply showing one of them waits for that point.
     pub unsynced: VecDeque<(u64, SyncPoint)>,
@@ -130,6 +138,8 @@ impl QueueState {
             },
             recent: RecentTail::new(recent),
             ahead: RecentTail::new(recent),
+            deleted_below: 0,
+            reclaim_wanted: false,
             unsynced: VecDeque::new(),
         }
     }

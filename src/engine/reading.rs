@@ -96,6 +96,7 @@ pub(super) fn take_locked(
         return Ok(None);
     }
     while let Some(seq) = q.front() {
+        let from_head = q.returned.is_empty();
         // From memory if it is kept there (its body is taken below): the queue's tail of recent
         // messages, or what an earlier read read ahead. Else from RocksDB, reading ahead when
         // this is the head of a backlog; a sequence number with no message (removed before a
@@ -131,10 +132,7 @@ pub(super) fn take_locked(
             q.pop_front();
             q.counters.expired += 1;
             q.counters.bytes = q.counters.bytes.saturating_sub(len);
-            ops.ops.push(Op::Remove {
-                queue: state.clone(),
-                seq,
-            });
+            ops.ops.push(removal(state, seq, from_head));
             continue;
         }
         let body = match (read_body, mode) {
@@ -156,10 +154,7 @@ pub(super) fn take_locked(
             TakeMode::Remove => {
                 q.pop_front();
                 q.counters.bytes = q.counters.bytes.saturating_sub(len);
-                ops.ops.push(Op::Remove {
-                    queue: state.clone(),
-                    seq,
-                });
+                ops.ops.push(removal(state, seq, from_head));
             }
             TakeMode::Open => {
                 q.pop_front();
@@ -180,6 +175,26 @@ pub(super) fn take_locked(
         }));
     }
     Ok(None)
+}
+
+/// What makes a claimed or dropped message's removal durable. One taken from the head (not
+/// given back) needs no delete of its own: the queue's record, written with the next commit,
+/// moves the head past it, no read looks below the head, and the reclaimer later deletes the
+/// whole consumed range with a few range tombstones (`store::delete_consumed`). A point delete
+/// per message cost each get a memtable insert, and put the head's tombstones in the same
+/// flushed files as the tail's new messages, so that every compaction of them spanned the
+/// whole backlog.
+fn removal(state: &QueueRef, seq: u64, from_head: bool) -> Op {
+    if from_head {
+        Op::SaveRecord {
+            queue: state.clone(),
+        }
+    } else {
+        Op::Remove {
+            queue: state.clone(),
+            seq,
+        }
+    }
 }
 
 /// Hands available messages to waiting readers, oldest waiter first. Each is delivered open

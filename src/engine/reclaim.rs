@@ -1,23 +1,24 @@
-//! Disk space comes back: consumed, deleted and flushed messages leave only tombstones until
-//! RocksDB compacts their key range, and their WAL files stay until the memtables holding them are
-//! flushed. This background thread compacts each queue's dead range (every key below the oldest
-//! message still live) once enough was consumed, once the queue stops moving, or at once while
-//! the disk is below the free-space reserve, and compacts the whole range of deleted queues. So a
-//! drained or deleted queue gives its space back within seconds, and a server stopped at the
-//! reserve recovers by itself.
+//! Disk space comes back. Messages consumed from a queue's head are not deleted one by one (see
+//! `reading::removal`): this background thread has them deleted, with a few range tombstones
+//! written alongside the queue's record (`QueueState::reclaim_wanted`), then compacts that dead
+//! range, once enough was consumed, once the queue stops moving, or at once while the disk is
+//! below the free-space reserve. It also compacts the whole range of deleted queues, and the
+//! tombstones of flushed ones, until which their space stays taken; WAL files stay until the
+//! memtables holding them are flushed. So a drained or deleted queue gives its space back within
+//! seconds, and a server stopped at the reserve recovers by itself.
 //!
 //! Recycled WAL files would defeat that: RocksDB keeps up to four used WAL files, at their full
 //! size (a memtable's worth each), to overwrite in place, which saves a journal commit per fsync
 //! but pins hundreds of MB. So they are recycled only when the disk has room to spare.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rocksdb::{BottommostLevelCompaction, CompactOptions};
 
 use super::space;
-use super::{store, Engine, QueueRef};
+use super::{store, Engine, Op, QueueRef, Uncommitted};
 
 /// How often dead ranges are looked for.
 pub(super) const RECLAIM_EVERY: Duration = Duration::from_secs(1);
@@ -39,11 +40,11 @@ pub(super) fn recycle_wal(dir: &std::path::Path, reserve: u64) -> bool {
 }
 
 /// What the reclaimer knows of one queue.
-struct Reclaimed {
+pub(super) struct Reclaimed {
     /// Every key below this sequence number was compacted away.
     compacted: u64,
-    /// The low mark seen on the previous pass.
-    last_low: u64,
+    /// The head seen on the previous pass.
+    last_head: u64,
 }
 
 pub(super) fn reclaim_every(engine: &Engine, every: Duration) {
@@ -65,48 +66,64 @@ pub(super) fn reclaim_every(engine: &Engine, every: Duration) {
     }
 }
 
-fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>, low_space: bool) {
+pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>, low_space: bool) {
     let queues: Vec<QueueRef> = engine.queues.read().values().cloned().collect();
-    // Queue id → (low mark, messages from it to the tail, whether the queue is empty).
-    let mut live: HashMap<u64, (u64, u64, bool)> = HashMap::with_capacity(queues.len());
+    let mut chosen = Vec::new();
+    let mut ids = HashSet::with_capacity(queues.len());
+    let mut records = Uncommitted::default();
     for state in &queues {
-        let q = state.lock();
+        let mut q = state.lock();
         if q.deleted || !q.persisted {
             continue;
         }
-        // The oldest message still wanted: given back, held open, or never claimed.
-        let low = q
-            .returned
-            .front()
-            .copied()
-            .into_iter()
-            .chain(q.open.keys().copied())
-            .fold(q.next_unclaimed, u64::min);
+        ids.insert(q.id);
+        // Messages below the head are consumed, but for the few still pending (given back or
+        // held open), which the range deletes skip and compaction keeps.
+        let head = q.next_unclaimed;
         let empty = q.items() == 0 && q.open.is_empty();
-        live.insert(q.id, (low, q.tail.saturating_sub(low), empty));
+        let seen = known.entry(q.id).or_insert(Reclaimed {
+            compacted: 0,
+            last_head: u64::MAX,
+        });
+        let stopped = head == seen.last_head;
+        seen.last_head = head;
+        let dead = head.saturating_sub(seen.compacted);
+        let settled = stopped && (empty || dead >= COMPACT_STOPPED_AFTER);
+        let behind = q.tail.saturating_sub(head);
+        if dead > 0 && (low_space || settled || worth_compacting(dead, behind)) {
+            // The next write of the queue's record deletes its consumed messages.
+            q.reclaim_wanted = true;
+            records.ops.push(Op::SaveRecord {
+                queue: state.clone(),
+            });
+            chosen.push(state.clone());
+        }
     }
     let mut compacted_any = false;
-    for (&id, &(low, behind, empty)) in &live {
-        let seen = known.entry(id).or_insert(Reclaimed {
-            compacted: 0,
-            last_low: u64::MAX,
-        });
-        let stopped = low == seen.last_low;
-        let settled = stopped && (empty || low - seen.compacted.min(low) >= COMPACT_STOPPED_AFTER);
-        seen.last_low = low;
-        let dead = low.saturating_sub(seen.compacted);
-        if dead > 0 && (low_space || settled || worth_compacting(dead, behind)) {
+    if !chosen.is_empty() {
+        engine.submit(&mut records);
+        engine.commit_deferred();
+    }
+    for state in chosen {
+        let (id, deleted_below) = {
+            let q = state.lock();
+            (q.id, q.deleted_below)
+        };
+        let Some(seen) = known.get_mut(&id) else {
+            continue;
+        };
+        if deleted_below > seen.compacted {
             compact(
                 engine,
                 store::message_key(id, seen.compacted),
-                store::message_key(id, low),
+                store::message_key(id, deleted_below),
             );
-            seen.compacted = low;
+            seen.compacted = deleted_below;
             compacted_any = true;
         }
     }
     // Deleted queues: their whole range.
-    known.retain(|id, _| live.contains_key(id));
+    known.retain(|id, _| ids.contains(id));
     for id in std::mem::take(&mut *engine.deleted_ids.lock()) {
         compact(
             engine,

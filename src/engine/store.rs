@@ -286,32 +286,55 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
     })
 }
 
-/// Deletes the keys of a queue's messages below its head that are not pending: messages taken
-/// just before a crash, whose removal never reached the disk while the queue's record (head past
-/// them) did. Nothing else would ever delete them. With range tombstones over the gaps between
-/// pending messages rather than a scan: below the head lie the tombstones of every message
-/// consumed since the range was last compacted (millions after a long drain: a scan took 920 ms
-/// of a 1.26 s restart), and a start-up must cost per queue, not per message.
+/// Deletes the keys of a queue's messages below its head that are not pending: messages
+/// consumed since the reclaimer last had them deleted, and those taken just before a crash whose
+/// record (head past them) reached the disk. With range tombstones over the gaps between pending
+/// messages rather than a scan: below the head may lie millions of consumed messages or their
+/// tombstones (a scan took 920 ms of a 1.26 s restart after a long drain), and a start-up must
+/// cost per queue, not per message.
 fn remove_orphans(db: &Db, record: &QueueMeta) -> Result<(), rocksdb::Error> {
     let messages = db
         .cf_handle(MESSAGES_CF)
         .expect("messages column family is always opened");
     let mut batch = WriteBatch::default();
-    let mut from = 0;
-    for &seq in record.pending.iter().chain([&record.next_unclaimed]) {
+    delete_consumed(&mut batch, &messages, record, 0, usize::MAX);
+    if !batch.is_empty() {
+        db.write(batch)?;
+    }
+    Ok(())
+}
+
+/// Adds to `batch` range tombstones over the keys of `record`'s queue from `from` up to its
+/// `next_unclaimed` that are not pending (open or given back): messages consumed from the head,
+/// which no read looks at again (reads start at `next_unclaimed`, and look up pending messages
+/// by key). At most `most_ranges` ranges: a queue with many pending messages scattered through
+/// the range stops at one of them. Returns where it stopped: every key below it that was not
+/// pending is covered.
+pub fn delete_consumed(
+    batch: &mut WriteBatch,
+    messages: &impl rocksdb::AsColumnFamilyRef,
+    record: &QueueMeta,
+    from: u64,
+    most_ranges: usize,
+) -> u64 {
+    let (start, end) = (from, record.next_unclaimed);
+    let mut from = from;
+    let mut ranges = 0;
+    for &seq in record.pending.iter().chain([&end]) {
         if seq > from {
+            if ranges == most_ranges {
+                return from;
+            }
             batch.delete_range_cf(
                 messages,
                 message_key(record.id, from),
                 message_key(record.id, seq),
             );
+            ranges += 1;
         }
         from = from.max(seq.saturating_add(1));
     }
-    if !batch.is_empty() {
-        db.write(batch)?;
-    }
-    Ok(())
+    end.max(start)
 }
 
 #[cfg(test)]

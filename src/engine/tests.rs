@@ -711,6 +711,56 @@ fn a_crash_leaves_no_orphaned_message_keys() {
     h.close();
 }
 
+/// Gets from the head delete nothing one by one: the reclaimer deletes the consumed range, in
+/// the write of the queue's record, around the messages still pending (open or given back),
+/// which survive it and a restart.
+#[test]
+fn the_reclaimer_deletes_consumed_messages_but_not_pending_ones() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    h.put_many("r", &["m0", "m1", "m2", "m3", "m4"]);
+    let id = h.queue_id("r");
+    assert_eq!(h.take_body("r", TakeMode::Remove).as_deref(), Some("m0"));
+    let m1 = h.take("r", TakeMode::Open).unwrap();
+    let m2 = h.take("r", TakeMode::Open).unwrap();
+    h.give_back(&m2);
+    assert_eq!(body(&m1), "m1");
+    assert_eq!(h.take_body("r", TakeMode::Peek).as_deref(), Some("m2"));
+    let m2 = h.take("r", TakeMode::Open).unwrap();
+    h.give_back(&m2);
+    // m0 is consumed, m1 open, m2 given back; m3 is taken from the head.
+    let m2_again = h.take("r", TakeMode::Remove).unwrap();
+    assert_eq!(body(&m2_again), "m2");
+    h.give_back(&m1);
+    assert_eq!(h.take_body("r", TakeMode::Peek).as_deref(), Some("m1"));
+    let _m1 = h.take("r", TakeMode::Open).unwrap();
+    assert_eq!(h.take_body("r", TakeMode::Remove).as_deref(), Some("m3"));
+    assert!(h.stored(id, 0) && h.stored(id, 3), "no delete per get");
+    assert!(
+        !h.stored(id, 2),
+        "a given-back message taken again is deleted by key"
+    );
+
+    reclaim::reclaim_pass(&h.engine, &mut Default::default(), true);
+    assert!(
+        !h.stored(id, 0) && !h.stored(id, 3),
+        "the consumed range is deleted"
+    );
+    assert!(h.stored(id, 1), "the open message is not");
+    assert!(h.stored(id, 4), "nor the one not read yet");
+    h.close();
+
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    assert_eq!(
+        h.drain("r"),
+        strings(&["m1", "m4"]),
+        "m1 was open: given back"
+    );
+    h.put("r", "m5");
+    assert_eq!(h.drain("r"), strings(&["m5"]));
+    h.close();
+}
+
 // --------------------------------------------------------------------------------------------
 // The sweep of expired messages
 // --------------------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ impl Committer<'_> {
 /// Empties a queue's state: everything not held open is gone.
 fn flush_state(q: &mut QueueState) {
     q.next_unclaimed = q.tail;
+    q.deleted_below = q.tail;
     q.recent.clear();
     q.ahead.clear();
     q.returned.clear();
