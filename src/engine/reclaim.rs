@@ -142,12 +142,12 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
     }
 }
 
-/// Whether a moving queue's dead range is worth compacting now. The consumed messages' keys
-/// sit in the same files as the live ones behind them (every flush holds both removals at the
-/// head and new messages at the tail), so compacting the dead range rewrites the live backlog
-/// too. Waiting until the dead messages are as many as the live ones bounds that rewrite to
-/// about twice what it frees: compacting every 100,000 gets of a 1-million-message backlog
-/// rewrote 77 MB each time, a third of the server's CPU while it was busy.
+/// Whether a moving queue's dead range is worth compacting now. The compaction rewrites the
+/// live backlog too: it first flushes the memtable, whose file holds the range tombstone at the
+/// head and the newest messages at the tail, and so overlaps every file in between. Waiting
+/// until the dead messages are as many as the live ones bounds that rewrite to about twice what
+/// it frees: compacting every 100,000 gets of a 1-million-message backlog rewrote 77 MB each
+/// time, a third of the server's CPU while it was busy.
 fn worth_compacting(dead: u64, behind: u64) -> bool {
     dead >= COMPACT_AFTER.max(behind)
 }
