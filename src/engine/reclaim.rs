@@ -22,11 +22,11 @@ use super::{store, Engine, Op, QueueRef, Uncommitted};
 
 /// How often dead ranges are looked for.
 pub(super) const RECLAIM_EVERY: Duration = Duration::from_secs(1);
-/// Consumed messages after which a still-moving queue's dead range is compacted anyway, if they
-/// are also at least as many as the messages still behind them (see `worth_compacting`).
+/// Consumed messages after which a still-moving queue's dead range is compacted, if they are
+/// also at least as many as the messages still behind them (see `worth_compacting`).
 const COMPACT_AFTER: u64 = 100_000;
-/// Consumed messages after which a queue that stopped moving is compacted (an emptied queue is
-/// compacted whatever the count).
+/// Consumed messages after which a queue that stopped moving is compacted, under the same
+/// condition (an emptied queue is compacted whatever the count).
 const COMPACT_STOPPED_AFTER: u64 = 1024;
 /// Below this multiple of the reserve, every dead range is compacted at once.
 const LOW_SPACE_FACTOR: u64 = 2;
@@ -88,9 +88,13 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
         let stopped = head == seen.last_head;
         seen.last_head = head;
         let dead = head.saturating_sub(seen.compacted);
-        let settled = stopped && (empty || dead >= COMPACT_STOPPED_AFTER);
         let behind = q.tail.saturating_sub(head);
-        if dead > 0 && (low_space || settled || worth_compacting(dead, behind)) {
+        let enough = if stopped {
+            empty || dead >= COMPACT_STOPPED_AFTER
+        } else {
+            dead >= COMPACT_AFTER
+        };
+        if dead > 0 && (low_space || (enough && worth_compacting(dead, behind))) {
             // The next write of the queue's record deletes its consumed messages.
             q.reclaim_wanted = true;
             records.ops.push(Op::SaveRecord {
@@ -142,14 +146,14 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
     }
 }
 
-/// Whether a moving queue's dead range is worth compacting now. The compaction rewrites the
+/// Whether a queue's dead range is worth compacting now. The compaction rewrites the
 /// live backlog too: it first flushes the memtable, whose file holds the range tombstone at the
 /// head and the newest messages at the tail, and so overlaps every file in between. Waiting
 /// until the dead messages are as many as the live ones bounds that rewrite to about twice what
 /// it frees: compacting every 100,000 gets of a 1-million-message backlog rewrote 77 MB each
 /// time, a third of the server's CPU while it was busy.
 fn worth_compacting(dead: u64, behind: u64) -> bool {
-    dead >= COMPACT_AFTER.max(behind)
+    dead >= behind
 }
 
 fn compact(engine: &Engine, from: [u8; 16], to: [u8; 16]) {
