@@ -100,7 +100,11 @@ impl StoreOptions {
 
         let mut messages_cf = Options::default();
         messages_cf.set_block_based_table_factory(&table);
-        messages_cf.set_compression_type(DBCompressionType::Lz4);
+        // Flushes write L0 uncompressed: messages are often consumed before their file leaves
+        // L0, and LZ4 over bodies that do not compress was 9% of the server's instructions
+        // on a busy queue with a backlog. Compaction output, where a long backlog lives, is
+        // compressed.
+        messages_cf.set_compression_per_level(&[DBCompressionType::None, DBCompressionType::Lz4]);
         messages_cf.set_write_buffer_size(64 << 20);
         messages_cf.set_max_write_buffer_number(3);
 
