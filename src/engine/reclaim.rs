@@ -117,6 +117,10 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
             continue;
         };
         if deleted_below > seen.compacted {
+            log::debug!(
+                "queue {id}: consumed messages {}..{deleted_below} deleted, compacting",
+                seen.compacted
+            );
             compact(
                 engine,
                 store::message_key(id, seen.compacted),
