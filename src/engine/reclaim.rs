@@ -1,8 +1,8 @@
 //! Disk space comes back. Messages consumed from a queue's head are not deleted one by one (see
 //! `reading::removal`): this background thread has them deleted, with a few range tombstones
-//! written alongside the queue's record (`QueueState::reclaim_wanted`), then compacts that dead
-//! range, once enough was consumed, once the queue stops moving, or at once while the disk is
-//! below the free-space reserve. It also compacts the whole range of deleted queues, and the
+//! written alongside the queue's record (`QueueState::reclaim_wanted`), once a thousand were
+//! consumed, and compacts that dead range once enough was consumed, once the queue stops moving,
+//! or at once while the disk is below the free-space reserve. It also compacts the whole range of deleted queues, and the
 //! tombstones of flushed ones, until which their space stays taken; WAL files stay until the
 //! memtables holding them are flushed. So a drained or deleted queue gives its space back within
 //! seconds, and a server stopped at the reserve recovers by itself.
@@ -28,6 +28,11 @@ const COMPACT_AFTER: u64 = 100_000;
 /// Consumed messages after which a queue that stopped moving is compacted, under the same
 /// condition (an emptied queue is compacted whatever the count).
 const COMPACT_STOPPED_AFTER: u64 = 1024;
+/// Consumed messages not yet deleted after which they are deleted (range tombstones, cheap)
+/// without waiting for a compaction, if they are also at least as many as the messages behind
+/// them: RocksDB's own compactions then drop them as they go, as they dropped point tombstones.
+/// A queue read slowly and steadily never stops, and might not reach `COMPACT_AFTER` for hours.
+const DELETE_AFTER: u64 = 1024;
 /// Below this multiple of the reserve, every dead range is compacted at once.
 const LOW_SPACE_FACTOR: u64 = 2;
 
@@ -94,17 +99,22 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
         } else {
             dead >= COMPACT_AFTER
         };
-        if dead > 0 && (low_space || (enough && worth_compacting(dead, behind))) {
+        let compacting = dead > 0 && (low_space || (enough && worth_compacting(dead, behind)));
+        let undeleted = head.saturating_sub(q.deleted_below);
+        let deleting = undeleted >= DELETE_AFTER && worth_compacting(undeleted, behind);
+        if compacting || deleting {
             // The next write of the queue's record deletes its consumed messages.
             q.reclaim_wanted = true;
             records.ops.push(Op::SaveRecord {
                 queue: state.clone(),
             });
+        }
+        if compacting {
             chosen.push(state.clone());
         }
     }
     let mut compacted_any = false;
-    if !chosen.is_empty() {
+    if !records.is_empty() {
         engine.submit(&mut records);
         engine.commit_deferred();
     }

@@ -761,6 +761,32 @@ fn the_reclaimer_deletes_consumed_messages_but_not_pending_ones() {
     h.close();
 }
 
+/// A queue read steadily never stops and may take hours to reach the compaction threshold: its
+/// consumed messages are still deleted once there are a thousand of them, without a compaction.
+#[test]
+fn the_reclaimer_deletes_a_moving_queues_consumed_messages_once_a_thousand_are_consumed() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let bodies: Vec<String> = (0..1100).map(|i| format!("m{i}")).collect();
+    let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    h.put_many("steady", &bodies);
+    let id = h.queue_id("steady");
+    for _ in 0..1000 {
+        assert!(h.take_body("steady", TakeMode::Remove).is_some());
+    }
+    let mut known = Default::default();
+    reclaim::reclaim_pass(&h.engine, &mut known, false);
+    assert!(h.stored(id, 0), "1,000 consumed: not yet");
+    for _ in 0..100 {
+        assert!(h.take_body("steady", TakeMode::Remove).is_some());
+    }
+    h.put("steady", "next");
+    reclaim::reclaim_pass(&h.engine, &mut known, false);
+    assert!(!h.stored(id, 0) && !h.stored(id, 1099), "deleted");
+    assert!(h.stored(id, 1100), "the next message is not");
+    h.close();
+}
+
 // --------------------------------------------------------------------------------------------
 // The sweep of expired messages
 // --------------------------------------------------------------------------------------------
