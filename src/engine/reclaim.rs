@@ -103,6 +103,7 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
         let undeleted = head.saturating_sub(q.deleted_below);
         let deleting = undeleted >= DELETE_AFTER && worth_compacting(undeleted, behind);
         if compacting || deleting {
+            log::debug!("queue {}: deleting consumed messages below {head}", q.id);
             // The next write of the queue's record deletes its consumed messages.
             q.reclaim_wanted = true;
             records.ops.push(Op::SaveRecord {
