@@ -165,6 +165,14 @@ impl Harness {
         bodies.iter().map(|_| self.completed(me)).collect()
     }
 
+    /// Puts `m0`, `m1`, ... in one submission; returns the bodies.
+    fn put_numbered(&mut self, queue: &str, count: usize) -> Vec<String> {
+        let bodies: Vec<String> = (0..count).map(|i| format!("m{i}")).collect();
+        let all: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        self.put_many(queue, &all);
+        bodies
+    }
+
     fn put(&mut self, queue: &str, body: &str) -> Outcome {
         self.put_many(queue, &[body])[0]
     }
@@ -323,9 +331,7 @@ fn recent_messages_come_from_memory_and_their_memory_comes_back() {
 fn a_backlog_is_read_ahead_in_order_once() {
     let dir = TempDir::new();
     let mut h = Harness::open(&dir.0, QueueLimits::default());
-    let bodies: Vec<String> = (0..150).map(|i| format!("m{i}")).collect();
-    let all: Vec<&str> = bodies.iter().map(String::as_str).collect();
-    h.put_many("b", &all);
+    let bodies = h.put_numbered("b", 150);
     h.close();
     // Nothing is in memory after a restart.
     let h = Harness::open(&dir.0, QueueLimits::default());
@@ -767,9 +773,7 @@ fn the_reclaimer_deletes_consumed_messages_but_not_pending_ones() {
 fn the_reclaimer_deletes_a_moving_queues_consumed_messages_once_a_thousand_are_consumed() {
     let dir = TempDir::new();
     let mut h = Harness::open(&dir.0, QueueLimits::default());
-    let bodies: Vec<String> = (0..1100).map(|i| format!("m{i}")).collect();
-    let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
-    h.put_many("steady", &bodies);
+    h.put_numbered("steady", 1100);
     let id = h.queue_id("steady");
     for _ in 0..1000 {
         assert!(h.take_body("steady", TakeMode::Remove).is_some());
