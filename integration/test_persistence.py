@@ -122,6 +122,20 @@ def test_consumed_messages_stay_consumed_after_kill_9(server):
         assert mc.stats(b"queue")["taken"] == "10/10"
 
 
+def test_consumed_messages_stay_consumed_after_kill_9_with_no_later_write(server):
+    """Reads need no fsync of their own, but they do not wait for the next write either: within
+    a fraction of a second they are on disk, so a crash does not hand them out again."""
+    with server.mc() as mc:
+        mc.send(b"".join(b"set idle 0 0 2\r\nm%d\r\n" % i for i in range(10)))
+        mc.expect(b"STORED\r\n" * 10)
+        assert [mc.get_one("idle") for _ in range(4)] == [b"m0", b"m1", b"m2", b"m3"]
+        time.sleep(0.5)
+    server.kill()
+    server.start()
+    with server.mc() as mc:
+        assert drain_mc(mc, "idle") == [b"m%d" % i for i in range(4, 10)]
+
+
 def test_deleted_queue_stays_deleted_after_restart(server):
     with server.mc() as mc:
         assert mc.set("gone", "x") == b"STORED\r\n"

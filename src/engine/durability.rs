@@ -1,6 +1,7 @@
-//! Which writes are on disk. Every RocksDB write the engine makes is numbered, and is written at
-//! once without an fsync; under `--sync always` one syncer thread then fsyncs the WAL over and
-//! over, each fsync covering every write made before it started. A reply that depends on a write
+//! Which writes are on disk. Every RocksDB write the engine makes is numbered, and is made at
+//! once without an fsync; under `--sync always` its WAL record waits in RocksDB's buffer, and
+//! one syncer thread writes and fsyncs the WAL over and over, each fsync covering every write
+//! made before it started. A reply that depends on a write
 //! (`STORED` for a put, a message handed to a reader) carries that write's `SyncPoint` and is
 //! held by its event loop until `synced()` reaches it.
 //!
@@ -19,6 +20,12 @@ use super::{Engine, SyncPolicy};
 /// Longest the syncer waits for event-loop passes in progress before it fsyncs
 /// (`Durability::passes`).
 const LINGER: Duration = Duration::from_micros(300);
+
+/// Longest a write that no reply waits for (a read's removal, a confirmation) stays unsynced
+/// under `--sync always`. RocksDB holds the WAL's newest records in its buffer until the syncer
+/// flushes them (`manual_wal_flush`), so without this a process crash, not only a power cut,
+/// would take back reads made since the last reply that waited for a write.
+const IDLE_SYNC: Duration = Duration::from_millis(100);
 
 /// A point in the sequence of the engine's writes: a reply carrying it may be sent once every
 /// write up to it is on disk. `SyncPoint::NONE` waits for nothing.
@@ -108,7 +115,8 @@ impl Durability {
 }
 
 /// The syncer of `--sync always`: fsyncs the WAL whenever a reply waits for a write not yet
-/// on disk, then wakes every event loop to send what it held. A failed fsync stops the
+/// on disk (and `IDLE_SYNC` after any other write), then wakes every event loop to send what it
+/// held. A failed fsync stops the
 /// process: what reached the disk is then unknown, and acknowledging anything more could be
 /// a lie (Redis with `appendfsync always` does the same).
 pub(super) fn sync_when_wanted(engine: &Engine) {
@@ -120,7 +128,13 @@ pub(super) fn sync_when_wanted(engine: &Engine) {
                 if engine.stopping.load(Ordering::Acquire) {
                     return;
                 }
-                d.wanted_changed.wait(&mut wanted);
+                let idle = d
+                    .wanted_changed
+                    .wait_for(&mut wanted, IDLE_SYNC)
+                    .timed_out();
+                if idle && d.written.load(Ordering::Acquire) > d.synced.load(Ordering::Acquire) {
+                    break;
+                }
             }
             let deadline = Instant::now() + LINGER;
             while d.passes.load(Ordering::Acquire) > 0 {

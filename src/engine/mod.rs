@@ -185,6 +185,13 @@ impl Engine {
         if !reclaim::recycle_wal(&config.data_dir, config.min_free_bytes) {
             options.db.set_recycle_log_file_num(0);
         }
+        if config.sync == SyncPolicy::Always {
+            // RocksDB keeps new WAL records in its own buffer until the syncer writes and
+            // fsyncs them in one call (`durability::sync_when_wanted`), instead of a write()
+            // per commit from the event loops: 15% of their CPU on unpipelined sets. Nothing is
+            // acknowledged before that fsync anyway.
+            options.db.set_manual_wal_flush(true);
+        }
         let recovered = store::open(&config.data_dir, &options)
             .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))?;
         let recent = RecentBudget::new(RECENT_BYTES);
