@@ -140,9 +140,12 @@ impl CommitState {
 
 /// Keeps removals that no one waits for to be written by the next commit; false if too
 /// many are kept already (they are then due now).
-pub(super) fn defer(engine: &Engine, ops: Vec<Op>) -> bool {
+/// `ops` is left empty, its allocation kept for the caller's next ones.
+pub(super) fn defer(engine: &Engine, ops: &mut Vec<Op>) -> bool {
     let mut state = engine.committer.lock();
-    state.carry.extend(ops);
+    for op in ops.drain(..) {
+        super::ops::push(&mut state.carry, op);
+    }
     state.carry.len() < MAX_DEFERRED
 }
 

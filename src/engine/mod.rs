@@ -149,6 +149,10 @@ impl Uncommitted {
     pub fn awaited(&self) -> bool {
         self.ops.iter().any(|op| op.reply_to().is_some())
     }
+
+    fn push(&mut self, op: Op) {
+        ops::push(&mut self.ops, op);
+    }
 }
 
 pub struct Engine {
@@ -323,14 +327,13 @@ impl Engine {
     /// RocksDB write of its own.
     pub fn submit(&self, uncommitted: &mut Uncommitted) {
         let awaited = uncommitted.awaited();
-        let ops = std::mem::take(&mut uncommitted.ops);
         if self.stopping.load(Ordering::Acquire) {
-            refuse_stopping(self, ops);
+            refuse_stopping(self, std::mem::take(&mut uncommitted.ops));
             return;
         }
         if awaited {
-            commit::commit_ops(self, ops);
-        } else if !commit::defer(self, ops) {
+            commit::commit_ops(self, std::mem::take(&mut uncommitted.ops));
+        } else if !commit::defer(self, &mut uncommitted.ops) {
             // Too many deferred already: write them now.
             commit::commit_ops(self, Vec::new());
         }

@@ -1,6 +1,8 @@
 //! What a caller asks the committer to write: the vocabulary of `Uncommitted`, shared by the
 //! modules that collect writes (reading, the sweep, the API) and the one that commits them.
 
+use std::sync::Arc;
+
 use super::conn_ref::ConnRef;
 use super::QueueRef;
 
@@ -42,4 +44,20 @@ impl Op {
             _ => None,
         }
     }
+}
+
+/// Adds `op` to `ops`, leaving out a record rewrite that the op before it already asks for:
+/// a pass of gets from one queue rewrites its record once, and carries one op to the next
+/// commit, not one per get.
+pub fn push(ops: &mut Vec<Op>, op: Op) {
+    if let (
+        Op::SaveRecord { queue },
+        Some(Op::SaveRecord { queue: last } | Op::Remove { queue: last, .. }),
+    ) = (&op, ops.last())
+    {
+        if Arc::ptr_eq(queue, last) {
+            return;
+        }
+    }
+    ops.push(op);
 }

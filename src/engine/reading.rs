@@ -132,7 +132,7 @@ pub(super) fn take_locked(
             q.pop_front();
             q.counters.expired += 1;
             q.counters.bytes = q.counters.bytes.saturating_sub(len);
-            ops.ops.push(removal(state, seq, from_head));
+            ops.push(removal(state, seq, from_head));
             continue;
         }
         let body = match (read_body, mode) {
@@ -154,12 +154,12 @@ pub(super) fn take_locked(
             TakeMode::Remove => {
                 q.pop_front();
                 q.counters.bytes = q.counters.bytes.saturating_sub(len);
-                ops.ops.push(removal(state, seq, from_head));
+                ops.push(removal(state, seq, from_head));
             }
             TakeMode::Open => {
                 q.pop_front();
                 q.open.insert(seq, len);
-                ops.ops.push(Op::SaveRecord {
+                ops.push(Op::SaveRecord {
                     queue: state.clone(),
                 });
             }
