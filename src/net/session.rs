@@ -152,7 +152,7 @@ impl Connection {
         }
         let mut total = self.open_reads.len();
         for read in reads {
-            let on_queue = held.entry(&read.queue).or_default();
+            let on_queue = held.entry(read.queue()).or_default();
             if read.abort || read.close {
                 total -= *on_queue;
                 *on_queue = 0;
@@ -186,7 +186,7 @@ impl Connection {
                 break;
             }
             if read.abort || read.close {
-                self.settle_open(&read.queue.clone(), read.close, ctx);
+                self.settle_open(read.queue(), read.close, ctx);
                 if !read.open {
                     get.next += 1;
                     continue;
@@ -212,7 +212,7 @@ impl Connection {
             match ctx
                 .shared
                 .engine
-                .take(&read.queue, mode, registration, ctx.uncommitted)
+                .take(read.queue(), mode, registration, ctx.uncommitted)
             {
                 Ok(Some(taken)) => self.accept(&mut get, taken, ctx),
                 Ok(None) => match wait {
@@ -249,6 +249,8 @@ impl Connection {
         get.bytes += body.len();
         get.durable_at = get.durable_at.max(taken.durable_at);
         let read = &mut get.reads[get.next];
+        // Before the key (which holds the queue's name) moves into the reply.
+        let open_on = read.open.then(|| read.queue().to_vec());
         get.values.push(Value {
             // This read is done: its key moves into the reply too.
             key: std::mem::take(&mut read.key),
@@ -256,17 +258,13 @@ impl Connection {
             body,
             cas: read.cas.then_some(taken.seq),
         });
-        if read.open {
+        if let Some(queue) = open_on {
             *ctx.next_wait_id += 1;
             let id = *ctx.next_wait_id;
             if let Some(timeout) = ctx.shared.open_timeout {
                 ctx.open_timers.add(Instant::now() + timeout, self.id, id);
             }
-            self.open_reads.push(OpenRead {
-                id,
-                queue: read.queue.clone(),
-                taken,
-            });
+            self.open_reads.push(OpenRead { id, queue, taken });
         }
         get.next += 1;
     }
@@ -332,7 +330,7 @@ impl Connection {
         if get.waiting != Some(wait_id) {
             return;
         }
-        let queue = &get.reads[get.next].queue;
+        let queue = get.reads[get.next].queue();
         if ctx.shared.engine.cancel_wait(queue, me, wait_id) {
             ctx.shared.engine.forget_if_unused(queue);
             ctx.stats.get_misses.fetch_add(1, Ordering::Relaxed);
@@ -355,7 +353,7 @@ impl Connection {
         let me = self.conn_ref(ctx);
         if let Some(get) = self.get.take() {
             if let Some(wait_id) = get.waiting {
-                let queue = &get.reads[get.next].queue;
+                let queue = get.reads[get.next].queue();
                 if ctx.shared.engine.cancel_wait(queue, me, wait_id) {
                     ctx.shared.engine.forget_if_unused(queue);
                 }

@@ -60,7 +60,8 @@ impl Set {
 pub struct Read {
     /// The key exactly as the client sent it (queue plus options), echoed in `VALUE` lines.
     pub key: Vec<u8>,
-    pub queue: Vec<u8>,
+    /// How much of `key` names the queue (`queue()`): one allocation per read, not two.
+    pub queue_len: usize,
     /// Block up to this many milliseconds for a message (`/t=`, mqmq's timeout).
     pub wait_ms: Option<u64>,
     /// Keep the message until `close` or `abort` (`/open`).
@@ -80,7 +81,7 @@ impl Read {
     pub fn take(queue: &[u8]) -> Read {
         Read {
             key: queue.to_vec(),
-            queue: queue.to_vec(),
+            queue_len: queue.len(),
             wait_ms: None,
             open: false,
             close: false,
@@ -88,6 +89,12 @@ impl Read {
             peek: false,
             cas: false,
         }
+    }
+
+    /// The queue the key names (the key without its options). Empty once the key has been
+    /// moved into a reply.
+    pub fn queue(&self) -> &[u8] {
+        &self.key[..self.queue_len.min(self.key.len())]
     }
 }
 

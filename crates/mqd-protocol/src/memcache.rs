@@ -184,7 +184,7 @@ pub fn parse_read(key: &[u8], cas: bool) -> Result<Read, ErrorKind> {
     }
     Ok(Read {
         key: key.to_vec(),
-        queue: queue.to_vec(),
+        queue_len: queue.len(),
         wait_ms,
         open,
         close,

@@ -129,8 +129,8 @@ fn get_keys_and_options() {
     let (_, cmd) = command(b"get a b/t=50/open a\r\n");
     let Command::Get(reads) = cmd else { panic!() };
     assert_eq!(reads.len(), 3);
-    assert_eq!(reads[0].queue, b"a");
-    assert_eq!(reads[1].queue, b"b");
+    assert_eq!(reads[0].queue(), b"a");
+    assert_eq!(reads[1].queue(), b"b");
     assert_eq!(reads[1].key, b"b/t=50/open");
     assert_eq!(reads[1].wait_ms, Some(50));
     assert!(reads[1].open && !reads[1].close);
@@ -161,7 +161,7 @@ fn slashes_without_options_are_part_of_the_name() {
         let Command::Get(reads) = command(&line).1 else {
             panic!()
         };
-        assert_eq!(reads[0].queue, key);
+        assert_eq!(reads[0].queue(), key);
         assert_eq!(reads[0].key, key);
         assert!(!reads[0].open && reads[0].wait_ms.is_none());
     }
