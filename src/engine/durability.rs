@@ -1,9 +1,9 @@
 //! Which writes are on disk. Every RocksDB write the engine makes is numbered, and is made at
 //! once without an fsync; under `--sync always` its WAL record waits in RocksDB's buffer, and
 //! one syncer thread writes and fsyncs the WAL over and over, each fsync covering every write
-//! made before it started. A reply that depends on a write
-//! (`STORED` for a put, a message handed to a reader) carries that write's `SyncPoint` and is
-//! held by its event loop until `synced()` reaches it.
+//! made before it started. A reply that depends on a write (`STORED` for a put, a message
+//! handed to a reader) carries that write's `SyncPoint` and is held by its event loop until
+//! `synced()` reaches it.
 //!
 //! This is how Redis runs with `appendfsync always`: commands run as soon as they are parsed,
 //! replies wait for the fsync. Nothing waits for a disk but the replies, so a pipelined `set`
@@ -115,10 +115,9 @@ impl Durability {
 }
 
 /// The syncer of `--sync always`: fsyncs the WAL whenever a reply waits for a write not yet
-/// on disk (and `IDLE_SYNC` after any other write), then wakes every event loop to send what it
-/// held. A failed fsync stops the
-/// process: what reached the disk is then unknown, and acknowledging anything more could be
-/// a lie (Redis with `appendfsync always` does the same).
+/// on disk (and within `IDLE_SYNC` of any other write), then wakes every event loop to send
+/// what it held. A failed fsync stops the process: what reached the disk is then unknown, and
+/// acknowledging anything more could be a lie (Redis with `appendfsync always` does the same).
 pub(super) fn sync_when_wanted(engine: &Engine) {
     let d = &engine.durability;
     loop {

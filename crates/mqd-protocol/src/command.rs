@@ -61,7 +61,7 @@ pub struct Read {
     /// The key exactly as the client sent it (queue plus options), echoed in `VALUE` lines.
     pub key: Vec<u8>,
     /// How much of `key` names the queue (`queue()`): one allocation per read, not two.
-    pub queue_len: usize,
+    pub(crate) queue_len: usize,
     /// Block up to this many milliseconds for a message (`/t=`, mqmq's timeout).
     pub wait_ms: Option<u64>,
     /// Keep the message until `close` or `abort` (`/open`).
