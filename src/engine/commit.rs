@@ -78,6 +78,17 @@ struct Batch {
 }
 
 impl Batch {
+    /// A batch adding to `write` (not `Default`, which would create a WriteBatch to drop).
+    fn new(write: WriteBatch) -> Batch {
+        Batch {
+            write,
+            touched: IdMap::default(),
+            writers: Vec::new(),
+            wanted: false,
+            written: SyncPoint::NONE,
+        }
+    }
+
     fn touch(&mut self, queue: &QueueRef, id: u64) -> &mut Touched {
         touch(&mut self.touched, queue, id)
     }
@@ -192,10 +203,7 @@ impl Committer<'_> {
             Some(unwritten) => std::mem::take(&mut unwritten.write),
             None => WriteBatch::with_capacity_bytes(estimate + 256),
         };
-        let mut batch = Batch {
-            write,
-            ..Batch::default()
-        };
+        let mut batch = Batch::new(write);
         for op in ops {
             match op {
                 Op::Put {
@@ -480,7 +488,7 @@ impl Committer<'_> {
             }
         }
         if let Some(unwritten) = unwritten {
-            self.written_out(unwritten);
+            self.written_out(unwritten.queues);
         }
         for (writer, error) in batch.writers {
             let (outcome, durable_at) = match (error, &result) {

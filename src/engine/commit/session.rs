@@ -140,31 +140,36 @@ impl Committer<'_> {
             };
             outbox.complete(writer, outcome, durable_at);
         }
-        let unwritten = self.state.unwritten.get_or_insert_with(|| Unwritten {
-            write: WriteBatch::default(),
-            wanted: false,
-            point,
-            queues: Vec::new(),
-            cost: 0,
-        });
-        unwritten.write = batch.write;
-        unwritten.wanted |= has_puts;
-        unwritten.queues.extend(queues);
-        unwritten.cost += cost;
+        match &mut self.state.unwritten {
+            Some(unwritten) => {
+                unwritten.write = batch.write;
+                unwritten.wanted |= has_puts;
+                unwritten.queues.extend(queues);
+                unwritten.cost += cost;
+            }
+            None => {
+                self.state.unwritten = Some(Unwritten {
+                    write: batch.write,
+                    wanted: has_puts,
+                    point,
+                    queues,
+                    cost,
+                })
+            }
+        }
     }
 
     /// Writes what the session published ahead of its write. A failure stops the process:
     /// those messages may be in readers' hands already (their replies held), and the queues
     /// cannot be put back as they were; the next start-up recovers what is on disk.
     pub(super) fn write_unwritten(&mut self) {
-        let Some(mut unwritten) = self.state.unwritten.take() else {
+        let Some(unwritten) = self.state.unwritten.take() else {
             return;
         };
-        let write = std::mem::take(&mut unwritten.write);
-        match self.engine.write(write, unwritten.wanted) {
+        match self.engine.write(unwritten.write, unwritten.wanted) {
             Ok(point) => {
                 debug_assert_eq!(point, unwritten.point);
-                self.written_out(unwritten);
+                self.written_out(unwritten.queues);
             }
             Err(e) => fatal_write_failure(&e),
         }
@@ -172,9 +177,9 @@ impl Committer<'_> {
 
     /// The session's published messages are written now: readable from RocksDB too, which
     /// may let a waiting reader have one that was given back meanwhile.
-    pub(super) fn written_out(&mut self, unwritten: Unwritten) {
+    pub(super) fn written_out(&mut self, queues: Vec<QueueRef>) {
         let mut outbox = Outbox::new(&self.engine.mailboxes);
-        for queue in unwritten.queues {
+        for queue in queues {
             let mut q = queue.lock();
             q.written_end = q.tail;
             if !q.waiters.is_empty() {
