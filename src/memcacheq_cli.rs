@@ -98,7 +98,7 @@ mqd (MemcacheQ 0.2.1 compatible) serve options:
 -h            print this help and exit
 -i            print license info and exit
 -P <file>     save the PID in <file>
--t <num>      number of event-loop threads (default: one per core)
+-t <num>      number of event-loop threads (default: one per core but one)
 -m <num>      RocksDB block cache in megabytes (default: 64)
 -H <dir>      data directory (default: ./mqd-data); BerkeleyDB files there are not read
 -B <num>      largest message in bytes (default: 1m; k/m suffixes allowed)

@@ -44,7 +44,7 @@ pub struct Serve {
     /// same as --sync none (MemcacheQ's -N)
     #[argh(switch, short = 'N')]
     no_sync: bool,
-    /// event-loop threads (default: one per core)
+    /// event-loop threads (default: one per core but one, at least one)
     #[argh(option, short = 't')]
     threads: Option<usize>,
     /// most simultaneous connections (default 1024)
