@@ -1,10 +1,11 @@
 //! Disk space comes back. Messages consumed from a queue's head are not deleted one by one (see
 //! `reading::removal`): this background thread has them deleted, with a few range tombstones
 //! written alongside the queue's record (`QueueState::reclaim_wanted`), once a thousand were
-//! consumed, and compacts that dead range once enough was consumed, once the queue stops moving,
-//! or at once while the disk is below the free-space reserve. It also compacts the whole range of deleted queues, and the
-//! tombstones of flushed ones, until which their space stays taken; WAL files stay until the
-//! memtables holding them are flushed. So a drained or deleted queue gives its space back within
+//! consumed, and compacts that dead range (after dropping, unread, the table files holding only
+//! consumed messages) once enough was consumed, once the queue stops moving, or at once while
+//! the disk is below the free-space reserve. It also compacts the whole range of deleted
+//! queues, and the tombstones of flushed ones, until which their space stays taken; WAL files
+//! stay until the memtables holding them are flushed. So a drained or deleted queue gives its space back within
 //! seconds, and a server stopped at the reserve recovers by itself.
 //!
 //! Recycled WAL files would defeat that: RocksDB keeps up to four used WAL files, at their full
@@ -120,10 +121,11 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
         engine.commit_deferred();
     }
     for state in chosen {
-        let (id, deleted_below) = {
+        let (record, deleted_below) = {
             let q = state.lock();
-            (q.id, q.deleted_below)
+            (store::QueueMeta::of(&q, q.tail), q.deleted_below)
         };
+        let id = record.id;
         let Some(seen) = known.get_mut(&id) else {
             continue;
         };
@@ -132,6 +134,7 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
                 "queue {id}: consumed messages {}..{deleted_below} deleted, compacting",
                 seen.compacted
             );
+            drop_consumed_files(engine, &record, seen.compacted, deleted_below);
             compact(
                 engine,
                 store::message_key(id, seen.compacted),
@@ -169,6 +172,36 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
 /// time, a third of the server's CPU while it was busy.
 fn worth_compacting(dead: u64, behind: u64) -> bool {
     dead >= behind
+}
+
+/// Drops, without reading them, the table files that hold nothing but consumed messages of
+/// `record`'s queue in `from..below` (the compaction that follows reads and rewrites the rest):
+/// after a long drain those are nearly all of its files, which a compaction alone read back in
+/// full only to discard, slowing the drain while it ran. Each range ends at its last consumed
+/// key, inclusive, so no file holding a pending message or the head is dropped. A range
+/// tombstone dropped with its file can let consumed keys in a file that straddles the range's
+/// end show again; no read looks below the head, and the next start-up deletes them.
+pub(super) fn drop_consumed_files(
+    engine: &Engine,
+    record: &store::QueueMeta,
+    from: u64,
+    below: u64,
+) {
+    for (start, end) in store::consumed_ranges(record, from) {
+        let end = end.min(below);
+        if end <= start {
+            break;
+        }
+        let first = store::message_key(record.id, start);
+        let last = store::message_key(record.id, end - 1);
+        if let Err(e) = engine
+            .db
+            .delete_file_in_range_cf(engine.messages(), first, last)
+        {
+            log::warn!("dropping consumed files of queue {} failed: {e}", record.id);
+            return;
+        }
+    }
 }
 
 fn compact(engine: &Engine, from: [u8; 16], to: [u8; 16]) {

@@ -321,29 +321,57 @@ pub fn delete_consumed(
     from: u64,
     most_ranges: usize,
 ) -> u64 {
-    let (start, end) = (from, record.next_unclaimed);
-    let mut from = from;
-    let mut ranges = 0;
-    for &seq in record.pending.iter().chain([&end]) {
-        if seq > from {
-            if ranges == most_ranges {
-                return from;
-            }
-            batch.delete_range_cf(
-                messages,
-                message_key(record.id, from),
-                message_key(record.id, seq),
-            );
-            ranges += 1;
-        }
-        from = from.max(seq.saturating_add(1));
+    let mut ranges = consumed_ranges(record, from);
+    for _ in 0..most_ranges {
+        let Some((start, end)) = ranges.next() else {
+            return record.next_unclaimed.max(from);
+        };
+        batch.delete_range_cf(
+            messages,
+            message_key(record.id, start),
+            message_key(record.id, end),
+        );
     }
-    end.max(start)
+    match ranges.next() {
+        Some((start, _)) => start,
+        None => record.next_unclaimed.max(from),
+    }
+}
+
+/// The runs of consumed sequence numbers of `record`'s queue from `from` up to its
+/// `next_unclaimed`, as `[start, end)`: the gaps between its pending messages.
+pub fn consumed_ranges(record: &QueueMeta, from: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut from = from;
+    record
+        .pending
+        .iter()
+        .chain([&record.next_unclaimed])
+        .filter_map(move |&seq| {
+            let range = (seq > from).then_some((from, seq));
+            from = from.max(seq.saturating_add(1));
+            range
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumed_ranges_are_the_gaps_between_pending_messages() {
+        let record = QueueMeta {
+            id: 1,
+            next_unclaimed: 10,
+            tail: 12,
+            counters: Counters::default(),
+            pending: vec![3, 4, 8],
+        };
+        let ranges = |from| consumed_ranges(&record, from).collect::<Vec<_>>();
+        assert_eq!(ranges(0), [(0, 3), (5, 8), (9, 10)]);
+        assert_eq!(ranges(4), [(5, 8), (9, 10)]);
+        assert_eq!(ranges(9), [(9, 10)]);
+        assert_eq!(ranges(10), []);
+    }
 
     #[test]
     fn meta_round_trips() {

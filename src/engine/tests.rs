@@ -767,6 +767,74 @@ fn the_reclaimer_deletes_consumed_messages_but_not_pending_ones() {
     h.close();
 }
 
+/// The message table files (start and end sequence numbers) of queue `id` below level 0.
+fn leveled_files(h: &Harness, id: u64) -> Vec<(u64, u64)> {
+    let mut files: Vec<(u64, u64)> = h
+        .engine
+        .db
+        .live_files()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.column_family_name == store::MESSAGES_CF && f.level > 0)
+        .filter_map(|f| Some((f.start_key?, f.end_key?)))
+        .filter(|(start, _)| start.starts_with(&id.to_be_bytes()))
+        .map(|(start, end)| (store::message_seq(&start), store::message_seq(&end)))
+        .collect();
+    files.sort_unstable();
+    files
+}
+
+/// After a drain, the table files holding nothing but consumed messages are dropped without
+/// being read; a file holding a pending (open) message stays whole.
+#[test]
+fn consumed_files_are_dropped_but_not_one_holding_a_pending_message() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let id = {
+        h.put_numbered("f", 100);
+        h.queue_id("f")
+    };
+    let bodies: Vec<String> = (100..200).map(|i| format!("m{i}")).collect();
+    // Two files in the last level: m0..m99 and m100..m199.
+    for (range, more) in [((0, 100), None), ((100, 200), Some(&bodies))] {
+        if let Some(more) = more {
+            h.put_many("f", &more.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        store::flush_memtables(&h.engine.db).unwrap();
+        h.engine.db.compact_range_cf(
+            h.engine.messages(),
+            Some(store::message_key(id, range.0)),
+            Some(store::message_key(id, range.1)),
+        );
+    }
+    assert_eq!(leveled_files(&h, id), [(0, 99), (100, 199)]);
+    for _ in 0..50 {
+        assert!(h.take_body("f", TakeMode::Remove).is_some());
+    }
+    let m50 = h.take("f", TakeMode::Open).unwrap();
+    assert_eq!(body(&m50), "m50");
+    for _ in 51..200 {
+        assert!(h.take_body("f", TakeMode::Remove).is_some());
+    }
+    let record = {
+        let queue = h.engine.lookup(b"f").unwrap();
+        let q = queue.lock();
+        store::QueueMeta::of(&q, q.tail)
+    };
+    assert_eq!(record.pending, [50]);
+
+    reclaim::drop_consumed_files(&h.engine, &record, 0, record.next_unclaimed);
+    assert_eq!(
+        leveled_files(&h, id),
+        [(0, 99)],
+        "m100..m199 dropped, m50's file kept"
+    );
+    assert!(h.stored(id, 50), "the open message is still there");
+    h.give_back(&m50);
+    assert_eq!(h.drain("f"), strings(&["m50"]));
+    h.close();
+}
+
 /// A queue read steadily never stops and may take hours to reach the compaction threshold: its
 /// consumed messages are still deleted once there are a thousand of them, without a compaction.
 #[test]
