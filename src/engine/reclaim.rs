@@ -120,6 +120,16 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
         engine.submit(&mut records);
         engine.commit_deferred();
     }
+    // Those record writes moved each queue's head past the files about to be dropped: they must
+    // be on disk first. Otherwise a power cut could leave a head pointing into dropped files, and
+    // a message taken just before it (its reply maybe never received) would vanish instead of
+    // coming back. (A compaction alone needs no sync: it flushes those writes to a table first.)
+    let may_drop = chosen.is_empty()
+        || engine
+            .db
+            .flush_wal(true)
+            .map_err(|e| log::warn!("WAL sync before dropping files failed: {e}"))
+            .is_ok();
     for state in chosen {
         let (record, deleted_below) = {
             let q = state.lock();
@@ -134,7 +144,9 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
                 "queue {id}: consumed messages {}..{deleted_below} deleted, compacting",
                 seen.compacted
             );
-            drop_consumed_files(engine, &record, seen.compacted, deleted_below);
+            if may_drop {
+                drop_consumed_files(engine, &record, seen.compacted, deleted_below);
+            }
             compact(
                 engine,
                 store::message_key(id, seen.compacted),
