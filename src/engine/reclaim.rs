@@ -5,8 +5,8 @@
 //! consumed messages) once enough was consumed, once the queue stops moving, or at once while
 //! the disk is below the free-space reserve. It also compacts the whole range of deleted
 //! queues, and the tombstones of flushed ones, until which their space stays taken; WAL files
-//! stay until the memtables holding them are flushed. So a drained or deleted queue gives its space back within
-//! seconds, and a server stopped at the reserve recovers by itself.
+//! stay until the memtables holding them are flushed. So a drained or deleted queue gives its
+//! space back within seconds, and a server stopped at the reserve recovers by itself.
 //!
 //! Recycled WAL files would defeat that: RocksDB keeps up to four used WAL files, at their full
 //! size (a memtable's worth each), to overwrite in place, which saves a journal commit per fsync
