@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
                         .map(|r| Value {
                             key: r.key.clone(),
                             flags: 0,
-                            body: r.queue.clone(),
+                            body: r.queue().to_vec(),
                             cas: r.cas.then_some(1),
                         })
                         .collect();

@@ -31,14 +31,14 @@ fuzz_target!(|data: &[u8]| {
                         .map(|r| Value {
                             key: r.key.clone(),
                             flags: 0,
-                            body: r.queue.clone(),
+                            body: r.queue().to_vec(),
                             cas: None,
                         })
                         .collect();
                     let mut out = Vec::new();
                     mqmq::encode(&Reply::Values(values), &mut out);
                     check_frame(&out);
-                    let names = reads.iter().map(|r| (r.queue.clone(), 1)).collect();
+                    let names = reads.iter().map(|r| (r.queue().to_vec(), 1)).collect();
                     let mut out = Vec::new();
                     mqmq::encode(
                         &Reply::Info(Info {
