@@ -4,7 +4,7 @@
 //! of those two modules needs the other's internals.
 
 use crate::engine::{SyncPoint, Taken};
-use crate::protocol::{Command, Read, Value};
+use crate::protocol::{Command, Reads, Values};
 
 /// A write sent to the committer, answered in order when its outcome arrives.
 #[derive(Debug, Clone, Copy)]
@@ -17,9 +17,9 @@ pub(super) enum PendingWrite {
 
 /// A `get` being answered key by key; it may be waiting for a message.
 pub(super) struct GetInProgress {
-    pub(super) reads: Vec<Read>,
+    pub(super) reads: Reads,
     pub(super) next: usize,
-    pub(super) values: Vec<Value>,
+    pub(super) values: Values,
     /// Body bytes in `values`.
     pub(super) bytes: usize,
     /// The wait id of the read blocked now.

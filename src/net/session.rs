@@ -12,7 +12,7 @@ use super::requests::{GetInProgress, OpenRead, PendingWrite};
 use super::{report, Ctx};
 use crate::engine::message;
 use crate::engine::{ConnRef, Error, Outcome, SyncPoint, TakeMode, Taken};
-use crate::protocol::{Command, ErrorKind, Read, Reply, StatsKind, Value};
+use crate::protocol::{Command, ErrorKind, Read, Reads, Reply, StatsKind, Value, Values};
 
 /// Body bytes after which a multi-key get takes no more messages (at least one message of
 /// `--max-message-size` always fits).
@@ -119,7 +119,7 @@ impl Connection {
         }
     }
 
-    fn start_get(&mut self, reads: Vec<Read>, ctx: &mut Ctx) {
+    fn start_get(&mut self, reads: Reads, ctx: &mut Ctx) {
         // Messages of a queue deleted since they were opened are gone; stop counting them.
         self.open_reads
             .retain(|open| !open.taken.queue.is_deleted());
@@ -130,7 +130,7 @@ impl Connection {
         self.get = Some(GetInProgress {
             reads,
             next: 0,
-            values: Vec::new(),
+            values: Values::new(),
             bytes: 0,
             waiting: None,
             durable_at: SyncPoint::NONE,

@@ -1,6 +1,13 @@
 //! The one command vocabulary: what a client can ask for and what the server can answer,
 //! independent of how either protocol spells it on the wire.
 
+use smallvec::SmallVec;
+
+/// The keys of one get, in order: one inline (the common case), more on the heap.
+pub type Reads = SmallVec<[Read; 1]>;
+/// The messages one get returns, in order: one inline, more on the heap.
+pub type Values = SmallVec<[Value; 1]>;
+
 /// A request, decoded from either protocol.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
@@ -8,7 +15,7 @@ pub enum Command {
     Set(Set),
     /// Take (or peek, open, close, abort) messages from one or more queues, in order
     /// (memcache `get`/`gets`, mqmq `Get`).
-    Get(Vec<Read>),
+    Get(Reads),
     /// Remove a queue and all its messages.
     Delete { queue: Vec<u8>, noreply: bool },
     /// Empty one queue, keeping it.
@@ -123,7 +130,7 @@ pub enum Reply {
     Stored,
     /// Messages taken by a `get` (possibly none). memcache: `VALUE` blocks then `END`;
     /// mqmq: `OK, <body>`, or `Timeout` when empty.
-    Values(Vec<Value>),
+    Values(Values),
     Deleted,
     NotFound,
     /// memcache `END` alone (flush).

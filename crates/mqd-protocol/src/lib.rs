@@ -13,7 +13,7 @@ pub mod memcache;
 pub mod mqmq;
 mod text;
 
-pub use command::{Command, ErrorKind, Info, Read, Reply, Set, StatsKind, Value};
+pub use command::{Command, ErrorKind, Info, Read, Reads, Reply, Set, StatsKind, Value, Values};
 pub use framing::{input_limit, Framer};
 
 /// Which wire protocol a connection speaks, fixed for its whole life by its first byte.

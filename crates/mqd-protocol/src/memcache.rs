@@ -4,7 +4,7 @@
 //! `\n` with an optional `\r` before it; tokens are separated by spaces. Every rule here is in
 //! `protocol-spec/memcache.md`.
 
-use super::command::{Command, ErrorKind, Read, Reply, Set, StatsKind};
+use super::command::{Command, ErrorKind, Read, Reads, Reply, Set, StatsKind};
 use super::text::{Args, Decimal, Tokens};
 use super::{Limits, Parsed};
 
@@ -148,8 +148,8 @@ fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Pa
 
 /// `get <key> [<key> ...]`; every key is checked before any is acted on.
 fn parse_get(keys: Tokens, cas: bool) -> Result<Command, ErrorKind> {
-    // One key is the common case: one small allocation, grown only for multi-key gets.
-    let mut reads = Vec::with_capacity(1);
+    // One key is the common case: kept inline, on the heap only for multi-key gets.
+    let mut reads = Reads::new();
     for key in keys {
         reads.push(parse_read(key, cas)?);
     }

@@ -262,17 +262,17 @@ fn encodes_replies() {
         cas: None,
     };
     assert_eq!(
-        encoded(&Reply::Values(vec![value.clone()])),
+        encoded(&Reply::Values(smallvec::smallvec![value.clone()])),
         "VALUE q4 0 5\r\nhello\r\nEND\r\n"
     );
     assert_eq!(
-        encoded(&Reply::Values(vec![Value {
+        encoded(&Reply::Values(smallvec::smallvec![Value {
             cas: Some(9),
             ..value
         }])),
         "VALUE q4 0 5 9\r\nhello\r\nEND\r\n"
     );
-    assert_eq!(encoded(&Reply::Values(vec![])), "END\r\n");
+    assert_eq!(encoded(&Reply::Values(smallvec::smallvec![])), "END\r\n");
 }
 
 #[test]
@@ -290,7 +290,7 @@ fn encodes_the_widest_value_lines_and_several_values() {
         cas: None,
     };
     let mut out = b"before ".to_vec();
-    encode(&Reply::Values(vec![widest, plain]), &mut out);
+    encode(&Reply::Values(smallvec::smallvec![widest, plain]), &mut out);
     let expected = format!(
         "before VALUE q/t=1/open 4294967295 0 18446744073709551615\r\n\r\nVALUE r 10 100\r\n{}\r\nEND\r\n",
         "x".repeat(100)

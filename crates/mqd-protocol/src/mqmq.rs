@@ -113,7 +113,7 @@ fn decode(values: &[&[u8]], limits: &Limits) -> Result<Command, ErrorKind> {
             };
             let mut read = Read::take(queue);
             read.wait_ms = Some(wait_ms);
-            Ok(Command::Get(vec![read]))
+            Ok(Command::Get(smallvec::smallvec![read]))
         }
         b"Info" => Ok(Command::Info),
         b"Quit" => Ok(Command::Quit),

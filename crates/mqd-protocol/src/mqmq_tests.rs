@@ -169,10 +169,10 @@ fn encodes_replies() {
         body: b"hi".to_vec(),
         cas: None,
     };
-    encode(&Reply::Values(vec![value]), &mut out);
+    encode(&Reply::Values(smallvec::smallvec![value]), &mut out);
     assert_eq!(out, framed(&[b"OK", b"hi"]));
     out.clear();
-    encode(&Reply::Values(vec![]), &mut out);
+    encode(&Reply::Values(smallvec::smallvec![]), &mut out);
     assert_eq!(out, b"\0\0\0\x0b\0\0\0\x07Timeout");
     out.clear();
     encode(&Reply::Error(ErrorKind::BadTimeout), &mut out);
