@@ -144,10 +144,11 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
         .collect::<Result<_, _>>()?;
 
     log::info!(
-        "mqd {} serving {} on {} with {threads} event loops, sync {:?}",
+        "mqd {} serving {} on {} with {threads} event loop{}, sync {:?}",
         env!("CARGO_PKG_VERSION"),
         config.data_dir.display(),
         addrs.join(", "),
+        if threads == 1 { "" } else { "s" },
         config.sync
     );
     systemd::notify("READY=1");
