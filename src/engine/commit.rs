@@ -366,7 +366,7 @@ impl Committer<'_> {
         }
         // The body moves into the queue's in-memory tail (unless a part was committed already).
         if let Some(touched) = batch.touched.get_mut(&id) {
-            let budget = &self.engine.recent;
+            let budget = &self.engine.tails.recent;
             let fresh = touched.fresh.get_or_insert_with(|| Fresh::new(budget));
             fresh.keep(seq, header, body);
         }

@@ -55,12 +55,8 @@ pub use metrics::{EngineSnapshot, HistogramSnapshot};
 use ops::Op;
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
-use recent::RecentBudget;
+use recent::TailBudgets;
 use store::{Db, MemoryBudget, StoreOptions};
-
-/// Bytes all queues together keep of their newest messages in memory, so that reads of live
-/// queues skip RocksDB (see `recent`).
-const RECENT_BYTES: usize = 32 << 20;
 
 /// When a committed write is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,8 +171,8 @@ pub struct Engine {
     fail_writes: AtomicBool,
     /// Ids of queues deleted since the reclaimer last looked, whose key ranges it compacts.
     deleted_ids: Mutex<Vec<u64>>,
-    /// What all queues' in-memory tails of recent messages may hold (`recent`).
-    recent: RecentBudget,
+    /// What all queues' in-memory tails of messages may hold (`recent`).
+    tails: TailBudgets,
 }
 
 impl Engine {
@@ -198,11 +194,11 @@ impl Engine {
         }
         let recovered = store::open(&config.data_dir, &options)
             .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))?;
-        let recent = RecentBudget::new(RECENT_BYTES);
+        let tails = TailBudgets::new();
         let mut queues = HashMap::new();
         for (name, meta) in recovered.queues {
             let name: Arc<[u8]> = Arc::from(name);
-            let mut state = QueueState::new(meta.id, name.clone(), &recent);
+            let mut state = QueueState::new(meta.id, name.clone(), &tails);
             state.persisted = true;
             state.next_unclaimed = meta.next_unclaimed;
             // Opening deleted every consumed message below it (`store::remove_orphans`).
@@ -243,7 +239,7 @@ impl Engine {
             #[cfg(test)]
             fail_writes: AtomicBool::new(false),
             deleted_ids: Mutex::new(Vec::new()),
-            recent,
+            tails,
         });
         engine.spawn("expiry-sweep", |engine| {
             background::sweep_every(&engine, background::SWEEP_EVERY)
@@ -590,7 +586,7 @@ impl Engine {
                     self.fanout.write().insert(name.clone());
                 }
                 let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Mutex::new(QueueState::new(id, name.clone(), &self.recent)))
+                Arc::new(Mutex::new(QueueState::new(id, name.clone(), &self.tails)))
             })
             .clone()
     }

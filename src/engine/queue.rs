@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
-use super::recent::{RecentBudget, RecentTail};
+use super::recent::{RecentTail, TailBudgets};
 use super::sequence::NextSeq;
 use crate::id_hash::IdMap;
 
@@ -116,7 +116,7 @@ pub struct SweepCursor {
 }
 
 impl QueueState {
-    pub fn new(id: u64, name: Arc<[u8]>, recent: &RecentBudget) -> QueueState {
+    pub fn new(id: u64, name: Arc<[u8]>, budgets: &TailBudgets) -> QueueState {
         QueueState {
             id,
             name,
@@ -136,8 +136,8 @@ impl QueueState {
                 clean_at: Some(0),
                 ..SweepCursor::default()
             },
-            recent: RecentTail::new(recent),
-            ahead: RecentTail::new(recent),
+            recent: RecentTail::new(&budgets.recent),
+            ahead: RecentTail::new(&budgets.ahead),
             deleted_below: 0,
             reclaim_wanted: false,
             unsynced: VecDeque::new(),
@@ -270,7 +270,7 @@ mod tests {
     use super::*;
 
     fn queue() -> QueueState {
-        let mut q = QueueState::new(1, Arc::from(&b"q"[..]), &RecentBudget::new(0));
+        let mut q = QueueState::new(1, Arc::from(&b"q"[..]), &TailBudgets::new());
         q.tail = 5;
         q.next_seq = NextSeq::starting_at(5);
         q

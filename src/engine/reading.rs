@@ -57,7 +57,7 @@ fn read_ahead(
         IteratorMode::From(&from, Direction::Forward),
     );
     let mut head = None;
-    let mut fresh = Fresh::new(&engine.recent);
+    let mut fresh = Fresh::new(&engine.tails.ahead);
     let mut bytes = 0;
     for item in scan {
         let (key, value) = item.map_err(|e| {

@@ -1,11 +1,14 @@
-//! Recent messages served from memory: each queue keeps the newest messages it committed (header
-//! and body, as written), so a read of a live queue, which is mostly of what was just written,
-//! costs no RocksDB lookup, and a plain read takes the body without copying it. Older messages,
-//! given-back ones and everything after a restart are read from RocksDB as before; the tail is
-//! only ever a copy of what is committed there.
+//! Recent messages served from memory: each queue keeps the messages it committed (header and
+//! body, as written) until they are read, so a read of a live queue, or of a backlog that fits,
+//! costs no RocksDB lookup, and a plain read takes the body without copying it. Messages not
+//! kept, given-back ones and everything after a restart are read from RocksDB as before; a tail
+//! is only ever a copy of what is committed there.
 //!
-//! Bounded twice: per queue (`PER_QUEUE_BYTES`, oldest dropped first) and for all queues together
-//! (`RecentBudget`, new messages are not kept while it is spent).
+//! Bounded twice: per tail (`RecentBudget::per_tail`) and for all tails together
+//! (`RecentBudget`). A full tail keeps what it has and refuses newer messages: a queue is read
+//! oldest first, so its oldest kept messages are the ones read soonest. (Dropping the oldest
+//! instead, once a backlog outgrew the tail, dropped each message just before it was read: every
+//! read then went to RocksDB, and every write freed a body long out of the CPU's caches.)
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,24 +16,54 @@ use std::sync::Arc;
 
 use super::message::Header;
 
-/// Most body bytes one queue keeps in memory.
-pub(super) const PER_QUEUE_BYTES: usize = 1 << 20;
-/// What an entry costs besides its body.
+/// What an entry costs besides its body (its slot in the tail, the body's allocation).
 const ENTRY_OVERHEAD: usize = 64;
 
-/// Bytes all queues' tails may hold together.
+/// Bytes all queues' tails of committed messages hold together, and one queue's alone: a
+/// backlog of up to `RECENT_PER_QUEUE` is read from memory, in two queues at least.
+const RECENT_BYTES: usize = 32 << 20;
+const RECENT_PER_QUEUE: usize = 16 << 20;
+/// The same for messages read ahead from RocksDB (`super::reading`), which has a budget of its
+/// own so that tails holding theirs do not leave a backlog to be read one lookup per message.
+const AHEAD_BYTES: usize = 16 << 20;
+const AHEAD_PER_QUEUE: usize = 1 << 20;
+
+/// The budgets of every queue's two tails: committed messages, and messages read ahead.
+#[derive(Clone)]
+pub struct TailBudgets {
+    pub recent: RecentBudget,
+    pub ahead: RecentBudget,
+}
+
+impl TailBudgets {
+    pub fn new() -> TailBudgets {
+        TailBudgets {
+            recent: RecentBudget::new(RECENT_BYTES, RECENT_PER_QUEUE),
+            ahead: RecentBudget::new(AHEAD_BYTES, AHEAD_PER_QUEUE),
+        }
+    }
+}
+
+/// Bytes a set of tails may hold together, and each one alone.
 #[derive(Clone)]
 pub struct RecentBudget {
     limit: usize,
+    per_tail: usize,
     used: Arc<AtomicUsize>,
 }
 
 impl RecentBudget {
-    pub fn new(limit: usize) -> RecentBudget {
+    pub fn new(limit: usize, per_tail: usize) -> RecentBudget {
         RecentBudget {
             limit,
+            per_tail,
             used: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Most bytes one tail holds.
+    pub fn per_tail(&self) -> usize {
+        self.per_tail
     }
 
     /// Bytes held now.
@@ -94,7 +127,7 @@ impl Fresh {
     /// Keeps a copy of message `seq` if the budget allows.
     pub fn keep(&mut self, seq: u64, header: Header, body: Vec<u8>) {
         let entry = Recent { seq, header, body };
-        if entry.cost() <= PER_QUEUE_BYTES && self.budget.try_take(entry.cost()) {
+        if entry.cost() <= self.budget.per_tail && self.budget.try_take(entry.cost()) {
             self.bytes += entry.cost();
             self.entries.push(entry);
         }
@@ -107,8 +140,9 @@ impl Drop for Fresh {
     }
 }
 
-/// One queue's newest committed messages, oldest first, by sequence number (not necessarily
-/// contiguous: a message dropped within its commit has none).
+/// One queue's committed messages not yet read, oldest first, by sequence number (not
+/// necessarily contiguous: a message dropped within its commit, or refused by a full tail, has
+/// none).
 pub struct RecentTail {
     budget: RecentBudget,
     entries: VecDeque<Recent>,
@@ -124,21 +158,27 @@ impl RecentTail {
         }
     }
 
-    /// Adds what a commit wrote, from `from` on (earlier ones were dropped within the commit).
+    /// Adds what a commit wrote, from `from` on (earlier ones were dropped within the commit),
+    /// as far as there is room.
     pub fn extend(&mut self, mut fresh: Fresh, from: u64) {
         for entry in fresh.entries.drain(..) {
             let cost = entry.cost();
             fresh.bytes -= cost;
-            if entry.seq < from || self.entries.back().is_some_and(|e| e.seq >= entry.seq) {
+            if entry.seq < from
+                || self.entries.back().is_some_and(|e| e.seq >= entry.seq)
+                || cost > self.room()
+            {
                 self.budget.give(cost);
                 continue;
             }
             self.bytes += cost;
             self.entries.push_back(entry);
         }
-        while self.bytes > PER_QUEUE_BYTES {
-            self.pop_front();
-        }
+    }
+
+    /// Bytes it may still take.
+    pub fn room(&self) -> usize {
+        self.budget.per_tail.saturating_sub(self.bytes)
     }
 
     /// The oldest message kept.
@@ -186,6 +226,10 @@ impl RecentTail {
         let entry = self.entries.pop_front()?;
         self.bytes -= entry.cost();
         self.budget.give(entry.cost());
+        // A drained backlog does not keep its slots: the budget counts entries, not capacity.
+        if self.entries.capacity() > 1024 && self.entries.len() < self.entries.capacity() / 4 {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
         Some(entry)
     }
 }
@@ -210,7 +254,7 @@ mod tests {
 
     #[test]
     fn keeps_what_fits_and_gives_everything_back() {
-        let budget = RecentBudget::new(3 * (ENTRY_OVERHEAD + 10));
+        let budget = RecentBudget::new(3 * (ENTRY_OVERHEAD + 10), 1 << 20);
         let mut tail = RecentTail::new(&budget);
         let mut fresh = Fresh::new(&budget);
         for seq in 0..4 {
@@ -234,8 +278,35 @@ mod tests {
     }
 
     #[test]
+    fn a_full_tail_keeps_its_oldest_and_refuses_newer() {
+        let entry = ENTRY_OVERHEAD + 10;
+        let budget = RecentBudget::new(1 << 20, 2 * entry);
+        let mut tail = RecentTail::new(&budget);
+        let mut fresh = Fresh::new(&budget);
+        for seq in 0..3 {
+            fresh.keep(seq, header(), vec![0; 10]);
+        }
+        tail.extend(fresh, 0);
+        assert_eq!(
+            (tail.first(), tail.get(1).map(|e| e.seq)),
+            (Some(0), Some(1))
+        );
+        assert!(tail.get(2).is_none(), "refused: no room");
+        assert_eq!(budget.used(), 2 * entry, "the refused one's share is back");
+        // Read, the oldest makes room for a newer one; the refused one stays a gap.
+        assert_eq!(tail.take_front(0).map(|e| e.seq), Some(0));
+        let mut fresh = Fresh::new(&budget);
+        fresh.keep(3, header(), vec![0; 10]);
+        tail.extend(fresh, 3);
+        assert!(tail.get(2).is_none());
+        assert_eq!(tail.get(3).map(|e| e.seq), Some(3));
+        drop(tail);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
     fn a_failed_commit_gives_its_share_back() {
-        let budget = RecentBudget::new(1 << 20);
+        let budget = RecentBudget::new(1 << 20, 1 << 20);
         let mut fresh = Fresh::new(&budget);
         fresh.keep(0, header(), vec![0; 100]);
         assert!(budget.used() > 0);

@@ -306,19 +306,19 @@ fn recent_messages_come_from_memory_and_their_memory_comes_back() {
     let dir = TempDir::new();
     let mut h = Harness::open(&dir.0, QueueLimits::default());
     h.put_many("q", &["a", "b", "c"]);
-    assert!(h.engine.recent.used() > 0, "kept in memory");
+    assert!(h.engine.tails.recent.used() > 0, "kept in memory");
     // Given back after being read from memory: read again from RocksDB, in order.
     let a = h.take("q", TakeMode::Open).unwrap();
     assert_eq!(body(&a), "a");
     h.give_back(&a);
     assert_eq!(h.drain("q"), strings(&["a", "b", "c"]));
-    assert_eq!(h.engine.recent.used(), 0, "read: nothing kept");
+    assert_eq!(h.engine.tails.recent.used(), 0, "read: nothing kept");
     h.put_many("f", &["x", "y"]);
     h.flush(Some("f"));
     h.put_many("d", &["z"]);
     h.delete("d");
     assert_eq!(
-        h.engine.recent.used(),
+        h.engine.tails.recent.used(),
         0,
         "flushed and deleted: nothing kept"
     );

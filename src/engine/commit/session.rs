@@ -8,7 +8,7 @@ use rocksdb::WriteBatch;
 use super::{Batch, CommitState, Committer};
 use crate::engine::durability::SyncPoint;
 use crate::engine::events::{Outbox, Outcome};
-use crate::engine::recent::{self, Fresh};
+use crate::engine::recent::Fresh;
 use crate::engine::{Engine, QueueRef, Uncommitted};
 
 /// Messages published ahead of their write by a `CommitSession`, and what that write must do
@@ -95,8 +95,9 @@ impl Committer<'_> {
     /// Whether a batch may be published ahead of its write: only when readers can take every
     /// message it adds from memory, for the whole time until the write. So no queue may have
     /// dropped messages to make room, every added message must have its copy in the queue's
-    /// in-memory tail (not so for fan-out copies, or with the tails' budget spent), and all
-    /// that the session publishes must fit in one queue's tail, so none of it is pushed out.
+    /// in-memory tail (not so for fan-out copies, or with the tails' budget spent), which must
+    /// have room for them (a full tail refuses new messages, and never pushes out what it
+    /// keeps), and all that the session publishes must fit in one queue's tail.
     pub(super) fn may_publish_early(&self, batch: &Batch) -> bool {
         let mut cost = self.state.unwritten.as_ref().map_or(0, |u| u.cost);
         for touched in batch.touched.values() {
@@ -107,9 +108,13 @@ impl Committer<'_> {
             if kept != touched.staged.len() {
                 return false;
             }
-            cost += touched.fresh.as_ref().map_or(0, Fresh::cost);
+            let adds = touched.fresh.as_ref().map_or(0, Fresh::cost);
+            if adds > touched.queue.lock().recent.room() {
+                return false;
+            }
+            cost += adds;
         }
-        !batch.wanted && cost <= recent::PER_QUEUE_BYTES
+        !batch.wanted && cost <= self.engine.tails.recent.per_tail()
     }
 
     /// Publishes a batch without writing it: its writes join the session's `Unwritten`, and
