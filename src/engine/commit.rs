@@ -119,6 +119,15 @@ fn touch<'a>(touched: &'a mut IdMap<Touched>, queue: &QueueRef, id: u64) -> &'a 
     })
 }
 
+/// What the puts of one `Committer::apply` share, looked up once for all of them rather than
+/// per message: the time they are enqueued at, whether the disk has room above the reserve, and
+/// the queue the last one went to (a pipeline mostly writes to one queue).
+struct PutContext {
+    enqueued_at: u64,
+    enough_space: bool,
+    last_queue: Option<QueueRef>,
+}
+
 /// What the committer keeps between commits; the engine holds it under its commit lock.
 pub(super) struct CommitState {
     /// Removals for the next commit: deferred ones (`Engine::submit`), and those the committer
@@ -198,6 +207,17 @@ impl Committer<'_> {
                 _ => 48,
             })
             .sum();
+        let mut puts = PutContext {
+            enqueued_at: 0,
+            enough_space: true,
+            last_queue: None,
+        };
+        if ops.iter().any(|op| matches!(op, Op::Put { .. })) {
+            puts.enqueued_at = message::now_ms();
+            puts.enough_space = self.state.space.enough();
+            let below = !puts.enough_space;
+            self.engine.metrics.below_reserve.store(below, Relaxed);
+        }
         // Written together with what earlier rounds published ahead of their write, if any.
         let write = match &mut self.state.unwritten {
             Some(unwritten) => std::mem::take(&mut unwritten.write),
@@ -212,7 +232,10 @@ impl Committer<'_> {
                     expires_at,
                     body,
                     reply_to,
-                } => self.stage_put(&mut batch, &queue, flags, expires_at, body, reply_to),
+                } => {
+                    let put = (flags, expires_at, body, reply_to);
+                    self.stage_put(&mut batch, &mut puts, &queue, put);
+                }
                 Op::Remove { queue, seq } => {
                     let id = queue.lock().id;
                     let messages = self.engine.messages();
@@ -329,22 +352,25 @@ impl Committer<'_> {
     }
 
     /// Stages a put to `name` and a copy to each of its fan-out queues (`name+<child>`).
+    /// `put`: the message's flags, expiry, body and writer.
     fn stage_put(
         &mut self,
         batch: &mut Batch,
+        puts: &mut PutContext,
         name: &[u8],
-        flags: u32,
-        expires_at: u64,
-        body: Vec<u8>,
-        reply_to: ConnRef,
+        put: (u32, u64, Vec<u8>, ConnRef),
     ) {
-        let enough = self.state.space.enough();
-        self.engine.metrics.below_reserve.store(!enough, Relaxed);
-        if !enough {
+        let (flags, expires_at, body, reply_to) = put;
+        if !puts.enough_space {
             batch.writers.push((reply_to, Some(Error::DiskFull)));
             return;
         }
-        let (id, seq, header) = match self.stage_one(batch, name, flags, expires_at, &body) {
+        let header = Header {
+            flags,
+            expires_at,
+            enqueued_at: puts.enqueued_at,
+        };
+        let (id, seq) = match self.stage_one(batch, puts, name, header, &body) {
             Ok(staged) => staged,
             Err(e) => {
                 batch.writers.push((reply_to, Some(e)));
@@ -353,7 +379,7 @@ impl Committer<'_> {
         };
         batch.writers.push((reply_to, None));
         for child in self.engine.fanout_children(name) {
-            if let Err(e) = self.stage_one(batch, &child, flags, expires_at, &body) {
+            if let Err(e) = self.stage_one(batch, puts, &child, header, &body) {
                 log::debug!(
                     "fan-out copy to {} refused: {e:?}",
                     String::from_utf8_lossy(&child)
@@ -388,36 +414,35 @@ impl Committer<'_> {
     }
 
     /// Stages one message: assigns its sequence number and adds it to the batch, after making
-    /// room under the queue's limits. Its queue's id, its sequence number and header.
+    /// room under the queue's limits. Its queue's id and its sequence number.
     fn stage_one(
         &mut self,
         batch: &mut Batch,
+        puts: &mut PutContext,
         name: &[u8],
-        flags: u32,
-        expires_at: u64,
+        header: Header,
         body: &[u8],
-    ) -> Result<(u64, u64, Header), Error> {
+    ) -> Result<(u64, u64), Error> {
         let len = body.len() as u64;
         let (queue, id, seq) = loop {
-            let queue = super::fanout::queue_for_put(self.engine, name)?;
+            let queue = match puts.last_queue.take() {
+                Some(last) if *last.lock().name == *name => last,
+                _ => super::fanout::queue_for_put(self.engine, name)?,
+            };
             let mut q = queue.lock();
             if q.deleted {
                 // Forgotten as an unused ghost since the lookup: create it again.
                 continue;
             }
             self.make_room(batch, &queue, &mut q, len)?;
-            if expires_at != 0 {
+            if header.expires_at != 0 {
                 q.expiring_staged += 1;
             }
             let seq = q.next_seq.assign(&mut self.state.token);
             let id = q.id;
             drop(q);
+            puts.last_queue = Some(queue.clone());
             break (queue, id, seq);
-        };
-        let header = Header {
-            flags,
-            expires_at,
-            enqueued_at: message::now_ms(),
         };
         let value = &mut self.state.value;
         message::encode_into(value, &header, body);
@@ -432,7 +457,7 @@ impl Committer<'_> {
         touched.staged.push_back((seq, len));
         touched.added_bytes += len;
         touched.has_puts = true;
-        Ok((id, seq, header))
+        Ok((id, seq))
     }
 
     /// Writes the batch with every touched queue's record (and whatever the session published
