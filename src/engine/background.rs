@@ -63,7 +63,7 @@ pub(super) fn sweep_every(engine: &Engine, every: Duration) {
                     &state,
                     &mut q,
                     TakeMode::Peek,
-                    now,
+                    || now,
                     &mut uncommitted,
                 );
             }

@@ -19,7 +19,12 @@ pub struct Header {
 
 impl Header {
     pub fn is_expired(&self, now_ms: u64) -> bool {
-        self.expires_at != 0 && now_ms >= self.expires_at
+        self.is_expired_by(|| now_ms)
+    }
+
+    /// `is_expired`, reading the clock only for a message that expires.
+    pub fn is_expired_by(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        self.expires_at != 0 && now_ms() >= self.expires_at
     }
 }
 

@@ -417,7 +417,7 @@ impl Engine {
                 continue;
             }
             let taken =
-                reading::take_locked(self, &state, &mut q, mode, message::now_ms(), uncommitted)?;
+                reading::take_locked(self, &state, &mut q, mode, message::now_ms, uncommitted)?;
             if taken.is_none() {
                 if let Some((conn, wait_id)) = wait {
                     q.waiters.push_back(Waiter {

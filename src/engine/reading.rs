@@ -89,7 +89,7 @@ pub(super) fn take_locked(
     state: &QueueRef,
     q: &mut QueueState,
     mode: TakeMode,
-    now_ms: u64,
+    now_ms: impl Fn() -> u64,
     ops: &mut Uncommitted,
 ) -> Result<Option<Taken>, Error> {
     if q.deleted {
@@ -128,7 +128,7 @@ pub(super) fn take_locked(
                 }
             },
         };
-        if header.is_expired(now_ms) {
+        if header.is_expired_by(&now_ms) {
             q.pop_front();
             q.counters.expired += 1;
             q.counters.bytes = q.counters.bytes.saturating_sub(len);
@@ -210,7 +210,6 @@ pub(super) fn serve_waiters(
     let mut uncommitted = Uncommitted {
         ops: std::mem::take(ops),
     };
-    let now = message::now_ms();
     while let Some(waiter) = q.waiters.front() {
         if q.items() == 0 {
             break;
@@ -219,7 +218,7 @@ pub(super) fn serve_waiters(
             TakeMode::Peek => TakeMode::Peek,
             TakeMode::Open | TakeMode::Remove => TakeMode::Open,
         };
-        match take_locked(engine, state, q, mode, now, &mut uncommitted) {
+        match take_locked(engine, state, q, mode, message::now_ms, &mut uncommitted) {
             Ok(Some(taken)) => {
                 let waiter = q.waiters.pop_front().expect("checked non-empty");
                 let event = Event::Delivered {

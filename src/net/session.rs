@@ -41,7 +41,7 @@ impl Connection {
         match command {
             Command::Set(set) => {
                 ctx.stats.set_cmds.fetch_add(1, Ordering::Relaxed);
-                let expires_at = set.expires_at(message::now_ms());
+                let expires_at = set.expires_at(message::now_ms);
                 let me = self.conn_ref(ctx);
                 let noreply = set.noreply;
                 engine.put(

@@ -50,13 +50,14 @@ pub struct Set {
 pub const RELATIVE_EXPTIME_LIMIT: i64 = 60 * 60 * 24 * 30;
 
 impl Set {
-    /// The absolute expiry (unix ms, 0 = never) of this message if it was received at `now_ms`.
-    /// A negative exptime means already expired, as in memcached.
-    pub fn expires_at(&self, now_ms: u64) -> u64 {
+    /// The absolute expiry (unix ms, 0 = never) of this message if it was received at
+    /// `now_ms()`, which is only asked when the exptime is relative. A negative exptime means
+    /// already expired, as in memcached.
+    pub fn expires_at(&self, now_ms: impl FnOnce() -> u64) -> u64 {
         match self.exptime {
             0 => 0,
-            e if e < 0 => now_ms.max(1),
-            e if e <= RELATIVE_EXPTIME_LIMIT => now_ms + e as u64 * 1000,
+            e if e < 0 => now_ms().max(1),
+            e if e <= RELATIVE_EXPTIME_LIMIT => now_ms() + e as u64 * 1000,
             e => (e as u64).saturating_mul(1000),
         }
     }
@@ -214,14 +215,14 @@ mod tests {
     #[test]
     fn exptime_follows_memcached() {
         let now = 1_700_000_000_000;
-        assert_eq!(set(0).expires_at(now), 0);
-        assert_eq!(set(10).expires_at(now), now + 10_000);
+        assert_eq!(set(0).expires_at(|| now), 0);
+        assert_eq!(set(10).expires_at(|| now), now + 10_000);
         assert_eq!(
-            set(RELATIVE_EXPTIME_LIMIT).expires_at(now),
+            set(RELATIVE_EXPTIME_LIMIT).expires_at(|| now),
             now + 2_592_000_000
         );
-        assert_eq!(set(1_800_000_000).expires_at(now), 1_800_000_000_000);
-        let expired = set(-1).expires_at(now);
+        assert_eq!(set(1_800_000_000).expires_at(|| now), 1_800_000_000_000);
+        let expired = set(-1).expires_at(|| now);
         assert!(expired != 0 && expired <= now, "already expired");
     }
 }

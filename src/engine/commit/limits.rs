@@ -81,7 +81,7 @@ impl Committer<'_> {
             queue,
             q,
             TakeMode::Peek,
-            now,
+            || now,
             &mut uncommitted,
         );
         self.state.carry.extend(uncommitted.ops);
