@@ -325,6 +325,33 @@ fn recent_messages_come_from_memory_and_their_memory_comes_back() {
     h.close();
 }
 
+/// A backlog bigger than a queue's in-memory tail: the tail keeps the oldest messages and
+/// refuses newer ones, takes new ones again once reads make room, and every message is read
+/// once, in order, across the messages it never kept.
+#[test]
+fn a_full_tail_keeps_the_oldest_and_reads_stay_in_order() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let big = |i: usize| format!("m{i}-{}", "x".repeat(1 << 20));
+    let first: Vec<String> = (0..20).map(big).collect();
+    h.put_many("q", &first.iter().map(String::as_str).collect::<Vec<_>>());
+    let queue = h.engine.lookup(b"q").unwrap();
+    let kept = |seq: u64| queue.lock().recent.get(seq).is_some();
+    assert!(kept(0) && !kept(19), "the oldest kept, the newest refused");
+    let refused = (0..20).find(|&seq| !kept(seq)).unwrap();
+    for i in 0..5 {
+        assert_eq!(h.take_body("q", TakeMode::Remove), Some(big(i)));
+    }
+    let more: Vec<String> = (20..25).map(big).collect();
+    h.put_many("q", &more.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(kept(20), "kept again once reads made room");
+    assert!(!kept(refused), "the refused ones are read from RocksDB");
+    assert_eq!(h.drain("q"), (5..25).map(big).collect::<Vec<_>>());
+    drop(queue);
+    assert_eq!(h.engine.tails.recent.used(), 0);
+    h.close();
+}
+
 /// A read that meets the head of a backlog not in memory reads the messages after it in the
 /// same scan; they are then read from memory, in order and once, with a given-back message first.
 #[test]
