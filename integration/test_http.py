@@ -142,6 +142,23 @@ def test_metrics_follow_puts_gets_opens_and_waiters(server):
     assert wait_for(lambda: value(scrape(server)[0], "mqd_connections", protocol="memcache") == 0)
 
 
+def test_message_memory_is_reported_and_given_back_when_read(server):
+    # Messages are kept in memory from their commit until they are read: each costs its body
+    # plus 64 bytes, in /metrics and /stats.json alike.
+    with server.mc() as mc:
+        for i in range(10):
+            assert mc.set(b"mem", b"%06d" % i) == b"STORED\r\n"
+        families, _ = scrape(server)
+        assert value(families, "mqd_message_memory_bytes", kind="recent") == 10 * (6 + 64)
+        assert value(families, "mqd_message_memory_bytes", kind="read_ahead") == 0
+        status, _, body = get(server, "/stats.json")
+        assert json.loads(body)["message_memory_bytes"] == {"recent": 700, "read_ahead": 0}
+        for i in range(10):
+            assert mc.get_one(b"mem") == b"%06d" % i
+        families, _ = scrape(server)
+        assert value(families, "mqd_message_memory_bytes", kind="recent") == 0
+
+
 def test_expired_and_discarded_totals(make_server):
     server = make_server(["--max-queue-items", "2", "--discard-old-when-full"])
     with server.mc() as mc:

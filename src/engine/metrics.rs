@@ -1,6 +1,6 @@
 //! The engine's own numbers for monitoring: how many commits the committer wrote, how many
 //! writes each carried and how long each fsync took (histograms), whether the free-space
-//! reserve is refusing messages, and the memory RocksDB holds. The committer and the WAL syncer
+//! reserve is refusing messages, and the memory RocksDB and the in-memory messages hold. The committer and the WAL syncer
 //! record; anyone may take a [`EngineSnapshot`]. Per-queue numbers are `Engine::stats`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,6 +117,9 @@ pub struct EngineSnapshot {
     /// RocksDB's memory by kind (`memtables`, `block_cache`, `block_cache_pinned`,
     /// `table_readers`), in bytes.
     pub rocksdb_memory: Vec<(&'static str, u64)>,
+    /// Memory the queues' in-memory messages hold by kind (`recent`: committed messages kept
+    /// until read; `read_ahead`: messages read ahead from RocksDB), in bytes as budgeted.
+    pub message_memory: [(&'static str, u64); 2],
 }
 
 /// The engine's monitoring numbers now. Cheap: a few atomics, one statvfs and a few RocksDB
@@ -131,6 +134,10 @@ pub(super) fn snapshot(engine: &Engine) -> EngineSnapshot {
         reserve_bytes: engine.config.min_free_bytes,
         free_bytes: space::free_bytes(&engine.config.data_dir),
         rocksdb_memory: rocksdb_memory(engine),
+        message_memory: [
+            ("recent", engine.tails.recent.used() as u64),
+            ("read_ahead", engine.tails.ahead.used() as u64),
+        ],
     }
 }
 

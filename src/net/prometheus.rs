@@ -137,6 +137,14 @@ pub fn render(s: &Snapshot) -> String {
     for (kind, bytes) in &s.engine.rocksdb_memory {
         out.sample("mqd_rocksdb_memory_bytes", &[("kind", kind)], bytes);
     }
+    out.family(
+        "mqd_message_memory_bytes",
+        "gauge",
+        "Memory the queues' in-memory messages hold, by kind (recent, read_ahead).",
+    );
+    for (kind, bytes) in &s.engine.message_memory {
+        out.sample("mqd_message_memory_bytes", &[("kind", kind)], bytes);
+    }
     out.text
 }
 

@@ -70,6 +70,12 @@ pub fn render(s: &Snapshot) -> Vec<u8> {
         memory.number(kind, *bytes);
     }
     o.raw(&memory.finish());
+    o.key("message_memory_bytes");
+    let mut memory = Object::new();
+    for (kind, bytes) in &s.engine.message_memory {
+        memory.number(kind, *bytes);
+    }
+    o.raw(&memory.finish());
 
     o.key("queues");
     o.out.push(b'[');
