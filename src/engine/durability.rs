@@ -83,7 +83,11 @@ impl Durability {
             self.synced.store(point, Ordering::Release);
         } else if wanted {
             *self.wanted.lock() = point;
-            self.wanted_changed.notify_one();
+            // While one event-loop pass runs, the syncer would only wait for it to end: the end
+            // wakes it (`pass_ends`), and a wake-up per write would cost a context switch each.
+            if self.passes.load(Ordering::Acquire) != 1 {
+                self.wanted_changed.notify_one();
+            }
         }
         SyncPoint(point)
     }
