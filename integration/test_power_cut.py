@@ -76,6 +76,21 @@ def test_a_message_taken_before_the_cut_may_come_back_but_an_unread_one_always_d
         assert drain(c, "kept") in ([b"a", b"b", b"c"], [b"b", b"c"])
 
 
+def test_a_lone_clients_acknowledged_sets_survive_a_power_cut(powered):
+    """One connection, one set at a time: every connection of its event loop waits for a reply,
+    so the loop fsyncs on its own thread instead of handing over to the syncer. Fails if that
+    fsync is skipped."""
+    server = powered(["--sync", "always", "--threads", "1"])
+    bodies = [b"lone%d" % i for i in range(200)]
+    with server.mc() as c:
+        for body in bodies:
+            assert c.set(b"lone", body) == b"STORED\r\n"
+    powercut.cut(server)
+    server.start()
+    with server.mc() as c:
+        assert drain(c, "lone") == bodies
+
+
 @pytest.mark.parametrize("command, reply", [(b"flush pf", b"END"), (b"flush_all", b"OK"), (b"delete pf", b"DELETED")])
 def test_flush_and_delete_are_durable_when_answered(powered, command, reply):
     """Bug 6 of issue 8: `flush` was answered before any fsync (while `delete` was synced), so

@@ -55,6 +55,8 @@ pub(super) struct Durability {
     /// Redis loop pass do: otherwise a loop that writes just after another one's write started
     /// an fsync waits for that fsync and then its own.
     passes: AtomicUsize,
+    /// fsyncs running now (the syncer's, an event loop's `sync_inline`).
+    syncing: AtomicUsize,
 }
 
 impl Durability {
@@ -66,6 +68,7 @@ impl Durability {
             wanted: Mutex::new(0),
             wanted_changed: Condvar::new(),
             passes: AtomicUsize::new(0),
+            syncing: AtomicUsize::new(0),
         }
     }
 
@@ -106,8 +109,11 @@ impl Durability {
     /// An event-loop pass made its writes: the syncer may stop waiting for it.
     pub(super) fn pass_ends(&self) {
         if self.passes.fetch_sub(1, Ordering::AcqRel) == 1 && self.syncs {
-            let _wanted = self.wanted.lock();
-            self.wanted_changed.notify_one();
+            let wanted = self.wanted.lock();
+            // Not if the pass synced its writes itself (`sync_inline`).
+            if *wanted > self.synced.load(Ordering::Acquire) {
+                self.wanted_changed.notify_one();
+            }
         }
     }
 
@@ -115,6 +121,44 @@ impl Durability {
     pub(super) fn stop(&self) {
         let _wanted = self.wanted.lock();
         self.wanted_changed.notify_all();
+    }
+}
+
+/// Under `--sync always`, fsyncs the WAL on the calling event loop's thread if a reply waits for
+/// a write not yet synced and no fsync is running. A loop whose every connection waits for a
+/// reply calls it instead of sleeping until the syncer has synced and woken it: no client can
+/// send anything for the syncer's fsync to overlap with, and the two hand-offs between threads
+/// cost as much as the fsync on a virtual machine (a context switch each, and the idle CPU's
+/// wake-up). Whether it synced.
+pub(super) fn sync_inline(engine: &Engine) -> bool {
+    let d = &engine.durability;
+    if !d.syncs || *d.wanted.lock() <= d.synced.load(Ordering::Acquire) {
+        return false;
+    }
+    if d.syncing.fetch_add(1, Ordering::AcqRel) > 0 {
+        // The syncer is at it, and syncs again for what it does not cover.
+        d.syncing.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    sync_now(engine);
+    d.syncing.fetch_sub(1, Ordering::AcqRel);
+    true
+}
+
+/// Writes and fsyncs the WAL, then wakes every event loop to send what it held.
+fn sync_now(engine: &Engine) {
+    let d = &engine.durability;
+    // Every write numbered up to here has completed: the fsync covers them all.
+    let target = d.written.load(Ordering::Acquire);
+    let started = Instant::now();
+    if let Err(e) = engine.db.flush_wal(true) {
+        log::error!("WAL sync failed, stopping: {e}");
+        std::process::exit(1);
+    }
+    engine.metrics.observe_sync(started.elapsed());
+    d.synced.fetch_max(target, Ordering::AcqRel);
+    for mailbox in &engine.mailboxes {
+        mailbox.waker.wake();
     }
 }
 
@@ -149,17 +193,8 @@ pub(super) fn sync_when_wanted(engine: &Engine) {
                 }
             }
         }
-        // Every write numbered up to here has completed: the fsync covers them all.
-        let target = d.written.load(Ordering::Acquire);
-        let started = Instant::now();
-        if let Err(e) = engine.db.flush_wal(true) {
-            log::error!("WAL sync failed, stopping: {e}");
-            std::process::exit(1);
-        }
-        engine.metrics.observe_sync(started.elapsed());
-        d.synced.store(target, Ordering::Release);
-        for mailbox in &engine.mailboxes {
-            mailbox.waker.wake();
-        }
+        d.syncing.fetch_add(1, Ordering::AcqRel);
+        sync_now(engine);
+        d.syncing.fetch_sub(1, Ordering::AcqRel);
     }
 }

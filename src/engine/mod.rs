@@ -275,6 +275,12 @@ impl Engine {
         self.durability.pass_ends();
     }
 
+    /// Syncs the writes replies wait for on the calling thread, unless none wait or an fsync
+    /// is running (see `durability::sync_inline`). Whether it synced.
+    pub fn sync_inline(&self) -> bool {
+        durability::sync_inline(self)
+    }
+
     /// Forgets `queue` if it is a ghost no one waits on (see `ghosts`).
     pub fn forget_if_unused(&self, queue: &[u8]) {
         ghosts::forget_if_unused(self, queue)

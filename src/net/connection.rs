@@ -144,6 +144,11 @@ impl Connection {
         !self.output.is_empty()
     }
 
+    /// How many of its answered writes wait for a sync.
+    pub fn unsynced_writes(&self) -> usize {
+        self.unsynced_writes.len()
+    }
+
     /// Whether some of its replies or writes wait for a sync.
     pub fn held(&self) -> bool {
         self.output.held() || !self.unsynced_writes.is_empty()

@@ -27,6 +27,9 @@ const MAX_COMMITS_PER_PASS: usize = 64;
 /// Removals of consumed messages (which no one waits for) that the engine kept for the next
 /// commit are written by the loop at the latest this long after (see `Engine::submit`).
 const DEFERRED_REMOVALS_FOR: Duration = Duration::from_millis(20);
+/// Most connections a loop looks over to decide to sync on its own thread
+/// (`EventLoop::sync_if_all_wait`).
+const MOST_INLINE_SYNC_CONNECTIONS: usize = 256;
 /// Replies ready this long are written before the loop's next commit rather than at the end of
 /// the pass (`EventLoop::flush_if_overdue`).
 const FLUSH_OVERDUE: Duration = Duration::from_millis(1);
@@ -236,6 +239,7 @@ impl EventLoop {
             self.retry_parked();
             self.sweep(now);
             self.commit();
+            self.sync_if_all_wait();
             self.shared.engine.pass_ends();
             self.release_held();
             self.flush_pending();
@@ -427,6 +431,31 @@ impl EventLoop {
         }
     }
 
+    /// Syncs on this thread when every connection of the loop waits for replies held for a
+    /// sync, and none for more than one write: clients that do not pipeline, which can send
+    /// nothing more before the fsync. There is then nothing for the syncer's fsync to overlap
+    /// with, and the replies go out without two thread hand-offs (see
+    /// `durability::sync_inline`). A client with several writes in flight may send more while
+    /// the syncer's fsync runs: the loop goes on reading instead.
+    fn sync_if_all_wait(&mut self) {
+        let open = self.conns.len() - self.free.len();
+        if self.held.is_empty()
+            || self.held.len() < open
+            || open > MOST_INLINE_SYNC_CONNECTIONS
+            || self.sync_advanced()
+        {
+            return;
+        }
+        let unpipelined = self.held.iter().all(|&id| {
+            self.slot_of(id)
+                .and_then(|slot| self.conns[slot].as_ref())
+                .is_some_and(|c| c.unsynced_writes() <= 1)
+        });
+        if unpipelined {
+            self.shared.engine.sync_inline();
+        }
+    }
+
     /// Whether the syncer got further since the held replies were last looked at.
     fn sync_advanced(&self) -> bool {
         !self.held.is_empty() && self.shared.engine.synced() != self.seen_synced
@@ -451,6 +480,7 @@ impl EventLoop {
             if !weights.is_empty() {
                 self.orphans.insert(id, weights);
             }
+            self.held.remove(&id);
         }
         if let Some(mut conn) = self.conns[slot].take() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
