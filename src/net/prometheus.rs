@@ -129,22 +129,16 @@ pub fn render(s: &Snapshot) -> String {
         );
         out.sample("mqd_disk_free_bytes", &[], free);
     }
-    out.family(
+    out.gauge_by_kind(
         "mqd_rocksdb_memory_bytes",
-        "gauge",
         "Memory RocksDB holds, by kind (memtables, block_cache, block_cache_pinned, table_readers).",
+        &s.engine.rocksdb_memory,
     );
-    for (kind, bytes) in &s.engine.rocksdb_memory {
-        out.sample("mqd_rocksdb_memory_bytes", &[("kind", kind)], bytes);
-    }
-    out.family(
+    out.gauge_by_kind(
         "mqd_message_memory_bytes",
-        "gauge",
         "Memory the queues' in-memory messages hold, by kind (recent, read_ahead).",
+        &s.engine.message_memory,
     );
-    for (kind, bytes) in &s.engine.message_memory {
-        out.sample("mqd_message_memory_bytes", &[("kind", kind)], bytes);
-    }
     out.text
 }
 
@@ -192,6 +186,14 @@ impl Exposition {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A gauge family with one sample per `kind` label.
+    fn gauge_by_kind(&mut self, name: &str, help: &str, values: &[(&str, u64)]) {
+        self.family(name, "gauge", help);
+        for (kind, value) in values {
+            self.sample(name, &[("kind", kind)], value);
+        }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
