@@ -3,7 +3,8 @@
 //! one syncer thread writes and fsyncs the WAL over and over, each fsync covering every write
 //! made before it started. A reply that depends on a write (`STORED` for a put, a message
 //! handed to a reader) carries that write's `SyncPoint` and is held by its event loop until
-//! `synced()` reaches it.
+//! `synced()` reaches it. An event loop whose clients all wait, each for one write, fsyncs on
+//! its own thread instead (`sync_inline`): nothing could overlap with the syncer's fsync.
 //!
 //! This is how Redis runs with `appendfsync always`: commands run as soon as they are parsed,
 //! replies wait for the fsync. Nothing waits for a disk but the replies, so a pipelined `set`

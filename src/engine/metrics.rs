@@ -1,7 +1,8 @@
 //! The engine's own numbers for monitoring: how many commits the committer wrote, how many
 //! writes each carried and how long each fsync took (histograms), whether the free-space
-//! reserve is refusing messages, and the memory RocksDB and the in-memory messages hold. The committer and the WAL syncer
-//! record; anyone may take a [`EngineSnapshot`]. Per-queue numbers are `Engine::stats`.
+//! reserve is refusing messages, and the memory RocksDB and the in-memory messages hold. The
+//! committer and the WAL syncer record; anyone may take a [`EngineSnapshot`]. Per-queue
+//! numbers are `Engine::stats`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
