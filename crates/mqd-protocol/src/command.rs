@@ -7,6 +7,9 @@ use smallvec::SmallVec;
 pub type Reads = SmallVec<[Read; 1]>;
 /// The messages one get returns, in order: one inline, more on the heap.
 pub type Values = SmallVec<[Value; 1]>;
+/// A get key as the client sent it: inline up to 32 bytes (most keys), so that a read
+/// allocates nothing for it.
+pub type Key = SmallVec<[u8; 32]>;
 
 /// A request, decoded from either protocol.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,8 +70,8 @@ impl Set {
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub struct Read {
     /// The key exactly as the client sent it (queue plus options), echoed in `VALUE` lines.
-    pub key: Vec<u8>,
-    /// How much of `key` names the queue (`queue()`): one allocation per read, not two.
+    pub key: Key,
+    /// How much of `key` names the queue (`queue()`), which is not copied apart.
     pub(crate) queue_len: usize,
     /// Block up to this many milliseconds for a message (`/t=`, mqmq's timeout).
     pub wait_ms: Option<u64>,
@@ -88,7 +91,7 @@ impl Read {
     /// A plain, non-blocking take of one message.
     pub fn take(queue: &[u8]) -> Read {
         Read {
-            key: queue.to_vec(),
+            key: Key::from_slice(queue),
             queue_len: queue.len(),
             wait_ms: None,
             open: false,
@@ -117,7 +120,7 @@ pub enum StatsKind {
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub struct Value {
     /// The key as requested, echoed back.
-    pub key: Vec<u8>,
+    pub key: Key,
     pub flags: u32,
     pub body: Vec<u8>,
     /// `Some` when the client asked with `gets`.

@@ -13,7 +13,9 @@ pub mod memcache;
 pub mod mqmq;
 mod text;
 
-pub use command::{Command, ErrorKind, Info, Read, Reads, Reply, Set, StatsKind, Value, Values};
+pub use command::{
+    Command, ErrorKind, Info, Key, Read, Reads, Reply, Set, StatsKind, Value, Values,
+};
 pub use framing::{input_limit, Framer};
 
 /// Which wire protocol a connection speaks, fixed for its whole life by its first byte.

@@ -4,7 +4,7 @@
 //! `\n` with an optional `\r` before it; tokens are separated by spaces. Every rule here is in
 //! `protocol-spec/memcache.md`.
 
-use super::command::{Command, ErrorKind, Read, Reads, Reply, Set, StatsKind};
+use super::command::{Command, ErrorKind, Key, Read, Reads, Reply, Set, StatsKind};
 use super::text::{Args, Decimal, Tokens};
 use super::{Limits, Parsed};
 
@@ -183,7 +183,7 @@ pub fn parse_read(key: &[u8], cas: bool) -> Result<Read, ErrorKind> {
         return Err(ErrorKind::BadFormat("bad option combination"));
     }
     Ok(Read {
-        key: key.to_vec(),
+        key: Key::from_slice(key),
         queue_len: queue.len(),
         wait_ms,
         open,

@@ -1,7 +1,7 @@
 //! Byte-level rules of the memcache codec.
 
 use super::*;
-use crate::Value;
+use crate::{Key, Value};
 
 const LIMITS: Limits = Limits {
     max_message_size: 1024,
@@ -131,7 +131,7 @@ fn get_keys_and_options() {
     assert_eq!(reads.len(), 3);
     assert_eq!(reads[0].queue(), b"a");
     assert_eq!(reads[1].queue(), b"b");
-    assert_eq!(reads[1].key, b"b/t=50/open");
+    assert_eq!(&reads[1].key[..], b"b/t=50/open");
     assert_eq!(reads[1].wait_ms, Some(50));
     assert!(reads[1].open && !reads[1].close);
     let (_, cmd) = command(b"gets q/close/open\r\n");
@@ -162,7 +162,7 @@ fn slashes_without_options_are_part_of_the_name() {
             panic!()
         };
         assert_eq!(reads[0].queue(), key);
-        assert_eq!(reads[0].key, key);
+        assert_eq!(&reads[0].key[..], key);
         assert!(!reads[0].open && reads[0].wait_ms.is_none());
     }
 }
@@ -256,7 +256,7 @@ fn long_lines_close_the_connection() {
 fn encodes_replies() {
     assert_eq!(encoded(&Reply::Stored), "STORED\r\n");
     let value = Value {
-        key: b"q4".to_vec(),
+        key: Key::from_slice(b"q4"),
         flags: 0,
         body: b"hello".to_vec(),
         cas: None,
@@ -278,13 +278,13 @@ fn encodes_replies() {
 #[test]
 fn encodes_the_widest_value_lines_and_several_values() {
     let widest = Value {
-        key: b"q/t=1/open".to_vec(),
+        key: Key::from_slice(b"q/t=1/open"),
         flags: u32::MAX,
         body: b"".to_vec(),
         cas: Some(u64::MAX),
     };
     let plain = Value {
-        key: b"r".to_vec(),
+        key: Key::from_slice(b"r"),
         flags: 10,
         body: vec![b'x'; 100],
         cas: None,

@@ -1,7 +1,7 @@
 //! Byte-level rules of the mqmq codec.
 
 use super::*;
-use crate::Value;
+use crate::{Key, Value};
 
 const LIMITS: Limits = Limits {
     max_message_size: 1024,
@@ -164,7 +164,7 @@ fn encodes_replies() {
     assert_eq!(out, framed(&[b"OK"]));
     out.clear();
     let value = Value {
-        key: b"q".to_vec(),
+        key: Key::from_slice(b"q"),
         flags: 0,
         body: b"hi".to_vec(),
         cas: None,
