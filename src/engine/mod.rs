@@ -363,7 +363,7 @@ impl Engine {
     /// reply waits for.
     pub fn put(
         &self,
-        queue: impl Into<Vec<u8>>,
+        queue: &[u8],
         flags: u32,
         expires_at: u64,
         body: Vec<u8>,
@@ -371,7 +371,7 @@ impl Engine {
         uncommitted: &mut Uncommitted,
     ) {
         uncommitted.ops.push(Op::Put {
-            queue: queue.into(),
+            queue: ops::QueueName::from_slice(queue),
             flags,
             expires_at,
             body,

@@ -3,13 +3,19 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::conn_ref::ConnRef;
 use super::QueueRef;
+
+/// A queue's name as a put names it: inline up to 32 bytes (most are), so that a put
+/// allocates nothing for it.
+pub type QueueName = SmallVec<[u8; 32]>;
 
 /// One write to commit.
 pub enum Op {
     Put {
-        queue: Vec<u8>,
+        queue: QueueName,
         flags: u32,
         expires_at: u64,
         body: Vec<u8>,

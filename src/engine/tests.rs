@@ -554,7 +554,7 @@ fn a_session_publishes_later_commits_ahead_of_their_write() {
     let mut session = engine.begin_commit();
     let mut uncommitted = Uncommitted::default();
     for body in ["m1", "m2"] {
-        engine.put("s", 0, 0, body.as_bytes().to_vec(), me, &mut uncommitted);
+        engine.put(b"s", 0, 0, body.as_bytes().to_vec(), me, &mut uncommitted);
         session.commit(&mut uncommitted);
     }
     let (first, second) = (h.answered(me), h.answered(me));

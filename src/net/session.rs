@@ -45,7 +45,7 @@ impl Connection {
                 let me = self.conn_ref(ctx);
                 let noreply = set.noreply;
                 engine.put(
-                    set.queue,
+                    &set.queue,
                     set.flags,
                     expires_at,
                     set.body,

@@ -7,8 +7,8 @@ use smallvec::SmallVec;
 pub type Reads = SmallVec<[Read; 1]>;
 /// The messages one get returns, in order: one inline, more on the heap.
 pub type Values = SmallVec<[Value; 1]>;
-/// A get key as the client sent it: inline up to 32 bytes (most keys), so that a read
-/// allocates nothing for it.
+/// A queue name or get key as the client sent it: inline up to 32 bytes (most are), so that
+/// a request allocates nothing for it.
 pub type Key = SmallVec<[u8; 32]>;
 
 /// A request, decoded from either protocol.
@@ -40,7 +40,7 @@ pub enum Command {
 /// The body of a `set`/`Put`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Set {
-    pub queue: Vec<u8>,
+    pub queue: Key,
     pub flags: u32,
     /// memcache exptime as sent: 0 never expires, up to 30 days is relative seconds,
     /// larger is an absolute unix time, negative is already expired.
@@ -207,7 +207,7 @@ mod tests {
 
     fn set(exptime: i64) -> Set {
         Set {
-            queue: b"q".to_vec(),
+            queue: Key::from_slice(b"q"),
             flags: 0,
             exptime,
             body: Vec::new(),

@@ -137,7 +137,7 @@ fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Pa
     Parsed::Command {
         consumed: end,
         command: Command::Set(Set {
-            queue: queue.to_vec(),
+            queue: Key::from_slice(queue),
             flags,
             exptime,
             body: buf[line_len..end - 2].to_vec(),

@@ -40,7 +40,7 @@ fn set_with_data_block() {
     assert_eq!(
         cmd,
         Command::Set(Set {
-            queue: b"q4".to_vec(),
+            queue: Key::from_slice(b"q4"),
             flags: 7,
             exptime: 0,
             body: b"hello".to_vec(),

@@ -4,7 +4,7 @@
 //! and that many bytes. The first value is the command. Every rule here is in
 //! `protocol-spec/mqmq.md`.
 
-use super::command::{Command, ErrorKind, Info, Read, Reply, Set};
+use super::command::{Command, ErrorKind, Info, Key, Read, Reply, Set};
 use super::json;
 use super::{Limits, Parsed};
 
@@ -95,7 +95,7 @@ fn decode(values: &[&[u8]], limits: &Limits) -> Result<Command, ErrorKind> {
                 return Err(ErrorKind::MessageTooLarge);
             }
             Ok(Command::Set(Set {
-                queue: queue.to_vec(),
+                queue: Key::from_slice(queue),
                 flags: 0,
                 exptime: 0,
                 body: body.to_vec(),

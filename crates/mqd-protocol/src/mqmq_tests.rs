@@ -40,7 +40,7 @@ fn put_get_info_quit() {
     assert_eq!(
         command(&[b"Put", b"q", b"body"]),
         Command::Set(Set {
-            queue: b"q".to_vec(),
+            queue: Key::from_slice(b"q"),
             flags: 0,
             exptime: 0,
             body: b"body".to_vec(),
@@ -60,7 +60,7 @@ fn put_get_info_quit() {
     assert_eq!(
         command(&[b"Put", b"", b""]),
         Command::Set(Set {
-            queue: vec![],
+            queue: Key::new(),
             flags: 0,
             exptime: 0,
             body: vec![],
