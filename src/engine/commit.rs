@@ -233,8 +233,12 @@ impl Committer<'_> {
                     body,
                     reply_to,
                 } => {
-                    let put = (flags, expires_at, body, reply_to);
-                    self.stage_put(&mut batch, &mut puts, &queue, put);
+                    let header = Header {
+                        flags,
+                        expires_at,
+                        enqueued_at: puts.enqueued_at,
+                    };
+                    self.stage_put(&mut batch, &mut puts, &queue, header, body, reply_to);
                 }
                 Op::Remove { queue, seq } => {
                     let id = queue.lock().id;
@@ -352,24 +356,19 @@ impl Committer<'_> {
     }
 
     /// Stages a put to `name` and a copy to each of its fan-out queues (`name+<child>`).
-    /// `put`: the message's flags, expiry, body and writer.
     fn stage_put(
         &mut self,
         batch: &mut Batch,
         puts: &mut PutContext,
         name: &[u8],
-        put: (u32, u64, Vec<u8>, ConnRef),
+        header: Header,
+        body: Vec<u8>,
+        reply_to: ConnRef,
     ) {
-        let (flags, expires_at, body, reply_to) = put;
         if !puts.enough_space {
             batch.writers.push((reply_to, Some(Error::DiskFull)));
             return;
         }
-        let header = Header {
-            flags,
-            expires_at,
-            enqueued_at: puts.enqueued_at,
-        };
         let (id, seq) = match self.stage_one(batch, puts, name, header, &body) {
             Ok(staged) => staged,
             Err(e) => {
