@@ -35,6 +35,9 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
         Some(name) => process::identity_to_assume(name)?,
         None => None,
     };
+    // Caught from the start: a stop asked for while the engine opens (priming the WAL takes
+    // a moment) is a clean stop once it has opened, not a death by signal.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
     let (listeners, socket_file) = listeners(&config)?;
     let addrs: Vec<String> = listeners.iter().map(Listener::describe).collect();
 
@@ -132,7 +135,6 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
             return Err(e);
         }
     }
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
     let handles: Vec<_> = loops
         .into_iter()
         .map(|event_loop| {
