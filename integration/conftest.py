@@ -47,8 +47,12 @@ class ServerDied(AssertionError):
 class Server:
     """One `mqd serve` process. Ports and data directory stay the same across restarts."""
 
-    def __init__(self, tmp_path, args=(), listeners=1, name="mqd", env=None):
+    def __init__(self, tmp_path, args=(), listeners=1, name="mqd", env=None, prime_wal=False):
         self.bin = mqd_bin()
+        # Priming writes two WAL files of 64 MiB at every start under `--sync always`: hundreds
+        # of starts, with pytest keeping their data directories, would write and keep tens of
+        # GB. So it is off unless a test asks (durability tests and the crash loop do).
+        self.prime_wal = prime_wal
         # Extra environment for the process (e.g. the power-cut shim's LD_PRELOAD).
         self.env = dict(env or {})
         self.data_dir = tmp_path / f"{name}-data"
@@ -77,6 +81,8 @@ class Server:
         # connections handed between loops and one loop waking another stay covered.
         if not any(arg in ("--threads", "-t") for arg in self.args):
             cmd += ["--threads", "2"]
+        if not self.prime_wal:
+            cmd += ["--no-wal-prime"]
         return cmd + self.args
 
     def start(self):
@@ -180,11 +186,18 @@ class Server:
 
 @pytest.fixture
 def make_server(tmp_path):
-    """Factory: `make_server(args=[...], listeners=N)` starts a server; all are stopped after."""
+    """Factory: `make_server(args=[...], listeners=N, prime_wal=False)` starts a server; all
+    are stopped after."""
     servers = []
 
-    def make(args=(), listeners=1, start=True):
-        server = Server(tmp_path, args=args, listeners=listeners, name=f"mqd{len(servers)}")
+    def make(args=(), listeners=1, start=True, prime_wal=False):
+        server = Server(
+            tmp_path,
+            args=args,
+            listeners=listeners,
+            name=f"mqd{len(servers)}",
+            prime_wal=prime_wal,
+        )
         servers.append(server)
         if start:
             server.start()

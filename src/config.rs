@@ -44,6 +44,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Most fan-out queues one queue may have.
     pub max_fanout: usize,
+    /// Under `--sync always`, prime the WAL before serving (`engine::wal_prime`).
+    pub prime_wal: bool,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             request_timeout: Some(Duration::from_secs(60)),
             idle_timeout: None,
             max_fanout: 64,
+            prime_wal: true,
         }
     }
 }

@@ -84,6 +84,10 @@ pub struct Serve {
     /// most fan-out queues (`<queue>+<child>`) one queue may have (default 64)
     #[argh(option)]
     max_fanout: Option<usize>,
+    /// under --sync always, do not write two WAL files' worth of filler before serving (by
+    /// default it does, so that fsyncs overwrite blocks in place from the first write)
+    #[argh(switch)]
+    no_wal_prime: bool,
     /// block cache of RocksDB in MB (MemcacheQ's -m; default 64)
     #[argh(option, short = 'm')]
     cache_mb: Option<usize>,
@@ -281,6 +285,7 @@ impl Serve {
         if let Some(n) = self.max_fanout {
             config.max_fanout = n;
         }
+        config.prime_wal = !self.no_wal_prime;
         config::validate(&config)?;
         Ok(config)
     }

@@ -33,6 +33,7 @@ mod space;
 pub mod store;
 #[cfg(test)]
 mod tests;
+mod wal_prime;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -40,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -82,6 +83,9 @@ pub struct EngineConfig {
     /// Most fan-out queues (`<queue>+<child>`) one queue may have: every put to a queue is
     /// copied to each of them, so this bounds what one put costs.
     pub max_fanout: usize,
+    /// Under `--sync always`, start on a reused WAL file, whose fdatasyncs are cheaper
+    /// (`wal_prime`).
+    pub prime_wal: bool,
 }
 
 /// Per-queue limits, the same for every queue.
@@ -182,7 +186,8 @@ impl Engine {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
         let mut options = StoreOptions::new(config.memory);
-        if !reclaim::recycle_wal(&config.data_dir, config.min_free_bytes) {
+        let recycle_wal = reclaim::recycle_wal(&config.data_dir, config.min_free_bytes);
+        if !recycle_wal {
             options.db.set_recycle_log_file_num(0);
         }
         if config.sync == SyncPolicy::Always {
@@ -194,6 +199,18 @@ impl Engine {
         }
         let recovered = store::open(&config.data_dir, &options)
             .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))?;
+        if config.prime_wal && recycle_wal && config.sync == SyncPolicy::Always {
+            let started = Instant::now();
+            let file_bytes = wal_prime::wal_file_bytes(config.memory);
+            wal_prime::prime(&recovered.db, file_bytes).map_err(|e| {
+                format!("cannot prime the WAL in {}: {e}", config.data_dir.display())
+            })?;
+            log::info!(
+                "primed two WAL files of {} MiB in {} ms",
+                file_bytes >> 20,
+                started.elapsed().as_millis()
+            );
+        }
         let tails = TailBudgets::new();
         let mut queues = HashMap::new();
         for (name, meta) in recovered.queues {

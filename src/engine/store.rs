@@ -28,6 +28,11 @@ pub const META_CF: &str = "meta";
 const QUEUE_PREFIX: u8 = b'Q';
 /// Key in `meta` of the next unused queue id.
 pub const NEXT_ID_KEY: &[u8] = b"N";
+/// Key in `meta` that priming the WAL writes so that a flush has something to flush
+/// (`wal_prime`); its value is empty and nothing reads it.
+pub const WAL_PRIMED_KEY: &[u8] = b"W";
+/// Memtable size of `messages`: a WAL file holds about this much when a flush retires it.
+pub const MESSAGES_WRITE_BUFFER: usize = 64 << 20;
 
 /// Memory RocksDB may use, shared by every column family so that many queues stay cheap.
 #[derive(Clone, Copy, Debug)]
@@ -77,7 +82,8 @@ impl StoreOptions {
         // restart after a 2-million-message drain).
         db.set_atomic_flush(true);
         db.set_max_background_jobs(2);
-        // Reusing WAL files means an fdatasync need not also journal a grown file size.
+        // Reusing WAL files means an fdatasync need not also journal a grown file size (see
+        // `wal_prime`).
         db.set_recycle_log_file_num(4);
         db.set_max_open_files(512);
         db.set_keep_log_file_num(4);
@@ -105,7 +111,7 @@ impl StoreOptions {
         // on a busy queue with a backlog. Compaction output, where a long backlog lives, is
         // compressed.
         messages_cf.set_compression_per_level(&[DBCompressionType::None, DBCompressionType::Lz4]);
-        messages_cf.set_write_buffer_size(64 << 20);
+        messages_cf.set_write_buffer_size(MESSAGES_WRITE_BUFFER);
         messages_cf.set_max_write_buffer_number(3);
 
         let mut meta_cf = messages_cf.clone();

@@ -77,6 +77,7 @@ impl Harness {
             limits,
             min_free_bytes: 0,
             max_fanout: 64,
+            prime_wal: false,
         };
         Harness {
             engine: Engine::start(config, vec![mailbox]).unwrap(),

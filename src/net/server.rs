@@ -73,6 +73,7 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
             limits: config.limits,
             min_free_bytes: config.min_free_bytes,
             max_fanout: config.max_fanout,
+            prime_wal: config.prime_wal,
         },
         mailboxes,
     )?;
