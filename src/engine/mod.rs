@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -200,16 +200,9 @@ impl Engine {
         let recovered = store::open(&config.data_dir, &options)
             .map_err(|e| format!("cannot open {}: {e}", config.data_dir.display()))?;
         if config.prime_wal && recycle_wal && config.sync == SyncPolicy::Always {
-            let started = Instant::now();
-            let file_bytes = wal_prime::wal_file_bytes(config.memory);
-            wal_prime::prime(&recovered.db, file_bytes).map_err(|e| {
+            wal_prime::prime(&recovered.db, config.memory).map_err(|e| {
                 format!("cannot prime the WAL in {}: {e}", config.data_dir.display())
             })?;
-            log::info!(
-                "primed two WAL files of {} MiB in {} ms",
-                file_bytes >> 20,
-                started.elapsed().as_millis()
-            );
         }
         let tails = TailBudgets::new();
         let mut queues = HashMap::new();

@@ -15,6 +15,8 @@
 //! while RocksDB recycles WAL files at all (the disk has room to spare, see
 //! `reclaim::recycle_wal`).
 
+use std::time::Instant;
+
 use rocksdb::WriteBatch;
 
 use super::store::{self, Db, MemoryBudget, META_CF, WAL_PRIMED_KEY};
@@ -22,15 +24,11 @@ use super::store::{self, Db, MemoryBudget, META_CF, WAL_PRIMED_KEY};
 /// Filler bytes per WAL record.
 const CHUNK: usize = 1 << 20;
 
-/// How much a WAL file holds when a memtable flush retires it: about a memtable of `messages`,
-/// unless the memory budget makes RocksDB flush sooner.
-pub(super) fn wal_file_bytes(budget: MemoryBudget) -> usize {
-    store::MESSAGES_WRITE_BUFFER.min(budget.write_buffers / 2)
-}
-
-/// Leaves the database writing to a recycled WAL file of at least `file_bytes`, with another
+/// Leaves the database writing to a recycled WAL file holding a memtable's worth, with another
 /// one ready for the next switch.
-pub(super) fn prime(db: &Db, file_bytes: usize) -> Result<(), rocksdb::Error> {
+pub(super) fn prime(db: &Db, budget: MemoryBudget) -> Result<(), rocksdb::Error> {
+    let started = Instant::now();
+    let file_bytes = wal_file_bytes(budget);
     let filler = vec![0u8; CHUNK];
     let meta = db
         .cf_handle(META_CF)
@@ -49,5 +47,16 @@ pub(super) fn prime(db: &Db, file_bytes: usize) -> Result<(), rocksdb::Error> {
         db.put_cf(meta, WAL_PRIMED_KEY, [])?;
         store::flush_memtables(db)?;
     }
+    log::info!(
+        "primed two WAL files of {} MiB in {} ms",
+        file_bytes >> 20,
+        started.elapsed().as_millis()
+    );
     Ok(())
+}
+
+/// How much a WAL file holds when a memtable flush retires it: about a memtable of `messages`,
+/// unless the memory budget makes RocksDB flush sooner.
+fn wal_file_bytes(budget: MemoryBudget) -> usize {
+    store::MESSAGES_WRITE_BUFFER.min(budget.write_buffers / 2)
 }
