@@ -276,7 +276,7 @@ impl Engine {
     }
 
     /// An event-loop pass begins; `pass_ends` once it made its writes. Under `--sync always`
-    /// the syncer waits a little for passes in progress, so that one fsync covers them all.
+    /// the end of a pass wakes the syncer once for all the pass's writes.
     pub fn pass_begins(&self) {
         self.durability.pass_begins();
     }
