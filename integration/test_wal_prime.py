@@ -54,3 +54,11 @@ def test_the_wal_is_primed_only_under_sync_always_and_unless_turned_off(
     sizes = wal_sizes(server)
     assert sizes and sizes[-1] < MIB, sizes
     assert "primed two WAL files" not in server.log_tail()
+
+
+def test_a_stop_asked_for_while_the_wal_is_primed_is_a_clean_stop(make_server):
+    """The port accepts as soon as it is bound, before the engine opens and primes (about
+    0.3 s): a SIGTERM then must stop the server cleanly once open, not kill it by signal."""
+    server = make_server(prime_wal=True)
+    assert server.stop() == 0, server.log_tail()
+    assert "primed two WAL files" in server.log_tail()
