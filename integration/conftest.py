@@ -6,6 +6,7 @@ its own server on its own data directory and ports, so tests never share state.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -47,12 +48,15 @@ class ServerDied(AssertionError):
 class Server:
     """One `mqd serve` process. Ports and data directory stay the same across restarts."""
 
-    def __init__(self, tmp_path, args=(), listeners=1, name="mqd", env=None, prime_wal=False):
+    def __init__(self, tmp_path, args=(), listeners=1, name="mqd", env=None, prime_wal=True,
+                 loops=None):
         self.bin = mqd_bin()
-        # Priming writes two WAL files of 64 MiB at every start under `--sync always`: hundreds
-        # of starts, with pytest keeping their data directories, would write and keep tens of
-        # GB. So it is off unless a test asks (durability tests and the crash loop do).
+        # The server runs as `scripts/run` starts it: one event loop per core but one, and under
+        # `--sync always` a primed WAL. `loops` (an int) asks for more event loops, as the
+        # `event_loops` variants do; `prime_wal=False` skips priming (a test that starts
+        # hundreds of servers, or measures something else).
         self.prime_wal = prime_wal
+        self.loops = loops
         # Extra environment for the process (e.g. the power-cut shim's LD_PRELOAD).
         self.env = dict(env or {})
         self.data_dir = tmp_path / f"{name}-data"
@@ -77,10 +81,8 @@ class Server:
         cmd = [self.bin, "serve", "--data-dir", str(self.data_dir)]
         for port in self.ports:
             cmd += ["--listen", f"127.0.0.1:{port}"]
-        # The default is one event loop on two cores: tests run two unless they choose, so that
-        # connections handed between loops and one loop waking another stay covered.
-        if not any(arg in ("--threads", "-t") for arg in self.args):
-            cmd += ["--threads", "2"]
+        if self.loops is not None and not any(arg in ("--threads", "-t") for arg in self.args):
+            cmd += ["--threads", str(self.loops)]
         if not self.prime_wal:
             cmd += ["--no-wal-prime"]
         return cmd + self.args
@@ -110,9 +112,33 @@ class Server:
         return self
 
     def wait_ready(self):
+        """Returns once every port accepts connections and the server answers a request: the
+        ports are bound before the data directory is opened (and, under `--sync always`, the
+        WAL primed), and a connection made before that waits for its answer."""
         deadline = time.monotonic() + READY_TIMEOUT
         pending = list(self.ports)
-        while pending:
+        answered = False
+        while pending or not answered:
+            if not pending:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.ports[0]), timeout=0.5) as s:
+                        s.sendall(b"version\r\n")
+                        answered = s.recv(64).startswith(b"VERSION")
+                except OSError:
+                    pass
+                if answered:
+                    continue
+                if self.proc.poll() is not None:
+                    raise ServerDied(
+                        f"mqd exited with {self.proc.returncode} while starting\n{self.log_tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise AssertionError(
+                        f"mqd did not answer within {READY_TIMEOUT}s\n{self.log_tail()}"
+                    )
+                time.sleep(0.05)
+                continue
             if self.proc.poll() is not None:
                 raise ServerDied(
                     f"mqd exited with {self.proc.returncode} while starting\n{self.log_tail()}"
@@ -184,19 +210,44 @@ class Server:
         return MqmqConn(port or self.port, timeout)
 
 
+# Event-loop variants: test files marked `pytestmark = pytest.mark.event_loops` run every test
+# twice, once as users run the server (the default: one loop on two cores) and once with several
+# loops (connections handed between loops, one loop waking another, loops committing at once).
+EVENT_LOOP_VARIANTS = {"default": None, "3-loops": 3}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "event_loops: run each test under the default and with several event loops"
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("event_loops") and "loops" in metafunc.fixturenames:
+        metafunc.parametrize("loops", list(EVENT_LOOP_VARIANTS), indirect=True)
+
+
 @pytest.fixture
-def make_server(tmp_path):
-    """Factory: `make_server(args=[...], listeners=N, prime_wal=False)` starts a server; all
-    are stopped after."""
+def loops(request):
+    """The event-loop variant of this test: None (the default), or a number of loops."""
+    return EVENT_LOOP_VARIANTS[getattr(request, "param", "default")]
+
+
+@pytest.fixture
+def make_server(tmp_path, loops, request):
+    """Factory: `make_server(args=[...], listeners=N, prime_wal=True)` starts a server; all
+    are stopped after, and their data directories removed if the test passed (each start under
+    `--sync always` primes 128 MB of WAL)."""
     servers = []
 
-    def make(args=(), listeners=1, start=True, prime_wal=False):
+    def make(args=(), listeners=1, start=True, prime_wal=True):
         server = Server(
             tmp_path,
             args=args,
             listeners=listeners,
             name=f"mqd{len(servers)}",
             prime_wal=prime_wal,
+            loops=loops,
         )
         servers.append(server)
         if start:
@@ -215,6 +266,10 @@ def make_server(tmp_path):
             "mqd died during the test:\n"
             + "\n".join(f"exit status {s.proc.returncode}\n{s.log_tail()}" for s in crashed)
         )
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.passed:
+        for server in servers:
+            shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 @pytest.fixture

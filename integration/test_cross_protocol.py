@@ -4,7 +4,12 @@ import re
 import threading
 import time
 
+import pytest
+
 from conftest import frame
+
+# Every test runs as users run the server (one event loop) and with several loops.
+pytestmark = pytest.mark.event_loops
 
 
 def test_blocking_mqmq_get_woken_by_memcache_set(server):

@@ -16,6 +16,9 @@ from kestrel_helpers import drain, get_body, peek, queue_stats, reset_close
 from pymemcache.client.base import Client as PymemcacheClient
 from pymemcache.exceptions import MemcacheUnknownCommandError
 
+# Every test runs as users run the server (one event loop) and with several loops.
+pytestmark = pytest.mark.event_loops
+
 
 def test_blocking_peek_does_not_reorder_the_queue(server):
     """A message that arrives for a waiting `peek` stays at the head: a plain reader waiting

@@ -12,8 +12,13 @@ import random
 import threading
 import time
 
+import pytest
+
 from conftest import frame, wait_for
 from kestrel_helpers import get_values, queue_stats, reset_close, stats_queue
+
+# Every test runs as users run the server (one event loop) and with several loops.
+pytestmark = pytest.mark.event_loops
 
 QUEUE = b"load"
 PRODUCERS = 3

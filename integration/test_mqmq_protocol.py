@@ -8,6 +8,9 @@ import pytest
 
 from conftest import MQMQ_MAX_FRAME, frame, wait_for
 
+# Every test runs as users run the server (one event loop) and with several loops.
+pytestmark = pytest.mark.event_loops
+
 OK = [b"OK"]
 TIMEOUT = [b"Timeout"]
 

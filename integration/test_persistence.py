@@ -3,7 +3,12 @@
 import threading
 import time
 
+import pytest
+
 from conftest import frame
+
+# Every test runs as users run the server (one event loop) and with several loops.
+pytestmark = pytest.mark.event_loops
 
 
 def drain_mc(conn, queue):

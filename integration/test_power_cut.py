@@ -15,14 +15,17 @@ import pytest
 import powercut
 from kestrel_helpers import drain, set_many
 
+# Every test runs as users run the server (one event loop) and with several loops.
+pytestmark = pytest.mark.event_loops
+
 
 @pytest.fixture
 def powered(make_server):
-    """`powered(args, prime_wal=False)`: a server under the power-cut shim. With `prime_wal`
-    (the server's default, which the test harness turns off) every start writes to a reused
-    WAL file, full of older records that recovery must tell from new ones."""
+    """`powered(args, prime_wal=True)`: a server under the power-cut shim. With `prime_wal`
+    (the server's default) every start writes to a reused WAL file, full of older records that
+    recovery must tell from new ones."""
 
-    def make(args=(), prime_wal=False):
+    def make(args=(), prime_wal=True):
         server = make_server(args=args, start=False, prime_wal=prime_wal)
         server.env.update(powercut.env(server.data_dir))
         return server.start()

@@ -27,6 +27,9 @@ from kestrel_helpers import (
     stats_queue,
 )
 
+# Every test runs as users run the server (one event loop) and with several loops.
+pytestmark = pytest.mark.event_loops
+
 
 def _put_later(server, queue, body, delay=0.3):
     """An mqmq Put from another connection after `delay` seconds (run in the background)."""

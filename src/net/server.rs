@@ -210,6 +210,16 @@ fn become_user(
 /// Sockets from systemd if it passed any, else the configured addresses; and the unix socket
 /// (`-s`), whose file is removed when the returned guard is dropped.
 fn listeners(config: &Config) -> Result<(Vec<Listener>, Option<SocketFile>), String> {
+    // The unix socket is bound first: once a TCP port accepts connections (which is how
+    // clients and tests see that the server is up), the socket file exists with its mode.
+    let mut socket_file = None;
+    let mut unix = None;
+    if let Some(path) = &config.unix_socket {
+        let listener = stream::bind_unix(path, config.unix_mode)?;
+        socket_file = Some(SocketFile(path.clone()));
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        unix = Some(Listener::Unix(mio::net::UnixListener::from_std(listener)));
+    }
     let passed = systemd::listeners_from_env();
     let mut listeners = Vec::new();
     if passed.is_empty() {
@@ -227,12 +237,8 @@ fn listeners(config: &Config) -> Result<(Vec<Listener>, Option<SocketFile>), Str
             listeners.push(listener);
         }
     }
-    let mut socket_file = None;
-    if let Some(path) = &config.unix_socket {
-        let listener = stream::bind_unix(path, config.unix_mode)?;
-        socket_file = Some(SocketFile(path.clone()));
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        listeners.push(Listener::Unix(mio::net::UnixListener::from_std(listener)));
+    if let Some(unix) = unix {
+        listeners.push(unix);
     }
     Ok((listeners, socket_file))
 }
