@@ -46,10 +46,11 @@ def _connect(server):
     return sock
 
 
-def _push(socks_and_data, patience=1.0):
+def _push(socks_and_data, patience=1.0, unsent=None):
     """Sends each socket its bytes without blocking on any: a server that stops reading one
     connection must not stall the others. Gives up on a socket after `patience` seconds without
-    progress on any. Returns the bytes sent."""
+    progress on any. Returns the bytes sent; `unsent`, a dict, gets what each socket could not
+    send."""
     pending = {}
     for sock, data in socks_and_data:
         sock.setblocking(False)
@@ -77,6 +78,8 @@ def _push(socks_and_data, patience=1.0):
             last_progress = time.monotonic()
         else:
             time.sleep(0.005)
+    if unsent is not None:
+        unsent.update(pending)
     return sent_total
 
 
@@ -209,6 +212,178 @@ def ghost_queues(server, names=2000):
         "info_queues": info["NumQueues"],
         "curr_queues": int(stats["curr_queues"]),
         "note": f"queues left behind: {stats['curr_queues']}",
+    }
+
+
+def _send_all(sock, data):
+    """Sends `data` on a socket in blocking mode with a timeout (set by the caller)."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
+def _drain_replies(sock, expected_bytes, timeout=60.0):
+    """Reads from `sock` until `expected_bytes` arrived (True) or `timeout` passes (False)."""
+    sock.settimeout(timeout)
+    got = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while got < expected_bytes and time.monotonic() < deadline:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return False
+            got += len(chunk)
+    except OSError:
+        return False
+    return got >= expected_bytes
+
+
+def many_unread(server, conns=900, lines=50, body=MB, settle=4.0, check=3):
+    """`conns` connections each send `lines` pipelined `get big/peek` for a `body`-byte message
+    and read nothing (each within its own per-connection cap). Then every one of them reads its
+    first `check` replies, all at once: each must get them, nobody is starved once room is
+    made."""
+    with server.mc() as mc:
+        assert mc.set(b"big", b"x" * body) == STORED
+    socks = [_connect(server) for _ in range(conns)]
+    for sock in socks:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    _push([(sock, b"get big/peek\r\n" * lines) for sock in socks], patience=settle)
+    time.sleep(settle)
+    peak = peak_mb(server)
+    bystander = bystander_round_trip(server)
+    reply = len(b"VALUE big/peek 0 %d\r\n" % body) + body + len(b"\r\nEND\r\n")
+    served = []
+
+    def read_some(batch):
+        for sock in batch:
+            if _drain_replies(sock, reply * check, timeout=60):
+                served.append(sock)
+
+    threads = [threading.Thread(target=read_some, args=(socks[i::16],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for sock in socks:
+        sock.close()
+    return {
+        "peak_mb": max(peak, peak_mb(server)),
+        "bystander_s": bystander,
+        "served": len(served),
+        "note": f"{len(served)} of {conns} connections then read {check} replies",
+    }
+
+
+def many_quiet_floods(server, conns=300, seconds=4.0, body=1024):
+    """`conns` connections each pipeline `set ... noreply` of `body` bytes as fast as they can
+    send, replies never read, while a bystander does set/get round trips."""
+    line = b"set qflood 0 0 %d noreply\r\n" % body + b"q" * body + b"\r\n"
+    chunk = line * 64
+    stop = threading.Event()
+    socks = [_connect(server) for _ in range(conns)]
+    for sock in socks:
+        sock.setblocking(False)
+
+    def flood():
+        while not stop.is_set():
+            progressed = False
+            for sock in socks:
+                try:
+                    progressed |= sock.send(chunk) > 0
+                except (BlockingIOError, OSError):
+                    pass
+            if not progressed:
+                time.sleep(0.002)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    trips = []
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        trips.append(bystander_round_trip(server))
+        time.sleep(0.1)
+    peak = peak_mb(server)
+    stop.set()
+    thread.join()
+    for sock in socks:
+        sock.close()
+    return {"peak_mb": peak, "bystander_s": None if None in trips else max(trips)}
+
+
+def many_fanout_sets(server, conns=100, children=64, body=MB, settle=3.0):
+    """A queue with `children` fan-out queues, then `conns` connections each send one
+    `body`-byte set to it at once: every set is written `children + 1` times."""
+    with server.mc() as mc:
+        mc.send(b"".join(b"set fq+c%d 0 0 1\r\nx\r\n" % i for i in range(children)))
+        for _ in range(children):
+            assert mc.read_line() == STORED
+    socks = [_connect(server) for _ in range(conns)]
+    request = b"set fq 0 0 %d\r\n" % body + b"f" * body + b"\r\n"
+    _push([(sock, request) for sock in socks], patience=settle)
+    stored = 0
+    for sock in socks:
+        stored += _drain_replies(sock, len(STORED), timeout=120)
+        sock.close()
+    return {
+        "peak_mb": peak_mb(server),
+        "bystander_s": bystander_round_trip(server),
+        "stored": stored,
+        "note": f"{stored} of {conns} sets stored, {children} copies each",
+    }
+
+
+def big_sets(server, conns=20, body=32 * MB):
+    """`conns` connections each send one `body`-byte set at once (needs `-B 32m`)."""
+    socks = [_connect(server) for _ in range(conns)]
+    request = b"set bigq 0 0 %d\r\n" % body + b"b" * body + b"\r\n"
+    done = threading.Event()
+    trips = []
+
+    def watch():
+        while not done.is_set():
+            trips.append(bystander_round_trip(server))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    _push([(sock, request) for sock in socks], patience=30.0)
+    stored = 0
+    for sock in socks:
+        stored += _drain_replies(sock, len(STORED), timeout=120)
+        sock.close()
+    done.set()
+    watcher.join()
+    return {
+        "peak_mb": peak_mb(server),
+        "bystander_s": None if None in trips else max(trips),
+        "stored": stored,
+        "note": f"{stored} of {conns} stored",
+    }
+
+
+def big_gets(server, conns=20, body=32 * MB, settle=3.0):
+    """A `body`-byte message, then `conns` connections each ask for it (`get bigg/peek`) at
+    once and read their reply only after `settle` seconds (needs `-B 32m`)."""
+    with server.mc() as mc:
+        assert mc.set(b"bigg", b"g" * body) == STORED
+    socks = [_connect(server) for _ in range(conns)]
+    for sock in socks:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    _push([(sock, b"get bigg/peek\r\n") for sock in socks], patience=settle)
+    time.sleep(settle)
+    peak = peak_mb(server)
+    bystander = bystander_round_trip(server)
+    reply = len(b"VALUE bigg/peek 0 %d\r\n" % body) + body + len(b"\r\nEND\r\n")
+    served = sum(_drain_replies(sock, reply, timeout=120) for sock in socks)
+    for sock in socks:
+        sock.close()
+    return {
+        "peak_mb": max(peak, peak_mb(server)),
+        "bystander_s": bystander,
+        "served": served,
+        "note": f"{served} of {conns} readers got the message",
     }
 
 

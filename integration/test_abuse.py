@@ -31,6 +31,37 @@ def test_replies_never_read_stop_the_commands_not_the_server(server):
             assert [len(v[2]) for v in mc.read_values()] == [abuse.MB]
 
 
+@pytest.mark.skipif(not abuse.raise_fd_limit(4_000), reason="cannot raise the descriptor limit")
+def test_many_connections_with_unread_replies_share_one_output_budget(server):
+    """Issue 19: 900 connections each within the 4 MiB per-connection cap held 6.6 GB together.
+    Past the server-wide output budget they run no more commands; once they read, every one of
+    them is served again."""
+    result = abuse.many_unread(server, conns=300, lines=20)
+    assert_bounded(result, "300 connections with unread replies")
+    assert result["served"] == 300, result["note"]
+
+
+def test_quiet_floods_over_many_connections_leave_a_bystander_answered(server):
+    """Writes refused for lack of budget wait in line: 300 flooding connections cannot keep a
+    bystander's set out."""
+    assert_bounded(abuse.many_quiet_floods(server, conns=300), "300 noreply floods")
+
+
+@pytest.mark.parametrize("case", ["sets", "gets"])
+def test_large_messages_in_and_out_count_against_the_budgets(make_server, case):
+    """Issue 19: with -B 32m, 20 concurrent 32 MB sets took the server to 683 MB, and 20 readers
+    of a 32 MB message to 690 MB. A request takes room for all of its body at once (or waits),
+    and a reply for a large message waits for room in the output budget."""
+    server = make_server(args=["-B", "32m"])
+    if case == "sets":
+        result = abuse.big_sets(server)
+        assert result["stored"] == 20, result["note"]
+    else:
+        result = abuse.big_gets(server)
+        assert result["served"] == 20, result["note"]
+    assert_bounded(result, f"20 concurrent 32 MB {case}")
+
+
 def test_large_stats_replies_never_read(server):
     assert_bounded(abuse.stats_flood(server), "stats flood")
 

@@ -38,12 +38,18 @@ pub struct Config {
     pub user: Option<String>,
     /// Input-buffer bytes all connections together may hold beyond 16 KiB each.
     pub input_budget: usize,
+    /// Reply bytes all connections together may hold beyond 64 KiB each.
+    pub output_budget: usize,
     /// A request left incomplete this long gets its connection closed.
     pub request_timeout: Option<Duration>,
     /// A connection with no traffic this long is closed (memcached's idle_timeout).
     pub idle_timeout: Option<Duration>,
     /// Most fan-out queues one queue may have.
     pub max_fanout: usize,
+    /// Most queues that may exist (None: no limit).
+    pub max_queues: Option<u64>,
+    /// Memory for the state of queues kept loaded; idle queues beyond it are unloaded.
+    pub queue_memory: usize,
     /// Under `--sync always`, prime the WAL before serving (`engine::wal_prime`).
     pub prime_wal: bool,
 }
@@ -66,10 +72,13 @@ impl Default for Config {
             cache_bytes: 64 << 20,
             pid_file: None,
             user: None,
-            input_budget: 256 << 20,
+            input_budget: 64 << 20,
+            output_budget: 64 << 20,
             request_timeout: Some(Duration::from_secs(60)),
             idle_timeout: None,
             max_fanout: 64,
+            max_queues: None,
+            queue_memory: 64 << 20,
             prime_wal: true,
         }
     }

@@ -71,9 +71,14 @@ pub struct Serve {
     #[argh(switch)]
     discard_old_when_full: bool,
     /// input-buffer bytes all connections together may hold beyond 16 KiB each, k/m/g
-    /// suffixes (default 256m): past it, connections with a partial request wait unread
+    /// suffixes (default 64m): past it, connections with a partial request wait unread
     #[argh(option)]
     input_budget: Option<String>,
+    /// reply bytes all connections together may hold beyond 64 KiB each, k/m/g suffixes
+    /// (default 64m): past it, connections with unsent replies run no more commands, and reads
+    /// wait for room for large messages, until clients read
+    #[argh(option)]
+    output_budget: Option<String>,
     /// close a connection whose request stays incomplete this many seconds (default 60; 0: never)
     #[argh(option)]
     request_timeout: Option<u64>,
@@ -84,6 +89,15 @@ pub struct Serve {
     /// most fan-out queues (`<queue>+<child>`) one queue may have (default 64)
     #[argh(option)]
     max_fanout: Option<usize>,
+    /// most queues that may exist; a set that would create one more is refused (default: no
+    /// limit)
+    #[argh(option)]
+    max_queues: Option<u64>,
+    /// memory for the state of queues kept loaded, k/m/g suffixes (default 64m, about 100,000
+    /// queues): past it, idle queues are unloaded (their record on disk is enough) and loaded
+    /// again when used
+    #[argh(option)]
+    queue_memory: Option<String>,
     /// under --sync always, do not write two WAL files' worth of filler before serving (by
     /// default it does, so that fsyncs overwrite blocks in place from the first write)
     #[argh(switch)]
@@ -277,6 +291,9 @@ impl Serve {
         if let Some(size) = self.input_budget {
             config.input_budget = config::parse_size(&size)?;
         }
+        if let Some(size) = self.output_budget {
+            config.output_budget = config::parse_size(&size)?;
+        }
         let seconds = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
         if let Some(s) = self.request_timeout {
             config.request_timeout = seconds(s);
@@ -284,6 +301,10 @@ impl Serve {
         config.idle_timeout = self.idle_timeout.and_then(seconds);
         if let Some(n) = self.max_fanout {
             config.max_fanout = n;
+        }
+        config.max_queues = self.max_queues;
+        if let Some(size) = self.queue_memory {
+            config.queue_memory = config::parse_size(&size)?;
         }
         config.prime_wal = !self.no_wal_prime;
         config::validate(&config)?;

@@ -11,9 +11,11 @@
 //! free-space reserve is `super::space`.
 
 mod limits;
+mod records;
 mod removal;
 mod session;
 
+pub(super) use records::{stage_record, RecordBuffers};
 pub(super) use session::begin;
 pub use session::CommitSession;
 use session::{fatal_write_failure, Unwritten};
@@ -137,8 +139,7 @@ pub(super) struct CommitState {
     /// Where each staged message's stored value is encoded before the batch copies it, and
     /// each queue record and its key.
     value: Vec<u8>,
-    record: Vec<u8>,
-    record_key: Vec<u8>,
+    records: RecordBuffers,
     /// Lent to `NextSeq` to hand out sequence numbers: only the lock's holder has it.
     token: SeqToken,
     unwritten: Option<Unwritten>,
@@ -150,8 +151,7 @@ impl CommitState {
             carry: Vec::new(),
             space,
             value: Vec::new(),
-            record: Vec::new(),
-            record_key: Vec::new(),
+            records: RecordBuffers::default(),
             token: SeqToken::new(),
             unwritten: None,
         }
@@ -185,10 +185,6 @@ pub(super) fn commit_ops(engine: &Engine, ops: Vec<Op>) {
     }
     .apply(all, false);
 }
-
-/// Most range tombstones one write adds to delete a queue's consumed messages (one more than
-/// the pending messages among them).
-const MOST_RECLAIM_RANGES: usize = 64;
 
 struct Committer<'a> {
     engine: &'a Engine,
@@ -308,12 +304,12 @@ impl Committer<'_> {
     /// Adds every touched queue's record (and the next queue id, if a queue is new) to the
     /// batch. Whether the batch holds puts.
     fn add_records(&mut self, batch: &mut Batch) -> bool {
-        let meta = self.engine.meta();
         let mut has_puts = false;
         let mut new_queues = false;
         for touched in batch.touched.values() {
-            let mut q = touched.queue.lock();
-            if q.deleted {
+            let state = &touched.queue;
+            let mut q = state.lock();
+            if q.retired {
                 continue;
             }
             new_queues |= !q.persisted;
@@ -321,32 +317,18 @@ impl Committer<'_> {
             let mut record = QueueMeta::of(&q, q.next_seq.get());
             record.next_unclaimed = touched.next_unclaimed_after(&q);
             record.counters.bytes += touched.added_bytes;
-            record.encode_into(&mut self.state.record);
-            store::meta_key_into(&mut self.state.record_key, &q.name);
-            batch
-                .write
-                .put_cf(meta, &self.state.record_key, &self.state.record);
-            if q.reclaim_wanted {
-                // In the same write as the record that says they are consumed.
-                q.reclaim_wanted = false;
-                q.deleted_below = store::delete_consumed(
-                    &mut batch.write,
-                    &self.engine.messages(),
-                    &record,
-                    q.deleted_below,
-                    MOST_RECLAIM_RANGES,
-                );
-            }
+            let buffers = &mut self.state.records;
+            stage_record(
+                self.engine,
+                &mut batch.write,
+                state,
+                &mut q,
+                record,
+                buffers,
+            );
         }
         if new_queues {
-            // Ids are never reused, even for a queue deleted before the restart.
-            let next = self
-                .engine
-                .next_queue_id
-                .load(std::sync::atomic::Ordering::Relaxed);
-            batch
-                .write
-                .put_cf(meta, store::NEXT_ID_KEY, next.to_be_bytes());
+            records::stage_next_id(self.engine, &mut batch.write);
         }
         has_puts
     }
@@ -377,7 +359,7 @@ impl Committer<'_> {
             }
         };
         batch.writers.push((reply_to, None));
-        for child in self.engine.fanout_children(name) {
+        for child in self.engine.registry.fanout_children(name) {
             if let Err(e) = self.stage_one(batch, puts, &child, header, &body) {
                 log::debug!(
                     "fan-out copy to {} refused: {e:?}",
@@ -429,13 +411,25 @@ impl Committer<'_> {
                 _ => super::fanout::queue_for_put(self.engine, name)?,
             };
             let mut q = queue.lock();
-            if q.deleted {
-                // Forgotten as an unused ghost since the lookup: create it again.
+            if q.retired {
+                // Unloaded, or forgotten as an unused ghost, since the lookup: look again.
                 continue;
             }
-            self.make_room(batch, &queue, &mut q, len)?;
+            self.engine.registry.touch(&queue, &mut q);
+            let admitted = match self.engine.registry.count_new(&mut q) {
+                Ok(()) => self.make_room(batch, &queue, &mut q, len),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = admitted {
+                if q.is_ghost() {
+                    // Created for this put, which was refused: it leaves nothing behind.
+                    drop(q);
+                    self.engine.registry.forget_if_unused(name);
+                }
+                return Err(e);
+            }
             if header.expires_at != 0 {
-                q.expiring_staged += 1;
+                q.note_expiry(header.expires_at);
             }
             let seq = q.next_seq.assign(&mut self.state.token);
             let id = q.id;

@@ -122,6 +122,19 @@ impl Durability {
     }
 }
 
+/// The syncer of `--sync interval:<ms>`: fsyncs the WAL every so often. Replies wait for no
+/// fsync under that policy.
+pub(super) fn sync_every(engine: &Engine, every: Duration) {
+    while !engine.stopping.load(Ordering::Acquire) {
+        std::thread::sleep(every);
+        let started = Instant::now();
+        match engine.db.flush_wal(true) {
+            Ok(()) => engine.metrics.observe_sync(started.elapsed()),
+            Err(e) => log::error!("WAL sync failed: {e}"),
+        }
+    }
+}
+
 /// Under `--sync always`, fsyncs the WAL on the calling event loop's thread if a reply waits for
 /// a write not yet synced and no fsync is running. A loop whose every connection waits for a
 /// reply calls it instead of sleeping until the syncer has synced and woken it: no client can

@@ -26,9 +26,10 @@ pub enum Outcome {
 pub struct QueueHandle(pub(super) Arc<Mutex<QueueState>>);
 
 impl QueueHandle {
-    /// Whether the queue was deleted since (its open messages are then gone too).
+    /// Whether the queue was deleted since (its open messages are then gone too). A queue
+    /// with open messages is never unloaded, so a retired one was deleted.
     pub fn is_deleted(&self) -> bool {
-        self.0.lock().deleted
+        self.0.lock().retired
     }
 }
 
@@ -38,6 +39,8 @@ pub struct Taken {
     pub queue: QueueHandle,
     pub seq: u64,
     pub flags: u32,
+    /// When it expires (unix ms, 0: never).
+    pub expires_at: u64,
     pub body: Vec<u8>,
     /// Held open for the taker, who must confirm it or give it back. False for a peek (the
     /// message stayed in the queue) and for a removal.

@@ -121,6 +121,8 @@ pub struct EngineSnapshot {
     /// Memory the queues' in-memory messages hold by kind (`recent`: committed messages kept
     /// until read; `read_ahead`: messages read ahead from RocksDB), in bytes as budgeted.
     pub message_memory: [(&'static str, u64); 2],
+    /// Queues whose state is loaded in memory now (the others wait on disk; see `registry`).
+    pub queues_loaded: u64,
 }
 
 /// The engine's monitoring numbers now. Cheap: a few atomics, one statvfs and a few RocksDB
@@ -139,6 +141,7 @@ pub(super) fn snapshot(engine: &Engine) -> EngineSnapshot {
             ("recent", engine.tails.recent.used() as u64),
             ("read_ahead", engine.tails.ahead.used() as u64),
         ],
+        queues_loaded: engine.registry.loaded_count() as u64,
     }
 }
 

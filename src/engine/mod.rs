@@ -10,17 +10,22 @@
 //! fsyncs and tells the loops when to send them. Removals of consumed messages need no sync:
 //! after a crash a message may come back, but it never vanishes.
 //!
-//! `impl Engine` below is the engine's whole API; each concern's module (`reading`, `commit`,
-//! `durability`, `background`, `reclaim`, `ghosts`, `fanout`, `metrics`) holds plain functions
-//! over an `&Engine`.
+//! Queues live on disk and are loaded into memory while used (`registry`): their records are
+//! enough to take them up again, and the background work (`reclaim`, `expiry`) follows what
+//! changed, not how many queues exist.
+//!
+//! `impl Engine` below is the engine's whole API; each concern's module (`registry`, `reading`,
+//! `commit`, `durability`, `background`, `expiry`, `unload`, `reclaim`, `fanout`, `metrics`)
+//! holds plain functions over an `&Engine`.
 
 mod background;
 mod commit;
 mod conn_ref;
 mod durability;
 pub mod events;
+mod expiry;
 mod fanout;
-mod ghosts;
+mod listing;
 pub mod message;
 mod metrics;
 mod ops;
@@ -28,22 +33,22 @@ pub mod queue;
 mod reading;
 mod recent;
 mod reclaim;
+mod registry;
 mod sequence;
 mod space;
 pub mod store;
 #[cfg(test)]
 mod tests;
+mod unload;
 mod wal_prime;
 
-use std::collections::{BTreeSet, HashMap};
-use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 pub use commit::CommitSession;
 use commit::CommitState;
@@ -57,6 +62,7 @@ use ops::Op;
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use recent::TailBudgets;
+use registry::Registry;
 use store::{Db, MemoryBudget, StoreOptions};
 
 /// When a committed write is on disk.
@@ -86,6 +92,12 @@ pub struct EngineConfig {
     /// Under `--sync always`, start on a reused WAL file, whose fdatasyncs are cheaper
     /// (`wal_prime`).
     pub prime_wal: bool,
+    /// Most queues that may exist (`--max-queues`); a put that would create one more is
+    /// refused with `Error::TooManyQueues`.
+    pub max_queues: Option<u64>,
+    /// Memory for the state of loaded queues (`--queue-memory`): past it, idle queues are
+    /// unloaded, least recently used first (`registry`).
+    pub queue_memory: usize,
 }
 
 /// Per-queue limits, the same for every queue.
@@ -112,6 +124,12 @@ pub enum Error {
     DiskFull,
     /// The put would create one more fan-out queue than `max_fanout` allows.
     FanoutLimit,
+    /// The next message, of this many bytes, is longer than the reader has room for
+    /// (`Engine::take`'s `room`): it was left in its queue. The reader waits for room and asks
+    /// again.
+    NoRoom(usize),
+    /// The put would create one more queue than `--max-queues` allows.
+    TooManyQueues,
 }
 
 /// What one queue looks like now, for stats.
@@ -158,16 +176,13 @@ impl Uncommitted {
 pub struct Engine {
     db: Db,
     config: EngineConfig,
-    queues: RwLock<HashMap<Arc<[u8]>, QueueRef>>,
-    next_queue_id: AtomicU64,
+    /// Which queues exist and which are loaded; its module states the engine's lock order.
+    registry: Registry,
     /// The commit lock: whoever commits holds it, so writes keep one order.
     committer: Mutex<CommitState>,
     durability: Durability,
     mailboxes: Vec<Mailbox>,
     stopping: AtomicBool,
-    /// Names of the queues with a `+` in them, ordered, so a put finds its fan-out queues
-    /// (`<queue>+<child>`) with one range query. Locked after `queues` when both are needed.
-    fanout: RwLock<BTreeSet<Arc<[u8]>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: metrics::EngineMetrics,
     /// Tests set this to make every RocksDB write fail, as a full or broken disk would.
@@ -175,13 +190,15 @@ pub struct Engine {
     fail_writes: AtomicBool,
     /// Ids of queues deleted since the reclaimer last looked, whose key ranges it compacts.
     deleted_ids: Mutex<Vec<u64>>,
+    /// Queues whose head moved since the reclaimer last looked (`reclaim`).
+    reclaim_watch: Mutex<Vec<QueueRef>>,
     /// What all queues' in-memory tails of messages may hold (`recent`).
     tails: TailBudgets,
 }
 
 impl Engine {
-    /// Opens the data directory, recovers every queue, and starts the committer. Events for
-    /// connections go to `mailboxes[ConnRef::mailbox]`.
+    /// Opens the data directory, counts its queues (loading none: see `registry`), and starts
+    /// the engine's threads. Events for connections go to `mailboxes[ConnRef::mailbox]`.
     pub fn start(config: EngineConfig, mailboxes: Vec<Mailbox>) -> Result<Arc<Engine>, String> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
@@ -204,55 +221,39 @@ impl Engine {
                 format!("cannot prime the WAL in {}: {e}", config.data_dir.display())
             })?;
         }
-        let tails = TailBudgets::new();
-        let mut queues = HashMap::new();
-        for (name, meta) in recovered.queues {
-            let name: Arc<[u8]> = Arc::from(name);
-            let mut state = QueueState::new(meta.id, name.clone(), &tails);
-            state.persisted = true;
-            state.next_unclaimed = meta.next_unclaimed;
-            // Opening deleted every consumed message below it (`store::remove_orphans`).
-            state.deleted_below = meta.next_unclaimed;
-            state.tail = meta.tail;
-            state.written_end = meta.tail;
-            state.next_seq = sequence::NextSeq::starting_at(meta.tail);
-            state.counters = meta.counters;
-            // Whether its messages expire is not recorded: the sweep has a look.
-            state.sweep.clean_at = None;
-            // Messages that were open or given back when the server stopped are delivered again.
-            state.returned = meta.pending.into_iter().collect();
-            queues.insert(name, Arc::new(Mutex::new(state)));
-        }
         log::info!(
             "opened {} with {} queues",
             config.data_dir.display(),
-            queues.len()
+            recovered.queues
         );
-        let fanout = queues
-            .keys()
-            .filter(|name| name.contains(&b'+'))
-            .cloned()
-            .collect();
+        let tails = TailBudgets::new();
+        let registry = Registry::new(
+            recovered.queues,
+            recovered.next_queue_id,
+            recovered.fanout,
+            config.max_queues,
+            config.queue_memory,
+            tails.clone(),
+        );
         let space = space::FreeSpace::new(config.data_dir.clone(), config.min_free_bytes);
         let engine = Arc::new(Engine {
             db: recovered.db,
             durability: Durability::new(config.sync),
             config,
-            queues: RwLock::new(queues),
-            next_queue_id: AtomicU64::new(recovered.next_queue_id),
+            registry,
             committer: Mutex::new(CommitState::new(space)),
             mailboxes,
             stopping: AtomicBool::new(false),
-            fanout: RwLock::new(fanout),
             threads: Mutex::new(Vec::new()),
             metrics: Default::default(),
             #[cfg(test)]
             fail_writes: AtomicBool::new(false),
             deleted_ids: Mutex::new(Vec::new()),
+            reclaim_watch: Mutex::new(Vec::new()),
             tails,
         });
-        engine.spawn("expiry-sweep", |engine| {
-            background::sweep_every(&engine, background::SWEEP_EVERY)
+        engine.spawn("upkeep", |engine| {
+            background::upkeep_every(&engine, background::UPKEEP_EVERY)
         })?;
         engine.spawn("reclaim", |engine| {
             reclaim::reclaim_every(&engine, reclaim::RECLAIM_EVERY)
@@ -262,7 +263,7 @@ impl Engine {
                 engine.spawn("wal-sync", |engine| durability::sync_when_wanted(&engine))?
             }
             SyncPolicy::Interval(every) => engine.spawn("wal-sync", move |engine| {
-                background::sync_every(&engine, every)
+                durability::sync_every(&engine, every)
             })?,
             SyncPolicy::Never => {}
         }
@@ -291,9 +292,9 @@ impl Engine {
         durability::sync_inline(self)
     }
 
-    /// Forgets `queue` if it is a ghost no one waits on (see `ghosts`).
+    /// Forgets `queue` if it is a ghost no one waits on (see `Registry::forget_if_unused`).
     pub fn forget_if_unused(&self, queue: &[u8]) {
-        ghosts::forget_if_unused(self, queue)
+        self.registry.forget_if_unused(queue)
     }
 
     /// The engine's monitoring numbers now (see `metrics`).
@@ -389,57 +390,62 @@ impl Engine {
         });
     }
 
-    /// Takes (or opens, or peeks at) the next message of `queue`. If there is none and `wait` is
-    /// given, registers it as a waiter: it will get an `Event::Delivered` when a message arrives,
-    /// unless `cancel_wait` removes it first.
+    /// Takes (or opens, or peeks at) the next message of `queue`, if its body is at most `room`
+    /// bytes (else `Error::NoRoom`, and nothing is taken). If there is none and `wait` is given,
+    /// registers it as a waiter: it will get an `Event::Delivered` when a message of at most
+    /// `room` bytes arrives, unless `cancel_wait` removes it first.
     pub fn take(
         &self,
         queue: &[u8],
         mode: TakeMode,
         wait: Option<(ConnRef, u64)>,
+        room: usize,
         uncommitted: &mut Uncommitted,
     ) -> Result<Option<Taken>, Error> {
-        let state = match (self.lookup(queue), wait) {
+        let state = match (self.lookup(queue)?, wait) {
             (Some(state), _) => state,
             (None, None) => return Ok(None),
-            (None, Some(_)) => self.lookup_or_create(queue),
+            (None, Some(_)) => self.lookup_or_create(queue)?,
         };
-        self.take_from(&state, mode, wait, uncommitted)
+        self.take_from(&state, mode, wait, room, uncommitted)
     }
 
     /// `take` once the queue's handle is looked up. Between the look-up and the lock the queue
-    /// may have been deleted (or forgotten as an unused ghost): the handle is then stale, and the
-    /// read goes to the queue that has the name now, so that a waiter never lands on a dead queue
-    /// (where no message would reach it and `cancel_wait`, which looks queues up by name, would
-    /// not find it).
+    /// may have been deleted, unloaded or forgotten as an unused ghost: the handle is then
+    /// retired, and the read goes to the queue that has the name now, so that a waiter never
+    /// lands on a dead queue (where no message would reach it and `cancel_wait`, which looks
+    /// queues up by name, would not find it).
     fn take_from(
         &self,
         state: &QueueRef,
         mode: TakeMode,
         wait: Option<(ConnRef, u64)>,
+        room: usize,
         uncommitted: &mut Uncommitted,
     ) -> Result<Option<Taken>, Error> {
         let mut state = state.clone();
         loop {
             let mut q = state.lock();
-            if q.deleted {
+            if q.retired {
                 let name = q.name.clone();
                 drop(q);
-                state = match (self.lookup(&name), wait) {
+                state = match (self.lookup(&name)?, wait) {
                     (Some(successor), _) => successor,
                     (None, None) => return Ok(None),
-                    (None, Some(_)) => self.lookup_or_create(&name),
+                    (None, Some(_)) => self.lookup_or_create(&name)?,
                 };
                 continue;
             }
-            let taken =
-                reading::take_locked(self, &state, &mut q, mode, message::now_ms, uncommitted)?;
+            self.registry.touch(&state, &mut q);
+            let now = message::now_ms;
+            let taken = reading::take_locked(self, &state, &mut q, mode, now, uncommitted, room)?;
             if taken.is_none() {
                 if let Some((conn, wait_id)) = wait {
                     q.waiters.push_back(Waiter {
                         conn,
                         wait_id,
                         mode,
+                        room,
                     });
                 }
             }
@@ -450,8 +456,13 @@ impl Engine {
     /// Withdraws a waiter after its timeout. False if a message was already handed to it: the
     /// `Delivered` event is on its way and must be handled.
     pub fn cancel_wait(&self, queue: &[u8], conn: ConnRef, wait_id: u64) -> bool {
-        match self.lookup(queue) {
-            Some(state) => state.lock().cancel_wait(wait_id, conn),
+        // A queue someone waits on stays loaded.
+        match self.registry.lookup_loaded(queue) {
+            Some(state) => {
+                let mut q = state.lock();
+                self.registry.touch(&state, &mut q);
+                q.cancel_wait(wait_id, conn)
+            }
             None => true,
         }
     }
@@ -460,9 +471,10 @@ impl Engine {
     pub fn confirm(&self, queue: &QueueHandle, seqs: &[u64], uncommitted: &mut Uncommitted) {
         let state = &queue.0;
         let mut q = state.lock();
-        if q.deleted {
+        if q.retired {
             return;
         }
+        self.registry.touch(state, &mut q);
         for seq in seqs {
             if let Some(len) = q.open.remove(seq) {
                 q.counters.bytes = q.counters.bytes.saturating_sub(len);
@@ -478,9 +490,10 @@ impl Engine {
     pub fn give_back(&self, queue: &QueueHandle, seqs: &[u64], uncommitted: &mut Uncommitted) {
         let state = &queue.0;
         let mut q = state.lock();
-        if q.deleted || q.give_back(seqs) == 0 {
+        if q.retired || q.give_back(seqs) == 0 {
             return;
         }
+        self.registry.touch(state, &mut q);
         let mut outbox = Outbox::new(&self.mailboxes);
         reading::serve_waiters(self, state, &mut q, &mut uncommitted.ops, &mut outbox);
     }
@@ -501,65 +514,21 @@ impl Engine {
         });
     }
 
-    /// Every queue's counters, sorted by name. `with_age` reads each head message's timestamp.
+    /// Every queue's counters, sorted by name: the loaded ones from memory, the others from
+    /// their records. `with_age` reads each head message's timestamp.
     pub fn stats(&self, with_age: bool) -> Vec<QueueStats> {
-        let queues: Vec<QueueRef> = self.queues.read().values().cloned().collect();
-        let now = message::now_ms();
-        let mut stats: Vec<QueueStats> = queues
-            .iter()
-            .filter(|state| state.lock().is_listed())
-            .map(|state| {
-                let q = state.lock();
-                let age_ms = match (with_age, q.front()) {
-                    (true, Some(seq)) => reading::read(self, &q, seq)
-                        .ok()
-                        .flatten()
-                        .and_then(|v| {
-                            message::decode(&v).map(|(h, _)| now.saturating_sub(h.enqueued_at))
-                        })
-                        .unwrap_or(0),
-                    _ => 0,
-                };
-                QueueStats {
-                    name: q.name.clone(),
-                    items: q.items(),
-                    bytes: q.counters.bytes,
-                    enqueued: q.enqueued(),
-                    removed: q.removed(),
-                    expired: q.counters.expired,
-                    discarded: q.counters.discarded,
-                    flushes: q.counters.flushes,
-                    waiters: q.waiters.len() as u64,
-                    open: q.open.len() as u64,
-                    age_ms,
-                }
-            })
-            .collect();
-        stats.sort_by(|a, b| a.name.cmp(&b.name));
-        stats
+        listing::stats(self, with_age)
     }
 
-    /// Queues that receive a copy of every message put to `queue`: those named `queue+<child>`.
-    fn fanout_children(&self, queue: &[u8]) -> Vec<Arc<[u8]>> {
-        let names = self.fanout.read();
-        if names.is_empty() {
-            return Vec::new();
-        }
-        let mut prefix = queue.to_vec();
-        prefix.push(b'+');
-        names
-            .range::<[u8], _>((Bound::Excluded(&prefix[..]), Bound::Unbounded))
-            .take_while(|name| name.starts_with(&prefix))
-            .cloned()
-            .collect()
+    /// How many queues exist, loaded or not.
+    pub fn queue_count(&self) -> u64 {
+        self.registry.count()
     }
 
-    /// Removes a queue from the engine's maps (deletion).
-    fn forget(&self, queue: &[u8]) -> Option<QueueRef> {
-        // Lock order: `queues` before `fanout` (as in lookup_or_create), never the reverse.
-        let removed = self.queues.write().remove(queue);
-        self.fanout.write().remove(queue);
-        removed
+    /// How many queues receive a copy of every message put to `queue` (their names are
+    /// `queue+<child>`): a put costs that many writes more.
+    pub fn fanout_count(&self, queue: &[u8]) -> usize {
+        self.registry.fanout_children(queue).len()
     }
 
     /// Writes `batch` to RocksDB without an fsync (under the commit lock). `wanted`: a reply
@@ -585,26 +554,14 @@ impl Engine {
             .expect("meta column family is always opened")
     }
 
-    fn lookup(&self, queue: &[u8]) -> Option<QueueRef> {
-        self.queues.read().get(queue).cloned()
+    /// The queue named `queue`, loaded if it is not in memory; None if it does not exist.
+    fn lookup(&self, queue: &[u8]) -> Result<Option<QueueRef>, Error> {
+        self.registry.lookup(&self.db, queue)
     }
 
-    /// The queue's state, created in memory (not yet on disk) if it is new.
-    fn lookup_or_create(&self, queue: &[u8]) -> QueueRef {
-        if let Some(state) = self.lookup(queue) {
-            return state;
-        }
-        let mut queues = self.queues.write();
-        queues
-            .entry(Arc::from(queue))
-            .or_insert_with_key(|name| {
-                if name.contains(&b'+') {
-                    self.fanout.write().insert(name.clone());
-                }
-                let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Mutex::new(QueueState::new(id, name.clone(), &self.tails)))
-            })
-            .clone()
+    /// The queue's state, loaded, or created in memory (not yet on disk) if it is new.
+    fn lookup_or_create(&self, queue: &[u8]) -> Result<QueueRef, Error> {
+        self.registry.lookup_or_create(&self.db, queue)
     }
 }
 

@@ -10,6 +10,7 @@ use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
 use super::recent::{RecentTail, TailBudgets};
 use super::sequence::NextSeq;
+use super::store::QueueMeta;
 use crate::id_hash::IdMap;
 
 /// How a read treats the message it finds.
@@ -31,6 +32,8 @@ pub struct Waiter {
     /// A waiting `Peek` is shown the message that arrives and leaves it at the head; any other
     /// waiter is handed it open.
     pub mode: TakeMode,
+    /// Longest body this waiter can be handed now (its connection's room for replies).
+    pub room: usize,
 }
 
 /// Counters kept across restarts.
@@ -53,8 +56,13 @@ pub struct QueueState {
     /// Whether the queue has a record on disk: a queue first named by a read lives only in memory
     /// until its first message is committed.
     pub persisted: bool,
-    /// Set once the queue is deleted; holders of a stale handle must treat it as gone.
-    pub deleted: bool,
+    /// This state is no longer the queue's: the queue was deleted, or unloaded from memory
+    /// (`super::registry`). Holders of a stale handle look the name up again.
+    pub retired: bool,
+    /// Whether the queue counts against `--max-queues` (it has had a message staged).
+    pub counted: bool,
+    /// The second (`registry::Registry::touch`) it was last used in.
+    pub last_used: u32,
     /// Lowest sequence number never handed out to a reader (messages given back are in
     /// `returned`, before it). Not necessarily the front of the queue: see `front`.
     pub next_unclaimed: u64,
@@ -77,8 +85,11 @@ pub struct QueueState {
     /// Messages in `next_unclaimed..tail` that the sweep already dropped because they expired:
     /// `next_unclaimed` skips them, and is itself never in here.
     pub swept: BTreeSet<u64>,
-    /// Messages with an expiry ever staged for this queue since the server started.
-    pub expiring_staged: u64,
+    /// When the sweep should next look at this queue (unix ms; 0: never): no earlier than its
+    /// next message may expire. The committer keeps the expiry index in step with it.
+    pub next_expiry: u64,
+    /// The time of this queue's entry in the expiry index on disk (0: none).
+    pub indexed_expiry: u64,
     /// How far the sweep of the messages behind the head has got.
     pub sweep: SweepCursor,
     /// The newest committed messages, kept in memory (`super::recent`).
@@ -94,25 +105,33 @@ pub struct QueueState {
     /// Whether the next write of the queue's record should also delete the messages consumed
     /// since `deleted_below`.
     pub reclaim_wanted: bool,
+    /// Whether the reclaimer watches the queue (its head moved past messages not deleted yet).
+    pub reclaim_watched: bool,
+    /// Every consumed message below this was compacted away (as far as the reclaimer knows).
+    pub compacted_below: u64,
     /// Messages written but maybe not synced yet: (end of the write's messages, exclusive; the
     /// write's point), oldest first. A reply showing one of them waits for that point.
     pub unsynced: VecDeque<(u64, SyncPoint)>,
 }
 
 /// Where the sweep of a queue's messages behind its head stands. It reads a bounded number per
-/// round, resuming where it stopped; a queue in which a whole pass found no message with an
-/// expiry is not read again until one is staged.
+/// round, resuming where it stopped, and learns when the earliest of the messages it read that
+/// did not expire will: the queue's `next_expiry` once the pass is over.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SweepCursor {
-    /// Where the current pass goes on; None: the next round starts a pass.
+    /// Where the current pass goes on; None: no pass is under way.
     pub from: Option<u64>,
-    /// `expiring_staged` when the current pass started.
-    pub pass_mark: u64,
-    /// Whether the current pass met a message with an expiry.
-    pub saw_expiring: bool,
-    /// `expiring_staged` when a whole pass last met no message with an expiry: while it is
-    /// unchanged, there is nothing to sweep. None after a restart (not known yet).
-    pub clean_at: Option<u64>,
+    /// The earliest expiry among the messages the current pass read and kept, and among those
+    /// staged since it started (0: none).
+    pub earliest: u64,
+}
+
+/// The earlier of two expiry times, where 0 means none.
+pub fn earliest(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, t) | (t, 0) => t,
+        (a, b) => a.min(b),
+    }
 }
 
 impl QueueState {
@@ -121,7 +140,9 @@ impl QueueState {
             id,
             name,
             persisted: false,
-            deleted: false,
+            retired: false,
+            counted: false,
+            last_used: u32::MAX,
             next_unclaimed: 0,
             tail: 0,
             written_end: 0,
@@ -131,16 +152,86 @@ impl QueueState {
             waiters: VecDeque::new(),
             counters: Counters::default(),
             swept: BTreeSet::new(),
-            expiring_staged: 0,
-            sweep: SweepCursor {
-                clean_at: Some(0),
-                ..SweepCursor::default()
-            },
+            next_expiry: 0,
+            indexed_expiry: 0,
+            sweep: SweepCursor::default(),
             recent: RecentTail::new(&budgets.recent),
             ahead: RecentTail::new(&budgets.ahead),
             deleted_below: 0,
             reclaim_wanted: false,
+            reclaim_watched: false,
+            compacted_below: 0,
             unsynced: VecDeque::new(),
+        }
+    }
+
+    /// The state of a queue loaded from its record: what a restart knows of it.
+    pub fn from_record(name: Arc<[u8]>, meta: &QueueMeta, budgets: &TailBudgets) -> QueueState {
+        let mut state = QueueState::new(meta.id, name, budgets);
+        state.persisted = true;
+        state.counted = true;
+        state.next_unclaimed = meta.next_unclaimed;
+        state.deleted_below = meta.deleted_below.min(meta.next_unclaimed);
+        // Below that, RocksDB's own compactions drop what the range deletes cover.
+        state.compacted_below = state.deleted_below;
+        state.tail = meta.tail;
+        state.written_end = meta.tail;
+        state.next_seq = NextSeq::starting_at(meta.tail);
+        state.counters = meta.counters;
+        state.next_expiry = meta.next_expiry;
+        state.indexed_expiry = meta.next_expiry;
+        // Messages that were open or given back when the server stopped are delivered again.
+        state.returned = meta.pending.iter().copied().collect();
+        state
+    }
+
+    /// A queue that exists only because someone named it: nothing was ever committed to it or
+    /// staged for it, and nothing is held open (see `Registry::forget_if_unused`).
+    pub fn is_ghost(&self) -> bool {
+        !self.persisted
+            && self.next_seq.get() == 0
+            && self.tail == 0
+            && self.returned.is_empty()
+            && self.open.is_empty()
+    }
+
+    /// Whether `stats` and `Info` show the queue: a ghost only while someone waits on it.
+    pub fn is_listed(&self) -> bool {
+        !self.is_ghost() || !self.waiters.is_empty()
+    }
+
+    /// Whether its record says all there is to know about it, so that it can be unloaded and
+    /// loaded again from the record: nobody waits on it or holds its messages open (messages
+    /// given back are in the record), none was swept out of order, and every write of it was
+    /// made and synced up to `synced` (a reader of a message not synced yet must wait for the
+    /// sync, which only memory knows of).
+    pub fn unloadable(&mut self, synced: SyncPoint) -> bool {
+        self.forget_synced(synced);
+        self.persisted
+            && !self.retired
+            && self.waiters.is_empty()
+            && self.open.is_empty()
+            && self.swept.is_empty()
+            && self.written_end == self.tail
+            && self.next_seq.get() == self.tail
+            && self.unsynced.is_empty()
+            && self.sweep.from.is_none()
+    }
+
+    /// Marks this state as no longer the queue's (deleted, unloaded or forgotten), and gives
+    /// back the memory its messages hold now: stale handles may keep the state itself a while.
+    pub fn retire(&mut self) {
+        self.retired = true;
+        self.recent.clear();
+        self.ahead.clear();
+    }
+
+    /// A message that expires at `at` (unix ms) was staged: the sweep looks at the queue by
+    /// then.
+    pub fn note_expiry(&mut self, at: u64) {
+        self.next_expiry = earliest(self.next_expiry, at);
+        if self.sweep.from.is_some() {
+            self.sweep.earliest = earliest(self.sweep.earliest, at);
         }
     }
 

@@ -35,6 +35,16 @@ enum Kept {
 const READ_AHEAD: u64 = 64;
 const READ_AHEAD_BYTES: usize = 256 << 10;
 
+/// A message read from RocksDB: its header, its body's length, and the body unless it was
+/// longer than the reader has room for (it is not copied then).
+type Read = (message::Header, u64, Option<Vec<u8>>);
+
+/// The body of a stored message if it fits in `max_body` (else not copied).
+fn copy_body(header: message::Header, body: &[u8], max_body: usize) -> Read {
+    let copied = (body.len() <= max_body).then(|| body.to_vec());
+    (header, body.len() as u64, copied)
+}
+
 /// Reads message `seq`, the head of a backlog not in memory, and the messages after it in the
 /// same scan (up to what is in memory or not yet written), keeping those in `q.ahead` as far as
 /// the budget of in-memory messages allows: one seek instead of a point lookup per message.
@@ -43,7 +53,8 @@ fn read_ahead(
     engine: &Engine,
     q: &mut QueueState,
     seq: u64,
-) -> Result<Option<(message::Header, Vec<u8>)>, Error> {
+    max_body: usize,
+) -> Result<Option<Read>, Error> {
     let mut end = q.written_end.min(seq.saturating_add(READ_AHEAD));
     if let Some(first) = q.recent.first() {
         end = end.min(first.max(seq + 1));
@@ -69,7 +80,7 @@ fn read_ahead(
         };
         let at = store::message_seq(&key);
         if at == seq {
-            head = Some((header, body.to_vec()));
+            head = Some(copy_body(header, body, max_body));
             continue;
         }
         if bytes >= READ_AHEAD_BYTES {
@@ -83,7 +94,8 @@ fn read_ahead(
 }
 
 /// Claims the next deliverable message, dropping expired ones and skipping sequence numbers
-/// whose message is gone (removed just before a crash).
+/// whose message is gone (removed just before a crash). A message whose body is longer than
+/// `max_body` is left where it is (`Error::NoRoom`): the reader has no room for it yet.
 pub(super) fn take_locked(
     engine: &Engine,
     state: &QueueRef,
@@ -91,8 +103,9 @@ pub(super) fn take_locked(
     mode: TakeMode,
     now_ms: impl Fn() -> u64,
     ops: &mut Uncommitted,
+    max_body: usize,
 ) -> Result<Option<Taken>, Error> {
-    if q.deleted {
+    if q.retired {
         return Ok(None);
     }
     while let Some(seq) = q.front() {
@@ -113,15 +126,18 @@ pub(super) fn take_locked(
             // Published ahead of its write and no longer in memory: not readable until the
             // write (it must not be skipped as gone).
             None if seq >= q.written_end => return Ok(None),
-            None if seq == q.next_unclaimed => match read_ahead(engine, q, seq)? {
-                Some((header, body)) => (header, body.len() as u64, Ok(body)),
+            None if seq == q.next_unclaimed => match read_ahead(engine, q, seq, max_body)? {
+                Some((header, len, body)) => (header, len, Ok(body)),
                 None => {
                     q.pop_front();
                     continue;
                 }
             },
             None => match read(engine, q, seq)?.as_deref().and_then(message::decode) {
-                Some((header, body)) => (header, body.len() as u64, Ok(body.to_vec())),
+                Some((header, body)) => {
+                    let (header, len, body) = copy_body(header, body, max_body);
+                    (header, len, Ok(body))
+                }
                 None => {
                     q.pop_front();
                     continue;
@@ -135,8 +151,12 @@ pub(super) fn take_locked(
             ops.push(removal(state, seq, from_head));
             continue;
         }
+        if len > max_body as u64 {
+            // Nothing was claimed, nor a body copied.
+            return Err(Error::NoRoom(len as usize));
+        }
         let body = match (read_body, mode) {
-            (Ok(body), _) => Some(body),
+            (Ok(body), _) => body,
             (Err(Kept::Recent), TakeMode::Peek) => q.recent.get(seq).map(|k| k.body.clone()),
             (Err(Kept::Ahead), TakeMode::Peek) => q.ahead.get(seq).map(|k| k.body.clone()),
             // Claimed: the body moves out of memory, uncopied.
@@ -169,6 +189,7 @@ pub(super) fn take_locked(
             queue: QueueHandle(state.clone()),
             seq,
             flags: header.flags,
+            expires_at: header.expires_at,
             body,
             open: mode == TakeMode::Open,
             durable_at: q.durable_at(seq, engine.synced()),
@@ -199,7 +220,8 @@ fn removal(state: &QueueRef, seq: u64, from_head: bool) -> Op {
 
 /// Hands available messages to waiting readers, oldest waiter first. Each is delivered open
 /// (the reader's loop confirms it, or gives it back if the reader is gone), except to a
-/// waiting peek, which is shown the head and leaves it there for the waiters behind it.
+/// waiting peek, which is shown the head and leaves it there for the waiters behind it. A
+/// waiter without room for the head message (`Waiter::room`) is passed over and keeps waiting.
 pub(super) fn serve_waiters(
     engine: &Engine,
     state: &QueueRef,
@@ -210,7 +232,8 @@ pub(super) fn serve_waiters(
     let mut uncommitted = Uncommitted {
         ops: std::mem::take(ops),
     };
-    while let Some(waiter) = q.waiters.front() {
+    let mut next = 0;
+    while let Some(waiter) = q.waiters.get(next) {
         if q.items() == 0 {
             break;
         }
@@ -218,9 +241,18 @@ pub(super) fn serve_waiters(
             TakeMode::Peek => TakeMode::Peek,
             TakeMode::Open | TakeMode::Remove => TakeMode::Open,
         };
-        match take_locked(engine, state, q, mode, message::now_ms, &mut uncommitted) {
+        let room = waiter.room;
+        match take_locked(
+            engine,
+            state,
+            q,
+            mode,
+            message::now_ms,
+            &mut uncommitted,
+            room,
+        ) {
             Ok(Some(taken)) => {
-                let waiter = q.waiters.pop_front().expect("checked non-empty");
+                let waiter = q.waiters.remove(next).expect("checked present");
                 let event = Event::Delivered {
                     conn: waiter.conn.conn,
                     wait_id: waiter.wait_id,
@@ -228,6 +260,7 @@ pub(super) fn serve_waiters(
                 };
                 outbox.send(waiter.conn, event);
             }
+            Err(Error::NoRoom(_)) => next += 1,
             Ok(None) | Err(_) => break,
         }
     }

@@ -3,7 +3,8 @@
 //! written alongside the queue's record (`QueueState::reclaim_wanted`), once a thousand were
 //! consumed, and compacts that dead range (after dropping, unread, the table files holding only
 //! consumed messages) once enough was consumed, once the queue stops moving, or at once while
-//! the disk is below the free-space reserve. It also compacts the whole range of deleted
+//! the disk is below the free-space reserve. It watches only the queues whose head moved (the
+//! committer tells it, `commit::stage_record`) until it has nothing left to do for them. It also compacts the whole range of deleted
 //! queues, and the tombstones of flushed ones, until which their space stays taken; WAL files
 //! stay until the memtables holding them are flushed. So a drained or deleted queue gives its
 //! space back within seconds, and a server stopped at the reserve recovers by itself.
@@ -12,7 +13,7 @@
 //! size (a memtable's worth each), to overwrite in place, which saves a journal commit per fsync
 //! but pins hundreds of MB. So they are recycled only when the disk has room to spare.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -45,10 +46,9 @@ pub(super) fn recycle_wal(dir: &std::path::Path, reserve: u64) -> bool {
     space::free_bytes(dir).is_none_or(|free| free.saturating_sub(reserve) >= RECYCLE_WAL_ABOVE)
 }
 
-/// What the reclaimer knows of one queue.
-pub(super) struct Reclaimed {
-    /// Every key below this sequence number was compacted away.
-    compacted: u64,
+/// A queue the reclaimer watches: one whose head moved past messages not deleted yet.
+pub(super) struct Watched {
+    queue: QueueRef,
     /// The head seen on the previous pass.
     last_head: u64,
 }
@@ -58,7 +58,7 @@ pub(super) fn reclaim_every(engine: &Engine, every: Duration) {
         .config
         .min_free_bytes
         .saturating_mul(LOW_SPACE_FACTOR);
-    let mut known: HashMap<u64, Reclaimed> = HashMap::new();
+    let mut watched: HashMap<u64, Watched> = HashMap::new();
     let mut next = Instant::now() + every;
     while !engine.stopping.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
@@ -68,32 +68,42 @@ pub(super) fn reclaim_every(engine: &Engine, every: Duration) {
         next = Instant::now() + every;
         let low_space = low_mark > 0
             && space::free_bytes(&engine.config.data_dir).is_some_and(|free| free < low_mark);
-        reclaim_pass(engine, &mut known, low_space);
+        reclaim_pass(engine, &mut watched, low_space);
     }
 }
 
-pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>, low_space: bool) {
-    let queues: Vec<QueueRef> = engine.queues.read().values().cloned().collect();
+/// One pass over the watched queues (those the committer saw move since, and those still
+/// being reclaimed), or every loaded queue while the disk is low. A queue that stopped moving
+/// with nothing left to do is no longer watched, so an idle server does nothing here.
+pub(super) fn reclaim_pass(engine: &Engine, watched: &mut HashMap<u64, Watched>, low_space: bool) {
+    let mut moved = std::mem::take(&mut *engine.reclaim_watch.lock());
+    if low_space {
+        moved.extend(engine.registry.loaded());
+    }
+    for queue in moved {
+        let id = queue.lock().id;
+        watched.entry(id).or_insert(Watched {
+            queue,
+            last_head: u64::MAX,
+        });
+    }
     let mut chosen = Vec::new();
-    let mut ids = HashSet::with_capacity(queues.len());
     let mut records = Uncommitted::default();
-    for state in &queues {
+    watched.retain(|_, seen| {
+        let state = &seen.queue;
         let mut q = state.lock();
-        if q.deleted || !q.persisted {
-            continue;
+        if q.retired || !q.persisted {
+            // Unloaded (its consumed messages deleted then) or deleted.
+            q.reclaim_watched = false;
+            return false;
         }
-        ids.insert(q.id);
         // Messages below the head are consumed, but for the few still pending (given back or
         // held open), which the range deletes skip and compaction keeps.
         let head = q.next_unclaimed;
         let empty = q.items() == 0 && q.open.is_empty();
-        let seen = known.entry(q.id).or_insert(Reclaimed {
-            compacted: 0,
-            last_head: u64::MAX,
-        });
         let stopped = head == seen.last_head;
         seen.last_head = head;
-        let dead = head.saturating_sub(seen.compacted);
+        let dead = head.saturating_sub(q.compacted_below);
         let behind = q.tail.saturating_sub(head);
         let enough = if stopped {
             empty || dead >= COMPACT_STOPPED_AFTER
@@ -114,6 +124,15 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
         if compacting {
             chosen.push(state.clone());
         }
+        let keep = !stopped || compacting || deleting;
+        if !keep {
+            // Watched again once the committer sees its head move.
+            q.reclaim_watched = false;
+        }
+        keep
+    });
+    if watched.capacity() > 4 * watched.len() + 1024 {
+        watched.shrink_to(2 * watched.len());
     }
     let mut compacted_any = false;
     if !records.is_empty() {
@@ -131,33 +150,33 @@ pub(super) fn reclaim_pass(engine: &Engine, known: &mut HashMap<u64, Reclaimed>,
             .map_err(|e| log::warn!("WAL sync before dropping files failed: {e}"))
             .is_ok();
     for state in chosen {
-        let (record, deleted_below) = {
+        let (record, deleted_below, compacted_below) = {
             let q = state.lock();
-            (store::QueueMeta::of(&q, q.tail), q.deleted_below)
+            (
+                store::QueueMeta::of(&q, q.tail),
+                q.deleted_below,
+                q.compacted_below,
+            )
         };
         let id = record.id;
-        let Some(seen) = known.get_mut(&id) else {
-            continue;
-        };
-        if deleted_below > seen.compacted {
+        if deleted_below > compacted_below {
             log::debug!(
-                "queue {id}: consumed messages {}..{deleted_below} deleted, compacting",
-                seen.compacted
+                "queue {id}: consumed messages {compacted_below}..{deleted_below} deleted, \
+                 compacting"
             );
             if may_drop {
-                drop_consumed_files(engine, &record, seen.compacted, deleted_below);
+                drop_consumed_files(engine, &record, compacted_below, deleted_below);
             }
             compact(
                 engine,
-                store::message_key(id, seen.compacted),
+                store::message_key(id, compacted_below),
                 store::message_key(id, deleted_below),
             );
-            seen.compacted = deleted_below;
+            state.lock().compacted_below = deleted_below;
             compacted_any = true;
         }
     }
     // Deleted queues: their whole range.
-    known.retain(|id, _| ids.contains(id));
     for id in std::mem::take(&mut *engine.deleted_ids.lock()) {
         compact(
             engine,

@@ -1,9 +1,10 @@
 //! The RocksDB layout: a `messages` column family whose keys are the queue's id then the message's
 //! sequence number, both big-endian u64, so RocksDB's order is FIFO order within each queue and a
 //! read is one point lookup; and a `meta` column family with one record per queue holding what
-//! must survive a restart (name, head, tail, counters, and the messages that were open or given
-//! back). Recovery reads only those records, so start-up cost grows with the number of queues,
-//! not of messages.
+//! must survive a restart (name, head, tail, counters, the messages that were open or given
+//! back, when its next message may expire), plus an index of those expiry times, so that the
+//! sweep reads only the queues with something due (`expiry_key`). Start-up reads only the
+//! records, and keeps none of them: a queue is loaded when used (`super::registry`).
 //!
 //! Why not a column family per queue: RocksDB rewrites its whole OPTIONS file (about 5.7 KB per
 //! column family) and syncs it on every column family created or dropped, so creating the Nth
@@ -28,6 +29,9 @@ pub const META_CF: &str = "meta";
 const QUEUE_PREFIX: u8 = b'Q';
 /// Key in `meta` of the next unused queue id.
 pub const NEXT_ID_KEY: &[u8] = b"N";
+/// Prefix of an expiry index key in `meta`: the time a queue's next message may expire, then
+/// the queue's id, both big-endian u64 (so the keys sort by time); the value is its name.
+const EXPIRY_PREFIX: u8 = b'E';
 /// Key in `meta` that priming the WAL writes so that a flush has something to flush
 /// (`wal_prime`); its value is empty and nothing reads it.
 pub const WAL_PRIMED_KEY: &[u8] = b"W";
@@ -177,9 +181,17 @@ pub struct QueueMeta {
     pub counters: Counters,
     /// Sequence numbers below `next_unclaimed` still in the queue (open or given back), ascending.
     pub pending: Vec<u64>,
+    /// Every consumed message below this has had its key deleted (`QueueState::deleted_below`).
+    pub deleted_below: u64,
+    /// When the queue's next message may expire (unix ms, 0: none), as its expiry index key
+    /// says (`QueueState::next_expiry`).
+    pub next_expiry: u64,
 }
 
-const META_VERSION: u8 = 1;
+/// Version 1 records (mqd before queues were unloaded) end after the pending messages; version
+/// 2 adds `deleted_below` and `next_expiry`.
+const META_VERSION_1: u8 = 1;
+const META_VERSION: u8 = 2;
 
 impl QueueMeta {
     /// What the committer writes for `queue`, given the tail its batch commits.
@@ -190,7 +202,14 @@ impl QueueMeta {
             tail,
             counters: queue.counters,
             pending: queue.pending(),
+            deleted_below: queue.deleted_below,
+            next_expiry: queue.next_expiry,
         }
+    }
+
+    /// Messages a read could be handed (open ones aside).
+    pub fn items(&self) -> u64 {
+        self.tail.saturating_sub(self.next_unclaimed) + self.pending.len() as u64
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -202,7 +221,7 @@ impl QueueMeta {
     /// `encode` into a reused buffer (replacing what it held).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.clear();
-        out.reserve(1 + 8 * 8 + 8 * self.pending.len());
+        out.reserve(1 + 10 * 8 + 8 * self.pending.len());
         out.push(META_VERSION);
         for n in [
             self.id,
@@ -219,22 +238,24 @@ impl QueueMeta {
         for seq in &self.pending {
             out.extend_from_slice(&seq.to_be_bytes());
         }
+        out.extend_from_slice(&self.deleted_below.to_be_bytes());
+        out.extend_from_slice(&self.next_expiry.to_be_bytes());
     }
 
+    /// A record of either version. A version 1 record does not say when its messages expire:
+    /// one holding messages is due for a sweep at once (`next_expiry` 1), which finds out.
     pub fn decode(bytes: &[u8]) -> Option<QueueMeta> {
         let (&version, rest) = bytes.split_first()?;
-        if version != META_VERSION || rest.len() % 8 != 0 {
+        if !(version == META_VERSION || version == META_VERSION_1) || rest.len() % 8 != 0 {
             return None;
         }
         let numbers: Vec<u64> = rest
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
             .collect();
-        let (fixed, pending) = numbers.split_at_checked(8)?;
-        if fixed[7] as usize != pending.len() {
-            return None;
-        }
-        Some(QueueMeta {
+        let (fixed, rest) = numbers.split_at_checked(8)?;
+        let (pending, extra) = rest.split_at_checked(fixed[7] as usize)?;
+        let mut record = QueueMeta {
             id: fixed[0],
             next_unclaimed: fixed[1],
             tail: fixed[2],
@@ -245,19 +266,108 @@ impl QueueMeta {
                 bytes: fixed[6],
             },
             pending: pending.to_vec(),
-        })
+            deleted_below: 0,
+            next_expiry: 0,
+        };
+        match (version, extra) {
+            (META_VERSION_1, []) => {
+                record.next_expiry = u64::from(record.items() > 0);
+            }
+            (META_VERSION, &[deleted_below, next_expiry]) => {
+                record.deleted_below = deleted_below;
+                record.next_expiry = next_expiry;
+            }
+            _ => return None,
+        }
+        Some(record)
     }
+
+    /// Whether this record was written by a version before 2 (start-up upgrades it).
+    fn is_version_1(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&META_VERSION_1)
+    }
+}
+
+/// The expiry index key saying that queue `id` has a message that may expire at `at`.
+pub fn expiry_key(at: u64, id: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = EXPIRY_PREFIX;
+    key[1..9].copy_from_slice(&at.to_be_bytes());
+    key[9..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The time and queue id of an expiry index key.
+pub fn parse_expiry_key(key: &[u8]) -> Option<(u64, u64)> {
+    if key.len() != 17 || key[0] != EXPIRY_PREFIX {
+        return None;
+    }
+    let at = u64::from_be_bytes(key[1..9].try_into().ok()?);
+    let id = u64::from_be_bytes(key[9..].try_into().ok()?);
+    Some((at, id))
+}
+
+/// Queue `name`'s record, if it has one.
+pub fn read_record(db: &Db, name: &[u8]) -> Result<Option<QueueMeta>, rocksdb::Error> {
+    let meta = db.cf_handle(META_CF).expect("meta is always opened");
+    let Some(bytes) = db.get_pinned_cf(meta, meta_key(name))? else {
+        return Ok(None);
+    };
+    match QueueMeta::decode(&bytes) {
+        Some(record) => Ok(Some(record)),
+        None => {
+            log::error!(
+                "unreadable record of queue {:?}: ignored",
+                String::from_utf8_lossy(name)
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Every queue's name and record, in name order.
+pub fn records(db: &Db) -> impl Iterator<Item = (Vec<u8>, QueueMeta)> + '_ {
+    let meta = db.cf_handle(META_CF).expect("meta is always opened");
+    db.prefix_iterator_cf(meta, [QUEUE_PREFIX])
+        .map_while(Result::ok)
+        .take_while(|(key, _)| key.first() == Some(&QUEUE_PREFIX))
+        .filter_map(|(key, value)| Some((key[1..].to_vec(), QueueMeta::decode(&value)?)))
+}
+
+/// The expiry index entries due at or before `now`, oldest first: (time, queue id, name).
+pub fn due_expiries(db: &Db, now: u64, most: usize) -> Vec<(u64, u64, Vec<u8>)> {
+    let meta = db.cf_handle(META_CF).expect("meta is always opened");
+    let mut options = rocksdb::ReadOptions::default();
+    options.set_iterate_upper_bound(expiry_key(now.saturating_add(1), 0).to_vec());
+    let first = [EXPIRY_PREFIX];
+    let mode = rocksdb::IteratorMode::From(&first, rocksdb::Direction::Forward);
+    db.iterator_cf_opt(meta, options, mode)
+        .map_while(Result::ok)
+        .filter_map(|(key, name)| {
+            let (at, id) = parse_expiry_key(&key)?;
+            Some((at, id, name.to_vec()))
+        })
+        .take(most)
+        .collect()
 }
 
 /// What recovery found on disk.
 pub struct Recovered {
     pub db: Db,
-    pub queues: Vec<(Vec<u8>, QueueMeta)>,
+    /// How many queues have a record.
+    pub queues: u64,
+    /// Names of the queues with a `+` in their name (fan-out queues).
+    pub fanout: Vec<Vec<u8>>,
     /// Larger than every queue id ever used in this directory.
     pub next_queue_id: u64,
 }
 
-/// Opens (or creates) the store at `path` and reads every queue's record.
+/// Records rewritten at start-up per write (orphans removed, version 1 upgraded).
+const RECOVERY_BATCH: usize = 4096;
+
+/// Opens (or creates) the store at `path` and reads every queue's record once: it counts them,
+/// deletes messages consumed before a crash but never deleted (`remove_orphans`), and gives
+/// version 1 records their expiry index entry. No queue is kept in memory.
 pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::Error> {
     let descriptors = [
         ColumnFamilyDescriptor::new(MESSAGES_CF, options.messages_cf.clone()),
@@ -267,51 +377,79 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
     let meta = db
         .cf_handle(META_CF)
         .expect("meta column family is always opened");
+    let messages = db
+        .cf_handle(MESSAGES_CF)
+        .expect("messages column family is always opened");
     let mut next_queue_id = match db.get_cf(meta, NEXT_ID_KEY)? {
         Some(bytes) if bytes.len() == 8 => u64::from_be_bytes(bytes[..].try_into().unwrap()),
         _ => 1,
     };
-    let mut queues = Vec::new();
+    let mut queues = 0;
+    let mut fanout = Vec::new();
+    let mut batch = WriteBatch::default();
+    let mut rewritten = 0;
+    let mut encoded = Vec::new();
     for item in db.prefix_iterator_cf(meta, [QUEUE_PREFIX]) {
         let (key, value) = item?;
         if key.first() != Some(&QUEUE_PREFIX) {
             break;
         }
-        match QueueMeta::decode(&value) {
-            Some(record) => {
-                next_queue_id = next_queue_id.max(record.id + 1);
-                remove_orphans(&db, &record)?;
-                queues.push((key[1..].to_vec(), record));
-            }
-            None => log::error!(
+        let name = &key[1..];
+        let Some(mut record) = QueueMeta::decode(&value) else {
+            log::error!(
                 "unreadable record of queue {:?}: skipped",
-                String::from_utf8_lossy(&key[1..])
-            ),
+                String::from_utf8_lossy(name)
+            );
+            continue;
+        };
+        queues += 1;
+        next_queue_id = next_queue_id.max(record.id + 1);
+        if name.contains(&b'+') {
+            fanout.push(name.to_vec());
         }
+        let orphans = record.deleted_below < record.next_unclaimed;
+        let upgrade = QueueMeta::is_version_1(&value);
+        if !orphans && !upgrade {
+            continue;
+        }
+        if orphans {
+            record.deleted_below =
+                remove_orphans(&mut batch, &messages, &record, record.deleted_below);
+        }
+        if upgrade && record.next_expiry != 0 {
+            batch.put_cf(meta, expiry_key(record.next_expiry, record.id), name);
+        }
+        record.encode_into(&mut encoded);
+        batch.put_cf(meta, &key, &encoded);
+        rewritten += 1;
+        if rewritten % RECOVERY_BATCH == 0 {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    if !batch.is_empty() {
+        db.write(batch)?;
     }
     Ok(Recovered {
         db,
         queues,
+        fanout,
         next_queue_id,
     })
 }
 
-/// Deletes the keys of a queue's messages below its head that are not pending: messages
-/// consumed since the reclaimer last had them deleted, and those taken just before a crash whose
-/// record (head past them) reached the disk. With range tombstones over the gaps between pending
-/// messages rather than a scan: below the head may lie millions of consumed messages or their
-/// tombstones (a scan took 920 ms of a 1.26 s restart after a long drain), and a start-up must
-/// cost per queue, not per message.
-fn remove_orphans(db: &Db, record: &QueueMeta) -> Result<(), rocksdb::Error> {
-    let messages = db
-        .cf_handle(MESSAGES_CF)
-        .expect("messages column family is always opened");
-    let mut batch = WriteBatch::default();
-    delete_consumed(&mut batch, &messages, record, 0, usize::MAX);
-    if !batch.is_empty() {
-        db.write(batch)?;
-    }
-    Ok(())
+/// Deletes the keys of a queue's messages from `from` up to its head that are not pending:
+/// messages consumed since the reclaimer last had them deleted, and those taken just before a
+/// crash whose record (head past them) reached the disk. With range tombstones over the gaps
+/// between pending messages rather than a scan: below the head may lie millions of consumed
+/// messages or their tombstones (a scan took 920 ms of a 1.26 s restart after a long drain), and
+/// a start-up must cost per queue, not per message. Returns where the deletes end.
+fn remove_orphans(
+    batch: &mut WriteBatch,
+    messages: &impl rocksdb::AsColumnFamilyRef,
+    record: &QueueMeta,
+    from: u64,
+) -> u64 {
+    delete_consumed(batch, messages, record, from, usize::MAX)
 }
 
 /// Adds to `batch` range tombstones over the keys of `record`'s queue from `from` up to its
@@ -371,6 +509,8 @@ mod tests {
             tail: 12,
             counters: Counters::default(),
             pending: vec![3, 4, 8],
+            deleted_below: 0,
+            next_expiry: 0,
         };
         let ranges = |from| consumed_ranges(&record, from).collect::<Vec<_>>();
         assert_eq!(ranges(0), [(0, 3), (5, 8), (9, 10)]);
@@ -392,9 +532,35 @@ mod tests {
                 bytes: 4,
             },
             pending: vec![7, 9],
+            deleted_below: 5,
+            next_expiry: 1_700_000_000_000,
         };
         assert_eq!(QueueMeta::decode(&meta.encode()), Some(meta));
         assert_eq!(QueueMeta::decode(b"\x01short"), None);
+    }
+
+    #[test]
+    fn a_version_1_record_holding_messages_is_due_for_a_sweep() {
+        let mut v1 = vec![1u8];
+        for n in [3u64, 10, 20, 1, 2, 3, 4, 1, 7] {
+            v1.extend_from_slice(&n.to_be_bytes());
+        }
+        let record = QueueMeta::decode(&v1).unwrap();
+        assert_eq!((record.next_unclaimed, record.tail), (10, 20));
+        assert_eq!(record.pending, [7]);
+        assert_eq!((record.deleted_below, record.next_expiry), (0, 1));
+        assert!(QueueMeta::is_version_1(&v1));
+        v1.extend_from_slice(&[0; 8]);
+        assert_eq!(QueueMeta::decode(&v1), None, "trailing bytes");
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time_then_queue() {
+        let mut keys = vec![expiry_key(5, 1), expiry_key(3, 9), expiry_key(5, 0)];
+        keys.sort();
+        assert_eq!(keys, [expiry_key(3, 9), expiry_key(5, 0), expiry_key(5, 1)]);
+        assert_eq!(parse_expiry_key(&expiry_key(3, 9)), Some((3, 9)));
+        assert_eq!(parse_expiry_key(b"Qname"), None);
     }
 
     #[test]

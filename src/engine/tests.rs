@@ -78,6 +78,8 @@ impl Harness {
             min_free_bytes: 0,
             max_fanout: 64,
             prime_wal: false,
+            max_queues: None,
+            queue_memory: 64 << 20,
         };
         Harness {
             engine: Engine::start(config, vec![mailbox]).unwrap(),
@@ -194,7 +196,7 @@ impl Harness {
         let mut uncommitted = Uncommitted::default();
         let taken = self
             .engine
-            .take(queue.as_bytes(), mode, None, &mut uncommitted)
+            .take(queue.as_bytes(), mode, None, usize::MAX, &mut uncommitted)
             .unwrap();
         self.engine.submit_now(&mut uncommitted);
         taken
@@ -260,7 +262,12 @@ impl Harness {
     }
 
     fn queue_id(&self, queue: &str) -> u64 {
-        self.engine.lookup(queue.as_bytes()).unwrap().lock().id
+        self.engine
+            .lookup(queue.as_bytes())
+            .unwrap()
+            .unwrap()
+            .lock()
+            .id
     }
 
     /// Stops the engine and closes its database, so the directory can be opened again.
@@ -336,7 +343,7 @@ fn a_full_tail_keeps_the_oldest_and_reads_stay_in_order() {
     let big = |i: usize| format!("m{i}-{}", "x".repeat(1 << 20));
     let first: Vec<String> = (0..20).map(big).collect();
     h.put_many("q", &first.iter().map(String::as_str).collect::<Vec<_>>());
-    let queue = h.engine.lookup(b"q").unwrap();
+    let queue = h.engine.lookup(b"q").unwrap().unwrap();
     let kept = |seq: u64| queue.lock().recent.get(seq).is_some();
     assert!(kept(0) && !kept(19), "the oldest kept, the newest refused");
     let refused = (0..20).find(|&seq| !kept(seq)).unwrap();
@@ -365,7 +372,7 @@ fn a_backlog_is_read_ahead_in_order_once() {
     let h = Harness::open(&dir.0, QueueLimits::default());
     let first = h.take("b", TakeMode::Open).unwrap();
     assert_eq!(body(&first), "m0");
-    let queue = h.engine.lookup(b"b").unwrap();
+    let queue = h.engine.lookup(b"b").unwrap().unwrap();
     assert_eq!(
         queue.lock().ahead.first(),
         Some(1),
@@ -406,7 +413,13 @@ fn a_blocked_reader_gets_the_next_committed_message() {
     let mut uncommitted = Uncommitted::default();
     let taken = h
         .engine
-        .take(b"w", TakeMode::Remove, Some((reader, 1)), &mut uncommitted)
+        .take(
+            b"w",
+            TakeMode::Remove,
+            Some((reader, 1)),
+            usize::MAX,
+            &mut uncommitted,
+        )
         .unwrap();
     assert!(taken.is_none());
     h.put("w", "hello");
@@ -432,7 +445,9 @@ fn a_waiting_peek_leaves_the_message_at_the_head() {
     let (peeker, reader) = (h.conn(), h.conn());
     let mut uncommitted = Uncommitted::default();
     for (conn, mode) in [(peeker, TakeMode::Peek), (reader, TakeMode::Remove)] {
-        let taken = h.engine.take(b"p", mode, Some((conn, 1)), &mut uncommitted);
+        let taken = h
+            .engine
+            .take(b"p", mode, Some((conn, 1)), usize::MAX, &mut uncommitted);
         assert!(taken.unwrap().is_none());
     }
     h.put_many("p", &["m1", "m2"]);
@@ -572,7 +587,11 @@ fn a_session_publishes_later_commits_ahead_of_their_write() {
     assert!(second.1 > first.1 && second.1 > engine.synced());
 
     let mut reads = Uncommitted::default();
-    let mut take = |mode| engine.take(b"s", mode, None, &mut reads).unwrap();
+    let mut take = |mode| {
+        engine
+            .take(b"s", mode, None, usize::MAX, &mut reads)
+            .unwrap()
+    };
     let m1 = take(TakeMode::Remove).unwrap();
     let m2 = take(TakeMode::Open).unwrap();
     assert_eq!((body(&m1), body(&m2)), ("m1".to_string(), "m2".to_string()));
@@ -583,7 +602,7 @@ fn a_session_publishes_later_commits_ahead_of_their_write() {
     // Given back, m2 is no longer in memory and not on disk yet: not readable, not gone.
     engine.give_back(&m2.queue, &[m2.seq], &mut reads);
     assert!(engine
-        .take(b"s", TakeMode::Remove, None, &mut reads)
+        .take(b"s", TakeMode::Remove, None, usize::MAX, &mut reads)
         .unwrap()
         .is_none());
     session.finish();
@@ -620,7 +639,7 @@ fn a_read_that_races_a_delete_waits_on_the_live_queue() {
     for cancel in [true, false] {
         h.put("race", "m0");
         assert!(h.take("race", TakeMode::Remove).is_some());
-        let stale = h.engine.lookup(b"race").unwrap();
+        let stale = h.engine.lookup(b"race").unwrap().unwrap();
         assert_eq!(h.delete("race"), Outcome::Deleted);
         let mut uncommitted = Uncommitted::default();
         let other = h.conn();
@@ -630,6 +649,7 @@ fn a_read_that_races_a_delete_waits_on_the_live_queue() {
                 b"race",
                 TakeMode::Remove,
                 Some((other, 1)),
+                usize::MAX,
                 &mut uncommitted,
             );
             assert!(taken.unwrap().is_none());
@@ -642,6 +662,7 @@ fn a_read_that_races_a_delete_waits_on_the_live_queue() {
                 &stale,
                 TakeMode::Remove,
                 Some((reader, 9)),
+                usize::MAX,
                 &mut uncommitted,
             )
             .unwrap();
@@ -718,7 +739,7 @@ fn a_crash_leaves_no_orphaned_message_keys() {
     let mut unsubmitted = Uncommitted::default();
     let taken = h
         .engine
-        .take(b"o", TakeMode::Remove, None, &mut unsubmitted)
+        .take(b"o", TakeMode::Remove, None, usize::MAX, &mut unsubmitted)
         .unwrap();
     assert_eq!(body(&taken.unwrap()), "m1");
     // ...when another write commits the queue's record, head past m1...
@@ -733,7 +754,7 @@ fn a_crash_leaves_no_orphaned_message_keys() {
     let mut unsubmitted = Uncommitted::default();
     let taken = h
         .engine
-        .take(b"o", TakeMode::Remove, None, &mut unsubmitted)
+        .take(b"o", TakeMode::Remove, None, usize::MAX, &mut unsubmitted)
         .unwrap();
     assert_eq!(body(&taken.unwrap()), "m2");
     h.put("o", "m4");
@@ -845,7 +866,7 @@ fn consumed_files_are_dropped_but_not_one_holding_a_pending_message() {
         assert!(h.take_body("f", TakeMode::Remove).is_some());
     }
     let record = {
-        let queue = h.engine.lookup(b"f").unwrap();
+        let queue = h.engine.lookup(b"f").unwrap().unwrap();
         let q = queue.lock();
         store::QueueMeta::of(&q, q.tail)
     };
@@ -891,23 +912,13 @@ fn the_reclaimer_deletes_a_moving_queues_consumed_messages_once_a_thousand_are_c
 // The sweep of expired messages
 // --------------------------------------------------------------------------------------------
 
-/// Sweeps behind the head of `queue` once; how many messages it read.
-fn sweep_once(h: &Harness, queue: &str) -> usize {
-    let state = h.engine.lookup(queue.as_bytes()).unwrap();
-    let mut budget = background::Budget {
-        messages: 1000,
-        bytes: 1 << 20,
-    };
-    let mut uncommitted = Uncommitted::default();
-    background::sweep_behind_head(
-        &h.engine,
-        &state,
-        message::now_ms(),
-        &mut uncommitted,
-        &mut budget,
-    );
-    h.engine.submit_now(&mut uncommitted);
-    1000 - budget.messages
+/// One round of the sweep as of `now` (unix ms); how many messages it read.
+fn sweep_at(h: &Harness, now: u64) -> usize {
+    expiry::sweep_due(&h.engine, now)
+}
+
+fn sweep_once(h: &Harness) -> usize {
+    sweep_at(h, message::now_ms())
 }
 
 /// Bug 6 of issue 8: an expired message behind a live head kept its space until the head
@@ -919,33 +930,69 @@ fn the_sweep_drops_expired_messages_behind_a_live_head() {
     h.put("s", "live");
     h.put_expiring("s", "dead", 1);
     h.put("s", "live2");
-    sweep_once(&h, "s");
+    assert!(sweep_once(&h) > 0);
     let stats = h.stats("s");
     assert_eq!((stats.items, stats.expired, stats.bytes), (2, 1, 9));
+    assert_eq!(
+        sweep_once(&h),
+        0,
+        "nothing left that expires: not due again"
+    );
     assert_eq!(h.drain("s"), strings(&["live", "live2"]));
     h.close();
 }
 
 #[test]
-fn the_sweep_reads_no_queue_without_expiring_messages() {
+fn the_sweep_reads_only_queues_with_messages_due() {
     let dir = TempDir::new();
     let mut h = Harness::open(&dir.0, QueueLimits::default());
     h.put_many("plain", &["a", "b", "c"]);
-    assert_eq!(
-        sweep_once(&h, "plain"),
-        0,
-        "nothing with an expiry was ever put"
-    );
+    assert_eq!(sweep_once(&h), 0, "nothing with an expiry was ever put");
     let far = message::now_ms() + 3_600_000;
     h.put_expiring("plain", "later", far);
-    assert!(sweep_once(&h, "plain") > 0, "an expiring message was put");
+    assert_eq!(sweep_once(&h), 0, "not due before an hour");
     h.close();
-    // After a restart nothing is known: one pass looks, then the queue is left alone again
-    // once nothing with an expiry is left.
+    // The expiry index survives a restart, and the queue is swept once due.
     let mut h = Harness::open(&dir.0, QueueLimits::default());
-    assert_eq!(h.drain("plain"), strings(&["a", "b", "c", "later"]));
-    h.put_many("plain", &["d", "e", "f"]);
-    assert!(sweep_once(&h, "plain") > 0, "unknown after a restart");
-    assert_eq!(sweep_once(&h, "plain"), 0, "a clean pass was done");
+    assert_eq!(sweep_once(&h), 0);
+    assert!(sweep_at(&h, far + 1) > 0, "due");
+    assert_eq!(h.stats("plain").expired, 1);
+    assert_eq!(sweep_at(&h, far + 2), 0, "swept: not due again");
+    assert_eq!(h.drain("plain"), strings(&["a", "b", "c"]));
+    h.put_many("plain", &["d", "e"]);
+    assert_eq!(sweep_at(&h, far + 3), 0);
+    h.close();
+}
+
+/// A data directory written before queues were unloaded has records without an expiry time:
+/// each queue holding messages is swept once after the upgrade, then only when due.
+#[test]
+fn records_of_the_first_version_are_swept_once_after_the_upgrade() {
+    let dir = TempDir::new();
+    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    h.put_many("old", &["a", "b"]);
+    h.put_expiring("old", "gone", 1);
+    let id = h.queue_id("old");
+    h.close();
+    // Rewrite its record as the first version did: no deleted_below, no expiry time.
+    {
+        let options = StoreOptions::new(MemoryBudget::default());
+        let recovered = store::open(&dir.0, &options).unwrap();
+        let meta = recovered.db.cf_handle(store::META_CF).unwrap();
+        let key = store::meta_key(b"old");
+        let record = store::read_record(&recovered.db, b"old").unwrap().unwrap();
+        let mut v1 = record.encode();
+        v1[0] = 1;
+        v1.truncate(v1.len() - 16);
+        recovered.db.put_cf(meta, &key, v1).unwrap();
+        let index = store::expiry_key(record.next_expiry, id);
+        recovered.db.delete_cf(meta, index).unwrap();
+        recovered.db.flush_wal(true).unwrap();
+    }
+    let h = Harness::open(&dir.0, QueueLimits::default());
+    assert!(sweep_once(&h) > 0, "swept once");
+    assert_eq!(h.stats("old").expired, 1);
+    assert_eq!(sweep_once(&h), 0, "then left alone");
+    assert_eq!(h.drain("old"), strings(&["a", "b"]));
     h.close();
 }

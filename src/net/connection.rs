@@ -7,19 +7,24 @@
 //! command while its unsent output is over a high-water mark or its writes in flight are at their
 //! limit, and reads nothing more while its input is full; it resumes when the client reads its
 //! replies or the committer answers. What one connection can hold is bounded that way, and what
-//! all of them hold together by the server-wide budgets of `budget`.
+//! all of them hold together by the server-wide budgets of `budget`: input beyond a small
+//! buffer, writes in flight, and replies beyond a small allowance (`FREE_OUTPUT`). A connection
+//! whose replies are past its allowance runs a command only while the output budget has room;
+//! a read takes a message only if the connection's allowance or the budget has room for it.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind as IoErrorKind, Read as _, Write as _};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::budget::{FREE_INPUT, MAX_WRITES_PER_CONNECTION, MAX_WRITE_BYTES_PER_CONNECTION};
+use super::budget::{
+    FREE_INPUT, FREE_OUTPUT, MAX_WRITES_PER_CONNECTION, MAX_WRITE_BYTES_PER_CONNECTION,
+};
 use super::output::Output;
 use super::requests::{is_write, GetInProgress, OpenRead, PendingWrite};
 use super::stream::Stream;
 use super::Ctx;
-use crate::engine::{Outcome, SyncPoint};
+use crate::engine::{ConnRef, Outcome, SyncPoint};
 use crate::protocol::{memcache, mqmq, Command, Framer, Parsed, Protocol, Reply};
 
 /// Bytes asked of the socket per read.
@@ -32,6 +37,10 @@ const SPARE_INPUTS: usize = 64;
 const SHRINK_ABOVE: usize = 256 << 10;
 /// Run no more commands while this much output waits for a slow reader (or for a sync).
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
+/// A client with more than this written to its socket and not read yet is not keeping up: the
+/// output budget gives it no room (it keeps its own allowance), so the budget goes to clients
+/// that read.
+const PEER_BACKLOG: usize = 256 << 10;
 /// Replies are written to the socket once per loop pass (`EventLoop::flush_pending`), not after
 /// every command or commit round: one `send` then carries a whole pipeline's replies. Output
 /// beyond this is written at once, so buffers stay small.
@@ -90,6 +99,19 @@ pub struct Connection {
     parked_on_writes: bool,
     /// The server's input budget refused to grow this connection's input buffer.
     parked_on_input: bool,
+    /// The server's output budget has no room for this connection's next reply.
+    pub(super) parked_on_output: bool,
+    /// Bytes of the output budget this connection holds: what its replies (unsent, and those
+    /// of a get in progress) take beyond `FREE_OUTPUT`, and `wait_reserved`.
+    pub(super) output_charged: usize,
+    /// Output budget bytes a blocked read reserved for the message it will be handed.
+    pub(super) wait_reserved: usize,
+    /// The socket took less than it was offered (its client is not reading as fast as replies
+    /// come): no room of the output budget goes to it until it takes everything again.
+    send_blocked: bool,
+    /// Waiting for its client to read what its socket holds before it asks the output budget
+    /// for room (see `PEER_BACKLOG`): retried now and then, as no event will say so.
+    pub(super) parked_on_reader: bool,
     /// Since when the input has held an incomplete request (or a body being discarded).
     partial_since: Option<Instant>,
     /// Last time bytes moved in either direction.
@@ -122,6 +144,11 @@ impl Connection {
             input_charged: 0,
             parked_on_writes: false,
             parked_on_input: false,
+            parked_on_output: false,
+            output_charged: 0,
+            wait_reserved: 0,
+            send_blocked: false,
+            parked_on_reader: false,
             partial_since: None,
             last_active: Instant::now(),
             get: None,
@@ -129,14 +156,118 @@ impl Connection {
         }
     }
 
+    /// The socket has room again: its client reads.
+    pub fn writable(&mut self) {
+        self.send_blocked = false;
+    }
+
     /// A server-wide budget is exhausted for this connection: its loop retries it shortly (no
     /// event will come to wake it).
     pub fn parked(&self) -> bool {
-        !self.dead && (self.parked_on_writes || self.parked_on_input)
+        !self.dead
+            && (self.parked_on_writes
+                || self.parked_on_input
+                || self.parked_on_output
+                || self.parked_on_reader)
     }
 
-    fn unsent(&self) -> usize {
+    /// Parked only for room in the output budget: no use retrying while it has none.
+    pub fn parked_on_output_only(&self) -> bool {
+        self.parked_on_output && !self.parked_on_writes && !self.parked_on_input
+    }
+
+    /// Parked only until its client reads what its socket holds.
+    pub fn parked_on_reader_only(&self) -> bool {
+        self.parked_on_reader
+            && !self.parked_on_output
+            && !self.parked_on_writes
+            && !self.parked_on_input
+    }
+
+    pub(super) fn unsent(&self) -> usize {
         self.output.unsent()
+    }
+
+    /// How the engine and the budgets name this connection.
+    pub(super) fn conn_ref(&self, ctx: &Ctx) -> ConnRef {
+        ConnRef {
+            mailbox: ctx.mailbox,
+            conn: self.id,
+        }
+    }
+
+    /// The share of the output budget that `pending` bytes of replies take (plus what a blocked
+    /// read reserved).
+    fn output_share(&self, pending: usize) -> usize {
+        pending.saturating_sub(FREE_OUTPUT) + self.wait_reserved
+    }
+
+    /// Bytes of memory the replies not sent yet hold.
+    pub(super) fn reply_memory(&self) -> usize {
+        self.output.memory()
+    }
+
+    /// Brings the output budget's charge in line with `pending` bytes of replies (the output
+    /// buffer, and a get's values not yet appended). They are held already, so the charge is
+    /// taken even past the budget: the checks before each command and each read keep that rare.
+    pub(super) fn charge_output(&mut self, pending: usize, ctx: &Ctx) {
+        let wanted = self.output_share(pending);
+        let budget = &ctx.shared.output.bytes;
+        if wanted > self.output_charged {
+            budget.force_take(wanted - self.output_charged);
+        } else if wanted < self.output_charged {
+            budget.give(self.output_charged - wanted);
+        }
+        self.output_charged = wanted;
+    }
+
+    /// Room for more reply bytes, given `pending` bytes of replies: what is left of this
+    /// connection's allowance, and the room the output budget would give it. A connection whose
+    /// client does not take what it has is given no room from the budget: the budget goes to
+    /// clients that read.
+    pub(super) fn output_room(&self, pending: usize, ctx: &Ctx) -> (usize, usize) {
+        let own = FREE_OUTPUT.saturating_sub(pending);
+        if !self.reader_keeps_up() {
+            return (own, 0);
+        }
+        (own, ctx.shared.output.room_for(self.conn_ref(ctx)))
+    }
+
+    /// Whether its client reads what it is sent: its socket took all it was offered, and holds
+    /// little its client has not read.
+    fn reader_keeps_up(&self) -> bool {
+        !self.send_blocked
+            && self
+                .stream
+                .unread_by_peer()
+                .is_none_or(|unread| unread <= PEER_BACKLOG)
+    }
+
+    /// Waits in line for room in the output budget; or, if its client is not reading, for its
+    /// client first (a full socket says when with an event; otherwise it is retried).
+    pub(super) fn wait_for_output_room(&mut self, ctx: &Ctx) {
+        if self.reader_keeps_up() {
+            ctx.shared.output.join(self.conn_ref(ctx));
+            self.parked_on_output = true;
+            return;
+        }
+        // Its place in line, if it had one, goes to clients that read.
+        ctx.shared.output.leave(self.conn_ref(ctx));
+        if !self.send_blocked {
+            self.parked_on_reader = true;
+        }
+    }
+
+    /// Whether a command may run now as far as replies go: this connection's own are within
+    /// its allowance, or its client reads and the output budget has room for more.
+    fn output_may_grow(&mut self, ctx: &Ctx) -> bool {
+        if self.reply_memory() <= FREE_OUTPUT
+            || (ctx.shared.output.has_room(self.conn_ref(ctx)) && self.reader_keeps_up())
+        {
+            return true;
+        }
+        self.wait_for_output_room(ctx);
+        false
     }
 
     /// Whether some replies are not written to the socket yet (maybe held for a sync).
@@ -167,6 +298,11 @@ impl Connection {
             if stop == Stop::Output && self.unsent() < OUTPUT_HIGH_WATER {
                 // The client read enough: run the commands that were held back.
                 continue;
+            }
+            if stop == Stop::Waiting {
+                // The next request cannot run yet: reading ahead would only buffer more. The
+                // socket stays readable, and is read once it can run.
+                break;
             }
             if !self.accepting_input(ctx) || !self.readable {
                 break;
@@ -211,7 +347,17 @@ impl Connection {
 
     fn run_commands(&mut self, ctx: &mut Ctx) -> Stop {
         self.parked_on_writes = false;
+        self.parked_on_output = false;
+        self.parked_on_reader = false;
         self.release_synced_writes(ctx);
+        if self
+            .get
+            .as_ref()
+            .is_some_and(|get| get.room_needed.is_some())
+        {
+            // A read waits for room for its message: try it again.
+            self.continue_get(ctx);
+        }
         while self.get.is_none() && !self.closing && !self.dead {
             self.input_start += self.framer.discard(self.input_end - self.input_start);
             if self.framer.skipping() {
@@ -220,6 +366,9 @@ impl Connection {
             }
             if self.unsent() >= OUTPUT_HIGH_WATER {
                 return Stop::Output;
+            }
+            if !self.output_may_grow(ctx) {
+                return Stop::Waiting;
             }
             if self.write_weights.len() + self.unsynced_writes.len() >= MAX_WRITES_PER_CONNECTION
                 || self.write_bytes >= MAX_WRITE_BYTES_PER_CONNECTION
@@ -242,6 +391,7 @@ impl Connection {
                         self.partial_since = None;
                         self.input_start += consumed;
                         self.closing |= close;
+                        self.charge_output(self.reply_memory(), ctx);
                         continue;
                     }
                     None => {
@@ -281,6 +431,7 @@ impl Connection {
                     self.partial_since = None;
                     self.input_start += consumed;
                     self.execute(command, ctx);
+                    self.charge_output(self.pending_output(), ctx);
                 }
                 Parsed::Invalid {
                     consumed,
@@ -299,13 +450,17 @@ impl Connection {
         Stop::Input
     }
 
-    /// Takes a write's share of the server's write budget; false if it is exhausted.
+    /// Takes a write's share of the server's write budget; false if it is exhausted. A put
+    /// weighs its body once per queue it is written to: its fan-out copies are written too.
     fn admit_write(&mut self, command: &Command, ctx: &Ctx) -> bool {
         let bytes = match command {
-            Command::Set(set) => set.body.len(),
+            Command::Set(set) => {
+                let copies = 1 + ctx.shared.engine.fanout_count(&set.queue);
+                set.body.len().saturating_mul(copies)
+            }
             _ => 0,
         };
-        if !ctx.shared.writes.try_admit(bytes) {
+        if !ctx.shared.writes.try_admit(self.conn_ref(ctx), bytes) {
             return false;
         }
         self.write_weights.push_back(bytes);
@@ -330,6 +485,11 @@ impl Connection {
     pub fn discard(&mut self, ctx: &mut Ctx) -> VecDeque<usize> {
         self.set_input_len(0, ctx);
         self.release(ctx);
+        ctx.shared.output.leave(self.conn_ref(ctx));
+        ctx.shared.writes.leave(self.conn_ref(ctx));
+        ctx.shared.input_budget.leave(self.conn_ref(ctx));
+        ctx.shared.output.bytes.give(self.output_charged);
+        self.output_charged = 0;
         for (_, bytes) in self.unsynced_writes.drain(..) {
             ctx.shared.writes.release(bytes);
         }
@@ -380,7 +540,7 @@ impl Connection {
         let charge = len.saturating_sub(FREE_INPUT);
         let budget = &ctx.shared.input_budget;
         if charge > self.input_charged {
-            if !budget.try_take(charge - self.input_charged, true) {
+            if !budget.try_take(self.conn_ref(ctx), charge - self.input_charged) {
                 return false;
             }
         } else {
@@ -429,7 +589,12 @@ impl Connection {
         self.parked_on_input = false;
         while self.input_end < ctx.shared.input_limit {
             if self.input.len() - self.input_end < READ_CHUNK / 2 {
-                let grown = (self.input.len() * 2).max(self.input_end + READ_CHUNK);
+                let mut grown = (self.input.len() * 2).max(self.input_end + READ_CHUNK);
+                if let Some(len) = self.framer.request_len(&self.input[..self.input_end]) {
+                    // Room for the whole request at once (with a read's worth of what follows
+                    // it): the input budget is never spent on parts of requests.
+                    grown = grown.max(len + READ_CHUNK / 2);
+                }
                 let grown = grown.min(ctx.shared.input_limit + READ_CHUNK);
                 if !self.set_input_len(grown, ctx) && self.input.len() == self.input_end {
                     // The server's input budget is spent: wait, unread, until some comes back.
@@ -479,6 +644,7 @@ impl Connection {
         while !self.dead {
             let sendable = self.output.sendable(synced);
             if sendable.is_empty() {
+                self.send_blocked = false;
                 break;
             }
             match self.stream.write(sendable) {
@@ -490,13 +656,23 @@ impl Connection {
                         .bytes_written
                         .fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) if e.kind() == IoErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == IoErrorKind::WouldBlock => {
+                    if !self.send_blocked {
+                        // Its place in line for room goes to clients that read.
+                        self.send_blocked = true;
+                        ctx.shared.output.leave(self.conn_ref(ctx));
+                    }
+                    break;
+                }
                 Err(e) if e.kind() == IoErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("write failed: {e}");
                     self.dead = true;
                 }
             }
+        }
+        if self.output_charged > 0 {
+            self.charge_output(self.pending_output(), ctx);
         }
     }
 }

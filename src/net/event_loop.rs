@@ -107,6 +107,8 @@ pub struct EventLoop {
     pub(super) orphans: IdMap<VecDeque<usize>>,
     /// When to look for connections past their request or idle timeout next.
     pub(super) next_sweep: Instant,
+    /// Rounds of `retry_parked`, some of whose retries are less frequent.
+    pub(super) retry_round: u32,
     spare_inputs: Vec<Vec<u8>>,
 }
 
@@ -147,6 +149,7 @@ impl EventLoop {
             deferred_since: None,
             orphans: IdMap::default(),
             next_sweep: Instant::now(),
+            retry_round: 0,
             spare_inputs: Vec::new(),
         }
     }
@@ -212,6 +215,9 @@ impl EventLoop {
                             if event.is_readable() || event.is_read_closed() {
                                 conn.readable = true;
                                 conn.read_closed |= event.is_read_closed();
+                            }
+                            if event.is_writable() {
+                                conn.writable();
                             }
                             self.drive(slot);
                         }

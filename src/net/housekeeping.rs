@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::event_loop::EventLoop;
 
-/// How often parked connections are retried.
+/// How often parked connections are retried; those waiting for their client to read, every
+/// `RETRY_READER_ROUNDS` times that.
 const RETRY_PARKED_EVERY: Duration = Duration::from_millis(5);
+const RETRY_READER_ROUNDS: u32 = 10;
 /// How often connections are checked against the timeouts.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -22,13 +24,27 @@ impl EventLoop {
         timed.then(|| self.next_sweep.saturating_duration_since(now))
     }
 
-    /// Drives every parked connection once; those still refused park again.
+    /// Drives every parked connection once; those still refused park again. Those waiting
+    /// only for output room wait, undriven, while the output budget has none.
     pub(super) fn retry_parked(&mut self) {
         if self.parked.is_empty() {
             return;
         }
+        let output_full = self.shared.output.bytes.remaining() == 0;
+        self.retry_round = self.retry_round.wrapping_add(1);
+        let readers_due = self.retry_round.is_multiple_of(RETRY_READER_ROUNDS);
         for id in std::mem::take(&mut self.parked) {
-            if let Some(slot) = self.slot_of(id) {
+            let Some(slot) = self.slot_of(id) else {
+                continue;
+            };
+            let Some(conn) = self.conns[slot].as_ref() else {
+                continue;
+            };
+            let not_yet = (output_full && conn.parked_on_output_only())
+                || (!readers_due && conn.parked_on_reader_only());
+            if not_yet {
+                self.parked.insert(id);
+            } else {
                 self.drive(slot);
             }
         }

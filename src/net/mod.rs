@@ -90,9 +90,11 @@ pub struct Shared {
     pub input_limit: usize,
     /// Input-buffer bytes all connections together may hold beyond their free allowance
     /// (`--input-budget`).
-    pub input_budget: budget::Budget,
+    pub input_budget: budget::InputBudget,
     /// Writes and body bytes in flight to the committer, across connections.
     pub writes: budget::WriteBudget,
+    /// Reply bytes held beyond 64 KiB per connection, across connections (`--output-budget`).
+    pub output: budget::OutputBudget,
     /// A connection whose request stays incomplete this long is closed (`--request-timeout`).
     pub request_timeout: Option<std::time::Duration>,
     /// A connection with no traffic this long is closed (`--idle-timeout`; off by default).

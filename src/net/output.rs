@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 
 use crate::engine::SyncPoint;
 
-/// An empty buffer with more capacity than this is freed rather than kept.
+/// An empty buffer with more capacity than this is freed rather than kept; a buffer whose sent
+/// bytes are more than this and more than what is left moves what is left to its front.
 const SHRINK_ABOVE: usize = 64 << 10;
 
 #[derive(Default)]
@@ -27,6 +28,11 @@ impl Output {
     /// Bytes not sent yet, held ones included.
     pub fn unsent(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// Bytes of memory the buffer holds (what the output budget is charged).
+    pub fn memory(&self) -> usize {
+        self.buf.capacity()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,7 +66,9 @@ impl Output {
         &self.buf[self.start..end]
     }
 
-    /// `n` bytes of `sendable` were written.
+    /// `n` bytes of `sendable` were written. The memory of what was sent is given back as it
+    /// goes, not only once everything is: a client reading a long backlog of replies slowly
+    /// must not keep all of them in memory.
     pub fn sent(&mut self, n: usize) {
         self.start += n;
         if self.start == self.buf.len() && self.holds.is_empty() {
@@ -69,6 +77,15 @@ impl Output {
                 self.buf = Vec::new();
             } else {
                 self.buf.clear();
+            }
+        } else if self.start > SHRINK_ABOVE && self.start >= self.unsent() {
+            self.buf.drain(..self.start);
+            for (at, _) in &mut self.holds {
+                *at -= self.start;
+            }
+            self.start = 0;
+            if self.buf.capacity() > 2 * self.buf.len() + SHRINK_ABOVE {
+                self.buf.shrink_to(self.buf.len() + SHRINK_ABOVE);
             }
         }
     }
@@ -98,5 +115,24 @@ mod tests {
         // Points already seen synced hold nothing.
         out.append_after(SyncPoint(4)).extend_from_slice(b"e");
         assert!(!out.held());
+    }
+
+    #[test]
+    fn sent_bytes_give_their_memory_back_before_the_rest_is_sent() {
+        let mut out = Output::default();
+        out.append_after(SyncPoint::NONE)
+            .extend_from_slice(&[1; 1 << 20]);
+        out.append_after(SyncPoint(1)).extend_from_slice(&[2; 10]);
+        let first = out.sendable(SyncPoint::NONE).len();
+        assert_eq!(first, 1 << 20);
+        out.sent(first - 100);
+        assert!(out.memory() < 1 << 18, "sent bytes freed: {}", out.memory());
+        assert_eq!(out.sendable(SyncPoint::NONE), &[1; 100][..]);
+        out.sent(100);
+        assert_eq!(
+            out.sendable(SyncPoint(1)),
+            &[2; 10][..],
+            "the hold moved with it"
+        );
     }
 }

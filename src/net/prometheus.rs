@@ -19,6 +19,12 @@ pub fn render(s: &Snapshot) -> String {
     out.family("mqd_queues", "gauge", "Queues that exist.");
     out.sample("mqd_queues", &[], s.queues.len());
     out.family(
+        "mqd_queues_loaded",
+        "gauge",
+        "Queues whose state is in memory now; the others wait on disk until used (--queue-memory).",
+    );
+    out.sample("mqd_queues_loaded", &[], s.engine.queues_loaded);
+    out.family(
         "mqd_uptime_seconds",
         "gauge",
         "Seconds since the server started.",
@@ -139,6 +145,23 @@ pub fn render(s: &Snapshot) -> String {
         "Memory the queues' in-memory messages hold, by kind (recent, read_ahead).",
         &s.engine.message_memory,
     );
+    for (name, help, pick) in [
+        (
+            "mqd_client_memory_bytes",
+            "Memory held for clients beyond each connection's allowance, by budget (input: partial requests; output: replies not sent; write: message bodies not yet synced).",
+            (|&(_, used, _)| used) as fn(&(&str, u64, u64)) -> u64,
+        ),
+        (
+            "mqd_client_memory_limit_bytes",
+            "The limit of each client memory budget (--input-budget, --output-budget; write: 64 MiB).",
+            |&(_, _, limit)| limit,
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        for budget in &s.budgets {
+            out.sample(name, &[("budget", budget.0)], pick(budget));
+        }
+    }
     out.text
 }
 

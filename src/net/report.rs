@@ -6,6 +6,11 @@ use std::sync::atomic::Ordering;
 use super::Shared;
 use crate::protocol::{memcache, Info};
 
+/// Most queues `stats` prints Kestrel's per-queue lines for. Past it (a server with many queues,
+/// most of them idle), only queues holding messages (or with readers waiting or messages open)
+/// get them, the first `MOST_QUEUES_IN_STATS` by name; the totals count every queue.
+const MOST_QUEUES_IN_STATS: usize = 1000;
+
 /// `stats`: MemcacheQ's keys, memcached's and Kestrel's totals, then Kestrel's per-queue lines.
 pub fn general(shared: &Shared) -> Vec<(String, String)> {
     let totals = shared.loop_totals();
@@ -58,7 +63,12 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
         ),
         ("curr_queues".into(), queues.len().to_string()),
     ];
-    for q in &queues {
+    let many = queues.len() > MOST_QUEUES_IN_STATS;
+    let listed = queues
+        .iter()
+        .filter(|q| !many || q.items + q.waiters + q.open > 0)
+        .take(MOST_QUEUES_IN_STATS);
+    for q in listed {
         let name = memcache::printable_name(&q.name);
         for (field, value) in [
             ("items", q.items),

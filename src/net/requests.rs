@@ -26,6 +26,9 @@ pub(super) struct GetInProgress {
     pub(super) waiting: Option<u64>,
     /// The reply waits for this point: the latest write of a message in `values`.
     pub(super) durable_at: SyncPoint,
+    /// The next read found a message of this many bytes, longer than the connection had room
+    /// for: it is tried again once the room may be there.
+    pub(super) room_needed: Option<usize>,
 }
 
 /// A message this connection opened and has not yet closed or aborted.

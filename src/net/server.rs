@@ -11,7 +11,7 @@ use mio::{Poll, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::budget::{Budget, WriteBudget, MAX_WRITES, MAX_WRITE_BYTES};
+use super::budget::{InputBudget, OutputBudget, WriteBudget, MAX_WRITES, MAX_WRITE_BYTES};
 use super::event_loop::{EventLoop, LoopWaker, Peer};
 use super::stream::{self, Listener, SocketFile};
 use super::{systemd, LoopStats, Shared};
@@ -74,6 +74,8 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
             min_free_bytes: config.min_free_bytes,
             max_fanout: config.max_fanout,
             prime_wal: config.prime_wal,
+            max_queues: config.max_queues,
+            queue_memory: config.queue_memory,
         },
         mailboxes,
     )?;
@@ -84,8 +86,9 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
         engine: engine.clone(),
         limits,
         input_limit: crate::protocol::input_limit(&limits),
-        input_budget: Budget::new(config.input_budget),
+        input_budget: InputBudget::new(config.input_budget),
         writes: WriteBudget::new(MAX_WRITES, MAX_WRITE_BYTES),
+        output: OutputBudget::new(config.output_budget),
         request_timeout: config.request_timeout,
         idle_timeout: config.idle_timeout,
         max_connections: config.max_connections as u64,

@@ -11,7 +11,7 @@ use super::connection::Connection;
 use super::requests::{GetInProgress, OpenRead, PendingWrite};
 use super::{report, Ctx};
 use crate::engine::message;
-use crate::engine::{ConnRef, Error, Outcome, SyncPoint, TakeMode, Taken};
+use crate::engine::{Error, Outcome, SyncPoint, TakeMode, Taken};
 use crate::protocol::{Command, ErrorKind, Read, Reads, Reply, StatsKind, Value, Values};
 
 /// Body bytes after which a multi-key get takes no more messages (at least one message of
@@ -25,15 +25,17 @@ fn error_kind(error: Error) -> ErrorKind {
         Error::ShuttingDown => ErrorKind::ShuttingDown,
         Error::DiskFull => ErrorKind::DiskFull,
         Error::FanoutLimit => ErrorKind::FanoutLimit,
+        Error::TooManyQueues => ErrorKind::TooManyQueues,
+        // A read that has no room waits for it (`continue_get`): never answered with this.
+        Error::NoRoom(_) => ErrorKind::Storage,
     }
 }
 
 impl Connection {
-    fn conn_ref(&self, ctx: &Ctx) -> ConnRef {
-        ConnRef {
-            mailbox: ctx.mailbox,
-            conn: self.id,
-        }
+    /// Reply bytes this connection holds: its output buffer, and the values of a get in
+    /// progress.
+    pub(super) fn pending_output(&self) -> usize {
+        self.reply_memory() + self.get.as_ref().map_or(0, |get| get.bytes)
     }
 
     pub(super) fn execute(&mut self, command: Command, ctx: &mut Ctx) {
@@ -134,6 +136,7 @@ impl Connection {
             bytes: 0,
             waiting: None,
             durable_at: SyncPoint::NONE,
+            room_needed: None,
         });
         self.continue_get(ctx);
     }
@@ -173,11 +176,13 @@ impl Connection {
         Ok(())
     }
 
-    /// Runs the get's remaining keys until one has to wait or all are done.
+    /// Runs the get's remaining keys until one has to wait (for a message, or for room for
+    /// one) or all are done.
     pub(super) fn continue_get(&mut self, ctx: &mut Ctx) {
         let Some(mut get) = self.get.take() else {
             return;
         };
+        let room_needed = get.room_needed.take();
         // One get line can name thousands of keys: stop taking messages once the reply is big
         // enough, and leave the remaining keys' messages in their queues.
         let budget = GET_REPLY_BUDGET.max(ctx.shared.limits.max_message_size);
@@ -209,25 +214,58 @@ impl Connection {
                 _ => None,
             };
             let registration = wait.map(|(me, id, _)| (me, id));
-            match ctx
-                .shared
-                .engine
-                .take(read.queue(), mode, registration, ctx.uncommitted)
-            {
-                Ok(Some(taken)) => self.accept(&mut get, taken, ctx),
+            let pending = self.reply_memory() + get.bytes;
+            let (own, shared) = self.output_room(pending, ctx);
+            // A read that would block reserves room for the message it will be handed: at most
+            // the largest message, and only what the budget has, so that blocked readers
+            // together cannot be handed more than the budget.
+            let reserve = match wait {
+                Some(_) => shared.min(ctx.shared.limits.max_message_size),
+                None => shared,
+            };
+            let room = own.saturating_add(reserve);
+            if room_needed.is_some_and(|needed| room < needed) {
+                // Still no room for the message it found: no use reading it again.
+                self.wait_for_output_room(ctx);
+                get.room_needed = room_needed;
+                self.get = Some(get);
+                return;
+            }
+            let taken =
+                ctx.shared
+                    .engine
+                    .take(read.queue(), mode, registration, room, ctx.uncommitted);
+            match taken {
+                Ok(Some(taken)) => {
+                    ctx.shared.output.leave(self.conn_ref(ctx));
+                    self.accept(&mut get, taken, ctx);
+                    self.charge_output(self.reply_memory() + get.bytes, ctx);
+                }
                 Ok(None) => match wait {
                     Some((_, id, ms)) => {
                         get.waiting = Some(id);
                         let deadline = Instant::now() + Duration::from_millis(ms);
                         ctx.timers.add(deadline, self.id, id);
+                        self.wait_reserved = reserve;
+                        self.charge_output(pending, ctx);
                         self.get = Some(get);
                         return;
                     }
                     None => {
+                        ctx.shared.output.leave(self.conn_ref(ctx));
                         ctx.stats.get_misses.fetch_add(1, Ordering::Relaxed);
                         get.next += 1;
                     }
                 },
+                Err(Error::NoRoom(needed)) if get.values.is_empty() => {
+                    // Wait, first in line or behind those who asked before, for room (or for
+                    // its client to read what it has); the message stays in its queue.
+                    self.wait_for_output_room(ctx);
+                    get.room_needed = Some(needed);
+                    self.get = Some(get);
+                    return;
+                }
+                Err(Error::NoRoom(_)) => break,
                 Err(error) => {
                     // Answer with what was taken so far, so nothing taken is lost.
                     if get.values.is_empty() {
@@ -239,6 +277,7 @@ impl Connection {
             }
         }
         self.reply_after(&Reply::Values(get.values), get.durable_at);
+        self.charge_output(self.reply_memory(), ctx);
     }
 
     /// Records a message taken for the get's current read and moves on to the next key.
@@ -301,6 +340,8 @@ impl Connection {
             return Err(taken);
         }
         get.waiting = None;
+        // The message it was handed is charged as a reply from now on.
+        self.wait_reserved = 0;
         // The engine hands a waiting read its message open (a peek only sees it): a plain read
         // confirms it.
         if taken.open && !get.reads[get.next].open {
@@ -336,6 +377,7 @@ impl Connection {
             ctx.stats.get_misses.fetch_add(1, Ordering::Relaxed);
             get.waiting = None;
             get.next += 1;
+            self.wait_reserved = 0;
             self.continue_get(ctx);
         }
         // Otherwise a message is already on its way to us: `deliver` will finish the read.
@@ -351,6 +393,7 @@ impl Connection {
     /// The connection is going away: stop waiting and give every open message back at once.
     pub(super) fn release(&mut self, ctx: &mut Ctx) {
         let me = self.conn_ref(ctx);
+        self.wait_reserved = 0;
         if let Some(get) = self.get.take() {
             if let Some(wait_id) = get.waiting {
                 let queue = get.reads[get.next].queue();

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub totals: Totals,
     pub queues: Vec<QueueStats>,
     pub engine: EngineSnapshot,
+    /// The server-wide budgets of clients' memory (`budget`): (name, bytes used, limit).
+    pub budgets: [(&'static str, u64, u64); 3],
 }
 
 impl Snapshot {
@@ -54,6 +56,12 @@ impl Snapshot {
             totals: shared.loop_totals(),
             queues: shared.engine.stats(true),
             engine: shared.engine.metrics(),
+            budgets: [
+                ("input", &shared.input_budget.bytes),
+                ("output", &shared.output.bytes),
+                ("write", &shared.writes.bytes),
+            ]
+            .map(|(name, b)| (name, b.used() as u64, b.limit() as u64)),
         }
     }
 

@@ -76,6 +76,17 @@ pub fn render(s: &Snapshot) -> Vec<u8> {
         memory.number(kind, *bytes);
     }
     o.raw(&memory.finish());
+    o.number("queues_loaded", s.engine.queues_loaded);
+    o.key("client_memory_bytes");
+    let mut budgets = Object::new();
+    for &(name, used, limit) in &s.budgets {
+        budgets.key(name);
+        let mut budget = Object::new();
+        budget.number("used", used);
+        budget.number("limit", limit);
+        budgets.raw(&budget.finish());
+    }
+    o.raw(&budgets.finish());
 
     o.key("queues");
     o.out.push(b'[');

@@ -79,6 +79,21 @@ impl Listener {
     }
 }
 
+impl Stream {
+    /// Bytes written to the socket that its peer has not read yet (as far as the kernel
+    /// knows: queued, or sent and not acknowledged), if the kernel says.
+    pub fn unread_by_peer(&self) -> Option<usize> {
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        };
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one c_int into `queued`.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+        (rc == 0).then_some(queued.max(0) as usize)
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

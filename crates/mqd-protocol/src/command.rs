@@ -195,6 +195,8 @@ pub enum ErrorKind {
     /// The `set` would create one more fan-out queue (`<queue>+<child>`) than `--max-fanout`
     /// allows its parent.
     FanoutLimit,
+    /// The `set` would create one more queue than `--max-queues` allows.
+    TooManyQueues,
     /// A plain read of a queue this connection holds an open message of.
     OpenReadPending,
     /// More open messages than `--max-open-reads` on one connection.

@@ -76,6 +76,20 @@ impl Framer {
         })
     }
 
+    /// How many bytes the request at the front of `buf` takes in all, when its header says so
+    /// (a `set` line, an mqmq frame length): a connection buffers room for all of it at once.
+    /// None when not known (yet).
+    pub fn request_len(&self, buf: &[u8]) -> Option<usize> {
+        if self.skipping() {
+            return None;
+        }
+        match self.protocol? {
+            Protocol::Memcache => memcache::request_len(buf),
+            Protocol::Mqmq => mqmq::request_len(buf),
+            Protocol::Http => None,
+        }
+    }
+
     /// The caller acted on `parsed` and dropped its `consumed` bytes: a refused request's
     /// announced body is discarded from now on.
     pub fn used(&mut self, parsed: &Parsed) {
@@ -116,6 +130,30 @@ mod tests {
             Ok(Some(Protocol::Http)),
             "fixed for life"
         );
+    }
+
+    #[test]
+    fn the_length_of_a_request_with_a_body_is_known_from_its_header() {
+        let mut framer = Framer::new();
+        assert_eq!(
+            framer.request_len(b"set q 0 0 5\r\nhe"),
+            None,
+            "no protocol yet"
+        );
+        framer.sniff(b"s").unwrap();
+        assert_eq!(framer.request_len(b"set q 0 0 5\r\nhe"), Some(20));
+        assert_eq!(framer.request_len(b"set q 0 0 5 noreply\r\n"), Some(28));
+        assert_eq!(
+            framer.request_len(b"set q 0 0 5"),
+            None,
+            "line not complete"
+        );
+        assert_eq!(framer.request_len(b"get q\r\n"), None, "no body");
+        assert_eq!(framer.request_len(b"set q 0 0 x\r\n"), None);
+        let mut framer = Framer::new();
+        framer.sniff(&[0]).unwrap();
+        assert_eq!(framer.request_len(&[0, 0, 1, 0]), Some(260));
+        assert_eq!(framer.request_len(&[0, 0]), None);
     }
 
     #[test]

@@ -71,6 +71,21 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
     }
 }
 
+/// How many bytes the request at the front of `buf` takes in all, once its command line has
+/// arrived and announces a data block (`set`): what a connection must buffer for it. None when
+/// that is not known yet, or the line announces no body (every other command fits in a line).
+pub fn request_len(buf: &[u8]) -> Option<usize> {
+    if !buf.starts_with(b"set ") {
+        return None;
+    }
+    let newline = buf[..buf.len().min(MAX_LINE + 1)]
+        .iter()
+        .position(|&b| b == b'\n')?;
+    let bytes = Tokens::new(&buf[..newline]).nth(4)?;
+    let bytes = usize::from_decimal(bytes.strip_suffix(b"\r").unwrap_or(bytes))?;
+    (newline + 1).checked_add(bytes)?.checked_add(2)
+}
+
 fn invalid(consumed: usize, kind: ErrorKind, close: bool) -> Parsed {
     Parsed::Invalid {
         consumed,
@@ -400,6 +415,7 @@ pub fn error_line(kind: ErrorKind) -> String {
         ErrorKind::ShuttingDown => "SERVER_ERROR shutting down".into(),
         ErrorKind::DiskFull => "SERVER_ERROR out of disk space".into(),
         ErrorKind::FanoutLimit => "SERVER_ERROR too many fan-out queues".into(),
+        ErrorKind::TooManyQueues => "SERVER_ERROR too many queues".into(),
     }
 }
 

@@ -19,6 +19,11 @@ pub const MAX_TIMEOUT_MS: i64 = 3_600_000;
 const FRAME_OVERHEAD: usize = MAX_QUEUE_NAME + 64;
 
 /// Parses the frame at the front of `buf`.
+/// How many bytes the frame at the front of `buf` takes in all, once its length has arrived.
+pub fn request_len(buf: &[u8]) -> Option<usize> {
+    read_u32(buf).map(|len| 4 + len as usize)
+}
+
 pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
     let Some(len) = read_u32(buf) else {
         return Parsed::NeedMore;
@@ -179,6 +184,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::ShuttingDown => "SERVER_SHUTTING_DOWN",
         ErrorKind::DiskFull => "SERVER_DISK_FULL",
         ErrorKind::FanoutLimit => "REQUEST_FANOUT_LIMIT",
+        ErrorKind::TooManyQueues => "REQUEST_TOO_MANY_QUEUES",
         ErrorKind::OpenReadPending | ErrorKind::TooManyOpenReads => "REQUEST_BAD_PARAMS",
     }
 }

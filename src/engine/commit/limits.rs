@@ -83,6 +83,7 @@ impl Committer<'_> {
             TakeMode::Peek,
             || now,
             &mut uncommitted,
+            usize::MAX,
         );
         self.state.carry.extend(uncommitted.ops);
         let taken = front.ok()??;
