@@ -6,19 +6,18 @@
 //! writes of every loop that arrived while the previous one ran.
 //!
 //! An event loop's later commits within one pass are published before they are written, and
-//! written together at the pass's end (`session`). Its other concerns have their own files:
+//! written together at the pass's end (`rounds`). Its other concerns have their own files:
 //! queue limits and discarding (`limits`), deleting and flushing queues (`removal`); the
 //! free-space reserve is `super::space`.
 
 mod limits;
 mod records;
 mod removal;
-mod session;
+mod rounds;
 
 pub(super) use records::{stage_record, RecordBuffers};
-pub(super) use session::begin;
-pub use session::CommitSession;
-use session::{fatal_write_failure, Unwritten};
+pub(super) use rounds::{begin_rounds, CommitRounds};
+use rounds::{fatal_write_failure, Unwritten};
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -193,7 +192,7 @@ struct Committer<'a> {
 
 impl Committer<'_> {
     /// Applies the ops in order. `early`: the batch may be published ahead of its write (see
-    /// `CommitSession`) if it qualifies.
+    /// `CommitRounds`) if it qualifies.
     fn apply(&mut self, ops: Vec<Op>, early: bool) {
         // Sized for what the ops write, so that the batch is not copied as it grows.
         let estimate: usize = ops
@@ -267,8 +266,8 @@ impl Committer<'_> {
     }
 
     /// Makes a batch's messages visible, and hands them to waiting readers. `point`: that of
-    /// the batch's write; `written`: whether it is made already (else it is to come in this
-    /// session).
+    /// the batch's write; `written`: whether it is made already (else it is to come in these
+    /// rounds).
     fn publish(
         &mut self,
         touched: &mut Touched,
@@ -453,7 +452,7 @@ impl Committer<'_> {
         Ok((id, seq))
     }
 
-    /// Writes the batch with every touched queue's record (and whatever the session published
+    /// Writes the batch with every touched queue's record (and whatever earlier rounds published
     /// ahead of its write), then publishes and answers. The point the writers' replies wait
     /// for, or Err if the write failed (and nothing of it happened).
     fn commit(&mut self, mut batch: Batch) -> Result<SyncPoint, ()> {

@@ -6,6 +6,11 @@
 //! `synced()` reaches it. An event loop whose clients all wait, each for one write, fsyncs on
 //! its own thread instead (`sync_inline`): nothing could overlap with the syncer's fsync.
 //!
+//! Every fsync of the WAL goes through `sync_wal` here, whoever asks (the syncer, an event loop,
+//! `--sync interval`, the reclaimer before it drops files, shutdown), and the only question the
+//! rest of the server asks is "is this point durable yet?" (`Durability::synced`). So what
+//! "durable" means (fsynced here; later, fsynced on a majority of replicas) lives in this file.
+//!
 //! This is how Redis runs with `appendfsync always`: commands run as soon as they are parsed,
 //! replies wait for the fsync. Nothing waits for a disk but the replies, so a pipelined `set`
 //! then `get` costs no extra round trip, one fsync covers everything that arrived while the
@@ -122,15 +127,36 @@ impl Durability {
     }
 }
 
+/// Why the WAL is fsynced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum SyncFor {
+    /// Replies wait for it (`--sync always`): timed in the fsync histogram.
+    Replies,
+    /// `--sync interval:<ms>`: timed in the fsync histogram.
+    Interval,
+    /// Record writes must be on disk before the reclaimer drops table files (see `reclaim`).
+    DroppingFiles,
+    /// The engine stops.
+    Shutdown,
+}
+
+/// Writes and fsyncs the WAL: every write made before the call is then on disk.
+pub(super) fn sync_wal(engine: &Engine, why: SyncFor) -> Result<(), rocksdb::Error> {
+    let started = Instant::now();
+    engine.db.flush_wal(true)?;
+    if matches!(why, SyncFor::Replies | SyncFor::Interval) {
+        engine.metrics.observe_sync(started.elapsed());
+    }
+    Ok(())
+}
+
 /// The syncer of `--sync interval:<ms>`: fsyncs the WAL every so often. Replies wait for no
 /// fsync under that policy.
 pub(super) fn sync_every(engine: &Engine, every: Duration) {
     while !engine.stopping.load(Ordering::Acquire) {
         std::thread::sleep(every);
-        let started = Instant::now();
-        match engine.db.flush_wal(true) {
-            Ok(()) => engine.metrics.observe_sync(started.elapsed()),
-            Err(e) => log::error!("WAL sync failed: {e}"),
+        if let Err(e) = sync_wal(engine, SyncFor::Interval) {
+            log::error!("WAL sync failed: {e}");
         }
     }
 }
@@ -161,12 +187,10 @@ fn sync_now(engine: &Engine) {
     let d = &engine.durability;
     // Every write numbered up to here has completed: the fsync covers them all.
     let target = d.written.load(Ordering::Acquire);
-    let started = Instant::now();
-    if let Err(e) = engine.db.flush_wal(true) {
+    if let Err(e) = sync_wal(engine, SyncFor::Replies) {
         log::error!("WAL sync failed, stopping: {e}");
         std::process::exit(1);
     }
-    engine.metrics.observe_sync(started.elapsed());
     d.synced.fetch_max(target, Ordering::AcqRel);
     for mailbox in &engine.mailboxes {
         mailbox.waker.wake();

@@ -28,14 +28,8 @@ impl Header {
     }
 }
 
-/// Encodes header and body into one stored value.
-pub fn encode(header: &Header, body: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(HEADER_LEN + body.len());
-    encode_into(&mut value, header, body);
-    value
-}
-
-/// `encode` into a reused buffer (replacing what it held), for a writer that stages many.
+/// Encodes header and body into one stored value, in a reused buffer (replacing what it held),
+/// for a writer that stages many.
 pub fn encode_into(value: &mut Vec<u8>, header: &Header, body: &[u8]) {
     value.clear();
     value.reserve(HEADER_LEN + body.len());
@@ -79,7 +73,8 @@ mod tests {
             expires_at: 7,
             enqueued_at: 9,
         };
-        let value = encode(&header, b"body");
+        let mut value = Vec::new();
+        encode_into(&mut value, &header, b"body");
         assert_eq!(decode(&value), Some((header, &b"body"[..])));
         assert_eq!(decode(b"short"), None);
     }

@@ -22,21 +22,22 @@ mod background;
 mod commit;
 mod conn_ref;
 mod durability;
-pub mod events;
+mod events;
 mod expiry;
 mod fanout;
 mod listing;
-pub mod message;
+mod message;
 mod metrics;
 mod ops;
-pub mod queue;
+mod pass;
+mod queue;
 mod reading;
 mod recent;
 mod reclaim;
 mod registry;
 mod sequence;
 mod space;
-pub mod store;
+mod store;
 #[cfg(test)]
 mod tests;
 mod unload;
@@ -50,20 +51,22 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-pub use commit::CommitSession;
 use commit::CommitState;
 pub use conn_ref::ConnRef;
 use durability::Durability;
 pub use durability::SyncPoint;
 use events::Outbox;
 pub use events::{Event, Mailbox, Outcome, QueueHandle, Taken, Wake};
+pub use message::now_ms;
 pub use metrics::{EngineSnapshot, HistogramSnapshot};
 use ops::Op;
+pub use pass::Pass;
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use recent::TailBudgets;
 use registry::Registry;
-use store::{Db, MemoryBudget, StoreOptions};
+pub use store::MemoryBudget;
+use store::{Db, StoreOptions};
 
 /// When a committed write is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,25 +279,10 @@ impl Engine {
         self.durability.synced()
     }
 
-    /// An event-loop pass begins; `pass_ends` once it made its writes. Under `--sync always`
-    /// the end of a pass wakes the syncer once for all the pass's writes.
-    pub fn pass_begins(&self) {
-        self.durability.pass_begins();
-    }
-
-    pub fn pass_ends(&self) {
-        self.durability.pass_ends();
-    }
-
-    /// Syncs the writes replies wait for on the calling thread, unless none wait or an fsync
-    /// is running (see `durability::sync_inline`). Whether it synced.
-    pub fn sync_inline(&self) -> bool {
-        durability::sync_inline(self)
-    }
-
-    /// Forgets `queue` if it is a ghost no one waits on (see `Registry::forget_if_unused`).
-    pub fn forget_if_unused(&self, queue: &[u8]) {
-        self.registry.forget_if_unused(queue)
+    /// Opens an event-loop pass: every write the pass's commands collect goes through it (see
+    /// `Pass`).
+    pub fn pass(&self) -> Pass<'_> {
+        pass::begin(self)
     }
 
     /// The engine's monitoring numbers now (see `metrics`).
@@ -325,7 +313,7 @@ impl Engine {
         for thread in self.threads.lock().drain(..) {
             let _ = thread.join();
         }
-        if let Err(e) = self.db.flush_wal(true) {
+        if let Err(e) = durability::sync_wal(self, durability::SyncFor::Shutdown) {
             log::error!("final WAL sync failed: {e}");
         }
         if let Err(e) = store::flush_memtables(&self.db) {
@@ -338,7 +326,7 @@ impl Engine {
     /// and records of opened ones, which no one waits for, are only deferred: the next commit
     /// (anyone's) writes them first, or `commit_deferred`, so a pass of reads alone costs no
     /// RocksDB write of its own.
-    pub fn submit(&self, uncommitted: &mut Uncommitted) {
+    fn submit(&self, uncommitted: &mut Uncommitted) {
         let awaited = uncommitted.awaited();
         if self.stopping.load(Ordering::Acquire) {
             refuse_stopping(self, std::mem::take(&mut uncommitted.ops));
@@ -352,14 +340,8 @@ impl Engine {
         }
     }
 
-    /// Opens one event-loop pass's commits (see `CommitSession`): writes committed through it
-    /// are answered as with `submit`, and may be published before they are written.
-    pub fn begin_commit(&self) -> CommitSession<'_> {
-        commit::begin(self)
-    }
-
     /// Writes the deferred removals now.
-    pub fn commit_deferred(&self) {
+    fn commit_deferred(&self) {
         commit::commit_ops(self, Vec::new());
     }
 
@@ -454,17 +436,22 @@ impl Engine {
     }
 
     /// Withdraws a waiter after its timeout. False if a message was already handed to it: the
-    /// `Delivered` event is on its way and must be handled.
+    /// `Delivered` event is on its way and must be handled. A queue that only this read named
+    /// (a ghost) is forgotten with it (see `Registry::forget_if_unused`).
     pub fn cancel_wait(&self, queue: &[u8], conn: ConnRef, wait_id: u64) -> bool {
         // A queue someone waits on stays loaded.
-        match self.registry.lookup_loaded(queue) {
+        let cancelled = match self.registry.lookup_loaded(queue) {
             Some(state) => {
                 let mut q = state.lock();
                 self.registry.touch(&state, &mut q);
                 q.cancel_wait(wait_id, conn)
             }
             None => true,
+        };
+        if cancelled {
+            self.registry.forget_if_unused(queue);
         }
+        cancelled
     }
 
     /// Confirms open messages: they are removed for good.

@@ -69,7 +69,7 @@ pub struct QueueState {
     /// End (exclusive) of the committed messages: `next_unclaimed..tail` are waiting to be read.
     pub tail: u64,
     /// End (exclusive) of the messages written to RocksDB. `written_end..tail` were published
-    /// ahead of their write (`commit::CommitSession`): they are read from the in-memory tail
+    /// ahead of their write (`commit::CommitRounds`): they are read from the in-memory tail
     /// only, and one not kept there (given back after a claiming read took its body) is not
     /// readable until the write.
     pub written_end: u64,

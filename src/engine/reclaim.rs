@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rocksdb::{BottommostLevelCompaction, CompactOptions};
 
+use super::durability::{self, SyncFor};
 use super::space;
 use super::{store, Engine, Op, QueueRef, Uncommitted};
 
@@ -144,9 +145,7 @@ pub(super) fn reclaim_pass(engine: &Engine, watched: &mut HashMap<u64, Watched>,
     // a message taken just before it (its reply maybe never received) would vanish instead of
     // coming back. (A compaction alone needs no sync: it flushes those writes to a table first.)
     let may_drop = chosen.is_empty()
-        || engine
-            .db
-            .flush_wal(true)
+        || durability::sync_wal(engine, SyncFor::DroppingFiles)
             .map_err(|e| log::warn!("WAL sync before dropping files failed: {e}"))
             .is_ok();
     for state in chosen {

@@ -13,7 +13,7 @@ use super::connection::Connection;
 use super::stream::{Listener, Stream};
 use super::timers::Timers;
 use super::{Ctx, LoopStats, Shared};
-use crate::engine::{Event, SyncPoint, Uncommitted, Wake};
+use crate::engine::{Event, Pass, SyncPoint, Uncommitted, Wake};
 use crate::id_hash::{IdMap, IdSet};
 
 const WAKER: Token = Token(0);
@@ -201,7 +201,8 @@ impl EventLoop {
                     return;
                 }
             }
-            self.shared.engine.pass_begins();
+            let engine = self.shared.engine.clone();
+            let mut pass = engine.pass();
             // Replies the last sync released go out first, before this pass's new work.
             self.release_held();
             self.flush_pending();
@@ -244,14 +245,15 @@ impl EventLoop {
             }
             self.retry_parked();
             self.sweep(now);
-            self.commit();
-            self.sync_if_all_wait();
-            self.shared.engine.pass_ends();
+            self.commit(&mut pass);
+            self.sync_if_all_wait(&mut pass);
+            drop(pass);
             self.release_held();
             self.flush_pending();
             if self.shared.shutting_down.load(Ordering::Acquire) && self.drain() {
-                self.shared.engine.submit(&mut self.uncommitted);
-                self.shared.engine.commit_deferred();
+                let mut pass = engine.pass();
+                pass.submit(&mut self.uncommitted);
+                pass.write_deferred();
                 return;
             }
         }
@@ -402,37 +404,34 @@ impl EventLoop {
 
     /// Commits what this pass's commands wrote, and runs what the answers let run (a read
     /// pipelined behind a write runs once the write is committed, not once it is synced), a
-    /// bounded number of times, all in one `CommitSession`.
-    fn commit(&mut self) {
+    /// bounded number of times, as the pass's commit rounds.
+    fn commit(&mut self, pass: &mut Pass) {
         if self.uncommitted.awaited() {
             // The commit writes any deferred removals too.
             self.deferred_since = None;
-            let engine = self.shared.engine.clone();
-            let mut session = engine.begin_commit();
             for _ in 0..MAX_COMMITS_PER_PASS {
                 if self.uncommitted.is_empty() {
                     break;
                 }
                 self.flush_if_overdue();
-                session.commit(&mut self.uncommitted);
+                pass.commit(&mut self.uncommitted);
                 while let Ok(event) = self.mailbox.try_recv() {
                     self.dispatch(event);
                 }
             }
-            session.finish();
         }
         if !self.uncommitted.is_empty() {
             // Removals alone are deferred; writes past the last round are answered next pass.
             if !self.uncommitted.awaited() {
                 self.deferred_since.get_or_insert_with(Instant::now);
             }
-            self.shared.engine.submit(&mut self.uncommitted);
+            pass.submit(&mut self.uncommitted);
         }
         if self
             .deferred_since
             .is_some_and(|since| since.elapsed() >= DEFERRED_REMOVALS_FOR)
         {
-            self.shared.engine.commit_deferred();
+            pass.write_deferred();
             self.deferred_since = None;
         }
     }
@@ -441,9 +440,9 @@ impl EventLoop {
     /// sync, and none for more than one write: clients that do not pipeline, which can send
     /// nothing more before the fsync. There is then nothing for the syncer's fsync to overlap
     /// with, and the replies go out without two thread hand-offs (see
-    /// `durability::sync_inline`). A client with several writes in flight may send more while
+    /// `Pass::all_clients_wait`). A client with several writes in flight may send more while
     /// the syncer's fsync runs: the loop goes on reading instead.
-    fn sync_if_all_wait(&mut self) {
+    fn sync_if_all_wait(&mut self, pass: &mut Pass) {
         let open = self.conns.len() - self.free.len();
         if self.held.is_empty()
             || self.held.len() < open
@@ -458,7 +457,7 @@ impl EventLoop {
                 .is_some_and(|c| c.unsynced_writes() <= 1)
         });
         if unpipelined {
-            self.shared.engine.sync_inline();
+            pass.all_clients_wait();
         }
     }
 

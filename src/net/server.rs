@@ -16,7 +16,7 @@ use super::event_loop::{EventLoop, LoopWaker, Peer};
 use super::stream::{self, Listener, SocketFile};
 use super::{systemd, LoopStats, Shared};
 use crate::config::Config;
-use crate::engine::store::MemoryBudget;
+use crate::engine::MemoryBudget;
 use crate::engine::{Engine, EngineConfig, Mailbox};
 use crate::process::{self, Identity};
 use crate::protocol::Limits;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::connection::Connection;
 use super::requests::{GetInProgress, OpenRead, PendingWrite};
 use super::{report, Ctx};
-use crate::engine::message;
+use crate::engine;
 use crate::engine::{Error, Outcome, SyncPoint, TakeMode, Taken};
 use crate::protocol::{Command, ErrorKind, Read, Reads, Reply, StatsKind, Value, Values};
 
@@ -43,7 +43,7 @@ impl Connection {
         match command {
             Command::Set(set) => {
                 ctx.stats.set_cmds.fetch_add(1, Ordering::Relaxed);
-                let expires_at = set.expires_at(message::now_ms);
+                let expires_at = set.expires_at(engine::now_ms);
                 let me = self.conn_ref(ctx);
                 let noreply = set.noreply;
                 engine.put(
@@ -373,7 +373,6 @@ impl Connection {
         }
         let queue = get.reads[get.next].queue();
         if ctx.shared.engine.cancel_wait(queue, me, wait_id) {
-            ctx.shared.engine.forget_if_unused(queue);
             ctx.stats.get_misses.fetch_add(1, Ordering::Relaxed);
             get.waiting = None;
             get.next += 1;
@@ -397,9 +396,7 @@ impl Connection {
         if let Some(get) = self.get.take() {
             if let Some(wait_id) = get.waiting {
                 let queue = get.reads[get.next].queue();
-                if ctx.shared.engine.cancel_wait(queue, me, wait_id) {
-                    ctx.shared.engine.forget_if_unused(queue);
-                }
+                ctx.shared.engine.cancel_wait(queue, me, wait_id);
             }
         }
         for open in std::mem::take(&mut self.open_reads) {

@@ -1,6 +1,6 @@
-//! Commits published ahead of their write: one event-loop pass's commits after its first (see
-//! `CommitSession`). Readers take such messages from the queues' in-memory tails, and their
-//! replies wait for the point the session's closing write will have.
+//! Commits published ahead of their write: one event-loop pass's commit rounds after its first
+//! (see `CommitRounds`). Readers take such messages from the queues' in-memory tails, and their
+//! replies wait for the point the rounds' closing write will have.
 
 use parking_lot::MutexGuard;
 use rocksdb::WriteBatch;
@@ -11,8 +11,8 @@ use crate::engine::events::{Outbox, Outcome};
 use crate::engine::recent::Fresh;
 use crate::engine::{Engine, QueueRef, Uncommitted};
 
-/// Messages published ahead of their write by a `CommitSession`, and what that write must do
-/// once made. Only ever present while a session holds the commit lock.
+/// Messages published ahead of their write by `CommitRounds`, and what that write must do
+/// once made. Only ever present while `CommitRounds` hold the commit lock.
 pub(super) struct Unwritten {
     /// The writes of the rounds published so far (moved into the batch while one is staged).
     pub(super) write: WriteBatch,
@@ -30,30 +30,30 @@ pub(super) struct Unwritten {
 /// commits what its commands wrote, runs what the answers let run (a `get` pipelined behind a
 /// `set`), commits what that wrote, and so on. The first commit is written before its messages
 /// are published, as every other commit is. Later ones are published at once and written all
-/// together by `finish`: a pipeline of set/get pairs then costs two RocksDB writes per pass,
+/// together by `finish` (or the drop): a pipeline of set/get pairs then costs two RocksDB writes per pass,
 /// not one per pair. Their replies wait for that write's point like any other (the commit lock
 /// keeps every write from coming first, so the point is known ahead), readers take them from
 /// the queues' in-memory tails, and a failure of that write stops the process, as a failed
 /// fsync does: messages already handed to readers cannot be taken back.
-pub struct CommitSession<'a> {
+pub(in crate::engine) struct CommitRounds<'a> {
     engine: &'a Engine,
     state: MutexGuard<'a, CommitState>,
     first: bool,
 }
 
-/// Opens a session: takes the commit lock until `finish` (or drop).
-pub(in crate::engine) fn begin(engine: &Engine) -> CommitSession<'_> {
-    CommitSession {
+/// Opens a pass's commit rounds: takes the commit lock until `finish` (or the drop).
+pub(in crate::engine) fn begin_rounds(engine: &Engine) -> CommitRounds<'_> {
+    CommitRounds {
         engine,
         state: engine.committer.lock(),
         first: true,
     }
 }
 
-impl CommitSession<'_> {
+impl CommitRounds<'_> {
     /// Commits `uncommitted` (after any removals left from the last commit) and answers its
     /// writers: their `Completed` events are in their mailboxes when this returns.
-    pub fn commit(&mut self, uncommitted: &mut Uncommitted) {
+    pub(in crate::engine) fn commit(&mut self, uncommitted: &mut Uncommitted) {
         let ops = std::mem::take(&mut uncommitted.ops);
         if self
             .engine
@@ -77,17 +77,24 @@ impl CommitSession<'_> {
         .apply(all, early);
     }
 
-    /// Writes what was published ahead of its write, and ends the session.
-    pub fn finish(self) {}
-}
+    /// Writes what was published ahead of its write, and lets go of the commit lock.
+    pub(in crate::engine) fn finish(mut self) {
+        self.write_unwritten();
+    }
 
-impl Drop for CommitSession<'_> {
-    fn drop(&mut self) {
+    fn write_unwritten(&mut self) {
         Committer {
             engine: self.engine,
             state: &mut self.state,
         }
         .write_unwritten();
+    }
+}
+
+/// Rounds dropped without `finish` (a panic unwinding, say) still write what they published.
+impl Drop for CommitRounds<'_> {
+    fn drop(&mut self) {
+        self.write_unwritten();
     }
 }
 
@@ -97,7 +104,7 @@ impl Committer<'_> {
     /// dropped messages to make room, every added message must have its copy in the queue's
     /// in-memory tail (not so for fan-out copies, or with the tails' budget spent), which must
     /// have room for them (a full tail refuses new messages, and never pushes out what it
-    /// keeps), and all that the session publishes must fit in one queue's tail.
+    /// keeps), and all that the rounds publish must fit in one queue's tail.
     pub(super) fn may_publish_early(&self, batch: &Batch) -> bool {
         let mut cost = self.state.unwritten.as_ref().map_or(0, |u| u.cost);
         for touched in batch.touched.values() {
@@ -117,7 +124,7 @@ impl Committer<'_> {
         !batch.wanted && cost <= self.engine.tails.recent.per_tail()
     }
 
-    /// Publishes a batch without writing it: its writes join the session's `Unwritten`, and
+    /// Publishes a batch without writing it: its writes join the rounds' `Unwritten`, and
     /// its replies wait for the point that write will have.
     pub(super) fn publish_early(&mut self, mut batch: Batch) {
         let point = match &self.state.unwritten {
@@ -164,7 +171,7 @@ impl Committer<'_> {
         }
     }
 
-    /// Writes what the session published ahead of its write. A failure stops the process:
+    /// Writes what the rounds published ahead of its write. A failure stops the process:
     /// those messages may be in readers' hands already (their replies held), and the queues
     /// cannot be put back as they were; the next start-up recovers what is on disk.
     pub(super) fn write_unwritten(&mut self) {
@@ -180,7 +187,7 @@ impl Committer<'_> {
         }
     }
 
-    /// The session's published messages are written now: readable from RocksDB too, which
+    /// The rounds' published messages are written now: readable from RocksDB too, which
     /// may let a waiting reader have one that was given back meanwhile.
     pub(super) fn written_out(&mut self, queues: Vec<QueueRef>) {
         let mut outbox = Outbox::new(&self.engine.mailboxes);
@@ -200,7 +207,7 @@ impl Committer<'_> {
     }
 }
 
-/// A write of messages published ahead of it failed: see `CommitSession`.
+/// A write of messages published ahead of it failed: see `CommitRounds`.
 pub(super) fn fatal_write_failure(error: &str) -> ! {
     log::error!("a write of messages already handed to readers failed, stopping: {error}");
     std::process::exit(1);
