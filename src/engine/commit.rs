@@ -60,7 +60,7 @@ struct Touched {
     /// queue if the batch fails.
     discarded: Vec<(u64, u64)>,
     has_puts: bool,
-    /// Copies of the staged messages for the queue's in-memory tail (`super::recent`).
+    /// Copies of the staged messages for the queue's recent cache (`super::recent`).
     fresh: Option<Fresh>,
 }
 
@@ -370,9 +370,9 @@ impl Committer<'_> {
                 self.commit_part(batch);
             }
         }
-        // The body moves into the queue's in-memory tail (unless a part was committed already).
+        // The body moves into the queue's recent cache (unless a part was committed already).
         if let Some(touched) = batch.touched.get_mut(&id) {
-            let budget = &self.engine.tails.recent;
+            let budget = &self.engine.caches.recent;
             let fresh = touched.fresh.get_or_insert_with(|| Fresh::new(budget));
             fresh.keep(seq, header, body);
         }

@@ -138,8 +138,8 @@ pub(super) fn snapshot(engine: &Engine) -> EngineSnapshot {
         free_bytes: space::free_bytes(&engine.config.data_dir),
         rocksdb_memory: rocksdb_memory(engine),
         message_memory: [
-            ("recent", engine.tails.recent.used() as u64),
-            ("read_ahead", engine.tails.ahead.used() as u64),
+            ("recent", engine.caches.recent.used() as u64),
+            ("read_ahead", engine.caches.ahead.used() as u64),
         ],
         queues_loaded: engine.registry.loaded_count() as u64,
     }

@@ -1,7 +1,7 @@
 //! The queue engine: every queue's state, on RocksDB, behind a small API that knows no wire format.
 //!
 //! Reads happen on the caller's thread: a read claims the head sequence number under the queue's
-//! lock and takes that message from the queue's in-memory tail of recent messages (`recent`) or
+//! lock and takes that message from the queue's recent cache (`recent`) or
 //! fetches that one key (no scans, so the cost does not grow with what was consumed before).
 //! Writes are committed on the caller's thread too, under one lock (`commit`): each event-loop
 //! pass stages its requests, assigns sequence numbers and writes one WriteBatch without an fsync,
@@ -15,8 +15,27 @@
 //! changed, not how many queues exist.
 //!
 //! `impl Engine` below is the engine's whole API; each concern's module (`registry`, `reading`,
-//! `commit`, `durability`, `background`, `expiry`, `unload`, `reclaim`, `fanout`, `metrics`)
-//! holds plain functions over an `&Engine`.
+//! `commit`, `durability`, `pass`, `background`, `expiry`, `unload`, `reclaim`, `fanout`,
+//! `metrics`) holds plain functions over an `&Engine`.
+//!
+//! Words, each with one meaning here:
+//! - **put**: append a message (memcache `set`, mqmq `Put`); **take**: remove, open or peek at
+//!   the oldest one (memcache `get`, mqmq `Get`); **open** / **confirm** / **give back**: a
+//!   reliable read (Kestrel's `/open`, `/close`, `/abort`).
+//! - **head**: the oldest message not yet taken; **tail**: the sequence number after the newest
+//!   published message; **recent cache**: the copies of committed messages a queue keeps in
+//!   memory until read (`recent`).
+//! - **commit**: stage and write a WriteBatch under the commit lock (no fsync); **sync**: fsync
+//!   the WAL (`durability`, the only place that does); **durable**: synced, so a reply that
+//!   depends on the write may be sent (`SyncPoint`).
+//! - **pass**: one wake-up of an event loop, whose writes go through one `Pass`; **rounds**: the
+//!   pass's commits under one hold of the commit lock.
+//! - **flush**: empty a queue (memcache `flush_all`); fsyncs are *syncs*, RocksDB memtable
+//!   flushes are *memtable flushes*.
+//! - **delete**: remove a queue; **remove**: delete one consumed message's key; **reclaim**:
+//!   give consumed messages' disk space back (`reclaim`).
+//! - **loaded** / **unloaded**: a queue's state in memory, or only its record on disk
+//!   (`registry`); a **ghost**: a queue only a blocked read named, forgotten when it ends.
 
 mod background;
 mod commit;
@@ -63,7 +82,7 @@ use ops::Op;
 pub use pass::Pass;
 pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
-use recent::TailBudgets;
+use recent::CacheBudgets;
 use registry::Registry;
 pub use store::MemoryBudget;
 use store::{Db, StoreOptions};
@@ -195,8 +214,8 @@ pub struct Engine {
     deleted_ids: Mutex<Vec<u64>>,
     /// Queues whose head moved since the reclaimer last looked (`reclaim`).
     reclaim_watch: Mutex<Vec<QueueRef>>,
-    /// What all queues' in-memory tails of messages may hold (`recent`).
-    tails: TailBudgets,
+    /// What all queues' recent caches may hold (`recent`).
+    caches: CacheBudgets,
 }
 
 impl Engine {
@@ -229,14 +248,14 @@ impl Engine {
             config.data_dir.display(),
             recovered.queues
         );
-        let tails = TailBudgets::new();
+        let caches = CacheBudgets::new();
         let registry = Registry::new(
             recovered.queues,
             recovered.next_queue_id,
             recovered.fanout,
             config.max_queues,
             config.queue_memory,
-            tails.clone(),
+            caches.clone(),
         );
         let space = space::FreeSpace::new(config.data_dir.clone(), config.min_free_bytes);
         let engine = Arc::new(Engine {
@@ -253,7 +272,7 @@ impl Engine {
             fail_writes: AtomicBool::new(false),
             deleted_ids: Mutex::new(Vec::new()),
             reclaim_watch: Mutex::new(Vec::new()),
-            tails,
+            caches,
         });
         engine.spawn("upkeep", |engine| {
             background::upkeep_every(&engine, background::UPKEEP_EVERY)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
-use super::recent::{RecentTail, TailBudgets};
+use super::recent::{CacheBudgets, RecentCache};
 use super::sequence::NextSeq;
 use super::store::QueueMeta;
 use crate::id_hash::IdMap;
@@ -69,7 +69,7 @@ pub struct QueueState {
     /// End (exclusive) of the committed messages: `next_unclaimed..tail` are waiting to be read.
     pub tail: u64,
     /// End (exclusive) of the messages written to RocksDB. `written_end..tail` were published
-    /// ahead of their write (`commit::CommitRounds`): they are read from the in-memory tail
+    /// ahead of their write (`commit::CommitRounds`): they are read from the recent cache
     /// only, and one not kept there (given back after a claiming read took its body) is not
     /// readable until the write.
     pub written_end: u64,
@@ -93,10 +93,10 @@ pub struct QueueState {
     /// How far the sweep of the messages behind the head has got.
     pub sweep: SweepCursor,
     /// The newest committed messages, kept in memory (`super::recent`).
-    pub recent: RecentTail,
+    pub recent: RecentCache,
     /// The messages right after the head of a backlog, read ahead from RocksDB in one scan by
     /// the read that met the head not in memory (`super::reading`), for the reads after it.
-    pub ahead: RecentTail,
+    pub ahead: RecentCache,
     /// Every message below this that is not pending (open or given back) has had its key
     /// deleted in a write already made. Messages consumed from the head are not deleted one by
     /// one: the reclaimer asks (`reclaim_wanted`) and the next write of the queue's record
@@ -135,7 +135,7 @@ pub fn earliest(a: u64, b: u64) -> u64 {
 }
 
 impl QueueState {
-    pub fn new(id: u64, name: Arc<[u8]>, budgets: &TailBudgets) -> QueueState {
+    pub fn new(id: u64, name: Arc<[u8]>, budgets: &CacheBudgets) -> QueueState {
         QueueState {
             id,
             name,
@@ -155,8 +155,8 @@ impl QueueState {
             next_expiry: 0,
             indexed_expiry: 0,
             sweep: SweepCursor::default(),
-            recent: RecentTail::new(&budgets.recent),
-            ahead: RecentTail::new(&budgets.ahead),
+            recent: RecentCache::new(&budgets.recent),
+            ahead: RecentCache::new(&budgets.ahead),
             deleted_below: 0,
             reclaim_wanted: false,
             reclaim_watched: false,
@@ -166,7 +166,7 @@ impl QueueState {
     }
 
     /// The state of a queue loaded from its record: what a restart knows of it.
-    pub fn from_record(name: Arc<[u8]>, meta: &QueueMeta, budgets: &TailBudgets) -> QueueState {
+    pub fn from_record(name: Arc<[u8]>, meta: &QueueMeta, budgets: &CacheBudgets) -> QueueState {
         let mut state = QueueState::new(meta.id, name, budgets);
         state.persisted = true;
         state.counted = true;
@@ -361,7 +361,7 @@ mod tests {
     use super::*;
 
     fn queue() -> QueueState {
-        let mut q = QueueState::new(1, Arc::from(&b"q"[..]), &TailBudgets::new());
+        let mut q = QueueState::new(1, Arc::from(&b"q"[..]), &CacheBudgets::new());
         q.tail = 5;
         q.next_seq = NextSeq::starting_at(5);
         q

@@ -68,7 +68,7 @@ fn read_ahead(
         IteratorMode::From(&from, Direction::Forward),
     );
     let mut head = None;
-    let mut fresh = Fresh::new(&engine.tails.ahead);
+    let mut fresh = Fresh::new(&engine.caches.ahead);
     let mut bytes = 0;
     for item in scan {
         let (key, value) = item.map_err(|e| {

@@ -1,13 +1,13 @@
 //! Recent messages served from memory: each queue keeps the messages it committed (header and
 //! body, as written) until they are read, so a read of a live queue, or of a backlog that fits,
 //! costs no RocksDB lookup, and a plain read takes the body without copying it. Messages not
-//! kept, given-back ones and everything after a restart are read from RocksDB as before; a tail
+//! kept, given-back ones and everything after a restart are read from RocksDB as before; a cache
 //! is only ever a copy of what is committed there.
 //!
-//! Bounded twice: per tail (`RecentBudget::per_tail`) and for all tails together
-//! (`RecentBudget`). A full tail keeps what it has and refuses newer messages: a queue is read
+//! Bounded twice: per cache (`RecentBudget::per_cache`) and for all caches together
+//! (`RecentBudget`). A full cache keeps what it has and refuses newer messages: a queue is read
 //! oldest first, so its oldest kept messages are the ones read soonest. (Dropping the oldest
-//! instead, once a backlog outgrew the tail, dropped each message just before it was read: every
+//! instead, once a backlog outgrew the cache, dropped each message just before it was read: every
 //! read then went to RocksDB, and every write freed a body long out of the CPU's caches.)
 
 use std::collections::VecDeque;
@@ -16,54 +16,54 @@ use std::sync::Arc;
 
 use super::message::Header;
 
-/// What an entry costs besides its body (its slot in the tail, the body's allocation).
+/// What an entry costs besides its body (its slot in the cache, the body's allocation).
 const ENTRY_OVERHEAD: usize = 64;
 
-/// Bytes all queues' tails of committed messages hold together, and one queue's alone: a
+/// Bytes all queues' caches of committed messages hold together, and one queue's alone: a
 /// backlog of up to `RECENT_PER_QUEUE` is read from memory, in two queues at least.
 const RECENT_BYTES: usize = 32 << 20;
 const RECENT_PER_QUEUE: usize = 16 << 20;
 /// The same for messages read ahead from RocksDB (`super::reading`), which has a budget of its
-/// own so that tails holding theirs do not leave a backlog to be read one lookup per message.
+/// own so that caches holding theirs do not leave a backlog to be read one lookup per message.
 const AHEAD_BYTES: usize = 16 << 20;
 const AHEAD_PER_QUEUE: usize = 1 << 20;
 
-/// The budgets of every queue's two tails: committed messages, and messages read ahead.
+/// The budgets of every queue's two caches: committed messages, and messages read ahead.
 #[derive(Clone)]
-pub struct TailBudgets {
+pub struct CacheBudgets {
     pub recent: RecentBudget,
     pub ahead: RecentBudget,
 }
 
-impl TailBudgets {
-    pub fn new() -> TailBudgets {
-        TailBudgets {
+impl CacheBudgets {
+    pub fn new() -> CacheBudgets {
+        CacheBudgets {
             recent: RecentBudget::new(RECENT_BYTES, RECENT_PER_QUEUE),
             ahead: RecentBudget::new(AHEAD_BYTES, AHEAD_PER_QUEUE),
         }
     }
 }
 
-/// Bytes a set of tails may hold together, and each one alone.
+/// Bytes a set of caches may hold together, and each one alone.
 #[derive(Clone)]
 pub struct RecentBudget {
     limit: usize,
-    per_tail: usize,
+    per_cache: usize,
     used: Arc<AtomicUsize>,
 }
 
 impl RecentBudget {
-    pub fn new(limit: usize, per_tail: usize) -> RecentBudget {
+    pub fn new(limit: usize, per_cache: usize) -> RecentBudget {
         RecentBudget {
             limit,
-            per_tail,
+            per_cache,
             used: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Most bytes one tail holds.
-    pub fn per_tail(&self) -> usize {
-        self.per_tail
+    /// Most bytes one cache holds.
+    pub fn per_cache(&self) -> usize {
+        self.per_cache
     }
 
     /// Bytes held now.
@@ -99,7 +99,7 @@ impl Recent {
 }
 
 /// Messages staged by one commit for one queue, with their share of the budget taken: they join
-/// the queue's tail if the commit succeeds, and give their share back otherwise.
+/// the queue's cache if the commit succeeds, and give their share back otherwise.
 pub struct Fresh {
     budget: RecentBudget,
     entries: Vec<Recent>,
@@ -127,7 +127,7 @@ impl Fresh {
     /// Keeps a copy of message `seq` if the budget allows.
     pub fn keep(&mut self, seq: u64, header: Header, body: Vec<u8>) {
         let entry = Recent { seq, header, body };
-        if entry.cost() <= self.budget.per_tail && self.budget.try_take(entry.cost()) {
+        if entry.cost() <= self.budget.per_cache && self.budget.try_take(entry.cost()) {
             self.bytes += entry.cost();
             self.entries.push(entry);
         }
@@ -141,17 +141,17 @@ impl Drop for Fresh {
 }
 
 /// One queue's committed messages not yet read, oldest first, by sequence number (not
-/// necessarily contiguous: a message dropped within its commit, or refused by a full tail, has
+/// necessarily contiguous: a message dropped within its commit, or refused by a full cache, has
 /// none).
-pub struct RecentTail {
+pub struct RecentCache {
     budget: RecentBudget,
     entries: VecDeque<Recent>,
     bytes: usize,
 }
 
-impl RecentTail {
-    pub fn new(budget: &RecentBudget) -> RecentTail {
-        RecentTail {
+impl RecentCache {
+    pub fn new(budget: &RecentBudget) -> RecentCache {
+        RecentCache {
             budget: budget.clone(),
             entries: VecDeque::new(),
             bytes: 0,
@@ -178,7 +178,7 @@ impl RecentTail {
 
     /// Bytes it may still take.
     pub fn room(&self) -> usize {
-        self.budget.per_tail.saturating_sub(self.bytes)
+        self.budget.per_cache.saturating_sub(self.bytes)
     }
 
     /// The oldest message kept.
@@ -234,7 +234,7 @@ impl RecentTail {
     }
 }
 
-impl Drop for RecentTail {
+impl Drop for RecentCache {
     fn drop(&mut self) {
         self.budget.give(self.bytes);
     }
@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn keeps_what_fits_and_gives_everything_back() {
         let budget = RecentBudget::new(3 * (ENTRY_OVERHEAD + 10), 1 << 20);
-        let mut tail = RecentTail::new(&budget);
+        let mut cache = RecentCache::new(&budget);
         let mut fresh = Fresh::new(&budget);
         for seq in 0..4 {
             fresh.keep(seq, header(), vec![0; 10]);
@@ -266,41 +266,41 @@ mod tests {
             "the fourth did not fit"
         );
         // Message 0 was dropped within its commit.
-        tail.extend(fresh, 1);
-        assert!(tail.get(0).is_none());
-        assert_eq!(tail.get(2).map(|e| e.seq), Some(2));
-        assert!(tail.take_front(2).is_none(), "not the oldest kept");
-        assert_eq!(tail.take_front(1).map(|e| e.seq), Some(1));
-        tail.forget_before(3);
-        assert!(tail.get(2).is_none());
-        drop(tail);
+        cache.extend(fresh, 1);
+        assert!(cache.get(0).is_none());
+        assert_eq!(cache.get(2).map(|e| e.seq), Some(2));
+        assert!(cache.take_front(2).is_none(), "not the oldest kept");
+        assert_eq!(cache.take_front(1).map(|e| e.seq), Some(1));
+        cache.forget_before(3);
+        assert!(cache.get(2).is_none());
+        drop(cache);
         assert_eq!(budget.used(), 0);
     }
 
     #[test]
-    fn a_full_tail_keeps_its_oldest_and_refuses_newer() {
+    fn a_full_cache_keeps_its_oldest_and_refuses_newer() {
         let entry = ENTRY_OVERHEAD + 10;
         let budget = RecentBudget::new(1 << 20, 2 * entry);
-        let mut tail = RecentTail::new(&budget);
+        let mut cache = RecentCache::new(&budget);
         let mut fresh = Fresh::new(&budget);
         for seq in 0..3 {
             fresh.keep(seq, header(), vec![0; 10]);
         }
-        tail.extend(fresh, 0);
+        cache.extend(fresh, 0);
         assert_eq!(
-            (tail.first(), tail.get(1).map(|e| e.seq)),
+            (cache.first(), cache.get(1).map(|e| e.seq)),
             (Some(0), Some(1))
         );
-        assert!(tail.get(2).is_none(), "refused: no room");
+        assert!(cache.get(2).is_none(), "refused: no room");
         assert_eq!(budget.used(), 2 * entry, "the refused one's share is back");
         // Read, the oldest makes room for a newer one; the refused one stays a gap.
-        assert_eq!(tail.take_front(0).map(|e| e.seq), Some(0));
+        assert_eq!(cache.take_front(0).map(|e| e.seq), Some(0));
         let mut fresh = Fresh::new(&budget);
         fresh.keep(3, header(), vec![0; 10]);
-        tail.extend(fresh, 3);
-        assert!(tail.get(2).is_none());
-        assert_eq!(tail.get(3).map(|e| e.seq), Some(3));
-        drop(tail);
+        cache.extend(fresh, 3);
+        assert!(cache.get(2).is_none());
+        assert_eq!(cache.get(3).map(|e| e.seq), Some(3));
+        drop(cache);
         assert_eq!(budget.used(), 0);
     }
 

@@ -25,7 +25,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use super::durability::SyncPoint;
 use super::queue::QueueState;
-use super::recent::TailBudgets;
+use super::recent::CacheBudgets;
 use super::store::{self, Db};
 use super::{Error, QueueRef};
 
@@ -56,7 +56,7 @@ pub(super) struct Registry {
     /// that is not loaded: a load that read a record without that lock checks it is unchanged.
     changes: AtomicU64,
     recency: Recency,
-    budgets: TailBudgets,
+    budgets: CacheBudgets,
 }
 
 /// When queues were last used, coarsely (in seconds, `epoch`), to find idle ones without looking
@@ -86,7 +86,7 @@ impl Registry {
         fanout: Vec<Vec<u8>>,
         max_queues: Option<u64>,
         memory: usize,
-        budgets: TailBudgets,
+        budgets: CacheBudgets,
     ) -> Registry {
         Registry {
             loaded: RwLock::new(HashMap::new()),

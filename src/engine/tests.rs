@@ -314,26 +314,26 @@ fn recent_messages_come_from_memory_and_their_memory_comes_back() {
     let dir = TempDir::new();
     let mut h = Harness::open(&dir.0, QueueLimits::default());
     h.put_many("q", &["a", "b", "c"]);
-    assert!(h.engine.tails.recent.used() > 0, "kept in memory");
+    assert!(h.engine.caches.recent.used() > 0, "kept in memory");
     // Given back after being read from memory: read again from RocksDB, in order.
     let a = h.take("q", TakeMode::Open).unwrap();
     assert_eq!(body(&a), "a");
     h.give_back(&a);
     assert_eq!(h.drain("q"), strings(&["a", "b", "c"]));
-    assert_eq!(h.engine.tails.recent.used(), 0, "read: nothing kept");
+    assert_eq!(h.engine.caches.recent.used(), 0, "read: nothing kept");
     h.put_many("f", &["x", "y"]);
     h.flush(Some("f"));
     h.put_many("d", &["z"]);
     h.delete("d");
     assert_eq!(
-        h.engine.tails.recent.used(),
+        h.engine.caches.recent.used(),
         0,
         "flushed and deleted: nothing kept"
     );
     h.close();
 }
 
-/// A backlog bigger than a queue's in-memory tail: the tail keeps the oldest messages and
+/// A backlog bigger than a queue's recent cache: the cache keeps the oldest messages and
 /// refuses newer ones, takes new ones again once reads make room, and every message is read
 /// once, in order, across the messages it never kept.
 #[test]
@@ -356,7 +356,7 @@ fn a_full_tail_keeps_the_oldest_and_reads_stay_in_order() {
     assert!(!kept(refused), "the refused ones are read from RocksDB");
     assert_eq!(h.drain("q"), (5..25).map(big).collect::<Vec<_>>());
     drop(queue);
-    assert_eq!(h.engine.tails.recent.used(), 0);
+    assert_eq!(h.engine.caches.recent.used(), 0);
     h.close();
 }
 

@@ -1,5 +1,5 @@
 //! Commits published ahead of their write: one event-loop pass's commit rounds after its first
-//! (see `CommitRounds`). Readers take such messages from the queues' in-memory tails, and their
+//! (see `CommitRounds`). Readers take such messages from the queues' recent caches, and their
 //! replies wait for the point the rounds' closing write will have.
 
 use parking_lot::MutexGuard;
@@ -22,7 +22,7 @@ pub(super) struct Unwritten {
     pub(super) point: SyncPoint,
     /// Queues with messages published ahead of the write.
     pub(super) queues: Vec<QueueRef>,
-    /// What the published messages cost in their queues' in-memory tails.
+    /// What the published messages cost in their queues' recent caches.
     pub(super) cost: usize,
 }
 
@@ -33,7 +33,7 @@ pub(super) struct Unwritten {
 /// together by `finish` (or the drop): a pipeline of set/get pairs then costs two RocksDB writes per pass,
 /// not one per pair. Their replies wait for that write's point like any other (the commit lock
 /// keeps every write from coming first, so the point is known ahead), readers take them from
-/// the queues' in-memory tails, and a failure of that write stops the process, as a failed
+/// the queues' recent caches, and a failure of that write stops the process, as a failed
 /// fsync does: messages already handed to readers cannot be taken back.
 pub(in crate::engine) struct CommitRounds<'a> {
     engine: &'a Engine,
@@ -102,7 +102,7 @@ impl Committer<'_> {
     /// Whether a batch may be published ahead of its write: only when readers can take every
     /// message it adds from memory, for the whole time until the write. So no queue may have
     /// dropped messages to make room, every added message must have its copy in the queue's
-    /// in-memory tail (not so for fan-out copies, or with the tails' budget spent), which must
+    /// recent cache (not so for fan-out copies, or with the caches' budget spent), which must
     /// have room for them (a full tail refuses new messages, and never pushes out what it
     /// keeps), and all that the rounds publish must fit in one queue's tail.
     pub(super) fn may_publish_early(&self, batch: &Batch) -> bool {
@@ -121,7 +121,7 @@ impl Committer<'_> {
             }
             cost += adds;
         }
-        !batch.wanted && cost <= self.engine.tails.recent.per_tail()
+        !batch.wanted && cost <= self.engine.caches.recent.per_cache()
     }
 
     /// Publishes a batch without writing it: its writes join the rounds' `Unwritten`, and
