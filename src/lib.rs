@@ -3,15 +3,13 @@
 //!
 //! The data path: `net` (event loops, connections) → `protocol` (pure codecs, one command
 //! vocabulary) → `engine` (queues on RocksDB, group commit) → back out through the codec.
+//! Around it: `cli` (the command line, which builds the server's config), `client` (blocking
+//! clients for the command line, the bench tool and tests) and `id_hash` (the hash maps keyed by
+//! ids that the engine and the event loops share).
 
+pub mod cli;
 pub mod client;
-pub mod config;
 pub mod engine;
 pub mod id_hash;
-pub mod logging;
-pub mod memcacheq_cli;
 pub mod net;
-pub mod process;
 pub use mqd_protocol as protocol;
-pub mod serve_args;
-pub mod top;

@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use argh::FromArgs;
+use mqd::cli::logging::{self, LogFormat};
+use mqd::cli::memcacheq_cli;
+use mqd::cli::process;
+use mqd::cli::serve_args::{Plan, Serve, Start};
 use mqd::client::MqmqClient;
-use mqd::logging::{self, LogFormat};
-use mqd::memcacheq_cli;
-use mqd::process;
-use mqd::serve_args::{Plan, Serve, Start};
 
 #[derive(FromArgs)]
 /// mqd: a durable message queue for MemcacheQ (memcache text) and mqmq (binary frame) clients.
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Info(info) => print_info(&info.addr),
-        Command::Top(top) => mqd::top::run(
+        Command::Top(top) => mqd::cli::top::run(
             &top.addr,
             std::time::Duration::from_millis(top.interval.max(100)),
             top.iterations,

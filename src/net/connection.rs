@@ -64,7 +64,7 @@ pub struct Connection {
     /// The protocol, the request at the front of the input, and bodies to discard.
     framer: Framer,
     /// Counts this connection under its protocol while it lives (`/metrics`).
-    counted: Option<super::connection_counts::Counted>,
+    counted: Option<super::monitoring::connection_counts::Counted>,
     /// Input buffer; `input[input_start..input_end]` is received and not yet handled. Its length
     /// is its zeroed capacity, so reads need no fresh memset.
     input: Vec<u8>,
@@ -386,7 +386,7 @@ impl Connection {
             }
             if protocol == Ok(Some(Protocol::Http)) {
                 let output = self.output.append_after(SyncPoint::NONE);
-                match super::http_service::serve(buf, ctx.shared, output) {
+                match super::monitoring::http_service::serve(buf, ctx.shared, output) {
                     Some((consumed, close)) => {
                         self.partial_since = None;
                         self.input_start += consumed;

@@ -5,24 +5,24 @@
 //! round-robin, so both cores parse and answer; a connection stays on its loop for life. Writes
 //! a loop collects in one iteration go to the engine's committer together.
 //!
-//! A connection whose first byte is an uppercase letter speaks HTTP instead: `http_service`
-//! answers it from a `snapshot` of the counters, rendered by `prometheus` or `stats_json`.
+//! A connection whose first byte is an uppercase letter speaks HTTP instead: `monitoring`
+//! answers it from a snapshot of the counters.
+//!
+//! The server's settings are its own (`ServerConfig`); the command line (`crate::cli`) builds
+//! them.
 
 pub mod budget;
+mod config;
 mod connection;
-pub mod connection_counts;
 mod event_loop;
 mod fd_limit;
 mod housekeeping;
-mod http_service;
+mod identity;
+pub mod monitoring;
 mod output;
-mod prometheus;
-mod report;
 mod requests;
 pub mod server;
 mod session;
-pub mod snapshot;
-mod stats_json;
 mod stream;
 pub mod systemd;
 mod timers;
@@ -33,6 +33,8 @@ use std::time::Instant;
 
 use crate::engine::{Engine, Uncommitted};
 use crate::protocol::Limits;
+pub use config::{default_listen, default_threads, ServerConfig, MAX_MESSAGE_SIZE_LIMIT};
+use monitoring::connection_counts;
 use timers::Timers;
 
 /// One event loop's counters; only that loop writes them, `stats` sums them.

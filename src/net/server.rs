@@ -13,26 +13,27 @@ use signal_hook::iterator::Signals;
 
 use super::budget::{InputBudget, OutputBudget, WriteBudget, MAX_WRITES, MAX_WRITE_BYTES};
 use super::event_loop::{EventLoop, LoopWaker, Peer};
+use super::identity::{self, Identity};
 use super::stream::{self, Listener, SocketFile};
+use super::ServerConfig;
 use super::{systemd, LoopStats, Shared};
-use crate::config::Config;
 use crate::engine::MemoryBudget;
 use crate::engine::{Engine, EngineConfig, Mailbox};
-use crate::process::{self, Identity};
+
 use crate::protocol::Limits;
 
 /// Serves until SIGTERM or SIGINT.
-pub fn serve(config: Config) -> Result<(), String> {
+pub fn serve(config: ServerConfig) -> Result<(), String> {
     serve_then(config, &mut || {})
 }
 
 /// Serves until SIGTERM or SIGINT; calls `on_ready` once it listens (after the pid file is
 /// written), as it tells systemd.
-pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), String> {
+pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<(), String> {
     log::debug!("starting with {config:?}");
     super::fd_limit::raise_for(config.max_connections as u64);
     let identity = match &config.user {
-        Some(name) => process::identity_to_assume(name)?,
+        Some(name) => identity::identity_to_assume(name)?,
         None => None,
     };
     // Caught from the start: a stop asked for while the engine opens (priming the WAL takes
@@ -187,7 +188,7 @@ pub fn serve_then(config: Config, on_ready: &mut dyn FnMut()) -> Result<(), Stri
 /// it cannot enter would only show later, at the first new file).
 fn become_user(
     identity: &Identity,
-    config: &Config,
+    config: &ServerConfig,
     socket_file: Option<&SocketFile>,
 ) -> Result<(), String> {
     // What RocksDB created while opening as root becomes the user's too, so that later starts
@@ -200,7 +201,7 @@ fn become_user(
         identity.take_ownership(path)?;
     }
     identity.assume()?;
-    if !process::can_write_dir(&config.data_dir) {
+    if !identity::can_write_dir(&config.data_dir) {
         return Err(format!(
             "-u {}: cannot write {} as that user (check the directories above it)",
             identity.name,
@@ -212,7 +213,7 @@ fn become_user(
 
 /// Sockets from systemd if it passed any, else the configured addresses; and the unix socket
 /// (`-s`), whose file is removed when the returned guard is dropped.
-fn listeners(config: &Config) -> Result<(Vec<Listener>, Option<SocketFile>), String> {
+fn listeners(config: &ServerConfig) -> Result<(Vec<Listener>, Option<SocketFile>), String> {
     // The unix socket is bound first: once a TCP port accepts connections (which is how
     // clients and tests see that the server is up), the socket file exists with its mode.
     let mut socket_file = None;

@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::connection::Connection;
+use super::monitoring::report;
 use super::requests::{GetInProgress, OpenRead, PendingWrite};
-use super::{report, Ctx};
+use super::Ctx;
 use crate::engine;
 use crate::engine::{Error, Outcome, SyncPoint, TakeMode, Taken};
 use crate::protocol::{Command, ErrorKind, Read, Reads, Reply, StatsKind, Value, Values};

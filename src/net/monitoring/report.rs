@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::Shared;
+use crate::net::Shared;
 use crate::protocol::{memcache, Info};
 
 /// Most queues `stats` prints Kestrel's per-queue lines for. Past it (a server with many queues,

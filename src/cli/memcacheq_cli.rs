@@ -115,7 +115,7 @@ mqd (MemcacheQ 0.2.1 compatible) serve options:
 Run `mqd serve --help` for mqd's own options.";
 
 /// `mqd serve -i`: the licence.
-pub const LICENSE: &str = include_str!("../LICENSE");
+pub const LICENSE: &str = include_str!("../../LICENSE");
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,5 @@
 //! The options of `mqd serve`, mqd's own long ones and every MemcacheQ 0.2.1 short one, and what
-//! they add up to: a [`Config`] for the server and the few things done to the process before it
+//! they add up to: a [`ServerConfig`] for the server and the few things done to the process before it
 //! starts (daemon, core limit, logging).
 
 use std::net::SocketAddr;
@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 
-use crate::config::{self, Config};
+use super::logging::LogFormat;
+use super::parse as config;
 use crate::engine::SyncPolicy;
-use crate::logging::LogFormat;
+use crate::net::ServerConfig;
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "serve")]
@@ -173,7 +174,7 @@ pub enum Start {
 
 /// A server to run, and what to do to the process first.
 pub struct Plan {
-    pub config: Config,
+    pub config: ServerConfig,
     pub daemon: bool,
     pub raise_core_limit: bool,
     /// None: decide from the environment (the journal or not).
@@ -231,8 +232,8 @@ impl Serve {
         given
     }
 
-    fn config(self) -> Result<Config, String> {
-        let mut config = Config::default();
+    fn config(self) -> Result<ServerConfig, String> {
+        let mut config = ServerConfig::default();
         let mut listen = self.listen;
         if self.port.is_some() || self.address.is_some() {
             let ip = self.address.unwrap_or([127, 0, 0, 1].into());

@@ -3,7 +3,8 @@
 //! into the binary). The codec is `protocol::http`; this module only routes and renders.
 
 use super::snapshot::Snapshot;
-use super::{prometheus, stats_json, Shared};
+use super::{prometheus, stats_json};
+use crate::net::Shared;
 use crate::protocol::http::{self, Method, ParsedHead, Response, Status};
 
 /// The dashboard: one self-contained page that polls `/stats.json`.

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::connection_counts::{label, PROTOCOLS};
-use super::{Shared, Totals};
 use crate::engine::{EngineSnapshot, QueueStats};
+use crate::net::{Shared, Totals};
 
 /// Connections of one protocol.
 #[derive(Clone, Debug)]
