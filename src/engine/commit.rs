@@ -248,18 +248,18 @@ impl Committer<'_> {
                 Op::DeleteQueue { name, reply_to } => {
                     // Each commit answers its own writers, failed or not.
                     let _ = self.commit(std::mem::take(&mut batch));
-                    let (outcome, durable_at) = self.delete_queue(&name);
+                    let (outcome, durable_at) = removal::delete_queue(self, &name);
                     self.answer(reply_to, outcome, durable_at);
                 }
                 Op::Flush { name, reply_to } => {
                     let _ = self.commit(std::mem::take(&mut batch));
-                    let (outcome, durable_at) = self.flush(name.as_deref());
+                    let (outcome, durable_at) = removal::flush(self, name.as_deref());
                     self.answer(reply_to, outcome, durable_at);
                 }
             }
         }
-        if early && self.may_publish_early(&batch) {
-            self.publish_early(batch);
+        if early && rounds::may_publish_early(self, &batch) {
+            rounds::publish_early(self, batch);
         } else {
             let _ = self.commit(batch);
         }
@@ -416,7 +416,7 @@ impl Committer<'_> {
             }
             self.engine.registry.touch(&queue, &mut q);
             let admitted = match self.engine.registry.count_new(&mut q) {
-                Ok(()) => self.make_room(batch, &queue, &mut q, len),
+                Ok(()) => limits::make_room(self, batch, &queue, &mut q, len),
                 Err(e) => Err(e),
             };
             if let Err(e) = admitted {
@@ -505,7 +505,7 @@ impl Committer<'_> {
             }
         }
         if let Some(unwritten) = unwritten {
-            self.written_out(unwritten.queues);
+            rounds::written_out(self, unwritten.queues);
         }
         for (writer, error) in batch.writers {
             let (outcome, durable_at) = match (error, &result) {

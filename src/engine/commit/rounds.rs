@@ -83,11 +83,10 @@ impl CommitRounds<'_> {
     }
 
     fn write_unwritten(&mut self) {
-        Committer {
+        write_unwritten(&mut Committer {
             engine: self.engine,
             state: &mut self.state,
-        }
-        .write_unwritten();
+        });
     }
 }
 
@@ -98,111 +97,109 @@ impl Drop for CommitRounds<'_> {
     }
 }
 
-impl Committer<'_> {
-    /// Whether a batch may be published ahead of its write: only when readers can take every
-    /// message it adds from memory, for the whole time until the write. So no queue may have
-    /// dropped messages to make room, every added message must have its copy in the queue's
-    /// recent cache (not so for fan-out copies, or with the caches' budget spent), which must
-    /// have room for them (a full tail refuses new messages, and never pushes out what it
-    /// keeps), and all that the rounds publish must fit in one queue's tail.
-    pub(super) fn may_publish_early(&self, batch: &Batch) -> bool {
-        let mut cost = self.state.unwritten.as_ref().map_or(0, |u| u.cost);
-        for touched in batch.touched.values() {
-            if !touched.discarded.is_empty() || touched.dropped_staged > 0 {
-                return false;
-            }
-            let kept = touched.fresh.as_ref().map_or(0, Fresh::count);
-            if kept != touched.staged.len() {
-                return false;
-            }
-            let adds = touched.fresh.as_ref().map_or(0, Fresh::cost);
-            if adds > touched.queue.lock().recent.room() {
-                return false;
-            }
-            cost += adds;
+/// Whether a batch may be published ahead of its write: only when readers can take every
+/// message it adds from memory, for the whole time until the write. So no queue may have
+/// dropped messages to make room, every added message must have its copy in the queue's
+/// recent cache (not so for fan-out copies, or with the caches' budget spent), which must
+/// have room for them (a full tail refuses new messages, and never pushes out what it
+/// keeps), and all that the rounds publish must fit in one queue's tail.
+pub(super) fn may_publish_early(c: &Committer<'_>, batch: &Batch) -> bool {
+    let mut cost = c.state.unwritten.as_ref().map_or(0, |u| u.cost);
+    for touched in batch.touched.values() {
+        if !touched.discarded.is_empty() || touched.dropped_staged > 0 {
+            return false;
         }
-        !batch.wanted && cost <= self.engine.caches.recent.per_cache()
+        let kept = touched.fresh.as_ref().map_or(0, Fresh::count);
+        if kept != touched.staged.len() {
+            return false;
+        }
+        let adds = touched.fresh.as_ref().map_or(0, Fresh::cost);
+        if adds > touched.queue.lock().recent.room() {
+            return false;
+        }
+        cost += adds;
     }
+    !batch.wanted && cost <= c.engine.caches.recent.per_cache()
+}
 
-    /// Publishes a batch without writing it: its writes join the rounds' `Unwritten`, and
-    /// its replies wait for the point that write will have.
-    pub(super) fn publish_early(&mut self, mut batch: Batch) {
-        let point = match &self.state.unwritten {
-            Some(unwritten) => unwritten.point,
-            None => self.engine.durability.next_point(),
+/// Publishes a batch without writing it: its writes join the rounds' `Unwritten`, and
+/// its replies wait for the point that write will have.
+pub(super) fn publish_early(c: &mut Committer<'_>, mut batch: Batch) {
+    let point = match &c.state.unwritten {
+        Some(unwritten) => unwritten.point,
+        None => c.engine.durability.next_point(),
+    };
+    let has_puts = c.add_records(&mut batch);
+    c.engine.metrics.committed(batch.writers.len() as u64);
+    let synced = c.engine.synced();
+    let mut outbox = Outbox::new(&c.engine.mailboxes);
+    let mut queues = Vec::with_capacity(batch.touched.len());
+    let mut cost = 0;
+    for touched in batch.touched.values_mut() {
+        cost += touched.fresh.as_ref().map_or(0, Fresh::cost);
+        let queue = touched.queue.clone();
+        let mut q = queue.lock();
+        c.publish(touched, &mut q, point, false, synced, &mut outbox);
+        drop(q);
+        queues.push(queue);
+    }
+    for (writer, error) in batch.writers {
+        let (outcome, durable_at) = match error {
+            Some(e) => (Outcome::Failed(e), SyncPoint::NONE),
+            None => (Outcome::Stored, point),
         };
-        let has_puts = self.add_records(&mut batch);
-        self.engine.metrics.committed(batch.writers.len() as u64);
-        let synced = self.engine.synced();
-        let mut outbox = Outbox::new(&self.engine.mailboxes);
-        let mut queues = Vec::with_capacity(batch.touched.len());
-        let mut cost = 0;
-        for touched in batch.touched.values_mut() {
-            cost += touched.fresh.as_ref().map_or(0, Fresh::cost);
-            let queue = touched.queue.clone();
-            let mut q = queue.lock();
-            self.publish(touched, &mut q, point, false, synced, &mut outbox);
-            drop(q);
-            queues.push(queue);
+        outbox.complete(writer, outcome, durable_at);
+    }
+    match &mut c.state.unwritten {
+        Some(unwritten) => {
+            unwritten.write = batch.write;
+            unwritten.wanted |= has_puts;
+            unwritten.queues.extend(queues);
+            unwritten.cost += cost;
         }
-        for (writer, error) in batch.writers {
-            let (outcome, durable_at) = match error {
-                Some(e) => (Outcome::Failed(e), SyncPoint::NONE),
-                None => (Outcome::Stored, point),
-            };
-            outbox.complete(writer, outcome, durable_at);
-        }
-        match &mut self.state.unwritten {
-            Some(unwritten) => {
-                unwritten.write = batch.write;
-                unwritten.wanted |= has_puts;
-                unwritten.queues.extend(queues);
-                unwritten.cost += cost;
-            }
-            None => {
-                self.state.unwritten = Some(Unwritten {
-                    write: batch.write,
-                    wanted: has_puts,
-                    point,
-                    queues,
-                    cost,
-                })
-            }
+        None => {
+            c.state.unwritten = Some(Unwritten {
+                write: batch.write,
+                wanted: has_puts,
+                point,
+                queues,
+                cost,
+            })
         }
     }
+}
 
-    /// Writes what the rounds published ahead of its write. A failure stops the process:
-    /// those messages may be in readers' hands already (their replies held), and the queues
-    /// cannot be put back as they were; the next start-up recovers what is on disk.
-    pub(super) fn write_unwritten(&mut self) {
-        let Some(unwritten) = self.state.unwritten.take() else {
-            return;
-        };
-        match self.engine.write(unwritten.write, unwritten.wanted) {
-            Ok(point) => {
-                debug_assert_eq!(point, unwritten.point);
-                self.written_out(unwritten.queues);
-            }
-            Err(e) => fatal_write_failure(&e),
+/// Writes what the rounds published ahead of its write. A failure stops the process:
+/// those messages may be in readers' hands already (their replies held), and the queues
+/// cannot be put back as they were; the next start-up recovers what is on disk.
+pub(super) fn write_unwritten(c: &mut Committer<'_>) {
+    let Some(unwritten) = c.state.unwritten.take() else {
+        return;
+    };
+    match c.engine.write(unwritten.write, unwritten.wanted) {
+        Ok(point) => {
+            debug_assert_eq!(point, unwritten.point);
+            written_out(c, unwritten.queues);
         }
+        Err(e) => fatal_write_failure(&e),
     }
+}
 
-    /// The rounds' published messages are written now: readable from RocksDB too, which
-    /// may let a waiting reader have one that was given back meanwhile.
-    pub(super) fn written_out(&mut self, queues: Vec<QueueRef>) {
-        let mut outbox = Outbox::new(&self.engine.mailboxes);
-        for queue in queues {
-            let mut q = queue.lock();
-            q.written_end = q.tail;
-            if !q.waiters.is_empty() {
-                crate::engine::reading::serve_waiters(
-                    self.engine,
-                    &queue,
-                    &mut q,
-                    &mut self.state.carry,
-                    &mut outbox,
-                );
-            }
+/// The rounds' published messages are written now: readable from RocksDB too, which
+/// may let a waiting reader have one that was given back meanwhile.
+pub(super) fn written_out(c: &mut Committer<'_>, queues: Vec<QueueRef>) {
+    let mut outbox = Outbox::new(&c.engine.mailboxes);
+    for queue in queues {
+        let mut q = queue.lock();
+        q.written_end = q.tail;
+        if !q.waiters.is_empty() {
+            crate::engine::reading::serve_waiters(
+                c.engine,
+                &queue,
+                &mut q,
+                &mut c.state.carry,
+                &mut outbox,
+            );
         }
     }
 }
