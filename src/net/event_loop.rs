@@ -1,7 +1,6 @@
 //! One event-loop thread: readiness from mio, connections in a slab, deadlines of blocked reads,
 //! and the engine's events (committed writes, delivered messages) from this loop's mailbox.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,11 +9,12 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::connection::Connection;
+use super::housekeeping::{Chores, Orphans};
 use super::stream::{Listener, Stream};
 use super::timers::Timers;
 use super::{Ctx, LoopStats, Shared};
 use crate::engine::{Event, Pass, SyncPoint, Uncommitted, Wake};
-use crate::id_hash::{IdMap, IdSet};
+use crate::id_hash::IdSet;
 
 const WAKER: Token = Token(0);
 const FIRST_LISTENER: usize = 1;
@@ -93,7 +93,7 @@ pub struct EventLoop {
     next_peer: usize,
     drain_deadline: Option<Instant>,
     /// Connections waiting for a server-wide budget, retried every few milliseconds.
-    pub(super) parked: IdSet,
+    parked: IdSet,
     /// Connections with replies waiting for a sync, and the sync point last seen.
     held: IdSet,
     seen_synced: SyncPoint,
@@ -104,11 +104,9 @@ pub struct EventLoop {
     /// Since when removals this loop submitted may wait in the engine for the next commit.
     deferred_since: Option<Instant>,
     /// Write weights of closed connections whose writes the committer has not answered yet.
-    pub(super) orphans: IdMap<VecDeque<usize>>,
-    /// When to look for connections past their request or idle timeout next.
-    pub(super) next_sweep: Instant,
-    /// Rounds of `retry_parked`, some of whose retries are less frequent.
-    pub(super) retry_round: u32,
+    orphans: Orphans,
+    /// When the periodic chores (`retry_parked`, `sweep`) are due.
+    chores: Chores,
     spare_inputs: Vec<Vec<u8>>,
 }
 
@@ -147,9 +145,8 @@ impl EventLoop {
             unflushed: Vec::new(),
             unflushed_since: Instant::now(),
             deferred_since: None,
-            orphans: IdMap::default(),
-            next_sweep: Instant::now(),
-            retry_round: 0,
+            orphans: Orphans::default(),
+            chores: Chores::new(),
             spare_inputs: Vec::new(),
         }
     }
@@ -175,7 +172,7 @@ impl EventLoop {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            if let Some(wait) = self.housekeeping_timeout(now) {
+            if let Some(wait) = self.chores_timeout(now) {
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
             if let Some(since) = self.deferred_since {
@@ -482,9 +479,7 @@ impl EventLoop {
     pub(super) fn close(&mut self, slot: usize) {
         let in_flight = self.with_conn(slot, |c, ctx| (c.id, c.discard(ctx)));
         if let Some((id, weights)) = in_flight {
-            if !weights.is_empty() {
-                self.orphans.insert(id, weights);
-            }
+            self.orphans.insert(id, weights);
             self.held.remove(&id);
         }
         if let Some(mut conn) = self.conns[slot].take() {
@@ -506,7 +501,7 @@ impl EventLoop {
                     self.with_conn(slot, |c, ctx| c.write_answered(outcome, durable_at, ctx));
                     self.drive(slot);
                 }
-                None => self.orphan_answered(conn),
+                None => self.orphans.answered(conn, &self.shared.writes),
             },
             Event::Delivered {
                 conn,
@@ -552,5 +547,50 @@ impl EventLoop {
             }
         }
         self.conns.iter().all(Option::is_none)
+    }
+
+    /// The longest the loop may sleep before its next chore.
+    fn chores_timeout(&self, now: Instant) -> Option<Duration> {
+        let timed = self.shared.request_timeout.is_some() || self.shared.idle_timeout.is_some();
+        self.chores.timeout(!self.parked.is_empty(), timed, now)
+    }
+
+    /// Drives every parked connection once; those still refused park again. Those waiting
+    /// only for output room wait, undriven, while the output budget has none.
+    fn retry_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let output_full = self.shared.output.bytes.remaining() == 0;
+        let readers_due = self.chores.retry_round();
+        for id in std::mem::take(&mut self.parked) {
+            let Some(slot) = self.slot_of(id) else {
+                continue;
+            };
+            let Some(conn) = self.conns[slot].as_ref() else {
+                continue;
+            };
+            let not_yet = (output_full && conn.parked_on_output_only())
+                || (!readers_due && conn.parked_on_reader_only());
+            if not_yet {
+                self.parked.insert(id);
+            } else {
+                self.drive(slot);
+            }
+        }
+    }
+
+    /// Closes connections past their request or idle timeout.
+    fn sweep(&mut self, now: Instant) {
+        if !self.chores.sweep_due(now) {
+            return;
+        }
+        for slot in 0..self.conns.len() {
+            let overdue = self.with_conn(slot, |c, ctx| c.overdue(now, ctx)).flatten();
+            if let Some(reason) = overdue {
+                log::info!("closing a connection: {reason}");
+                self.close(slot);
+            }
+        }
     }
 }
