@@ -94,6 +94,9 @@ pub struct EventLoop {
     drain_deadline: Option<Instant>,
     /// Connections waiting for a server-wide budget, retried every few milliseconds.
     parked: IdSet,
+    /// Connections that stopped at their share of a pass (`Connection::yielded`), driven again
+    /// in the next one.
+    yielded: IdSet,
     /// Connections with replies waiting for a sync, and the sync point last seen.
     held: IdSet,
     seen_synced: SyncPoint,
@@ -140,6 +143,7 @@ impl EventLoop {
             next_peer: 0,
             drain_deadline: None,
             parked: IdSet::default(),
+            yielded: IdSet::default(),
             held: IdSet::default(),
             seen_synced: SyncPoint::NONE,
             unflushed: Vec::new(),
@@ -187,7 +191,11 @@ impl EventLoop {
             // Say we are going to sleep, then look once more: an event sent before the flag was
             // set is seen here, one sent after it wakes the poll.
             self.waker.asleep.store(true, Ordering::SeqCst);
-            if !self.mailbox.is_empty() || !self.handoffs.is_empty() || self.sync_advanced() {
+            if !self.mailbox.is_empty()
+                || !self.handoffs.is_empty()
+                || !self.yielded.is_empty()
+                || self.sync_advanced()
+            {
                 timeout = Some(Duration::ZERO);
             }
             let polled = self.poll.poll(&mut events, timeout);
@@ -238,6 +246,11 @@ impl EventLoop {
             while let Some((conn, open_id)) = self.open_timers.pop_due(now) {
                 if let Some(slot) = self.slot_of(conn) {
                     self.with_conn(slot, |c, ctx| c.open_expired(open_id, ctx));
+                }
+            }
+            for id in std::mem::take(&mut self.yielded) {
+                if let Some(slot) = self.slot_of(id) {
+                    self.drive(slot);
                 }
             }
             self.retry_parked();
@@ -349,14 +362,24 @@ impl EventLoop {
     pub(super) fn drive(&mut self, slot: usize) {
         let state = self.with_conn(slot, |c, ctx| {
             c.drive(ctx);
-            (c.finished(), c.parked(), c.held(), c.unflushed(), c.id)
+            (
+                c.finished(),
+                c.parked(),
+                c.held(),
+                c.unflushed(),
+                c.yielded,
+                c.id,
+            )
         });
-        let Some((finished, parked, held, unflushed, id)) = state else {
+        let Some((finished, parked, held, unflushed, yielded, id)) = state else {
             return;
         };
         if finished {
             self.close(slot);
             return;
+        }
+        if yielded {
+            self.yielded.insert(id);
         }
         if parked {
             self.parked.insert(id);

@@ -22,6 +22,8 @@ pub struct Output {
     holds: VecDeque<(usize, SyncPoint)>,
     /// Every point up to this one was seen synced.
     released: SyncPoint,
+    /// Bytes sent since the connection opened.
+    sent_total: u64,
 }
 
 impl Output {
@@ -42,6 +44,11 @@ impl Output {
     /// Whether some bytes wait for a sync.
     pub fn held(&self) -> bool {
         !self.holds.is_empty()
+    }
+
+    /// Bytes of replies produced since the connection opened, sent or not.
+    pub fn produced(&self) -> u64 {
+        self.sent_total + self.unsent() as u64
     }
 
     /// Where the next reply is encoded; everything appended from now on waits for `point`.
@@ -71,6 +78,7 @@ impl Output {
     /// must not keep all of them in memory.
     pub fn sent(&mut self, n: usize) {
         self.start += n;
+        self.sent_total += n as u64;
         if self.start == self.buf.len() && self.holds.is_empty() {
             self.start = 0;
             if self.buf.capacity() > SHRINK_ABOVE {
