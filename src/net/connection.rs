@@ -423,7 +423,9 @@ impl Connection {
                     self.partial_since.get_or_insert_with(Instant::now);
                     return Stop::Input;
                 }
-                Parsed::Command { consumed, command } => {
+                Parsed::Command {
+                    consumed, command, ..
+                } => {
                     if is_write(&command) && !self.admit_write(&command, ctx) {
                         self.parked_on_writes = true;
                         return Stop::Waiting;

@@ -96,6 +96,7 @@ impl Connection {
                 }
             }
             Command::Quit => self.closing = true,
+            Command::Noop => self.reply(&Reply::Noop),
         }
     }
 
