@@ -8,7 +8,7 @@
 //! request comes with its [`ReplyStyle`]: the connection keeps it with the request and hands it
 //! to [`encode`] with the reply, so it needs to know nothing of the dialects.
 
-mod base64;
+pub mod base64;
 pub mod binary;
 pub mod command;
 pub mod framing;
