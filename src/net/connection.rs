@@ -25,7 +25,7 @@ use super::requests::{is_write, GetInProgress, OpenRead, PendingWrite};
 use super::stream::Stream;
 use super::Ctx;
 use crate::engine::{ConnRef, Outcome, SyncPoint};
-use crate::protocol::{memcache, mqmq, Command, Framer, Parsed, Protocol, Reply};
+use crate::protocol::{self, Command, Framer, Parsed, Protocol, Reply, ReplyStyle};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 << 10;
@@ -84,7 +84,8 @@ pub struct Connection {
     pub closing: bool,
     /// Close now (I/O error, protocol violation).
     pub dead: bool,
-    pub(super) pending_writes: VecDeque<PendingWrite>,
+    /// Writes with the committer, oldest first, each with how its reply is spelled.
+    pub(super) pending_writes: VecDeque<(PendingWrite, ReplyStyle)>,
     /// Body bytes of each write in `pending_writes`, taken from the server's write budget.
     write_weights: VecDeque<usize>,
     /// Writes answered but maybe not on disk yet (the point they wait for, their body bytes):
@@ -424,7 +425,9 @@ impl Connection {
                     return Stop::Input;
                 }
                 Parsed::Command {
-                    consumed, command, ..
+                    consumed,
+                    command,
+                    style,
                 } => {
                     if is_write(&command) && !self.admit_write(&command, ctx) {
                         self.parked_on_writes = true;
@@ -432,19 +435,20 @@ impl Connection {
                     }
                     self.partial_since = None;
                     self.input_start += consumed;
-                    self.execute(command, ctx);
+                    self.execute(command, style, ctx);
                     self.charge_output(self.pending_output(), ctx);
                 }
                 Parsed::Invalid {
                     consumed,
                     reply,
                     close,
+                    style,
                     ..
                 } => {
                     // Any body to discard is the framer's now (`used`).
                     self.partial_since = None;
                     self.input_start += consumed;
-                    self.reply(&reply);
+                    self.reply(&reply, &style);
                     self.closing |= close;
                 }
             }
@@ -565,19 +569,16 @@ impl Connection {
         true
     }
 
-    /// Appends a reply in this connection's protocol, sent once this connection's answered
-    /// writes are on disk.
-    pub(super) fn reply(&mut self, reply: &Reply) {
-        self.reply_after(reply, SyncPoint::NONE);
+    /// Appends a reply spelled as its request's `style` says (maybe nothing, for a quiet
+    /// request), sent once this connection's answered writes are on disk.
+    pub(super) fn reply(&mut self, reply: &Reply, style: &ReplyStyle) {
+        self.reply_after(reply, SyncPoint::NONE, style);
     }
 
     /// Appends a reply that also waits for `point` (it shows a message maybe not on disk yet).
-    pub(super) fn reply_after(&mut self, reply: &Reply, point: SyncPoint) {
+    pub(super) fn reply_after(&mut self, reply: &Reply, point: SyncPoint, style: &ReplyStyle) {
         let output = self.output.append_after(point.max(self.floor));
-        match self.framer.protocol() {
-            Some(Protocol::Mqmq) => mqmq::encode(reply, output),
-            _ => memcache::encode(reply, output),
-        }
+        protocol::encode(reply, style, output);
     }
 
     /// Reads until the socket has no more or the input limit is reached. True if anything came.
