@@ -244,3 +244,66 @@ def test_stats_stay_parseable_whatever_names_mqmq_clients_use(server):
                 )
             assert mc.cmd(b"version").startswith(b"VERSION "), "reply framing lost after stats"
         assert mc.stats(b"queue").get("plain") == "1/0"
+
+
+# Every dialect puts, every dialect reads: text, memcache binary, meta, mqmq --------------------
+
+DIALECTS = ["text", "binary", "meta", "mqmq"]
+
+
+def put(server, dialect, queue, body, flags):
+    """Appends over `dialect`; mqmq has no flags (its messages have flags 0)."""
+    if dialect == "text":
+        with server.mc() as c:
+            assert c.set(queue, body, flags=flags) == b"STORED\r\n"
+    elif dialect == "binary":
+        with server.mb() as c:
+            assert c.set(queue, body, flags=flags).status == 0
+    elif dialect == "meta":
+        with server.mc() as c:
+            c.send(b"ms %s %d F%d\r\n%s\r\n" % (queue, len(body), flags, body))
+            assert c.read_line() == b"HD\r\n"
+    else:
+        with server.mq() as c:
+            assert c.put(queue, body) == [b"OK"]
+
+
+def take(server, dialect, queue):
+    """Removes the oldest message over `dialect`: (body, flags), flags None over mqmq."""
+    if dialect == "text":
+        with server.mc() as c:
+            [(_, flags, body, _)] = c.get(queue)
+            return body, flags
+    if dialect == "binary":
+        with server.mb() as c:
+            r = c.get(queue)
+            assert r.status == 0, r
+            return r.value, r.flags
+    if dialect == "meta":
+        with server.mc() as c:
+            c.send(b"mg %s v f\r\n" % queue)
+            head = c.read_line().split()
+            assert head[0] == b"VA", head
+            body = c.read_exactly(int(head[1]) + 2)[:-2]
+            return body, int(head[2][1:])
+    with server.mq() as c:
+        reply = c.get(queue)
+        assert reply[0] == b"OK", reply
+        return reply[1], None
+
+
+@pytest.mark.parametrize("writer", DIALECTS)
+def test_a_message_put_over_one_dialect_is_read_over_every_other(server, writer):
+    flags = 0 if writer == "mqmq" else 0xC0FFEE
+    for reader in DIALECTS:
+        queue = b"x-%s-%s" % (writer.encode(), reader.encode())
+        body = b"from %s to %s \x00\xff\r\n" % (writer.encode(), reader.encode())
+        put(server, writer, queue, body, flags)
+        put(server, writer, queue, body + b" #2", flags)
+        got_body, got_flags = take(server, reader, queue)
+        assert got_body == body, f"{writer} -> {reader}"
+        if got_flags is not None:
+            assert got_flags == flags, f"{writer} -> {reader}: flags {got_flags}"
+        # FIFO across dialects too: the second one is next, whoever reads it.
+        other = DIALECTS[(DIALECTS.index(reader) + 1) % len(DIALECTS)]
+        assert take(server, other, queue)[0] == body + b" #2"
