@@ -137,6 +137,58 @@ def test_pipelined_bulk_larger_than_the_input_buffer(server):
             sender.join(60)
 
 
+@pytest.mark.parametrize("dialect", ["text", "binary"])
+def test_a_long_pipeline_then_a_half_close_gets_every_reply(server, dialect):
+    """A connection runs a share of its requests per turn of its loop; a client that sends many
+    and then closes its side (`printf ... | nc`) still gets all of their replies, then EOF, even
+    when the server reads the pipeline and its end at once (a busy neighbour keeps the loop
+    working meanwhile)."""
+    import socket
+
+    from conftest import Op, binary_request
+
+    n = 2000
+    if dialect == "text":
+        request, reply = b"get none\r\n", b"END\r\n"
+    else:
+        request = binary_request(Op.GET, b"none")
+        reply = bytes([0x81, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9]) + b"\0" * 12 + b"Not found"
+    stop = threading.Event()
+
+    busy = server.mc(timeout=30)
+
+    def send_forever():
+        while not stop.is_set():
+            busy.sock.sendall(b"get none\r\n" * 20000)
+
+    def read_forever():
+        while not stop.is_set() and busy.sock.recv(1 << 20):
+            pass
+
+    threads = [threading.Thread(target=send_forever), threading.Thread(target=read_forever)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.3)
+        for _ in range(10):
+            # Without TCP_NODELAY, as `nc` sends: the FIN may ride on the last data segment.
+            with socket.create_connection(server.addr, timeout=10) as c:
+                c.sendall(request * n)
+                c.shutdown(socket.SHUT_WR)
+                got = b""
+                try:
+                    while chunk := c.recv(1 << 20):
+                        got += chunk
+                except socket.timeout:
+                    pytest.fail(f"no EOF after {len(got) // len(reply)} of {n} replies")
+                assert got == reply * n, f"{len(got) // len(reply)} of {n} replies"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        busy.close()
+
+
 def test_pipelined_interleaved_set_get(server):
     with server.mc() as c:
         request = b"".join(b"set il 0 0 1\r\n%d\r\nget il\r\n" % (i % 10) for i in range(50))

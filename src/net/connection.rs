@@ -46,6 +46,12 @@ const PEER_BACKLOG: usize = 256 << 10;
 /// beyond this is written at once, so buffers stay small.
 const FLUSH_EARLY: usize = 64 << 10;
 
+/// Most requests a connection runs per `drive` before the loop's other connections get their
+/// turn (memcached's `reqs_per_event`): requests that cost no reply, no write and no output room
+/// (a binary GETQ of an empty queue, a stream of misses) meet no other limit, and one client's
+/// megabyte of them would hold the whole loop. It resumes in the loop's next pass.
+const MAX_REQUESTS_PER_DRIVE: usize = 64;
+
 /// Why `process` stopped running commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
@@ -117,6 +123,10 @@ pub struct Connection {
     partial_since: Option<Instant>,
     /// Last time bytes moved in either direction.
     last_active: Instant,
+    /// Requests run in the current `drive`.
+    requests_this_drive: usize,
+    /// It stopped at `MAX_REQUESTS_PER_DRIVE` with requests left: drive it again next pass.
+    pub(super) yielded: bool,
     pub(super) get: Option<GetInProgress>,
     pub(super) open_reads: Vec<OpenRead>,
 }
@@ -152,6 +162,8 @@ impl Connection {
             parked_on_reader: false,
             partial_since: None,
             last_active: Instant::now(),
+            requests_this_drive: 0,
+            yielded: false,
             get: None,
             open_reads: Vec::new(),
         }
@@ -288,6 +300,8 @@ impl Connection {
 
     /// Reads, runs and answers as far as the socket and the connection's state allow.
     pub fn drive(&mut self, ctx: &mut Ctx) {
+        self.requests_this_drive = 0;
+        self.yielded = false;
         loop {
             let stop = self.process(ctx);
             if self.dead || self.closing || self.unsent() >= FLUSH_EARLY {
@@ -315,7 +329,8 @@ impl Connection {
         // The peer sent all it will: close once its writes are answered. A read still waiting
         // is cancelled rather than answered: a client that went away while blocked must not
         // take a message with it (reading goes on while a read waits, so we notice).
-        if self.eof && self.pending_writes.is_empty() {
+        // Requests it has not had its turn for yet are run first.
+        if self.eof && self.pending_writes.is_empty() && !self.yielded {
             self.closing = true;
         }
     }
@@ -381,6 +396,11 @@ impl Connection {
             if buf.is_empty() {
                 break;
             }
+            if self.requests_this_drive >= MAX_REQUESTS_PER_DRIVE {
+                // Its turn is over: the rest waits for the loop's next pass.
+                self.yielded = true;
+                return Stop::Waiting;
+            }
             let protocol = self.framer.sniff(buf);
             if let (None, Ok(Some(protocol))) = (&self.counted, protocol) {
                 self.counted = Some(ctx.shared.connection_counts.count(protocol));
@@ -435,6 +455,7 @@ impl Connection {
                     }
                     self.partial_since = None;
                     self.input_start += consumed;
+                    self.requests_this_drive += 1;
                     self.execute(command, style, ctx);
                     self.charge_output(self.pending_output(), ctx);
                 }
@@ -448,6 +469,7 @@ impl Connection {
                     // Any body to discard is the framer's now (`used`).
                     self.partial_since = None;
                     self.input_start += consumed;
+                    self.requests_this_drive += 1;
                     self.reply(&reply, &style);
                     self.closing |= close;
                 }

@@ -94,6 +94,9 @@ pub struct EventLoop {
     drain_deadline: Option<Instant>,
     /// Connections waiting for a server-wide budget, retried every few milliseconds.
     pub(super) parked: IdSet,
+    /// Connections that ran their share of requests with more waiting: driven again next pass,
+    /// which comes at once.
+    yielded: IdSet,
     /// Connections with replies waiting for a sync, and the sync point last seen.
     held: IdSet,
     seen_synced: SyncPoint,
@@ -142,6 +145,7 @@ impl EventLoop {
             next_peer: 0,
             drain_deadline: None,
             parked: IdSet::default(),
+            yielded: IdSet::default(),
             held: IdSet::default(),
             seen_synced: SyncPoint::NONE,
             unflushed: Vec::new(),
@@ -190,7 +194,11 @@ impl EventLoop {
             // Say we are going to sleep, then look once more: an event sent before the flag was
             // set is seen here, one sent after it wakes the poll.
             self.waker.asleep.store(true, Ordering::SeqCst);
-            if !self.mailbox.is_empty() || !self.handoffs.is_empty() || self.sync_advanced() {
+            if !self.mailbox.is_empty()
+                || !self.handoffs.is_empty()
+                || !self.yielded.is_empty()
+                || self.sync_advanced()
+            {
                 timeout = Some(Duration::ZERO);
             }
             let polled = self.poll.poll(&mut events, timeout);
@@ -202,6 +210,8 @@ impl EventLoop {
                 }
             }
             self.shared.engine.pass_begins();
+            // Those that yielded last pass; those that yield in this one wait for the next.
+            let yielded = std::mem::take(&mut self.yielded);
             // Replies the last sync released go out first, before this pass's new work.
             self.release_held();
             self.flush_pending();
@@ -222,6 +232,13 @@ impl EventLoop {
                             self.drive(slot);
                         }
                     }
+                }
+            }
+            // After this pass's events: a connection that yielded goes behind those that just
+            // became readable.
+            for id in yielded {
+                if let Some(slot) = self.slot_of(id) {
+                    self.drive(slot);
                 }
             }
             while let Ok(stream) = self.handoffs.try_recv() {
@@ -350,9 +367,16 @@ impl EventLoop {
     pub(super) fn drive(&mut self, slot: usize) {
         let state = self.with_conn(slot, |c, ctx| {
             c.drive(ctx);
-            (c.finished(), c.parked(), c.held(), c.unflushed(), c.id)
+            (
+                c.finished(),
+                c.parked(),
+                c.yielded,
+                c.held(),
+                c.unflushed(),
+                c.id,
+            )
         });
-        let Some((finished, parked, held, unflushed, id)) = state else {
+        let Some((finished, parked, yielded, held, unflushed, id)) = state else {
             return;
         };
         if finished {
@@ -361,6 +385,9 @@ impl EventLoop {
         }
         if parked {
             self.parked.insert(id);
+        }
+        if yielded {
+            self.yielded.insert(id);
         }
         if held {
             self.held.insert(id);
