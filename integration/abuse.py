@@ -6,6 +6,7 @@ what the case observed for the tests to check."""
 
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -385,6 +386,170 @@ def big_gets(server, conns=20, body=32 * MB, settle=3.0):
         "served": served,
         "note": f"{served} of {conns} readers got the message",
     }
+
+
+# The same abuse over the memcache binary protocol ---------------------------------------------
+
+_HEADER = struct.Struct(">BBHBBHIIQ")
+GET, SET, SETQ, GETQ = 0x00, 0x01, 0x11, 0x09
+
+
+def _binary(opcode, key=b"", extras=b"", value=b"", body_len=None):
+    if body_len is None:
+        body_len = len(extras) + len(key) + len(value)
+    return _HEADER.pack(0x80, opcode, len(key), len(extras), 0, 0, body_len, 0, 0) + extras + key + value
+
+
+def _binary_set(opcode, key, body, flags=0):
+    return _binary(opcode, key, struct.pack(">II", flags, 0), body)
+
+
+def binary_peek_flood(server, lines=2000, settle=3.0):
+    """A 1 MiB message, then `lines` pipelined binary `GET big/peek` never read."""
+    with server.mc() as mc:
+        assert mc.set(b"big", b"x" * MB) == STORED
+    flooder = _connect(server)
+    flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    _push([(flooder, _binary(GET, b"big/peek") * lines)], patience=settle)
+    time.sleep(settle)
+    result = {"peak_mb": peak_mb(server), "bystander_s": bystander_round_trip(server)}
+    flooder.close()
+    return result
+
+
+def binary_many_unread(server, conns=900, lines=50, settle=4.0, check=3):
+    """`conns` binary connections each pipeline `lines` `GET big/peek` of a 1 MiB message and
+    read nothing; then each reads its first `check` replies, all at once."""
+    with server.mc() as mc:
+        assert mc.set(b"big", b"x" * MB) == STORED
+    socks = [_connect(server) for _ in range(conns)]
+    for sock in socks:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    _push([(sock, _binary(GET, b"big/peek") * lines) for sock in socks], patience=settle)
+    time.sleep(settle)
+    peak = peak_mb(server)
+    bystander = bystander_round_trip(server)
+    reply = 24 + 4 + MB
+    served = []
+
+    def read_some(batch):
+        for sock in batch:
+            if _drain_replies(sock, reply * check, timeout=60):
+                served.append(sock)
+
+    threads = [threading.Thread(target=read_some, args=(socks[i::16],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for sock in socks:
+        sock.close()
+    return {
+        "peak_mb": max(peak, peak_mb(server)),
+        "bystander_s": bystander,
+        "served": len(served),
+        "note": f"{len(served)} of {conns} connections then read {check} replies",
+    }
+
+
+def binary_quiet_floods(server, conns=300, seconds=4.0, body=1024, opcode=SETQ):
+    """`conns` binary connections each pipeline quiet requests as fast as they can send, nothing
+    ever read: `SETQ` of `body` bytes (nothing is answered on success), or `GETQ` of an empty
+    queue (nothing is answered on a miss), while a bystander does set/get round trips."""
+    if opcode == SETQ:
+        request = _binary_set(SETQ, b"bqflood", b"q" * body)
+    else:
+        request = _binary(GETQ, b"bqempty")
+    chunk = request * max(1, 64 * 1024 // len(request))
+    stop = threading.Event()
+    socks = [_connect(server) for _ in range(conns)]
+    for sock in socks:
+        sock.setblocking(False)
+    sent = [0]
+
+    def flood():
+        while not stop.is_set():
+            progressed = False
+            for sock in socks:
+                try:
+                    n = sock.send(chunk)
+                    sent[0] += n
+                    progressed |= n > 0
+                except (BlockingIOError, OSError):
+                    pass
+            if not progressed:
+                time.sleep(0.002)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    trips = []
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        trips.append(bystander_round_trip(server))
+        time.sleep(0.1)
+    peak = peak_mb(server)
+    stop.set()
+    thread.join()
+    for sock in socks:
+        sock.close()
+    return {
+        "peak_mb": peak,
+        "bystander_s": None if None in trips else max(trips),
+        "note": f"flooders sent {sent[0] / MB:.0f} MB",
+    }
+
+
+def binary_partial_bodies(server, conns=800, announced=1_000_000, sent=900_000):
+    """`conns` binary connections each declare a SET of `announced` body bytes, send `sent` of
+    it, then nothing. Returns the open connections too (the caller closes them)."""
+    socks = [_connect(server) for _ in range(conns)]
+    head = _HEADER.pack(0x80, SET, 1, 8, 0, 0, announced, 0, 0) + struct.pack(">II", 0, 0) + b"h"
+    _push([(s, head + b"p" * (sent - 9)) for s in socks], patience=2.0)
+    time.sleep(1.0)
+    result = {"peak_mb": peak_mb(server), "bystander_s": bystander_round_trip(server)}
+    return result, socks
+
+
+def binary_huge_declared(server, conns=800, body=MB):
+    """`conns` binary connections each declare a SET body of almost 1 GiB (over the message
+    limit: refused from its header, the body discarded as it streams) and send `body` bytes of
+    it, and as many declare one of 4 GiB (refused, closed). Returns the open connections."""
+    skipped = [_connect(server) for _ in range(conns)]
+    closed = [_connect(server) for _ in range(conns)]
+    extras = struct.pack(">II", 0, 0)
+    big = _HEADER.pack(0x80, SET, 1, 8, 0, 0, (1 << 30) - 1, 0, 0) + extras + b"h"
+    # The header alone: bytes the server never reads would turn its close into a reset, which
+    # may destroy its answer before the client reads it.
+    huge = _HEADER.pack(0x80, SET, 1, 8, 0, 0, 0xFFFFFFFF, 0, 0)
+    _push([(s, big + b"z" * body) for s in skipped] + [(s, huge) for s in closed], patience=2.0)
+    time.sleep(1.0)
+    result = {"peak_mb": peak_mb(server), "bystander_s": bystander_round_trip(server)}
+    refused = 0
+    for sock in skipped:
+        sock.setblocking(True)
+        sock.settimeout(5)
+        try:
+            head = sock.recv(24, socket.MSG_WAITALL)
+            refused += len(head) == 24 and _HEADER.unpack(head)[5] == 0x0003
+        except OSError:
+            pass
+    closed_count = 0
+    for sock in closed:
+        sock.setblocking(True)
+        sock.settimeout(5)
+        try:
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            closed_count += data[:1] == b"\x81"
+        except OSError:
+            pass
+        sock.close()
+    result["refused"] = refused
+    result["closed"] = closed_count
+    result["note"] = (f"{refused} of {conns} refused 'too large' and skipping; "
+                      f"{closed_count} of {conns} over 1 GiB answered and closed")
+    return result, skipped
 
 
 def raise_fd_limit(wanted):

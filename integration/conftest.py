@@ -209,6 +209,9 @@ class Server:
     def mq(self, port=None, timeout=IO_TIMEOUT):
         return MqmqConn(port or self.port, timeout)
 
+    def mb(self, port=None, timeout=IO_TIMEOUT):
+        return BinaryConn(port or self.port, timeout)
+
 
 # Event-loop variants: test files marked `pytestmark = pytest.mark.event_loops` run every test
 # twice, once as users run the server (the default: one loop on two cores) and once with several
@@ -532,6 +535,89 @@ class MqmqConn(Conn):
         reply = self.request(b"Info")
         assert reply[0] == b"OK" and len(reply) == 2, f"bad Info reply {reply!r}"
         return reply[1], json.loads(reply[1])
+
+
+# memcache binary protocol ----------------------------------------------------------------------
+
+BIN_HEADER = struct.Struct(">BBHBBHIIQ")  # magic opcode keylen extlen type status/vb bodylen opaque cas
+
+
+class Op:
+    """memcache binary opcodes (memcached's protocol_binary.h)."""
+
+    GET, SET, ADD, REPLACE, DELETE, INCREMENT, DECREMENT, QUIT, FLUSH = range(9)
+    GETQ, NOOP, VERSION, GETK, GETKQ, APPEND, PREPEND, STAT, SETQ = range(9, 0x12)
+    DELETEQ, QUITQ, FLUSHQ, TOUCH = 0x14, 0x17, 0x18, 0x1C
+    SASL_LIST_MECHS, SASL_AUTH = 0x20, 0x21
+
+
+def binary_request(opcode, key=b"", extras=b"", value=b"", opaque=0, cas=0, body_len=None):
+    """One request packet; `body_len` overrides the declared total body length."""
+    if isinstance(key, str):
+        key = key.encode()
+    if isinstance(value, str):
+        value = value.encode()
+    if body_len is None:
+        body_len = len(extras) + len(key) + len(value)
+    header = BIN_HEADER.pack(0x80, opcode, len(key), len(extras), 0, 0, body_len, opaque, cas)
+    return header + extras + key + value
+
+
+def set_extras(flags=0, exptime=0):
+    return struct.pack(">II", flags, exptime)
+
+
+class BinaryResponse:
+    def __init__(self, opcode, status, opaque, cas, extras, key, value):
+        self.opcode, self.status, self.opaque, self.cas = opcode, status, opaque, cas
+        self.extras, self.key, self.value = extras, key, value
+
+    @property
+    def flags(self):
+        assert len(self.extras) == 4, f"no flags in {self!r}"
+        return struct.unpack(">I", self.extras)[0]
+
+    def __repr__(self):
+        return (f"BinaryResponse(opcode=0x{self.opcode:02x}, status=0x{self.status:04x}, "
+                f"opaque={self.opaque}, cas={self.cas}, extras={self.extras!r}, key={self.key!r}, "
+                f"value={self.value[:80]!r})")
+
+
+class BinaryConn(Conn):
+    """memcache binary protocol helpers on top of Conn."""
+
+    def send_request(self, opcode, key=b"", extras=b"", value=b"", opaque=0, cas=0):
+        self.send(binary_request(opcode, key, extras, value, opaque, cas))
+
+    def read_response(self, timeout=None):
+        magic, opcode, key_len, extras_len, _, status, body_len, opaque, cas = BIN_HEADER.unpack(
+            self.read_exactly(24, timeout)
+        )
+        assert magic == 0x81, f"response magic 0x{magic:02x}"
+        body = self.read_exactly(body_len, timeout)
+        extras, key, value = body[:extras_len], body[extras_len : extras_len + key_len], body[extras_len + key_len :]
+        return BinaryResponse(opcode, status, opaque, cas, extras, key, value)
+
+    def request(self, opcode, key=b"", extras=b"", value=b"", opaque=0, cas=0, timeout=None):
+        self.send_request(opcode, key, extras, value, opaque, cas)
+        return self.read_response(timeout)
+
+    def set(self, queue, body, flags=0, exptime=0, opaque=0):
+        return self.request(Op.SET, queue, set_extras(flags, exptime), body, opaque)
+
+    def get(self, queue, opaque=0, timeout=None):
+        return self.request(Op.GET, queue, opaque=opaque, timeout=timeout)
+
+    def stat(self, group=b""):
+        """The statistics of a STAT group, as {name: value} (bytes)."""
+        self.send_request(Op.STAT, group)
+        stats = {}
+        while True:
+            r = self.read_response()
+            assert r.opcode == Op.STAT and r.status == 0, r
+            if not r.key:
+                return stats
+            stats[r.key] = r.value
 
 
 def wait_for(predicate, timeout=5.0, interval=0.05):

@@ -165,3 +165,49 @@ def test_ten_thousand_idle_connections(make_server):
     finally:
         for s in socks:
             s.close()
+
+
+# The same abuse over the memcache binary protocol ---------------------------------------------
+
+
+def test_binary_replies_never_read_stop_the_commands_not_the_server(server):
+    assert_bounded(abuse.binary_peek_flood(server), "binary peek flood")
+
+
+@pytest.mark.skipif(not abuse.raise_fd_limit(4_000), reason="cannot raise the descriptor limit")
+def test_binary_connections_with_unread_replies_share_one_output_budget(server):
+    result = abuse.binary_many_unread(server, conns=300, lines=20)
+    assert_bounded(result, "300 binary connections with unread replies")
+    assert result["served"] == 300, result["note"]
+
+
+def test_binary_setq_floods_leave_a_bystander_answered(server):
+    assert_bounded(abuse.binary_quiet_floods(server, conns=300), "300 binary SETQ floods")
+
+
+def test_binary_getq_miss_floods_leave_a_bystander_answered(server):
+    """A GETQ of an empty queue costs no reply, no write and no output room, so no budget slows
+    it: only the per-pass share of requests each connection gets (before it, 100 such floods
+    kept a bystander waiting past 10 s)."""
+    result = abuse.binary_quiet_floods(server, conns=100, opcode=abuse.GETQ)
+    assert_bounded(result, "100 binary GETQ-miss floods")
+
+
+def test_binary_partial_bodies_do_not_pin_memory(server):
+    result, socks = abuse.binary_partial_bodies(server)
+    try:
+        assert_bounded(result, "800 partial binary bodies")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_binary_huge_declared_bodies_are_refused_before_anything_is_allocated(server):
+    result, socks = abuse.binary_huge_declared(server, conns=300)
+    try:
+        assert_bounded(result, "huge declared binary bodies")
+        assert result["refused"] == 300, result["note"]
+        assert result["closed"] == 300, result["note"]
+    finally:
+        for s in socks:
+            s.close()

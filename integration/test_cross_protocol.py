@@ -137,6 +137,58 @@ def test_pipelined_bulk_larger_than_the_input_buffer(server):
             sender.join(60)
 
 
+@pytest.mark.parametrize("dialect", ["text", "binary"])
+def test_a_long_pipeline_then_a_half_close_gets_every_reply(server, dialect):
+    """A connection runs a share of its requests per turn of its loop; a client that sends many
+    and then closes its side (`printf ... | nc`) still gets all of their replies, then EOF, even
+    when the server reads the pipeline and its end at once (a busy neighbour keeps the loop
+    working meanwhile)."""
+    import socket
+
+    from conftest import Op, binary_request
+
+    n = 2000
+    if dialect == "text":
+        request, reply = b"get none\r\n", b"END\r\n"
+    else:
+        request = binary_request(Op.GET, b"none")
+        reply = bytes([0x81, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9]) + b"\0" * 12 + b"Not found"
+    stop = threading.Event()
+
+    busy = server.mc(timeout=30)
+
+    def send_forever():
+        while not stop.is_set():
+            busy.sock.sendall(b"get none\r\n" * 20000)
+
+    def read_forever():
+        while not stop.is_set() and busy.sock.recv(1 << 20):
+            pass
+
+    threads = [threading.Thread(target=send_forever), threading.Thread(target=read_forever)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.3)
+        for _ in range(10):
+            # Without TCP_NODELAY, as `nc` sends: the FIN may ride on the last data segment.
+            with socket.create_connection(server.addr, timeout=10) as c:
+                c.sendall(request * n)
+                c.shutdown(socket.SHUT_WR)
+                got = b""
+                try:
+                    while chunk := c.recv(1 << 20):
+                        got += chunk
+                except socket.timeout:
+                    pytest.fail(f"no EOF after {len(got) // len(reply)} of {n} replies")
+                assert got == reply * n, f"{len(got) // len(reply)} of {n} replies"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        busy.close()
+
+
 def test_pipelined_interleaved_set_get(server):
     with server.mc() as c:
         request = b"".join(b"set il 0 0 1\r\n%d\r\nget il\r\n" % (i % 10) for i in range(50))
@@ -244,3 +296,66 @@ def test_stats_stay_parseable_whatever_names_mqmq_clients_use(server):
                 )
             assert mc.cmd(b"version").startswith(b"VERSION "), "reply framing lost after stats"
         assert mc.stats(b"queue").get("plain") == "1/0"
+
+
+# Every dialect puts, every dialect reads: text, memcache binary, meta, mqmq --------------------
+
+DIALECTS = ["text", "binary", "meta", "mqmq"]
+
+
+def put(server, dialect, queue, body, flags):
+    """Appends over `dialect`; mqmq has no flags (its messages have flags 0)."""
+    if dialect == "text":
+        with server.mc() as c:
+            assert c.set(queue, body, flags=flags) == b"STORED\r\n"
+    elif dialect == "binary":
+        with server.mb() as c:
+            assert c.set(queue, body, flags=flags).status == 0
+    elif dialect == "meta":
+        with server.mc() as c:
+            c.send(b"ms %s %d F%d\r\n%s\r\n" % (queue, len(body), flags, body))
+            assert c.read_line() == b"HD\r\n"
+    else:
+        with server.mq() as c:
+            assert c.put(queue, body) == [b"OK"]
+
+
+def take(server, dialect, queue):
+    """Removes the oldest message over `dialect`: (body, flags), flags None over mqmq."""
+    if dialect == "text":
+        with server.mc() as c:
+            [(_, flags, body, _)] = c.get(queue)
+            return body, flags
+    if dialect == "binary":
+        with server.mb() as c:
+            r = c.get(queue)
+            assert r.status == 0, r
+            return r.value, r.flags
+    if dialect == "meta":
+        with server.mc() as c:
+            c.send(b"mg %s v f\r\n" % queue)
+            head = c.read_line().split()
+            assert head[0] == b"VA", head
+            body = c.read_exactly(int(head[1]) + 2)[:-2]
+            return body, int(head[2][1:])
+    with server.mq() as c:
+        reply = c.get(queue)
+        assert reply[0] == b"OK", reply
+        return reply[1], None
+
+
+@pytest.mark.parametrize("writer", DIALECTS)
+def test_a_message_put_over_one_dialect_is_read_over_every_other(server, writer):
+    flags = 0 if writer == "mqmq" else 0xC0FFEE
+    for reader in DIALECTS:
+        queue = b"x-%s-%s" % (writer.encode(), reader.encode())
+        body = b"from %s to %s \x00\xff\r\n" % (writer.encode(), reader.encode())
+        put(server, writer, queue, body, flags)
+        put(server, writer, queue, body + b" #2", flags)
+        got_body, got_flags = take(server, reader, queue)
+        assert got_body == body, f"{writer} -> {reader}"
+        if got_flags is not None:
+            assert got_flags == flags, f"{writer} -> {reader}: flags {got_flags}"
+        # FIFO across dialects too: the second one is next, whoever reads it.
+        other = DIALECTS[(DIALECTS.index(reader) + 1) % len(DIALECTS)]
+        assert take(server, other, queue)[0] == body + b" #2"

@@ -109,3 +109,19 @@ def test_the_test_suite_needs_chromium_and_tmux(tmp_path):
     touch(tmp_path, "/usr/lib/chromium/chromium")
     (tmp_path / "usr/lib/chromium/chromium").chmod(0o755)
     assert "chromium" not in missing(tmp_path, "--tests")
+
+
+def test_the_test_suite_needs_ruby_with_dalli_and_node_with_npm(tmp_path):
+    touch(tmp_path, *FRESH_DEBIAN, *LIBCLANG_DEV)
+    wanted = missing(tmp_path, "--tests")
+    assert {"ruby", "ruby-dalli", "nodejs", "npm"} <= set(wanted)
+    assert not {"ruby", "ruby-dalli", "nodejs", "npm"} & set(missing(tmp_path))
+    # ruby-dalli ships no interpreter, and the interpreter no dalli: each is checked.
+    touch(tmp_path, "/usr/share/rubygems-integration/all/gems/dalli-3.0.6/lib/dalli.rb")
+    wanted = missing(tmp_path, "--tests")
+    assert "ruby-dalli" not in wanted and "ruby" in wanted
+    touch(tmp_path, "/usr/bin/ruby", "/usr/bin/node")
+    wanted = missing(tmp_path, "--tests")
+    assert "ruby" not in wanted and "nodejs" not in wanted and "npm" in wanted
+    touch(tmp_path, "/usr/bin/npm")
+    assert "npm" not in missing(tmp_path, "--tests")

@@ -22,8 +22,8 @@ def assert_serving(server):
 
 @pytest.mark.parametrize(
     "first",
-    [b"\xff\xfe\xfd garbage", b"1234\r\n", b" set q 0 0 1\r\n", b"\x80\x01\x00\x00", b"{}\r\n", b"\x7f"],
-    ids=["high-bytes", "digit", "space", "memcache-binary-magic", "brace", "del"],
+    [b"\xff\xfe\xfd garbage", b"1234\r\n", b" set q 0 0 1\r\n", b"\x81\x00\x00\x00", b"{}\r\n", b"\x7f"],
+    ids=["high-bytes", "digit", "space", "memcache-binary-response-magic", "brace", "del"],
 )
 def test_first_byte_of_neither_protocol_is_closed(server, first):
     with server.mc() as other:  # an innocent bystander, connected before
@@ -33,6 +33,19 @@ def test_first_byte_of_neither_protocol_is_closed(server, first):
             assert bad.closed_by_server(), "connection of neither protocol left open"
             assert bad.buf == b"", f"answered {bad.buf!r} to a non-protocol connection"
         assert other.get_one("by") == b"stander"
+    assert_serving(server)
+
+
+def test_memcache_binary_magic_is_a_protocol_of_its_own(server):
+    """0x80 starts a memcache binary request: answered in binary (magic 0x81, the request's
+    opcode and opaque), not closed as a stranger."""
+    with server.mc() as c:
+        c.send(struct.pack(">BBHBBHIIQ", 0x80, 0x0B, 0, 0, 0, 0, 0, 0xFEEDF00D, 0))  # VERSION
+        magic, opcode, _, _, _, status, body_len, opaque, cas = struct.unpack(
+            ">BBHBBHIIQ", c.read_exactly(24)
+        )
+        assert (magic, opcode, status, opaque, cas) == (0x81, 0x0B, 0, 0xFEEDF00D, 0)
+        assert c.read_exactly(body_len).count(b".") == 2
     assert_serving(server)
 
 

@@ -1,11 +1,13 @@
 //! A connection's request framing fed an arbitrary byte stream, whole and then cut at arbitrary
-//! points (the first bytes of the input choose the cuts): the same requests and refusals must come
-//! out in the same order either way, nothing may panic, and a request still incomplete must fit in
-//! a connection's input buffer (else the connection would stall, full and unable to parse).
+//! points (the first bytes of the input choose the cuts): the same requests and refusals, with the
+//! same reply styles, must come out in the same order either way, nothing may panic, and a request
+//! still incomplete must fit in a connection's input buffer (else the connection would stall, full
+//! and unable to parse). Every protocol the first byte can choose is reached: memcache text and
+//! meta, memcache binary (0x80), mqmq.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqd_protocol::{input_limit, Command, Framer, Limits, Parsed, Reply};
+use mqd_protocol::{input_limit, Command, Framer, Limits, Parsed, Reply, ReplyStyle};
 
 /// Small, so that oversized bodies (discarded unread) are common.
 const LIMITS: Limits = Limits {
@@ -15,8 +17,8 @@ const LIMITS: Limits = Limits {
 /// What the framer made of a request.
 #[derive(Debug, PartialEq)]
 enum Out {
-    Command(Command),
-    Refused(Reply, bool),
+    Command(Command, ReplyStyle),
+    Refused(Reply, bool, ReplyStyle),
     Neither(u8),
 }
 
@@ -53,20 +55,25 @@ fn frame(stream: &[u8], cuts: &[usize]) -> Vec<Out> {
                     );
                     break;
                 }
-                Parsed::Command { consumed, command } => {
+                Parsed::Command {
+                    consumed,
+                    command,
+                    style,
+                } => {
                     assert!(consumed > 0 && consumed <= buf.len() - start);
                     start += consumed;
-                    out.push(Out::Command(command));
+                    out.push(Out::Command(command, style));
                 }
                 Parsed::Invalid {
                     consumed,
                     reply,
                     close,
+                    style,
                     ..
                 } => {
                     assert!(consumed > 0 && consumed <= buf.len() - start);
                     start += consumed;
-                    out.push(Out::Refused(reply, close));
+                    out.push(Out::Refused(reply, close, style));
                     if close {
                         return out;
                     }

@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(rest.len() < input_limit(&LIMITS));
                 break;
             }
-            Parsed::Command { consumed, command } => {
+            Parsed::Command {
+                consumed, command, ..
+            } => {
                 assert!(consumed > 0 && consumed <= rest.len());
                 if let mqd_protocol::Command::Get(reads) = &command {
                     // Echo what was read, as a reply would.
@@ -42,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
                 skip,
                 reply,
                 close,
+                ..
             } => {
                 assert!(consumed > 0 && consumed <= rest.len());
                 let mut out = Vec::new();

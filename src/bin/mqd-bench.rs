@@ -4,7 +4,8 @@
 //! throughput and latency percentiles. Bodies are random bytes (every request a different
 //! slice of a random pool), so nothing on the server side compresses them. `--protocol resp`
 //! speaks Redis (set = LPUSH, get = RPOP) so `scripts/bench-compare` drives mqd, memcached and
-//! Redis with the same client.
+//! Redis with the same client; `--protocol binary` speaks the memcache binary protocol (SET,
+//! GET), which mqd and memcached both answer.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -22,7 +23,8 @@ struct Args {
     /// server address (default 127.0.0.1:22201)
     #[argh(option, default = "\"127.0.0.1:22201\".parse().unwrap()")]
     addr: SocketAddr,
-    /// memcache, mqmq or resp (Redis LPUSH/RPOP) (default memcache)
+    /// memcache, binary (memcache binary protocol), mqmq or resp (Redis LPUSH/RPOP) (default
+    /// memcache)
     #[argh(option, default = "String::from(\"memcache\")")]
     protocol: String,
     /// set, get, or pair (set and get alternating on each connection) (default set)
@@ -63,6 +65,7 @@ struct Conn {
 #[derive(Clone, Copy, PartialEq)]
 enum Protocol {
     Memcache,
+    Binary,
     Mqmq,
     Resp,
 }
@@ -97,6 +100,7 @@ fn main() {
     let args: Args = argh::from_env();
     let protocol = match args.protocol.as_str() {
         "memcache" => Protocol::Memcache,
+        "binary" => Protocol::Binary,
         "mqmq" => Protocol::Mqmq,
         "resp" => Protocol::Resp,
         other => return eprintln!("unknown --protocol {other}"),
@@ -173,6 +177,8 @@ fn main() {
                 out.extend_from_slice(queue);
                 out.extend_from_slice(b"\r\n");
             }
+            (Protocol::Binary, true) => binary_request(out, BINARY_SET, queue, &[0; 8], body),
+            (Protocol::Binary, false) => binary_request(out, BINARY_GET, queue, &[], &[]),
             (Protocol::Resp, true) => resp_command(out, &[b"LPUSH", queue, body]),
             (Protocol::Resp, false) => resp_command(out, &[b"RPOP", queue]),
         }
@@ -247,6 +253,22 @@ fn resp_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
     }
 }
 
+const BINARY_GET: u8 = 0x00;
+const BINARY_SET: u8 = 0x01;
+
+/// A memcache binary request: the 24-byte header (opaque and cas 0), extras, key, value.
+fn binary_request(out: &mut Vec<u8>, opcode: u8, key: &[u8], extras: &[u8], value: &[u8]) {
+    let body_len = (extras.len() + key.len() + value.len()) as u32;
+    out.extend_from_slice(&[0x80, opcode]);
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[extras.len() as u8, 0, 0, 0]);
+    out.extend_from_slice(&body_len.to_be_bytes());
+    out.extend_from_slice(&[0; 12]);
+    out.extend_from_slice(extras);
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+}
+
 fn flush(conn: &mut Conn) -> bool {
     while !conn.output.is_empty() {
         match conn.stream.write(&conn.output) {
@@ -294,6 +316,18 @@ fn parse_reply(buf: &[u8], protocol: Protocol) -> Option<(usize, Outcome)> {
             }
             _ => Some((line_end, Outcome::Error)),
         };
+    }
+    if protocol == Protocol::Binary {
+        let header = buf.get(..24)?;
+        let status = u16::from_be_bytes([header[6], header[7]]);
+        let body_len = u32::from_be_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
+        let end = 24 + body_len;
+        let outcome = match status {
+            0 => Outcome::Hit,
+            1 => Outcome::Miss,
+            _ => Outcome::Error,
+        };
+        return (buf.len() >= end).then_some((end, outcome));
     }
     if protocol == Protocol::Mqmq {
         let (consumed, values) = mqmq::decode_frame(buf)?;

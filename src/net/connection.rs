@@ -25,7 +25,7 @@ use super::requests::{is_write, GetInProgress, OpenRead, PendingWrite};
 use super::stream::Stream;
 use super::Ctx;
 use crate::engine::{ConnRef, Outcome, SyncPoint};
-use crate::protocol::{memcache, mqmq, Command, Framer, Parsed, Protocol, Reply};
+use crate::protocol::{self, Command, Framer, Parsed, Protocol, Reply, ReplyStyle};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 << 10;
@@ -52,6 +52,12 @@ const FLUSH_EARLY: usize = 64 << 10;
 /// client's `version` waited as long.
 const DRIVE_SHARE: u64 = 256 << 10;
 
+/// Most requests a connection runs per `drive` before the loop's other connections get their
+/// turn (memcached's `reqs_per_event`): requests that cost no reply, no write and no output room
+/// (a binary GETQ of an empty queue, a stream of misses) meet no other limit, and one client's
+/// megabyte of them would hold the whole loop. It resumes in the loop's next pass.
+const MAX_REQUESTS_PER_DRIVE: usize = 64;
+
 /// Why `process` stopped running commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
@@ -61,7 +67,8 @@ enum Stop {
     Output,
     /// Something else must happen first: earlier writes answered, a global budget freed.
     Waiting,
-    /// The connection had its share of this pass (`DRIVE_SHARE`): others go first.
+    /// The connection had its share of this pass (`MAX_REQUESTS_PER_DRIVE` requests or
+    /// `DRIVE_SHARE` bytes of replies): others go first.
     Yield,
 }
 
@@ -90,14 +97,15 @@ pub struct Connection {
     eof: bool,
     /// Close once the output is written.
     pub closing: bool,
-    /// Its last `drive` stopped at its share of the pass with commands left to run: the loop
-    /// drives it again next pass (no socket event will say so).
+    /// Its last `drive` stopped at its share of the pass (`Stop::Yield`) with requests left to
+    /// run: the loop drives it again next pass (no socket event will say so).
     pub yielded: bool,
     /// `output.produced()` when the current `drive` began.
     turn_started: u64,
     /// Close now (I/O error, protocol violation).
     pub dead: bool,
-    pub(super) pending_writes: VecDeque<PendingWrite>,
+    /// Writes with the committer, oldest first, each with how its reply is spelled.
+    pub(super) pending_writes: VecDeque<(PendingWrite, ReplyStyle)>,
     /// Body bytes of each write in `pending_writes`, taken from the server's write budget.
     write_weights: VecDeque<usize>,
     /// Writes answered but maybe not on disk yet (the point they wait for, their body bytes):
@@ -129,6 +137,8 @@ pub struct Connection {
     partial_since: Option<Instant>,
     /// Last time bytes moved in either direction.
     last_active: Instant,
+    /// Requests run in the current `drive`.
+    requests_this_drive: usize,
     pub(super) get: Option<GetInProgress>,
     pub(super) open_reads: Vec<OpenRead>,
 }
@@ -166,6 +176,7 @@ impl Connection {
             parked_on_reader: false,
             partial_since: None,
             last_active: Instant::now(),
+            requests_this_drive: 0,
             get: None,
             open_reads: Vec::new(),
         }
@@ -303,6 +314,7 @@ impl Connection {
     /// Reads, runs and answers as far as the socket and the connection's state allow.
     pub fn drive(&mut self, ctx: &mut Ctx) {
         self.turn_started = self.output.produced();
+        self.requests_this_drive = 0;
         self.yielded = false;
         loop {
             let stop = self.process(ctx);
@@ -336,7 +348,8 @@ impl Connection {
         // The peer sent all it will: close once its writes are answered. A read still waiting
         // is cancelled rather than answered: a client that went away while blocked must not
         // take a message with it (reading goes on while a read waits, so we notice).
-        if self.eof && self.pending_writes.is_empty() {
+        // Requests it has not had its turn for yet are run first.
+        if self.eof && self.pending_writes.is_empty() && !self.yielded {
             self.closing = true;
         }
     }
@@ -405,6 +418,10 @@ impl Connection {
             if buf.is_empty() {
                 break;
             }
+            if self.requests_this_drive >= MAX_REQUESTS_PER_DRIVE {
+                // Its turn is over: the rest waits for the loop's next pass.
+                return Stop::Yield;
+            }
             let protocol = self.framer.sniff(buf);
             if let (None, Ok(Some(protocol))) = (&self.counted, protocol) {
                 self.counted = Some(ctx.shared.connection_counts.count(protocol));
@@ -448,26 +465,33 @@ impl Connection {
                     self.partial_since.get_or_insert_with(Instant::now);
                     return Stop::Input;
                 }
-                Parsed::Command { consumed, command } => {
+                Parsed::Command {
+                    consumed,
+                    command,
+                    style,
+                } => {
                     if is_write(&command) && !self.admit_write(&command, ctx) {
                         self.parked_on_writes = true;
                         return Stop::Waiting;
                     }
                     self.partial_since = None;
                     self.input_start += consumed;
-                    self.execute(command, ctx);
+                    self.requests_this_drive += 1;
+                    self.execute(command, style, ctx);
                     self.charge_output(self.pending_output(), ctx);
                 }
                 Parsed::Invalid {
                     consumed,
                     reply,
                     close,
+                    style,
                     ..
                 } => {
                     // Any body to discard is the framer's now (`used`).
                     self.partial_since = None;
                     self.input_start += consumed;
-                    self.reply(&reply);
+                    self.requests_this_drive += 1;
+                    self.reply(&reply, &style);
                     self.closing |= close;
                 }
             }
@@ -588,19 +612,16 @@ impl Connection {
         true
     }
 
-    /// Appends a reply in this connection's protocol, sent once this connection's answered
-    /// writes are on disk.
-    pub(super) fn reply(&mut self, reply: &Reply) {
-        self.reply_after(reply, SyncPoint::NONE);
+    /// Appends a reply spelled as its request's `style` says (maybe nothing, for a quiet
+    /// request), sent once this connection's answered writes are on disk.
+    pub(super) fn reply(&mut self, reply: &Reply, style: &ReplyStyle) {
+        self.reply_after(reply, SyncPoint::NONE, style);
     }
 
     /// Appends a reply that also waits for `point` (it shows a message maybe not on disk yet).
-    pub(super) fn reply_after(&mut self, reply: &Reply, point: SyncPoint) {
+    pub(super) fn reply_after(&mut self, reply: &Reply, point: SyncPoint, style: &ReplyStyle) {
         let output = self.output.append_after(point.max(self.floor));
-        match self.framer.protocol() {
-            Some(Protocol::Mqmq) => mqmq::encode(reply, output),
-            _ => memcache::encode(reply, output),
-        }
+        protocol::encode(reply, style, output);
     }
 
     /// Reads until the socket has no more or the input limit is reached. True if anything came.

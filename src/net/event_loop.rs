@@ -94,8 +94,8 @@ pub struct EventLoop {
     drain_deadline: Option<Instant>,
     /// Connections waiting for a server-wide budget, retried every few milliseconds.
     parked: IdSet,
-    /// Connections that stopped at their share of a pass (`Connection::yielded`), driven again
-    /// in the next one.
+    /// Connections that stopped at their share of a pass (`Connection::yielded`): driven again
+    /// next pass, which comes at once.
     yielded: IdSet,
     /// Connections with replies waiting for a sync, and the sync point last seen.
     held: IdSet,
@@ -208,6 +208,8 @@ impl EventLoop {
             }
             let engine = self.shared.engine.clone();
             let mut pass = engine.pass();
+            // Those that yielded last pass; those that yield in this one wait for the next.
+            let yielded = std::mem::take(&mut self.yielded);
             // Replies the last sync released go out first, before this pass's new work.
             self.release_held();
             self.flush_pending();
@@ -230,6 +232,13 @@ impl EventLoop {
                     }
                 }
             }
+            // After this pass's events: a connection that yielded goes behind those that just
+            // became readable.
+            for id in yielded {
+                if let Some(slot) = self.slot_of(id) {
+                    self.drive(slot);
+                }
+            }
             while let Ok(stream) = self.handoffs.try_recv() {
                 self.adopt(stream);
             }
@@ -246,11 +255,6 @@ impl EventLoop {
             while let Some((conn, open_id)) = self.open_timers.pop_due(now) {
                 if let Some(slot) = self.slot_of(conn) {
                     self.with_conn(slot, |c, ctx| c.open_expired(open_id, ctx));
-                }
-            }
-            for id in std::mem::take(&mut self.yielded) {
-                if let Some(slot) = self.slot_of(id) {
-                    self.drive(slot);
                 }
             }
             self.retry_parked();

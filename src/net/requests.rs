@@ -4,9 +4,10 @@
 //! of those two modules needs the other's internals.
 
 use crate::engine::{SyncPoint, Taken};
-use crate::protocol::{Command, Reads, Values};
+use crate::protocol::{Command, Reads, ReplyStyle, Values};
 
-/// A write sent to the committer, answered in order when its outcome arrives.
+/// A write sent to the committer, answered in order when its outcome arrives, spelled as its
+/// request's [`ReplyStyle`] says (kept beside it in the connection's queue of pending writes).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum PendingWrite {
     Put { noreply: bool },
@@ -29,6 +30,9 @@ pub(super) struct GetInProgress {
     /// The next read found a message of this many bytes, longer than the connection had room
     /// for: it is tried again once the room may be there.
     pub(super) room_needed: Option<usize>,
+    /// How its request's reply is spelled (a binary GETQ's miss is silent, a meta `mg` returns
+    /// the flags it asked for): the reply may come long after the request was parsed.
+    pub(super) style: ReplyStyle,
 }
 
 /// A message this connection opened and has not yet closed or aborted.

@@ -13,7 +13,9 @@ use super::requests::{GetInProgress, OpenRead, PendingWrite};
 use super::Ctx;
 use crate::engine;
 use crate::engine::{Error, Outcome, SyncPoint, TakeMode, Taken};
-use crate::protocol::{Command, ErrorKind, Read, Reads, Reply, StatsKind, Value, Values};
+use crate::protocol::{
+    Command, ErrorKind, Read, Reads, Reply, ReplyStyle, StatsKind, Value, Values,
+};
 
 /// Body bytes after which a multi-key get takes no more messages (at least one message of
 /// `--max-message-size` always fits).
@@ -39,7 +41,9 @@ impl Connection {
         self.reply_memory() + self.get.as_ref().map_or(0, |get| get.bytes)
     }
 
-    pub(super) fn execute(&mut self, command: Command, ctx: &mut Ctx) {
+    /// Runs one request; its reply, now or when its write is committed or its read answered,
+    /// is spelled as `style` says.
+    pub(super) fn execute(&mut self, command: Command, style: ReplyStyle, ctx: &mut Ctx) {
         let engine = &ctx.shared.engine;
         match command {
             Command::Set(set) => {
@@ -55,36 +59,37 @@ impl Connection {
                     me,
                     ctx.uncommitted,
                 );
-                self.pending_writes.push_back(PendingWrite::Put { noreply });
+                self.pending_writes
+                    .push_back((PendingWrite::Put { noreply }, style));
             }
-            Command::Get(reads) => self.start_get(reads, ctx),
+            Command::Get(reads) => self.start_get(reads, style, ctx),
             Command::Delete { queue, noreply } => {
                 engine.delete_queue(&queue, self.conn_ref(ctx), ctx.uncommitted);
                 self.pending_writes
-                    .push_back(PendingWrite::Delete { noreply });
+                    .push_back((PendingWrite::Delete { noreply }, style));
             }
             Command::Flush { queue, noreply } => {
                 engine.flush(Some(&queue), self.conn_ref(ctx), ctx.uncommitted);
                 self.pending_writes
-                    .push_back(PendingWrite::Flush { noreply });
+                    .push_back((PendingWrite::Flush { noreply }, style));
             }
             Command::FlushAll { noreply } => {
                 engine.flush(None, self.conn_ref(ctx), ctx.uncommitted);
                 self.pending_writes
-                    .push_back(PendingWrite::FlushAll { noreply });
+                    .push_back((PendingWrite::FlushAll { noreply }, style));
             }
             Command::Stats(StatsKind::General) => {
-                self.reply(&Reply::Stats(report::general(ctx.shared)))
+                self.reply(&Reply::Stats(report::general(ctx.shared)), &style)
             }
             Command::Stats(StatsKind::Queue) => {
-                self.reply(&Reply::Stats(report::queues(ctx.shared)))
+                self.reply(&Reply::Stats(report::queues(ctx.shared)), &style)
             }
             Command::Stats(StatsKind::Reset) => {
                 report::reset(ctx.shared);
-                self.reply(&Reply::Reset);
+                self.reply(&Reply::Reset, &style);
             }
-            Command::Info => self.reply(&Reply::Info(report::info(ctx.shared))),
-            Command::Version => self.reply(&Reply::Version(env!("CARGO_PKG_VERSION"))),
+            Command::Info => self.reply(&Reply::Info(report::info(ctx.shared)), &style),
+            Command::Version => self.reply(&Reply::Version(env!("CARGO_PKG_VERSION")), &style),
             Command::Verbosity { level, noreply } => {
                 log::set_max_level(match level {
                     0 => log::LevelFilter::Warn,
@@ -93,16 +98,23 @@ impl Connection {
                     _ => log::LevelFilter::Trace,
                 });
                 if !noreply {
-                    self.reply(&Reply::Ok);
+                    self.reply(&Reply::Ok, &style);
                 }
             }
-            Command::Quit => self.closing = true,
+            Command::Quit => {
+                // Nothing in text and mqmq; a binary QUIT's success response.
+                self.reply(&Reply::Closing, &style);
+                self.closing = true;
+            }
+            // Not a write: it runs once every earlier write is answered, so its reply follows
+            // theirs (and waits for them to be on disk).
+            Command::Noop => self.reply(&Reply::Noop, &style),
         }
     }
 
     /// The committer finished this connection's oldest outstanding write.
     pub(super) fn complete_write(&mut self, outcome: Outcome, ctx: &mut Ctx) {
-        let Some(pending) = self.pending_writes.pop_front() else {
+        let Some((pending, style)) = self.pending_writes.pop_front() else {
             log::error!("write outcome for a connection with no write outstanding");
             return;
         };
@@ -118,16 +130,16 @@ impl Connection {
             (PendingWrite::FlushAll { noreply }, _) => (Reply::Ok, noreply),
         };
         if !noreply {
-            self.reply(&reply);
+            self.reply(&reply, &style);
         }
     }
 
-    fn start_get(&mut self, reads: Reads, ctx: &mut Ctx) {
+    fn start_get(&mut self, reads: Reads, style: ReplyStyle, ctx: &mut Ctx) {
         // Messages of a queue deleted since they were opened are gone; stop counting them.
         self.open_reads
             .retain(|open| !open.taken.queue.is_deleted());
         if let Err(kind) = self.check_reads(&reads, ctx.shared.max_open_reads) {
-            self.reply(&Reply::Error(kind));
+            self.reply(&Reply::Error(kind), &style);
             return;
         }
         self.get = Some(GetInProgress {
@@ -138,6 +150,7 @@ impl Connection {
             waiting: None,
             durable_at: SyncPoint::NONE,
             room_needed: None,
+            style,
         });
         self.continue_get(ctx);
     }
@@ -270,14 +283,14 @@ impl Connection {
                 Err(error) => {
                     // Answer with what was taken so far, so nothing taken is lost.
                     if get.values.is_empty() {
-                        self.reply(&Reply::Error(error_kind(error)));
+                        self.reply(&Reply::Error(error_kind(error)), &get.style);
                         return;
                     }
                     break;
                 }
             }
         }
-        self.reply_after(&Reply::Values(get.values), get.durable_at);
+        self.reply_after(&Reply::Values(get.values), get.durable_at, &get.style);
         self.charge_output(self.reply_memory(), ctx);
     }
 

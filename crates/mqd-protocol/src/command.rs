@@ -33,8 +33,12 @@ pub enum Command {
     Version,
     /// memcache `verbosity <n>`: sets the log level.
     Verbosity { level: u32, noreply: bool },
-    /// Close the connection without a reply.
+    /// Close the connection: answered with [`Reply::Closing`], which only the binary
+    /// protocol's non-quiet QUIT spells as bytes.
     Quit,
+    /// Answer at once, after every earlier request's reply (meta `mn`, binary NOOP): how a
+    /// client that pipelined quiet requests learns they are all done.
+    Noop,
 }
 
 /// The body of a `set`/`Put`.
@@ -88,7 +92,8 @@ pub struct Read {
 }
 
 impl Read {
-    /// A plain, non-blocking take of one message.
+    /// A plain, non-blocking take of one message. The queue must be a valid name for the
+    /// protocol at hand; this does not check it.
     pub fn take(queue: &[u8]) -> Read {
         Read {
             key: Key::from_slice(queue),
@@ -149,6 +154,11 @@ pub enum Reply {
     Stats(Vec<(String, String)>),
     /// mqmq `Info`: what the server holds now.
     Info(Info),
+    /// The answer to [`Command::Noop`]: meta `MN`, an empty binary NOOP response.
+    Noop,
+    /// The answer to [`Command::Quit`], encoded just before the connection closes: nothing in
+    /// text, meta and mqmq, an empty success response to a binary QUIT (none to QUITQ).
+    Closing,
     Error(ErrorKind),
 }
 
@@ -201,6 +211,17 @@ pub enum ErrorKind {
     OpenReadPending,
     /// More open messages than `--max-open-reads` on one connection.
     TooManyOpenReads,
+    /// A store a queue can never satisfy, refused unstored: appending to or prepending to a
+    /// stored value (binary APPEND/PREPEND, meta `ms` modes `A`/`P`). memcache `NOT_STORED`,
+    /// binary status 0x0005, meta `NS`.
+    NotStored,
+    /// A store or delete conditional on something a queue never matches: an add (every queue
+    /// name is taken), a compare-and-swap. memcache `EXISTS`, binary status 0x0002, meta `EX`.
+    Exists,
+    /// An increment or decrement: a queue is not a number. Binary status 0x0006.
+    NonNumeric,
+    /// A SASL request: mqd has no authentication. Binary status 0x0020.
+    AuthUnsupported,
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 //! check that the requests come out the same, and that no request needs more buffered input than
 //! [`input_limit`].
 
-use super::{memcache, mqmq, sniff, ErrorKind, Limits, Parsed, Protocol, Reply};
+use super::{
+    binary, memcache, mqmq, sniff, ErrorKind, Limits, Parsed, Protocol, Reply, ReplyStyle,
+};
 
 /// Most bytes a connection buffers before it must have a complete request: the largest body
-/// plus the longest `get` line and headers.
+/// plus the longest `get` line and headers. A binary request is at most a 24-byte header, 8 bytes
+/// of extras and a 250-byte key more than its body: anything larger is refused from its header.
 pub fn input_limit(limits: &Limits) -> usize {
     limits.max_message_size + memcache::MAX_GET_LINE + 4096
 }
@@ -63,6 +66,7 @@ impl Framer {
         };
         Ok(match protocol {
             Protocol::Memcache => memcache::parse(buf, limits),
+            Protocol::MemcacheBinary => binary::parse(buf, limits),
             Protocol::Mqmq => mqmq::parse(buf, limits),
             // HTTP requests are not queue commands: the connection layer answers them with
             // `http::parse` once `sniff` says HTTP. Asked for a command anyway, the framer
@@ -72,6 +76,7 @@ impl Framer {
                 skip: 0,
                 reply: Reply::Error(ErrorKind::UnknownCommand),
                 close: true,
+                style: ReplyStyle::Text,
             },
         })
     }
@@ -85,6 +90,7 @@ impl Framer {
         }
         match self.protocol? {
             Protocol::Memcache => memcache::request_len(buf),
+            Protocol::MemcacheBinary => binary::request_len(buf),
             Protocol::Mqmq => mqmq::request_len(buf),
             Protocol::Http => None,
         }
@@ -150,6 +156,31 @@ mod tests {
         );
         assert_eq!(framer.request_len(b"get q\r\n"), None, "no body");
         assert_eq!(framer.request_len(b"set q 0 0 x\r\n"), None);
+        assert_eq!(framer.request_len(b"ms q 5 F3\r\nhe"), Some(18));
+        assert_eq!(framer.request_len(b"ms q 5"), None, "line not complete");
+        assert_eq!(framer.request_len(b"mg q v\r\n"), None, "no body");
+        let mut framer = Framer::new();
+        framer.sniff(&[0x80]).unwrap();
+        let mut header = [0u8; 24];
+        header[0] = 0x80;
+        header[1] = 0x01; // SET
+        header[3] = 1; // key length
+        header[4] = 8; // extras length
+        header[8..12].copy_from_slice(&14u32.to_be_bytes());
+        assert_eq!(framer.request_len(&header), Some(38));
+        assert_eq!(
+            framer.request_len(&header[..23]),
+            None,
+            "header not complete"
+        );
+        header[8..12].copy_from_slice(&4u32.to_be_bytes());
+        assert_eq!(
+            framer.request_len(&header),
+            None,
+            "extras and key overrun the body"
+        );
+        header[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(framer.request_len(&header), None, "a body no client sends");
         let mut framer = Framer::new();
         framer.sniff(&[0]).unwrap();
         assert_eq!(framer.request_len(&[0, 0, 1, 0]), Some(260));
@@ -166,7 +197,8 @@ mod tests {
                 consumed: 14,
                 skip: 22,
                 reply: Reply::Error(ErrorKind::MessageTooLarge),
-                close: false
+                close: false,
+                ..
             }
         ));
         framer.used(&parsed);
@@ -174,5 +206,56 @@ mod tests {
         assert!(framer.skipping());
         assert_eq!(framer.discard(100), 12);
         assert!(!framer.skipping());
+    }
+
+    #[test]
+    fn a_refused_binary_body_is_discarded_and_the_next_request_read() {
+        let mut framer = Framer::new();
+        // SET q, 8 bytes of extras, a 20-byte value: over the 16-byte limit.
+        let mut stream = vec![0x80, 0x01, 0, 1, 8, 0, 0, 0, 0, 0, 0, 29];
+        stream.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0]);
+        stream.extend_from_slice(&[0; 8]);
+        stream.push(b'q');
+        stream.extend_from_slice(&[b'x'; 20]);
+        let noop = [
+            0x80, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        stream.extend_from_slice(&noop);
+        let parsed = framer.parse(&stream[..24], &LIMITS).unwrap();
+        assert!(matches!(
+            parsed,
+            Parsed::Invalid {
+                consumed: 24,
+                skip: 29,
+                reply: Reply::Error(ErrorKind::MessageTooLarge),
+                close: false,
+                ..
+            }
+        ));
+        assert_eq!(framer.protocol(), Some(Protocol::MemcacheBinary));
+        framer.used(&parsed);
+        assert_eq!(framer.discard(stream.len() - 24), 29);
+        let parsed = framer.parse(&stream[24 + 29..], &LIMITS).unwrap();
+        assert!(matches!(
+            parsed,
+            Parsed::Command {
+                consumed: 24,
+                command: Command::Noop,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn no_binary_request_needs_more_than_the_input_limit() {
+        let mut framer = Framer::new();
+        // The largest accepted SET: 250-byte key, a value at the limit; one byte short.
+        let body = 8 + 250 + LIMITS.max_message_size;
+        let mut stream = vec![0x80, 0x01, 0, 250, 8, 0, 0, 0];
+        stream.extend_from_slice(&(body as u32).to_be_bytes());
+        stream.extend_from_slice(&[0; 12]);
+        stream.resize(24 + body - 1, b'k');
+        assert_eq!(framer.parse(&stream, &LIMITS), Ok(Parsed::NeedMore));
+        assert!(stream.len() < input_limit(&LIMITS));
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! `parse` reads one request from the front of a buffer; `encode` appends one reply. Lines end at
 //! `\n` with an optional `\r` before it; tokens are separated by spaces. Every rule here is in
-//! `protocol-spec/memcache.md`.
+//! `protocol-spec/memcache.md`. The meta commands (`mg`, `ms`, `md`, `mn`, `me`, `ma`) share the
+//! line framing and are handed to [`super::meta`] once their name is read.
 
 use super::command::{Command, ErrorKind, Key, Read, Reads, Reply, Set, StatsKind};
 use super::text::{Args, Decimal, Tokens};
-use super::{Limits, Parsed};
+use super::{meta, Limits, Parsed, ReplyStyle};
 
 /// Longest queue name, as in memcached and MemcacheQ.
 pub const MAX_KEY_LEN: usize = 250;
@@ -46,6 +47,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
     let command = match name {
         b"get" => parse_get(tokens, false),
         b"gets" => parse_get(tokens, true),
+        [b'm', _] if meta::is_meta(name) => {
+            return meta::parse(name, tokens, buf, line_len, limits)
+        }
         _ => {
             let args = Args::new(tokens);
             let args = args.as_slice();
@@ -66,22 +70,29 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
         Ok(command) => Parsed::Command {
             consumed: line_len,
             command,
+            style: ReplyStyle::Text,
         },
         Err(kind) => invalid(line_len, kind, false),
     }
 }
 
 /// How many bytes the request at the front of `buf` takes in all, once its command line has
-/// arrived and announces a data block (`set`): what a connection must buffer for it. None when
-/// that is not known yet, or the line announces no body (every other command fits in a line).
+/// arrived and announces a data block (`set`, meta `ms`): what a connection must buffer for it.
+/// None when that is not known yet, or the line announces no body (every other command fits in
+/// a line).
 pub fn request_len(buf: &[u8]) -> Option<usize> {
-    if !buf.starts_with(b"set ") {
+    // `set <queue> <flags> <exptime> <bytes>`, `ms <key> <datalen>`.
+    let length_token = if buf.starts_with(b"set ") {
+        4
+    } else if buf.starts_with(b"ms ") {
+        2
+    } else {
         return None;
-    }
+    };
     let newline = buf[..buf.len().min(MAX_LINE + 1)]
         .iter()
         .position(|&b| b == b'\n')?;
-    let bytes = Tokens::new(&buf[..newline]).nth(4)?;
+    let bytes = Tokens::new(&buf[..newline]).nth(length_token)?;
     let bytes = usize::from_decimal(bytes.strip_suffix(b"\r").unwrap_or(bytes))?;
     (newline + 1).checked_add(bytes)?.checked_add(2)
 }
@@ -92,6 +103,7 @@ fn invalid(consumed: usize, kind: ErrorKind, close: bool) -> Parsed {
         skip: 0,
         reply: Reply::Error(kind),
         close,
+        style: ReplyStyle::Text,
     }
 }
 
@@ -99,7 +111,7 @@ fn is_get_line(buf: &[u8]) -> bool {
     buf.starts_with(b"get ") || buf.starts_with(b"gets ")
 }
 
-const BAD_FORMAT: ErrorKind = ErrorKind::BadFormat("bad command line format");
+pub(crate) const BAD_FORMAT: ErrorKind = ErrorKind::BadFormat("bad command line format");
 
 /// `set <queue> <flags> <exptime> <bytes> [noreply]` followed by a data block.
 fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Parsed {
@@ -111,6 +123,7 @@ fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Pa
             skip: bytes + 2,
             reply: Reply::Error(kind),
             close: false,
+            style: ReplyStyle::Text,
         },
         Some(Ok(_)) => invalid(line_len, BAD_FORMAT, true),
         _ => invalid(line_len, kind, false),
@@ -140,6 +153,7 @@ fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Pa
             skip: bytes.saturating_add(2),
             reply: Reply::Error(ErrorKind::MessageTooLarge),
             close: false,
+            style: ReplyStyle::Text,
         };
     }
     let end = line_len + bytes + 2;
@@ -158,6 +172,7 @@ fn parse_set(buf: &[u8], line_len: usize, args: &[&[u8]], limits: &Limits) -> Pa
             body: buf[line_len..end - 2].to_vec(),
             noreply,
         }),
+        style: ReplyStyle::Text,
     }
 }
 
@@ -178,6 +193,20 @@ fn parse_get(keys: Tokens, cas: bool) -> Result<Command, ErrorKind> {
 /// with a `/` whose parts are not all options is a plain queue name, as in MemcacheQ, so queues
 /// named like `jobs/daily` keep working.
 pub fn parse_read(key: &[u8], cas: bool) -> Result<Read, ErrorKind> {
+    parse_read_named(key, cas, queue_name)
+}
+
+/// [`parse_read`] for keys that may hold any byte (binary protocol keys, base64 meta keys):
+/// the queue part is only checked to be 1 to 250 bytes long.
+pub fn parse_binary_read(key: &[u8], cas: bool) -> Result<Read, ErrorKind> {
+    parse_read_named(key, cas, binary_queue_name)
+}
+
+fn parse_read_named(
+    key: &[u8],
+    cas: bool,
+    queue_name: fn(&[u8]) -> Result<&[u8], ErrorKind>,
+) -> Result<Read, ErrorKind> {
     let plain = ReadOptions::default();
     let (queue, options) = match key.iter().position(|&b| b == b'/') {
         Some(slash) => match read_options(&key[slash + 1..]) {
@@ -296,8 +325,17 @@ fn parse_verbosity(args: &[&[u8]]) -> Result<Command, ErrorKind> {
 }
 
 /// A queue name: 1 to 250 bytes, none of them a control character or space.
-fn queue_name(name: &[u8]) -> Result<&[u8], ErrorKind> {
+pub(crate) fn queue_name(name: &[u8]) -> Result<&[u8], ErrorKind> {
     if name.is_empty() || name.len() > MAX_KEY_LEN || name.iter().any(|&b| b < 0x21 || b == 0x7f) {
+        return Err(ErrorKind::BadQueueName);
+    }
+    Ok(name)
+}
+
+/// A queue name from a protocol whose keys are length-prefixed or encoded: 1 to 250 bytes of
+/// anything. `stats` prints such names with [`printable_name`].
+pub(crate) fn binary_queue_name(name: &[u8]) -> Result<&[u8], ErrorKind> {
+    if name.is_empty() || name.len() > MAX_KEY_LEN {
         return Err(ErrorKind::BadQueueName);
     }
     Ok(name)
@@ -312,7 +350,7 @@ fn parse_noreply(token: Option<&&[u8]>) -> Result<bool, ErrorKind> {
 }
 
 /// Strict decimal: digits only (a leading `-` for signed types), no overflow.
-fn parse_number<T: Decimal>(token: &[u8]) -> Result<T, ErrorKind> {
+pub(crate) fn parse_number<T: Decimal>(token: &[u8]) -> Result<T, ErrorKind> {
     T::from_decimal(token).ok_or(BAD_FORMAT)
 }
 
@@ -365,6 +403,10 @@ pub fn encode(reply: &Reply, out: &mut Vec<u8>) {
         }
         // Info is mqmq's; a memcache client cannot ask for it.
         Reply::Info(_) => out.extend_from_slice(b"ERROR\r\n"),
+        // Only meta `mn` asks for it, and `MN` is its text spelling.
+        Reply::Noop => out.extend_from_slice(b"MN\r\n"),
+        // `quit` closes without a reply.
+        Reply::Closing => {}
         Reply::Error(kind) => {
             out.extend_from_slice(error_line(*kind).as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -398,9 +440,10 @@ pub fn printable_name(name: &[u8]) -> String {
 /// The memcache spelling of each error.
 pub fn error_line(kind: ErrorKind) -> String {
     match kind {
-        ErrorKind::UnknownCommand | ErrorKind::OpenReadPending | ErrorKind::TooManyOpenReads => {
-            "ERROR".into()
-        }
+        ErrorKind::UnknownCommand
+        | ErrorKind::OpenReadPending
+        | ErrorKind::TooManyOpenReads
+        | ErrorKind::AuthUnsupported => "ERROR".into(),
         ErrorKind::BadFormat(reason) => format!("CLIENT_ERROR {reason}"),
         ErrorKind::BadQueueName
         | ErrorKind::BadParams
@@ -416,6 +459,11 @@ pub fn error_line(kind: ErrorKind) -> String {
         ErrorKind::DiskFull => "SERVER_ERROR out of disk space".into(),
         ErrorKind::FanoutLimit => "SERVER_ERROR too many fan-out queues".into(),
         ErrorKind::TooManyQueues => "SERVER_ERROR too many queues".into(),
+        ErrorKind::NotStored => "NOT_STORED".into(),
+        ErrorKind::Exists => "EXISTS".into(),
+        ErrorKind::NonNumeric => {
+            "CLIENT_ERROR cannot increment or decrement non-numeric value".into()
+        }
     }
 }
 

@@ -9,7 +9,11 @@ const LIMITS: Limits = Limits {
 
 fn command(input: &[u8]) -> (usize, Command) {
     match parse(input, &LIMITS) {
-        Parsed::Command { consumed, command } => (consumed, command),
+        Parsed::Command {
+            consumed,
+            command,
+            style: ReplyStyle::Text,
+        } => (consumed, command),
         other => panic!("expected a command from {input:?}, got {other:?}"),
     }
 }
@@ -21,6 +25,7 @@ fn error(input: &[u8]) -> (usize, usize, ErrorKind, bool) {
             skip,
             reply: Reply::Error(kind),
             close,
+            style: ReplyStyle::Text,
         } => (consumed, skip, kind, close),
         other => panic!("expected an error from {input:?}, got {other:?}"),
     }

@@ -6,7 +6,7 @@
 
 use super::command::{Command, ErrorKind, Info, Key, Read, Reply, Set};
 use super::json;
-use super::{Limits, Parsed};
+use super::{Limits, Parsed, ReplyStyle};
 
 /// Longest queue name, as in the original.
 pub const MAX_QUEUE_NAME: usize = 1024;
@@ -35,6 +35,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
             skip: 0,
             reply: Reply::Error(ErrorKind::FrameTooLarge),
             close: true,
+            style: ReplyStyle::Mqmq,
         };
     }
     if len > limits.max_message_size + FRAME_OVERHEAD {
@@ -45,6 +46,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
             skip: len,
             reply: Reply::Error(ErrorKind::MessageTooLarge),
             close: false,
+            style: ReplyStyle::Mqmq,
         };
     }
     if buf.len() < 4 + len {
@@ -57,15 +59,21 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
             skip: 0,
             reply: Reply::Error(ErrorKind::BadFrame),
             close: true,
+            style: ReplyStyle::Mqmq,
         };
     };
     match decode(&values, limits) {
-        Ok(command) => Parsed::Command { consumed, command },
+        Ok(command) => Parsed::Command {
+            consumed,
+            command,
+            style: ReplyStyle::Mqmq,
+        },
         Err(kind) => Parsed::Invalid {
             consumed,
             skip: 0,
             reply: Reply::Error(kind),
             close: kind == ErrorKind::UnknownCommand,
+            style: ReplyStyle::Mqmq,
         },
     }
 }
@@ -163,7 +171,10 @@ pub fn encode(reply: &Reply, out: &mut Vec<u8>) {
         | Reply::Ok
         | Reply::Reset
         | Reply::Version(_)
-        | Reply::Stats(_) => frame(out, &[b"OK"]),
+        | Reply::Stats(_)
+        | Reply::Noop => frame(out, &[b"OK"]),
+        // `Quit` closes without a reply.
+        Reply::Closing => {}
     }
 }
 
@@ -185,7 +196,12 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::DiskFull => "SERVER_DISK_FULL",
         ErrorKind::FanoutLimit => "REQUEST_FANOUT_LIMIT",
         ErrorKind::TooManyQueues => "REQUEST_TOO_MANY_QUEUES",
-        ErrorKind::OpenReadPending | ErrorKind::TooManyOpenReads => "REQUEST_BAD_PARAMS",
+        ErrorKind::OpenReadPending
+        | ErrorKind::TooManyOpenReads
+        | ErrorKind::NotStored
+        | ErrorKind::Exists
+        | ErrorKind::NonNumeric => "REQUEST_BAD_PARAMS",
+        ErrorKind::AuthUnsupported => "REQUEST_UNKNOWN_COMMAND",
     }
 }
 

@@ -16,7 +16,11 @@ fn framed(values: &[&[u8]]) -> Vec<u8> {
 fn command(values: &[&[u8]]) -> Command {
     let input = framed(values);
     match parse(&input, &LIMITS) {
-        Parsed::Command { consumed, command } => {
+        Parsed::Command {
+            consumed,
+            command,
+            style: ReplyStyle::Mqmq,
+        } => {
             assert_eq!(consumed, input.len());
             command
         }
@@ -142,7 +146,8 @@ fn oversized_frames_are_refused_before_reading() {
             consumed: 4,
             skip: 0,
             reply: Reply::Error(ErrorKind::FrameTooLarge),
-            close: true
+            close: true,
+            style: ReplyStyle::Mqmq,
         }
     );
     let big = 100_000u32.to_be_bytes();
@@ -152,7 +157,8 @@ fn oversized_frames_are_refused_before_reading() {
             consumed: 4,
             skip: 100_000,
             reply: Reply::Error(ErrorKind::MessageTooLarge),
-            close: false
+            close: false,
+            style: ReplyStyle::Mqmq,
         }
     );
 }

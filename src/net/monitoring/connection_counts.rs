@@ -14,7 +14,7 @@ pub const PROTOCOLS: [Protocol; 3] = [Protocol::Memcache, Protocol::Mqmq, Protoc
 /// The label a protocol is reported under.
 pub fn label(protocol: Protocol) -> &'static str {
     match protocol {
-        Protocol::Memcache => "memcache",
+        Protocol::Memcache | Protocol::MemcacheBinary => "memcache",
         Protocol::Mqmq => "mqmq",
         Protocol::Http => "http",
     }
@@ -22,7 +22,7 @@ pub fn label(protocol: Protocol) -> &'static str {
 
 fn index(protocol: Protocol) -> usize {
     match protocol {
-        Protocol::Memcache => 0,
+        Protocol::Memcache | Protocol::MemcacheBinary => 0,
         Protocol::Mqmq => 1,
         Protocol::Http => 2,
     }
