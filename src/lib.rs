@@ -13,5 +13,6 @@ pub mod memcacheq_cli;
 pub mod net;
 pub mod process;
 pub use mqd_protocol as protocol;
+pub mod replication;
 pub mod serve_args;
 pub mod top;
