@@ -1,12 +1,25 @@
 //! Replication (issue 22): a group of mqd nodes keeps one log with Raft, through tikv's raft-rs,
-//! which does the consensus; this module supplies what raft-rs leaves to its user. So far: the
-//! log's storage on RocksDB (`storage`, laid out as `keys` says, in the database `db` opens)
-//! and raft-rs's logging, bridged to ours. Nothing here runs unless `mqd serve` is given
-//! `--cluster`.
+//! which does the consensus. This module supplies what raft-rs leaves to its user: the log's
+//! storage on RocksDB (`storage`, laid out as `keys` says), the raft thread that drives a
+//! `RawNode` and persists each `Ready` before it sends or applies what depends on it (`driver`,
+//! `ready`, `apply`), the fsync (`syncer`), and the `Transport` it sends through. The queue
+//! engine is not wired in yet: a node replicates opaque entries (plan step 4 makes them the
+//! engine's write batches). Nothing here runs unless `mqd serve` is given `--cluster`.
 
+mod apply;
+#[cfg(test)]
+mod cluster_tests;
 pub mod db;
+pub mod driver;
 pub mod keys;
+mod ready;
 pub mod slog_bridge;
+pub mod status;
 pub mod storage;
+pub mod syncer;
 #[cfg(test)]
 mod test_support;
+pub mod transport;
+
+pub use apply::{Applier, Outcome};
+pub use driver::{Input, Mailbox, Node, NodeConfig, Timing};
