@@ -2,7 +2,8 @@
 //! which does the consensus. This module supplies what raft-rs leaves to its user: the log's
 //! storage on RocksDB (`storage`, laid out as `keys` says), the raft thread that drives a
 //! `RawNode` and persists each `Ready` before it sends or applies what depends on it (`driver`,
-//! `ready`, `apply`), the fsync (`syncer`), and the `Transport` it sends through. The queue
+//! `ready`, `apply`), the fsync (`syncer`), and the transport between processes (`tcp` out,
+//! `listener` in, `frame` on the wire) behind the `Transport` it sends through. The queue
 //! engine is not wired in yet: a node replicates opaque entries (plan step 4 makes them the
 //! engine's write batches). Nothing here runs unless `mqd serve` is given `--cluster`.
 
@@ -11,12 +12,15 @@ mod apply;
 mod cluster_tests;
 pub mod db;
 pub mod driver;
+mod frame;
 pub mod keys;
+pub mod listener;
 mod ready;
 pub mod slog_bridge;
 pub mod status;
 pub mod storage;
 pub mod syncer;
+pub mod tcp;
 #[cfg(test)]
 mod test_support;
 pub mod transport;
