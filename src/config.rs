@@ -52,6 +52,8 @@ pub struct Config {
     pub queue_memory: usize,
     /// Under `--sync always`, prime the WAL before serving (`engine::wal_prime`).
     pub prime_wal: bool,
+    /// `--node` and `--cluster`: a member of a replicated group (`crate::replication`).
+    pub cluster: Option<crate::replication::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             max_queues: None,
             queue_memory: 64 << 20,
             prime_wal: true,
+            cluster: None,
         }
     }
 }

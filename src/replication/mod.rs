@@ -5,7 +5,10 @@
 //! `ready`, `apply`), the fsync (`syncer`), and the transport between processes (`tcp` out,
 //! `listener` in, `frame` on the wire) behind the `Transport` it sends through. The queue
 //! engine is not wired in yet: a node replicates opaque entries (plan step 4 makes them the
-//! engine's write batches). Nothing here runs unless `mqd serve` is given `--cluster`.
+//! engine's write batches). `mqd serve --node --cluster` runs a `Replica`: elections and
+//! heartbeats, its role and term in `stats`. Nothing here runs without `--cluster`.
+//!
+//! How it works and what step 4 needs: `docs/replication.md`.
 
 mod apply;
 #[cfg(test)]
@@ -15,7 +18,9 @@ pub mod driver;
 mod frame;
 pub mod keys;
 pub mod listener;
+pub mod peers;
 mod ready;
+pub mod replica;
 pub mod slog_bridge;
 pub mod status;
 pub mod storage;
@@ -27,3 +32,5 @@ pub mod transport;
 
 pub use apply::{Applier, Outcome};
 pub use driver::{Input, Mailbox, Node, NodeConfig, Timing};
+pub use peers::ClusterConfig;
+pub use replica::Replica;
