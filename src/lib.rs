@@ -5,7 +5,8 @@
 //! vocabulary) → `engine` (queues on RocksDB, group commit) → back out through the codec.
 //! Around it: `cli` (the command line, which builds the server's config), `client` (blocking
 //! clients for the command line, the bench tool and tests) and `id_hash` (the hash maps keyed by
-//! ids that the engine and the event loops share).
+//! ids that the engine and the event loops share). `replication`: Raft between `--cluster` nodes
+//! (tikv's raft-rs), which elects and keeps a leader; queues are not replicated through it yet.
 
 pub mod cli;
 pub mod client;
@@ -13,3 +14,4 @@ pub mod engine;
 pub mod id_hash;
 pub mod net;
 pub use mqd_protocol as protocol;
+pub mod replication;

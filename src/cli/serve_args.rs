@@ -103,6 +103,17 @@ pub struct Serve {
     /// default it does, so that fsyncs overwrite blocks in place from the first write)
     #[argh(switch)]
     no_wal_prime: bool,
+    /// this node's id in --cluster
+    #[argh(option)]
+    node: Option<u64>,
+    /// the replicated group, every member as ID=HOST:PORT (its replication address),
+    /// comma-separated; this node listens on its own (not yet replicating queues)
+    #[argh(option)]
+    cluster: Option<String>,
+    /// with --cluster, the raft tick in milliseconds (default 50): heartbeats every 2 ticks,
+    /// elections after 10 to 20 ticks without a leader
+    #[argh(option)]
+    raft_tick_ms: Option<u64>,
     /// block cache of RocksDB in MB (MemcacheQ's -m; default 64)
     #[argh(option, short = 'm')]
     cache_mb: Option<usize>,
@@ -308,6 +319,11 @@ impl Serve {
             config.queue_memory = config::parse_size(&size)?;
         }
         config.prime_wal = !self.no_wal_prime;
+        config.cluster = crate::replication::ClusterConfig::parse(
+            self.node,
+            self.cluster.as_deref(),
+            self.raft_tick_ms,
+        )?;
         config::validate(&config)?;
         Ok(config)
     }

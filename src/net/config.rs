@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub queue_memory: usize,
     /// Under `--sync always`, prime the WAL before serving (`engine::wal_prime`).
     pub prime_wal: bool,
+    /// `--node` and `--cluster`: a member of a replicated group (`crate::replication`).
+    pub cluster: Option<crate::replication::ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +83,7 @@ impl Default for ServerConfig {
             max_queues: None,
             queue_memory: 64 << 20,
             prime_wal: true,
+            cluster: None,
         }
     }
 }

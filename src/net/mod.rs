@@ -111,6 +111,8 @@ pub struct Shared {
     pub loop_stats: OnceLock<Vec<Arc<LoopStats>>>,
     pub shutting_down: AtomicBool,
     pub connection_counts: Arc<connection_counts::ConnectionCounts>,
+    /// This node's place in its replicated group, under `--cluster`.
+    pub cluster: Option<Arc<crate::replication::status::Status>>,
 }
 
 impl Shared {

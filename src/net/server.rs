@@ -21,6 +21,7 @@ use crate::engine::MemoryBudget;
 use crate::engine::{Engine, EngineConfig, Mailbox};
 
 use crate::protocol::Limits;
+use crate::replication::Replica;
 
 /// Serves until SIGTERM or SIGINT.
 pub fn serve(config: ServerConfig) -> Result<(), String> {
@@ -80,6 +81,11 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         },
         mailboxes,
     )?;
+    // Under --cluster: elections and heartbeats with the group (no queue is replicated yet).
+    let mut replica = match &config.cluster {
+        Some(cluster) => Some(Replica::start(cluster, &config.data_dir)?),
+        None => None,
+    };
     let limits = Limits {
         max_message_size: config.max_message_size,
     };
@@ -102,6 +108,7 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         loop_stats: OnceLock::new(),
         shutting_down: AtomicBool::new(false),
         connection_counts: Arc::default(),
+        cluster: replica.as_ref().map(|r| r.status().clone()),
     });
 
     let stats: Vec<Arc<LoopStats>> = (0..threads).map(|_| Arc::default()).collect();
@@ -175,6 +182,9 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         }
     }
     engine.shutdown();
+    if let Some(replica) = &mut replica {
+        replica.stop();
+    }
     if let Some(path) = &config.pid_file {
         let _ = std::fs::remove_file(path);
     }

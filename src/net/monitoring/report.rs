@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use crate::net::Shared;
 use crate::protocol::{memcache, Info};
+use crate::replication::status::StatusView;
 
 /// Most queues `stats` prints Kestrel's per-queue lines for. Past it (a server with many queues,
 /// most of them idle), only queues holding messages (or with readers waiting or messages open)
@@ -63,6 +64,9 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
         ),
         ("curr_queues".into(), queues.len().to_string()),
     ];
+    if let Some(cluster) = &shared.cluster {
+        stats.extend(cluster_stats(&cluster.view()));
+    }
     let many = queues.len() > MOST_QUEUES_IN_STATS;
     let listed = queues
         .iter()
@@ -85,6 +89,18 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
         }
     }
     stats
+}
+
+/// Under `--cluster`: this node's id and role, the leader it knows (0: none), the term and
+/// the commit index.
+fn cluster_stats(view: &StatusView) -> [(String, String); 5] {
+    [
+        ("cluster_node".into(), view.node.to_string()),
+        ("cluster_role".into(), view.role.name().into()),
+        ("cluster_leader".into(), view.leader.to_string()),
+        ("cluster_term".into(), view.term.to_string()),
+        ("cluster_commit_index".into(), view.commit.to_string()),
+    ]
 }
 
 /// `stats queue`: `<queue> <enqueued>/<dequeued>` per queue, as MemcacheQ prints it.

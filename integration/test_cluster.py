@@ -1,0 +1,153 @@
+"""Three `mqd serve --node N --cluster ...` processes on loopback: they elect one leader and keep
+it with heartbeats, and when it is killed with SIGKILL the other two elect another within 2 s.
+Role, leader and term are read from `stats` (`cluster_*`, protocol-spec/memcache.md 7.1).
+Queues are not replicated yet (issue 22, plan step 4)."""
+
+import subprocess
+import time
+
+from conftest import free_port, mqd_bin
+
+FAILOVER_LIMIT = 2.0
+PATIENCE = 15.0
+
+
+def cluster_of(make_server, size=3, tick_ms=None):
+    raft_ports = [free_port() for _ in range(size)]
+    spec = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(raft_ports))
+    servers = []
+    for i in range(size):
+        args = ["--node", str(i + 1), "--cluster", spec]
+        if tick_ms is not None:
+            args += ["--raft-tick-ms", str(tick_ms)]
+        servers.append(make_server(args=args, prime_wal=False))
+    return servers
+
+
+def view(server):
+    with server.mc() as c:
+        stats = c.stats()
+    return {
+        "node": int(stats["cluster_node"]),
+        "role": stats["cluster_role"],
+        "leader": int(stats["cluster_leader"]),
+        "term": int(stats["cluster_term"]),
+        "commit": int(stats["cluster_commit_index"]),
+    }
+
+
+def agreed_leader(servers):
+    """The leader every given server names, if it is one of them and says it leads."""
+    views = [view(s) for s in servers]
+    leaders = {v["leader"] for v in views}
+    if len(leaders) != 1:
+        return None, views
+    leader = leaders.pop()
+    if not any(v["node"] == leader and v["role"] == "leader" for v in views):
+        return None, views
+    return leader, views
+
+
+def wait_for_leader(servers, timeout=PATIENCE):
+    deadline = time.monotonic() + timeout
+    while True:
+        leader, views = agreed_leader(servers)
+        if leader is not None:
+            return leader, views
+        assert time.monotonic() < deadline, f"no agreed leader within {timeout}s: {views}"
+        time.sleep(0.02)
+
+
+def test_three_nodes_elect_one_leader_and_a_killed_leader_is_replaced_within_2_s(make_server):
+    servers = cluster_of(make_server)
+    leader, views = wait_for_leader(servers)
+    assert sorted(v["node"] for v in views) == [1, 2, 3]
+    assert sorted(v["role"] for v in views) == ["follower", "follower", "leader"]
+    term = views[0]["term"]
+    assert all(v["term"] == term for v in views) and term >= 2, views
+    # The leader's entry of its term is committed everywhere: past the bootstrap index 1.
+    assert all(v["commit"] >= 2 for v in views), views
+
+    # Heartbeats keep it: no election while nothing fails.
+    time.sleep(1.5)
+    again, views = agreed_leader(servers)
+    assert again == leader and all(v["term"] == term for v in views), views
+
+    old = servers[leader - 1]
+    survivors = [s for s in servers if s is not old]
+    old.kill()
+    killed = time.monotonic()
+    new_leader, views = wait_for_leader(survivors, timeout=PATIENCE)
+    took = time.monotonic() - killed
+    print(f"new leader {new_leader} {took:.3f} s after SIGKILL of leader {leader}")
+    assert new_leader != leader
+    new_term = views[0]["term"]
+    assert new_term > term, views
+    assert took <= FAILOVER_LIMIT, f"failover took {took:.3f} s"
+
+    # The old leader comes back as a follower of the new one; pre-vote keeps it from raising
+    # the term and deposing a healthy leader.
+    old.start()
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        leader_now, views = agreed_leader(servers)
+        if leader_now == new_leader:
+            break
+        assert time.monotonic() < deadline, f"the old leader did not rejoin: {views}"
+        time.sleep(0.05)
+    assert all(v["term"] == new_term for v in views), views
+
+
+def test_a_follower_restarted_keeps_its_identity_and_the_leader_keeps_leading(make_server):
+    servers = cluster_of(make_server, tick_ms=20)
+    leader, views = wait_for_leader(servers)
+    follower = next(s for i, s in enumerate(servers) if i + 1 != leader)
+    follower.restart(crash=True)
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        now, after = agreed_leader(servers)
+        if now is not None:
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.05)
+    assert now == leader, f"a follower's restart changed the leader: {views} -> {after}"
+    assert {v["term"] for v in after} == {views[0]["term"]}
+
+
+def test_a_single_server_has_no_cluster_stats_and_no_raft_state(server):
+    with server.mc() as c:
+        stats = c.stats()
+    assert not [k for k in stats if k.startswith("cluster_")]
+    assert not (server.data_dir / "raft").exists()
+
+
+def serve_fails(tmp_path, *args):
+    result = subprocess.run(
+        [mqd_bin(), "serve", "--data-dir", str(tmp_path / "d"), "--listen",
+         f"127.0.0.1:{free_port()}", "--no-wal-prime", *args],
+        capture_output=True, timeout=30,
+    )
+    assert result.returncode != 0
+    return result.stderr.decode(errors="replace")
+
+
+def test_bad_cluster_options_are_refused(tmp_path):
+    port = free_port()
+    assert "not in --cluster" in serve_fails(
+        tmp_path, "--node", "4", "--cluster", f"1=127.0.0.1:{port}")
+    assert "needs --node" in serve_fails(tmp_path, "--cluster", f"1=127.0.0.1:{port}")
+    assert "ID=HOST:PORT" in serve_fails(tmp_path, "--node", "1", "--cluster", "1=nowhere")
+
+
+def test_a_data_directory_is_never_started_as_another_node(make_server, tmp_path):
+    servers = cluster_of(make_server)
+    wait_for_leader(servers)
+    first = servers[0]
+    first.stop()
+    spec = servers[0].args[3]
+    result = subprocess.run(
+        first.command()[: -len(first.args)] + ["--node", "2", "--cluster", spec],
+        capture_output=True, timeout=30,
+    )
+    assert result.returncode != 0
+    assert "belongs to node 1" in result.stderr.decode(errors="replace")

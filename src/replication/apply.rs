@@ -1,0 +1,122 @@
+//! Committed entries, applied on every node (the leader included) in log order: each normal
+//! entry's effect goes into one write batch with the new applied index (and the membership,
+//! after a change), written without an fsync: the log, already durable, can replay it. Then
+//! raft-rs learns the applied index, which it needs to allow the next membership change and to
+//! know what a new leader must look at.
+//!
+//! The state machine is an `Applier`; plan step 4 makes it the queue engine. This node's own
+//! proposals are settled here too: an entry is this node's proposal if it has the index and
+//! term the proposal got (two entries with the same index and term are the same entry).
+
+use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType};
+use rocksdb::WriteBatch;
+
+use super::driver::Driver;
+
+/// What became of a proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed, and applied on this node.
+    Committed,
+    /// Never committed: this node was not the leader, or another entry took its place.
+    Dropped,
+    /// The node stopped before finding out: it may be committed or not.
+    Unknown,
+}
+
+/// The replicated state machine.
+pub trait Applier: Send + 'static {
+    /// Adds what committed entry `entry` (a normal entry with data) does to `batch`, which is
+    /// written with the applied index.
+    fn apply(&mut self, entry: &Entry, batch: &mut WriteBatch);
+
+    /// This node's proposal `id` settled (called once `apply`'s batch is written, for
+    /// `Committed`).
+    fn settled(&mut self, id: u64, outcome: Outcome);
+}
+
+/// A proposal of this node awaiting its entry's commit.
+pub(super) struct Pending {
+    pub id: u64,
+    pub index: u64,
+    pub term: u64,
+}
+
+impl Driver {
+    pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let (last_index, last_term) = (last.index, last.term);
+        let mut batch = WriteBatch::default();
+        let mut conf_state = None;
+        for entry in &entries {
+            // The type first: the entry that leaves a joint membership is an EMPTY
+            // ConfChangeV2 (notes P4), while an empty normal entry is a new leader's.
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if !entry.data.is_empty() => {
+                    self.applier.apply(entry, &mut batch)
+                }
+                EntryType::EntryNormal => {}
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    if let Some(cs) = self.apply_conf_change(entry) {
+                        conf_state = Some(cs);
+                    }
+                }
+            }
+        }
+        self.raw
+            .mut_store()
+            .apply(batch, last_index, last_term, conf_state.as_ref())
+            .map_err(|e| format!("applying up to {last_index} failed: {e}"))?;
+        self.raw.advance_apply_to(last_index);
+        for entry in &entries {
+            self.settle(entry.index, entry.term);
+        }
+        Ok(())
+    }
+
+    /// A membership change; `None` if the entry is not one raft-rs accepts (then no node
+    /// applies it: every node sees the same entry and the same membership before it).
+    fn apply_conf_change(&mut self, entry: &Entry) -> Option<raft::prelude::ConfState> {
+        let result = if entry.get_entry_type() == EntryType::EntryConfChange {
+            protobuf::Message::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|cc: ConfChange| {
+                    self.raw.apply_conf_change(&cc).map_err(|e| e.to_string())
+                })
+        } else {
+            protobuf::Message::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|cc: ConfChangeV2| {
+                    self.raw.apply_conf_change(&cc).map_err(|e| e.to_string())
+                })
+        };
+        match result {
+            Ok(cs) => {
+                log::info!("raft membership at {}: {cs:?}", entry.index);
+                Some(cs)
+            }
+            Err(e) => {
+                log::error!("membership change at {} not applied: {e}", entry.index);
+                None
+            }
+        }
+    }
+
+    fn settle(&mut self, index: u64, term: u64) {
+        while let Some(pending) = self.pending.front() {
+            if pending.index > index {
+                break;
+            }
+            let outcome = if pending.index == index && pending.term == term {
+                Outcome::Committed
+            } else {
+                Outcome::Dropped
+            };
+            let id = pending.id;
+            self.pending.pop_front();
+            self.applier.settled(id, outcome);
+        }
+    }
+}

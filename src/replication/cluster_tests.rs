@@ -1,0 +1,467 @@
+//! Three nodes in one process, each with its raft thread, syncer and real RocksDB in a
+//! temporary directory, their messages carried by channels, in real time with the default
+//! timing (50 ms ticks). The state machine records each applied entry under its index, so
+//! the nodes' databases can be compared. Nodes are killed as a power cut would: stopped, their
+//! database closed, and their WAL cut back to what the last fsync covered.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use raft::prelude::{Entry, Message};
+use rocksdb::{WriteBatch, DB};
+
+use super::keys::STATE_CF;
+use super::status::Role;
+use super::syncer::FsyncStage;
+use super::test_support::{PowerCut, TempDir};
+use super::transport::Transport;
+use super::{db, Applier, Input, Mailbox, Node, NodeConfig, Outcome, Timing};
+
+/// Prefix of the test state machine's keys in `meta`: `V` + index -> the entry's data.
+const VALUE_PREFIX: u8 = b'V';
+
+/// Channels between the nodes; a node not connected (killed) loses what is sent to it.
+#[derive(Clone, Default)]
+struct Network(Arc<Mutex<HashMap<u64, Sender<Input>>>>);
+
+impl Transport for Network {
+    fn send(&mut self, messages: Vec<Message>) {
+        let peers = self.0.lock().unwrap();
+        for message in messages {
+            if let Some(peer) = peers.get(&message.to) {
+                let _ = peer.try_send(Input::Message(Box::new(message)));
+            }
+        }
+    }
+}
+
+/// Writes each entry's data under its index; reports this node's settled proposals.
+struct Recorder {
+    db: Arc<DB>,
+    node: u64,
+    settled: Sender<(u64, u64, Outcome)>,
+}
+
+impl Applier for Recorder {
+    fn apply(&mut self, entry: &Entry, batch: &mut WriteBatch) {
+        let mut key = vec![VALUE_PREFIX];
+        key.extend_from_slice(&entry.index.to_be_bytes());
+        batch.put_cf(self.db.cf_handle(STATE_CF).unwrap(), key, &entry.data);
+    }
+
+    fn settled(&mut self, id: u64, outcome: Outcome) {
+        let _ = self.settled.send((self.node, id, outcome));
+    }
+}
+
+/// A node's disk as the test wants it: fsyncs finish (`Open`), never start (`Stalled`: its
+/// writes from then on stay unacknowledged), or the power is off (`Cut`: fsyncs from that
+/// moment count for nothing).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disk {
+    Open,
+    Stalled,
+    Cut,
+}
+
+#[derive(Clone)]
+struct DiskGate(Arc<(Mutex<Disk>, Condvar)>);
+
+impl DiskGate {
+    fn new() -> DiskGate {
+        DiskGate(Arc::new((Mutex::new(Disk::Open), Condvar::new())))
+    }
+
+    fn set(&self, disk: Disk) {
+        *self.0 .0.lock().unwrap() = disk;
+        self.0 .1.notify_all();
+    }
+
+    /// Runs before and after each of the node's fsyncs, before the node hears of it.
+    fn observe(&self, stage: FsyncStage, power: &PowerCut) {
+        let mut disk = self.0 .0.lock().unwrap();
+        match stage {
+            FsyncStage::Starting => {
+                while *disk == Disk::Stalled {
+                    disk = self.0 .1.wait(disk).unwrap();
+                }
+            }
+            // Stalled while it ran: it finished, and the node will hear of it.
+            FsyncStage::Done if *disk != Disk::Cut => power.synced(),
+            FsyncStage::Done => {}
+        }
+    }
+}
+
+struct Member {
+    dir: TempDir,
+    power: PowerCut,
+    disk: DiskGate,
+    running: Option<(Node, Arc<DB>)>,
+}
+
+struct Cluster {
+    ids: Vec<u64>,
+    members: BTreeMap<u64, Member>,
+    network: Network,
+    settled_tx: Sender<(u64, u64, Outcome)>,
+    settled: Receiver<(u64, u64, Outcome)>,
+}
+
+/// Long enough for an election on a busy 2-core machine shared with other builds.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+impl Cluster {
+    fn start(ids: &[u64]) -> Cluster {
+        let (settled_tx, settled) = crossbeam_channel::unbounded();
+        let mut cluster = Cluster {
+            ids: ids.to_vec(),
+            members: BTreeMap::new(),
+            network: Network::default(),
+            settled_tx,
+            settled,
+        };
+        for &id in ids {
+            let dir = TempDir::new("cluster");
+            let power = PowerCut::new(dir.path());
+            cluster.members.insert(
+                id,
+                Member {
+                    dir,
+                    power,
+                    disk: DiskGate::new(),
+                    running: None,
+                },
+            );
+            cluster.run(id);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) node `id` on its directory.
+    fn run(&mut self, id: u64) {
+        let member = self.members.get_mut(&id).unwrap();
+        let db = db::open(member.dir.path()).unwrap();
+        let recorder = Recorder {
+            db: db.clone(),
+            node: id,
+            settled: self.settled_tx.clone(),
+        };
+        let config = NodeConfig {
+            id,
+            founders: self.ids.clone(),
+            timing: Timing::default(),
+        };
+        member.disk.set(Disk::Open);
+        let (power, disk) = (member.power.clone(), member.disk.clone());
+        let mailbox = Mailbox::new();
+        self.network.0.lock().unwrap().insert(id, mailbox.sender());
+        let node = Node::start_with_fsync_hook(
+            config,
+            db.clone(),
+            mailbox,
+            Box::new(self.network.clone()),
+            Box::new(recorder),
+            move |stage| disk.observe(stage, &power),
+        )
+        .unwrap();
+        // Bootstrapping (or an earlier life) synced everything on disk now.
+        member.power.synced();
+        member.running = Some((node, db));
+    }
+
+    /// Stops node `id` and cuts its power: what its last fsync did not cover is lost.
+    /// Returns the WAL bytes lost.
+    fn kill(&mut self, id: u64) -> u64 {
+        self.network.0.lock().unwrap().remove(&id);
+        let member = self.members.get_mut(&id).unwrap();
+        let (mut node, db) = member.running.take().unwrap();
+        // The raft thread first: once it stopped reading, a stalled fsync let go now is one it
+        // never hears of, as if the power went before it.
+        let _ = node.inputs().send(Input::Stop);
+        while node.status().view().role != Role::Stopped {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        member.disk.set(Disk::Cut);
+        node.stop();
+        drop(node);
+        assert_eq!(Arc::strong_count(&db), 1, "the database is still in use");
+        drop(db);
+        member.power.cut()
+    }
+
+    /// From now on node `id`'s fsyncs never complete, as far as it can tell.
+    fn stall_disk(&self, id: u64) {
+        self.members[&id].disk.set(Disk::Stalled);
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.members[&id].running.as_ref().unwrap().0
+    }
+
+    fn running(&self) -> Vec<u64> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.running.is_some())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// The leader a majority of the group follows (or is), if any.
+    fn leader(&self) -> Option<u64> {
+        let views: Vec<_> = self
+            .running()
+            .iter()
+            .map(|&id| self.node(id).status().view())
+            .collect();
+        views
+            .iter()
+            .filter(|v| v.role == Role::Leader)
+            .map(|v| v.node)
+            .find(|&leader| {
+                let agree = views.iter().filter(|v| v.leader == leader).count();
+                agree * 2 > self.ids.len()
+            })
+    }
+
+    fn wait_for<T>(&self, what: &str, mut check: impl FnMut(&Cluster) -> Option<T>) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(value) = check(self) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn wait_for_leader(&self) -> u64 {
+        self.wait_for("a leader", |c| c.leader())
+    }
+
+    /// Waits for the outcome of each of `ids`, proposed at some node.
+    fn settle(&self, ids: impl IntoIterator<Item = u64>) -> BTreeMap<u64, Outcome> {
+        let mut open: BTreeSet<u64> = ids.into_iter().collect();
+        let mut outcomes = BTreeMap::new();
+        while !open.is_empty() {
+            let Ok((_, id, outcome)) = self.settled.recv_timeout(PATIENCE) else {
+                panic!("proposals never settled: {open:?}");
+            };
+            if open.remove(&id) {
+                outcomes.insert(id, outcome);
+            }
+        }
+        outcomes
+    }
+
+    /// Proposes `ids` (each one's data is its id) at the leader, 100 at a time, until every
+    /// one is committed; a proposal dropped (leadership moved) is proposed again at the new
+    /// leader: a dropped one was never committed, so that is no duplicate.
+    fn commit_all(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut todo: BTreeSet<u64> = ids.into_iter().collect();
+        let deadline = Instant::now() + PATIENCE;
+        while !todo.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{} proposals never committed",
+                todo.len()
+            );
+            let leader = self.wait_for_leader();
+            let window: Vec<u64> = todo.iter().take(100).copied().collect();
+            for &id in &window {
+                self.node(leader).propose(id, id.to_be_bytes().to_vec());
+            }
+            for (id, outcome) in self.settle(window) {
+                assert_ne!(outcome, Outcome::Unknown, "no node was stopped");
+                if outcome == Outcome::Committed {
+                    todo.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Every running node's recorded values, in log order.
+    fn values(&self, id: u64) -> Vec<u64> {
+        let db = &self.members[&id].running.as_ref().unwrap().1;
+        db.prefix_iterator_cf(db.cf_handle(STATE_CF).unwrap(), [VALUE_PREFIX])
+            .map(|item| item.unwrap())
+            .take_while(|(key, _)| key.first() == Some(&VALUE_PREFIX))
+            .map(|(_, value)| u64::from_be_bytes(value[..].try_into().unwrap()))
+            .collect()
+    }
+
+    /// Waits until every running node applied as far as the leader committed, then checks
+    /// they recorded the same values in the same order; returns them.
+    fn converged(&self) -> Vec<u64> {
+        self.wait_for("every node to apply the leader's log", |c| {
+            let leader = c.leader()?;
+            let commit = c.node(leader).status().view().commit;
+            c.running()
+                .iter()
+                .all(|&id| c.node(id).status().view().applied >= commit)
+                .then_some(())
+        });
+        let running = self.running();
+        let values = self.values(running[0]);
+        for &id in &running[1..] {
+            assert_eq!(
+                self.values(id),
+                values,
+                "node {id} differs from node {}",
+                running[0]
+            );
+        }
+        values
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for member in self.members.values_mut() {
+            member.running = None;
+        }
+    }
+}
+
+/// Checks each of `expected` is there exactly once.
+fn exactly_once(values: &[u64], expected: impl IntoIterator<Item = u64>) {
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for &v in values {
+        *counts.entry(v).or_default() += 1;
+    }
+    for v in expected {
+        assert_eq!(counts.get(&v), Some(&1), "value {v}");
+    }
+}
+
+#[test]
+fn three_nodes_commit_and_apply_1000_proposals_on_every_node() {
+    let cluster = Cluster::start(&[1, 2, 3]);
+    let started = Instant::now();
+    let leader = cluster.wait_for_leader();
+    eprintln!("leader {leader} elected in {:?}", started.elapsed());
+    let started = Instant::now();
+    cluster.commit_all(1..=1000);
+    let took = started.elapsed();
+    eprintln!(
+        "1000 proposals committed in {took:?}: {:.0}/s",
+        1000.0 / took.as_secs_f64()
+    );
+    let values = cluster.converged();
+    assert_eq!(values.len(), 1000, "nothing applied twice");
+    exactly_once(&values, 1..=1000);
+}
+
+#[test]
+fn a_follower_that_loses_unsynced_entries_in_a_power_cut_catches_up() {
+    let mut cluster = Cluster::start(&[1, 2, 3]);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=200);
+    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    // Its disk stalls: it writes what the leader sends but never acknowledges it, while the
+    // leader and the other follower commit without it.
+    cluster.stall_disk(follower);
+    cluster.commit_all(201..=400);
+    let lost = cluster.kill(follower);
+    assert!(lost > 0, "the power cut took nothing back");
+    cluster.commit_all(401..=500);
+    cluster.run(follower);
+    let restarted = cluster.node(follower).status().view();
+    let values = cluster.converged();
+    eprintln!(
+        "node {follower} lost {lost} WAL bytes, restarted at applied {} and caught up to {}",
+        restarted.applied,
+        cluster.node(follower).status().view().applied
+    );
+    assert!(restarted.applied < 400, "{restarted:?}");
+    assert_eq!(cluster.running().len(), 3);
+    assert_eq!(values.len(), 500);
+    exactly_once(&values, 1..=500);
+}
+
+#[test]
+fn a_leader_whose_disk_lags_dies_and_nothing_committed_is_lost() {
+    let mut cluster = Cluster::start(&[1, 2, 3]);
+    let old = cluster.wait_for_leader();
+    cluster.commit_all(1..=100);
+    // The leader's own copies stop becoming durable; the followers' acknowledgements still
+    // commit its entries. Then its power goes.
+    cluster.stall_disk(old);
+    let before = cluster.node(old).status().view().last_index;
+    for id in 101..=150 {
+        cluster.node(old).propose(id, id.to_be_bytes().to_vec());
+    }
+    // Committed: both followers have them on disk (the leader's own copy is not).
+    cluster.wait_for("the 50 entries to be committed", |c| {
+        let view = c.node(old).status().view();
+        (view.commit >= before + 50 && view.applied < before + 50).then_some(())
+    });
+    let lost = cluster.kill(old);
+    assert!(lost > 0, "the power cut took nothing back");
+    let outcomes = cluster.settle(101..=150);
+    assert!(
+        outcomes.values().all(|&o| o == Outcome::Unknown),
+        "{outcomes:?}"
+    );
+    let new = cluster.wait_for_leader();
+    assert_ne!(new, old);
+    cluster.commit_all(151..=200);
+    cluster.run(old);
+    let values = cluster.converged();
+    assert_eq!(cluster.values(old), values);
+    exactly_once(&values, (1..=100).chain(151..=200));
+    // Committed before the leader died, though never applied by it: kept.
+    exactly_once(&values, 101..=150);
+    assert_eq!(values.len(), 200);
+}
+
+#[test]
+fn a_follower_killed_by_a_power_cut_restarts_and_catches_up() {
+    let mut cluster = Cluster::start(&[1, 2, 3]);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=200);
+    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    // Proposals in flight while the follower dies.
+    for id in 201..=300 {
+        cluster.node(leader).propose(id, id.to_be_bytes().to_vec());
+    }
+    let lost = cluster.kill(follower);
+    eprintln!("node {follower} lost {lost} unsynced WAL bytes");
+    // The leader and the other follower are a majority: nothing waits for the dead one.
+    let outcomes = cluster.settle(201..=300);
+    assert!(
+        outcomes.values().all(|&o| o == Outcome::Committed),
+        "{outcomes:?}"
+    );
+    cluster.commit_all(301..=400);
+    cluster.run(follower);
+    cluster.commit_all(401..=500);
+    let values = cluster.converged();
+    assert_eq!(cluster.running().len(), 3);
+    exactly_once(&values, 1..=500);
+}
+
+#[test]
+fn losing_the_leader_elects_another_and_the_old_one_rejoins() {
+    let mut cluster = Cluster::start(&[1, 2, 3]);
+    let old = cluster.wait_for_leader();
+    let old_term = cluster.node(old).status().view().term;
+    cluster.commit_all(1..=300);
+    cluster.kill(old);
+    let killed = Instant::now();
+    let new = cluster.wait_for("a new leader", |c| c.leader());
+    eprintln!(
+        "node {new} leads {:?} after the leader died",
+        killed.elapsed()
+    );
+    assert_ne!(new, old);
+    assert!(cluster.node(new).status().view().term > old_term);
+    cluster.commit_all(301..=400);
+    cluster.run(old);
+    cluster.commit_all(401..=450);
+    let values = cluster.converged();
+    exactly_once(&values, 1..=450);
+    assert_eq!(cluster.values(old), values);
+}

@@ -1,0 +1,29 @@
+//! The RocksDB database a node keeps its replication state in until the engine takes it over
+//! (plan step 4): `<data dir>/raft`, holding only the two column families the engine's
+//! database will gain (`keys::RAFT_LOG_CF`, and `keys::STATE_CF` for the applied index and
+//! membership). As in the engine under `--sync always`, writes wait in RocksDB's WAL buffer
+//! (`manual_wal_flush`) until the syncer writes and fsyncs them all at once (`syncer`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+use super::keys::{RAFT_LOG_CF, STATE_CF};
+
+/// Opens (or creates) the replication database at `path`.
+pub fn open(path: &Path) -> Result<Arc<DB>, String> {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_manual_wal_flush(true);
+    options.set_keep_log_file_num(4);
+    // The log is small and written in order: one memtable's worth of WAL at a time.
+    options.set_max_total_wal_size(64 << 20);
+    options.set_atomic_flush(true);
+    let descriptors =
+        [RAFT_LOG_CF, STATE_CF].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    DB::open_cf_descriptors(&options, path, descriptors)
+        .map(Arc::new)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}

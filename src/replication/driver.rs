@@ -1,0 +1,376 @@
+//! The raft thread: the one thread that owns a node's `RawNode`. It ticks it on time, steps it
+//! with peers' messages, proposes, and handles every `Ready` (`ready`) and the entries it
+//! commits (`apply`); the fsync runs on the syncer's thread, which reports back through the
+//! same input channel. Nothing else touches the `RawNode`: raft-rs is not thread-safe, needs
+//! ticks and peers' messages even when no client writes, and must see no `step` or `propose`
+//! between a `ready()` and its `advance`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use raft::prelude::Message;
+use raft::{RawNode, StateRole};
+use rocksdb::DB;
+
+use super::apply::{Applier, Outcome, Pending};
+use super::slog_bridge;
+use super::status::{Role, Status, StatusView};
+use super::storage::RaftStorage;
+use super::syncer::{FsyncStage, Synced, Syncer};
+use super::transport::Transport;
+
+/// Timing of a node (notes §6: failover median 0.63 s, p99 0.96 s with these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub tick: Duration,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Ticks without a leader before a follower campaigns (randomized up to twice this).
+    pub election_ticks: usize,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            tick: Duration::from_millis(50),
+            heartbeat_ticks: 2,
+            election_ticks: 10,
+        }
+    }
+}
+
+/// What a node is.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// The voters a new group starts with (this node among them). Ignored once the node has
+    /// state: its membership is in it.
+    pub founders: Vec<u64>,
+    pub timing: Timing,
+}
+
+/// What the raft thread reads from its channel.
+pub enum Input {
+    /// From a peer, through the transport.
+    Message(Box<Message>),
+    /// Append `data` to the log if this node leads; `id` comes back in `Applier::settled`.
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+    },
+    /// The transport could not reach this peer.
+    Unreachable(u64),
+    /// From the syncer.
+    Synced(Synced),
+    Stop,
+}
+
+/// Most inputs handled between two looks at `Ready`, so that a flood of messages does not
+/// delay the writes and messages it causes.
+const INPUTS_PER_PASS: usize = 256;
+
+/// Capacity of the input channel: a transport delivering faster than the raft thread steps
+/// waits (TCP then pushes back on the peer) instead of queueing without bound.
+const INPUT_CAPACITY: usize = 8192;
+
+/// A node's input channel, made before the node so that its transport can report to it.
+pub struct Mailbox {
+    sender: Sender<Input>,
+    receiver: Receiver<Input>,
+}
+
+impl Mailbox {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Mailbox {
+        let (sender, receiver) = crossbeam_channel::bounded(INPUT_CAPACITY);
+        Mailbox { sender, receiver }
+    }
+
+    pub fn sender(&self) -> Sender<Input> {
+        self.sender.clone()
+    }
+}
+
+/// A running node: its raft thread and syncer.
+pub struct Node {
+    inputs: Sender<Input>,
+    status: Arc<Status>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Readies written but not yet fsynced, with the messages that may leave only after the fsync.
+pub(super) struct Unsynced {
+    /// The syncer reports this number (or a later one) once the Ready's writes are on disk.
+    pub requested: u64,
+    /// The latest Ready persisted by that fsync (later Readies with nothing to sync ride on it).
+    pub number: u64,
+    pub messages: Vec<Message>,
+}
+
+/// The raft thread's state.
+pub(super) struct Driver {
+    pub raw: RawNode<RaftStorage>,
+    pub transport: Box<dyn Transport>,
+    pub applier: Box<dyn Applier>,
+    pub syncer: Syncer,
+    pub unsynced: VecDeque<Unsynced>,
+    /// This node's proposals not yet applied, in log order.
+    pub pending: VecDeque<Pending>,
+    status: Arc<Status>,
+    published: Option<StatusView>,
+}
+
+impl Node {
+    /// Opens node `config.id`'s raft state in `db` (bootstrapping a founder with none) and
+    /// starts its raft thread and syncer, reading `mailbox`.
+    pub fn start(
+        config: NodeConfig,
+        db: Arc<DB>,
+        mailbox: Mailbox,
+        transport: Box<dyn Transport>,
+        applier: Box<dyn Applier>,
+    ) -> Result<Node, String> {
+        Node::start_with_fsync_hook(config, db, mailbox, transport, applier, |_| {})
+    }
+
+    /// `start`, with `fsync_hook` run on the syncer's thread just before and just after each
+    /// fsync, before the raft thread hears of it (tests stall a disk there, and record what a
+    /// power cut would keep).
+    pub fn start_with_fsync_hook(
+        config: NodeConfig,
+        db: Arc<DB>,
+        mailbox: Mailbox,
+        transport: Box<dyn Transport>,
+        applier: Box<dyn Applier>,
+        fsync_hook: impl Fn(FsyncStage) + Send + 'static,
+    ) -> Result<Node, String> {
+        let Mailbox {
+            sender: inputs,
+            receiver,
+        } = mailbox;
+        let storage = RaftStorage::open(db.clone(), config.id, &config.founders)
+            .map_err(|e| format!("raft state of node {}: {e}", config.id))?;
+        let raft_config = raft_config(config.id, storage.applied().0, config.timing);
+        raft_config
+            .validate()
+            .map_err(|e| format!("raft settings: {e}"))?;
+        let raw = RawNode::new(&raft_config, storage, &slog_bridge::logger())
+            .map_err(|e| format!("raft node {}: {e}", config.id))?;
+        let syncer = {
+            let inputs = inputs.clone();
+            let report = move |synced| {
+                let _ = inputs.send(Input::Synced(synced));
+            };
+            Syncer::start(db, format!("raft-sync-{}", config.id), report, fsync_hook)
+                .map_err(|e| format!("cannot start the raft syncer: {e}"))?
+        };
+        let status = Arc::new(Status::new(config.id));
+        let mut driver = Driver {
+            raw,
+            transport,
+            applier,
+            syncer,
+            unsynced: VecDeque::new(),
+            pending: VecDeque::new(),
+            status: status.clone(),
+            published: None,
+        };
+        driver.publish();
+        let tick = config.timing.tick;
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{}", config.id))
+            .spawn(move || driver.run(receiver, tick))
+            .map_err(|e| format!("cannot start the raft thread: {e}"))?;
+        Ok(Node {
+            inputs,
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where peers' messages (and proposals) go.
+    pub fn inputs(&self) -> Sender<Input> {
+        self.inputs.clone()
+    }
+
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    pub fn propose(&self, id: u64, data: Vec<u8>) {
+        let _ = self.inputs.send(Input::Propose { id, data });
+    }
+
+    /// Stops the raft thread (after the fsync in progress, if any) and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.inputs.send(Input::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// raft-rs's settings (notes §6): check_quorum (a leader that lost its majority steps down),
+/// pre_vote (a node that was cut off cannot raise everyone's term on its return).
+fn raft_config(id: u64, applied: u64, timing: Timing) -> raft::Config {
+    raft::Config {
+        id,
+        election_tick: timing.election_ticks,
+        heartbeat_tick: timing.heartbeat_ticks,
+        applied,
+        check_quorum: true,
+        pre_vote: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    }
+}
+
+impl Driver {
+    fn run(mut self, inputs: Receiver<Input>, tick: Duration) {
+        let id = self.status.node;
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&inputs, tick)));
+        // Whoever still sends (the syncer stopped below, readers) now fails instead of waiting
+        // for room in a channel nobody reads.
+        drop(inputs);
+        match outcome {
+            Ok(Ok(())) => log::info!("raft node {id} stopped"),
+            Ok(Err(e)) => log::error!("raft node {id} stopped: {e}"),
+            Err(_) => log::error!("raft node {id} stopped: raft-rs panicked"),
+        }
+        self.status.stopped();
+        self.syncer.stop();
+        for pending in std::mem::take(&mut self.pending) {
+            self.applier.settled(pending.id, Outcome::Unknown);
+        }
+    }
+
+    /// The loop: inputs until the next tick is due, the tick, then whatever raft-rs has ready.
+    fn serve(&mut self, inputs: &Receiver<Input>, tick: Duration) -> Result<(), String> {
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match inputs.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            for input in first
+                .into_iter()
+                .chain(inputs.try_iter().take(INPUTS_PER_PASS))
+            {
+                if !self.take(input)? {
+                    return Ok(());
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                // After a stall (a slow disk, a suspended process) one tick, not one per tick
+                // missed: those would fake an election timeout against a healthy leader.
+                next_tick = (next_tick + tick).max(now);
+            }
+            while self.raw.has_ready() {
+                self.handle_ready()?;
+            }
+            self.publish();
+        }
+    }
+
+    /// Handles one input; false to stop.
+    fn take(&mut self, input: Input) -> Result<bool, String> {
+        match input {
+            Input::Message(message) => {
+                if let Err(e) = self.raw.step(*message) {
+                    log::debug!("raft message ignored: {e}");
+                }
+            }
+            Input::Propose { id, data } => self.propose(id, data),
+            Input::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Input::Synced(Synced::UpTo(number)) => self.synced(number),
+            Input::Synced(Synced::Failed(e)) => return Err(e),
+            Input::Stop => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn propose(&mut self, id: u64, data: Vec<u8>) {
+        // Only on the leader: raft-rs 0.7 forwards a follower's proposal to the leader, which
+        // would append an entry no command on the leader produced (notes P7).
+        if self.raw.raft.state != StateRole::Leader {
+            self.applier.settled(id, Outcome::Dropped);
+            return;
+        }
+        let term = self.raw.raft.term;
+        match self.raw.propose(id.to_be_bytes().to_vec(), data) {
+            Ok(()) => self.pending.push_back(Pending {
+                id,
+                index: self.raw.raft.raft_log.last_index(),
+                term,
+            }),
+            Err(e) => {
+                log::debug!("proposal {id} dropped: {e}");
+                self.applier.settled(id, Outcome::Dropped);
+            }
+        }
+    }
+
+    /// The syncer made every Ready up to `requested` durable: tell raft-rs, and send what waited.
+    fn synced(&mut self, requested: u64) {
+        let mut persisted = None;
+        let mut messages = Vec::new();
+        while self
+            .unsynced
+            .front()
+            .is_some_and(|u| u.requested <= requested)
+        {
+            let done = self.unsynced.pop_front().expect("checked");
+            persisted = Some(done.number);
+            messages.extend(done.messages);
+        }
+        if let Some(number) = persisted {
+            self.raw.on_persist_ready(number);
+        }
+        self.transport.send(messages);
+    }
+
+    fn publish(&mut self) {
+        let raft = &self.raw.raft;
+        let view = StatusView {
+            node: self.status.node,
+            role: Role::from(raft.state),
+            term: raft.term,
+            leader: raft.leader_id,
+            commit: raft.raft_log.committed,
+            // raft-rs's own idea (`advance_apply_to`), which the stored one must match.
+            applied: raft.raft_log.applied,
+            last_index: raft.raft_log.last_index(),
+        };
+        let before = self.published.replace(view);
+        if before.is_none_or(|b| (b.role, b.term, b.leader) != (view.role, view.term, view.leader))
+        {
+            log::info!(
+                "raft node {} is {} at term {} (leader: {})",
+                view.node,
+                view.role.name(),
+                view.term,
+                if view.leader == 0 {
+                    "none".to_string()
+                } else {
+                    view.leader.to_string()
+                }
+            );
+        }
+        self.status.publish(&view);
+    }
+}

@@ -1,0 +1,63 @@
+//! What the raft thread does with each `Ready`, in the order that survives a power cut (notes
+//! §2, rules R1-R9; raft-rs's docs for `Ready`, `advance_append_async` and `on_persist_ready`):
+//!
+//! 1. the leader's messages (appends, heartbeats) leave at once: it counts itself towards a
+//!    commit only once its own copy is persisted (raft thesis 10.2.1);
+//! 2. new entries and the hard state are written (no fsync), replacing any conflicting tail;
+//! 3. messages that promise what is on disk (votes, append acknowledgements) wait for the
+//!    fsync covering that write: a vote or an acknowledgement a power cut takes back could
+//!    elect two leaders in a term or lose a committed entry;
+//! 4. a Ready with nothing to fsync (only the commit index moved) rides on the fsync in
+//!    progress, or counts as persisted at once when none is;
+//! 5. committed entries are applied after the hard state carrying their commit was written, so
+//!    a crash never leaves the applied index past the commit index (qdrant#1172).
+
+use super::driver::{Driver, Unsynced};
+
+impl Driver {
+    pub(super) fn handle_ready(&mut self) -> Result<(), String> {
+        let mut ready = self.raw.ready();
+        self.transport.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            // Plan step 6. Never sent today: no log is compacted past a peer that needs it.
+            return Err("received a snapshot, which this version cannot install".into());
+        }
+        self.raw
+            .mut_store()
+            .persist(ready.entries(), ready.hs())
+            .map_err(|e| format!("raft log write failed: {e}"))?;
+        let mut committed = ready.take_committed_entries();
+        let mut after_sync = ready.take_persisted_messages();
+        let number = ready.number();
+        if ready.must_sync() {
+            self.unsynced.push_back(Unsynced {
+                requested: number,
+                number,
+                messages: after_sync,
+            });
+            self.raw.advance_append_async(ready);
+            self.syncer.request(number);
+        } else if let Some(last) = self.unsynced.back_mut() {
+            // Persisted by the fsync that persists the Ready before it.
+            last.number = number;
+            last.messages.append(&mut after_sync);
+            self.raw.advance_append_async(ready);
+        } else {
+            // Nothing to fsync and nothing waiting for one: persisted now.
+            self.transport.send(after_sync);
+            let mut light = self.raw.advance_append(ready);
+            if let Some(commit) = light.commit_index() {
+                // Persisting moved the commit index: write it before applying up to it.
+                let mut hard_state = self.raw.store().hard_state().clone();
+                hard_state.commit = commit;
+                self.raw
+                    .mut_store()
+                    .persist(&[], Some(&hard_state))
+                    .map_err(|e| format!("raft log write failed: {e}"))?;
+            }
+            self.transport.send(light.take_messages());
+            committed.extend(light.take_committed_entries());
+        }
+        self.apply(committed)
+    }
+}

@@ -1,0 +1,112 @@
+//! What a node's raft thread tells everyone else: its role, term, leader and log positions,
+//! published after every pass of its loop through atomics, so `stats` and tests read them
+//! without touching the `RawNode` (which only the raft thread may).
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use raft::StateRole;
+
+/// A node's role, as `stats` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    /// Asking whether it could win an election (pre-vote), without raising the term yet.
+    PreCandidate,
+    Candidate,
+    Leader,
+    /// The raft thread ended (stopped, or a storage failure).
+    Stopped,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "precandidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+            Role::Stopped => "stopped",
+        }
+    }
+
+    fn from_u8(n: u8) -> Role {
+        match n {
+            0 => Role::Follower,
+            1 => Role::PreCandidate,
+            2 => Role::Candidate,
+            3 => Role::Leader,
+            _ => Role::Stopped,
+        }
+    }
+}
+
+impl From<StateRole> for Role {
+    fn from(role: StateRole) -> Role {
+        match role {
+            StateRole::Follower => Role::Follower,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// One node's published state.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub node: u64,
+    role: AtomicU8,
+    term: AtomicU64,
+    /// 0 when no leader is known.
+    leader: AtomicU64,
+    commit: AtomicU64,
+    applied: AtomicU64,
+    last_index: AtomicU64,
+}
+
+/// A copy of a `Status` at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusView {
+    pub node: u64,
+    pub role: Role,
+    pub term: u64,
+    pub leader: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+}
+
+impl Status {
+    pub fn new(node: u64) -> Status {
+        Status {
+            node,
+            ..Default::default()
+        }
+    }
+
+    pub fn publish(&self, view: &StatusView) {
+        self.role.store(view.role as u8, Ordering::Relaxed);
+        self.term.store(view.term, Ordering::Relaxed);
+        self.leader.store(view.leader, Ordering::Relaxed);
+        self.commit.store(view.commit, Ordering::Relaxed);
+        self.applied.store(view.applied, Ordering::Relaxed);
+        self.last_index.store(view.last_index, Ordering::Relaxed);
+    }
+
+    pub fn stopped(&self) {
+        self.role.store(Role::Stopped as u8, Ordering::Relaxed);
+        self.leader.store(0, Ordering::Relaxed);
+    }
+
+    pub fn view(&self) -> StatusView {
+        StatusView {
+            node: self.node,
+            role: Role::from_u8(self.role.load(Ordering::Relaxed)),
+            term: self.term.load(Ordering::Relaxed),
+            leader: self.leader.load(Ordering::Relaxed),
+            commit: self.commit.load(Ordering::Relaxed),
+            applied: self.applied.load(Ordering::Relaxed),
+            last_index: self.last_index.load(Ordering::Relaxed),
+        }
+    }
+}

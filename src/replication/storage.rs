@@ -1,0 +1,427 @@
+//! raft-rs's `Storage` on RocksDB: the log, the hard state and the compaction point in the
+//! `raft_log` column family, the applied index and the membership with the state machine's
+//! writes (`keys` has the layout). raft-rs reads through the `Storage` trait; the raft thread
+//! writes through `persist` (a `Ready`'s entries and hard state), `apply` (committed entries'
+//! effects with the applied index) and `compact`. Every write is one RocksDB write without an
+//! fsync: the syncer makes them durable, and the raft thread tells raft-rs only then.
+//!
+//! The small records (hard state, membership, compaction point, last index, applied index) are
+//! kept in memory too, since raft-rs asks for them all the time; entries are read from RocksDB
+//! (its memtable holds the recent ones).
+//!
+//! A founding node starts from index 1, term 1 with the founders as voters, as if it had
+//! installed a snapshot there (TiKV's `RAFT_INIT_LOG_INDEX`): the founding membership is in no
+//! log entry, so a node added later must start from a snapshot, never replay conf changes from
+//! index 1 onto an empty membership (notes P2).
+
+use std::fmt;
+use std::sync::Arc;
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+
+use super::keys::{
+    decode_position, encode_position, entry_index, entry_key, APPLIED_KEY, CONF_STATE_KEY,
+    HARD_STATE_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF, TRUNCATED_KEY,
+};
+
+/// Index and term of the entry the founders start after.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+pub const BOOTSTRAP_TERM: u64 = 1;
+
+/// Why a storage operation failed.
+#[derive(Debug)]
+pub enum StoreError {
+    Db(rocksdb::Error),
+    /// A stored record does not decode, or the log has a hole.
+    Corrupt(String),
+    /// The caller asked for something that would break the log (a gap, compacting past the
+    /// applied index) or that this data directory cannot do (another node's directory).
+    Refused(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            StoreError::Db(e) => write!(f, "storage failure: {e}"),
+            StoreError::Corrupt(what) => write!(f, "damaged raft state: {what}"),
+            StoreError::Refused(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+impl From<StoreError> for raft::Error {
+    fn from(e: StoreError) -> Self {
+        raft::Error::Store(StorageError::Other(Box::new(e)))
+    }
+}
+
+/// A node's raft state on RocksDB, with its small records cached.
+pub struct RaftStorage {
+    db: Arc<DB>,
+    node_id: u64,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry compacted away: the log starts after it.
+    truncated: (u64, u64),
+    /// Index of the last entry in the log (`truncated.0` when it is empty).
+    last_index: u64,
+    /// Index and term of the last entry applied.
+    applied: (u64, u64),
+}
+
+fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::parse_from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode(message: &impl protobuf::Message) -> Vec<u8> {
+    // Encoding into a Vec fails only for messages missing required fields: proto3 has none.
+    message.write_to_bytes().unwrap_or_default()
+}
+
+impl RaftStorage {
+    /// Opens node `node_id`'s raft state in `db`. A database with none is bootstrapped as a
+    /// founder of a group whose voters are `founders` (durably, before this returns); one with
+    /// state keeps it (its membership is in the state, `founders` is not looked at) and must
+    /// belong to `node_id`.
+    pub fn open(db: Arc<DB>, node_id: u64, founders: &[u64]) -> Result<RaftStorage, StoreError> {
+        if node_id == 0 {
+            return Err(StoreError::Refused("node id 0 is not allowed".into()));
+        }
+        let log = log_cf(&db);
+        match db.get_cf(log, NODE_ID_KEY)? {
+            Some(stored) => {
+                let stored: [u8; 8] = stored[..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("node id".into()))?;
+                let stored = u64::from_be_bytes(stored);
+                if stored != node_id {
+                    return Err(StoreError::Refused(format!(
+                        "this data directory belongs to node {stored}, not node {node_id}"
+                    )));
+                }
+            }
+            None => bootstrap(&db, node_id, founders)?,
+        }
+        Self::load(db, node_id)
+    }
+
+    /// Reads the stored state (the node id already checked).
+    fn load(db: Arc<DB>, node_id: u64) -> Result<RaftStorage, StoreError> {
+        let log = log_cf(&db);
+        let state = state_cf(&db);
+        let hard_state = match db.get_cf(log, HARD_STATE_KEY)? {
+            Some(bytes) => decode("hard state", &bytes)?,
+            None => return Err(StoreError::Corrupt("no hard state".into())),
+        };
+        let position = |what: &str, bytes: Option<Vec<u8>>| match bytes {
+            Some(bytes) => decode_position(&bytes).ok_or_else(|| StoreError::Corrupt(what.into())),
+            None => Err(StoreError::Corrupt(format!("no {what}"))),
+        };
+        let truncated = position("compaction point", db.get_cf(log, TRUNCATED_KEY)?)?;
+        let applied = position("applied index", db.get_cf(state, APPLIED_KEY)?)?;
+        let conf_state = match db.get_cf(state, CONF_STATE_KEY)? {
+            Some(bytes) => decode("membership", &bytes)?,
+            None => return Err(StoreError::Corrupt("no membership".into())),
+        };
+        // The last entry: the greatest `L` key, if any is past the compaction point.
+        let mut last_index = truncated.0;
+        let last_key = db
+            .iterator_cf(
+                log,
+                IteratorMode::From(&entry_key(u64::MAX), Direction::Reverse),
+            )
+            .next()
+            .transpose()?;
+        if let Some(index) = last_key.and_then(|(key, _)| entry_index(&key)) {
+            last_index = last_index.max(index);
+        }
+        Ok(RaftStorage {
+            db,
+            node_id,
+            hard_state,
+            conf_state,
+            truncated,
+            last_index,
+            applied,
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// Index and term of the last applied entry: where apply resumes after a restart
+    /// (`raft::Config::applied`).
+    pub fn applied(&self) -> (u64, u64) {
+        self.applied
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The first and last index in the log (first = last + 1 when it is empty).
+    pub fn bounds(&self) -> (u64, u64) {
+        (self.truncated.0 + 1, self.last_index)
+    }
+
+    /// Writes a `Ready`'s new entries and hard state in one write (no fsync). Entries replace
+    /// the log from the first one's index on: stored entries past the last new one are deleted,
+    /// or a shorter conflicting suffix from a new leader would leave stale ones behind.
+    pub fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        let log = log_cf(&self.db);
+        let mut batch = WriteBatch::default();
+        let mut last_index = self.last_index;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            if first.index <= self.truncated.0 || first.index > self.last_index + 1 {
+                return Err(StoreError::Refused(format!(
+                    "entries from {} do not continue the log [{}, {}]",
+                    first.index,
+                    self.truncated.0 + 1,
+                    self.last_index
+                )));
+            }
+            for (i, entry) in entries.iter().enumerate() {
+                if entry.index != first.index + i as u64 {
+                    return Err(StoreError::Refused("entries out of order".into()));
+                }
+                batch.put_cf(log, entry_key(entry.index), encode(entry));
+            }
+            if self.last_index > last.index {
+                batch.delete_range_cf(
+                    log,
+                    entry_key(last.index + 1),
+                    entry_key(self.last_index + 1),
+                );
+            }
+            last_index = last.index;
+        }
+        if let Some(hs) = hard_state {
+            batch.put_cf(log, HARD_STATE_KEY, encode(hs));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.db.write(batch)?;
+        self.last_index = last_index;
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` (what committed entries up to `index`, of `term`, do to the state
+    /// machine) with the applied index and, after a membership change, the new membership.
+    pub fn apply(
+        &mut self,
+        mut batch: WriteBatch,
+        index: u64,
+        term: u64,
+        conf_state: Option<&ConfState>,
+    ) -> Result<(), StoreError> {
+        if index < self.applied.0 || index > self.hard_state.commit {
+            return Err(StoreError::Refused(format!(
+                "applying up to {index}: applied {}, committed {}",
+                self.applied.0, self.hard_state.commit
+            )));
+        }
+        let state = state_cf(&self.db);
+        batch.put_cf(state, APPLIED_KEY, encode_position(index, term));
+        if let Some(cs) = conf_state {
+            batch.put_cf(state, CONF_STATE_KEY, encode(cs));
+        }
+        self.db.write(batch)?;
+        self.applied = (index, term);
+        if let Some(cs) = conf_state {
+            self.conf_state = cs.clone();
+        }
+        Ok(())
+    }
+
+    /// Drops the log's entries up to `index`, which must be applied: a peer needing them
+    /// then needs a snapshot. Compacting at or before the current point does nothing.
+    pub fn compact(&mut self, index: u64) -> Result<(), StoreError> {
+        if index <= self.truncated.0 {
+            return Ok(());
+        }
+        if index > self.applied.0 {
+            return Err(StoreError::Refused(format!(
+                "compacting up to {index} past the applied index {}",
+                self.applied.0
+            )));
+        }
+        let term = self.stored_term(index)?;
+        let log = log_cf(&self.db);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(log, entry_key(self.truncated.0 + 1), entry_key(index + 1));
+        batch.put_cf(log, TRUNCATED_KEY, encode_position(index, term));
+        self.db.write(batch)?;
+        self.truncated = (index, term);
+        Ok(())
+    }
+
+    /// The term of an entry in the log (not the compaction point).
+    fn stored_term(&self, index: u64) -> Result<u64, StoreError> {
+        match self.db.get_cf(log_cf(&self.db), entry_key(index))? {
+            Some(bytes) => Ok(decode::<Entry>("entry", &bytes)?.term),
+            None => Err(StoreError::Corrupt(format!("entry {index} is missing"))),
+        }
+    }
+
+    /// Entries `[low, high)` as stored, stopping once they exceed `max_size` bytes (always at
+    /// least one).
+    fn read_entries(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>, StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(entry_key(high));
+        let from = entry_key(low);
+        let iter = self.db.iterator_cf_opt(
+            log_cf(&self.db),
+            read,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let mut entries = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        for item in iter {
+            let (key, value) = item?;
+            let expected = low + entries.len() as u64;
+            if entry_index(&key) != Some(expected) {
+                return Err(StoreError::Corrupt(format!("entry {expected} is missing")));
+            }
+            size += value.len() as u64;
+            if !entries.is_empty() && size > max_size {
+                break;
+            }
+            entries.push(decode("entry", &value)?);
+        }
+        if entries.is_empty() && low < high {
+            return Err(StoreError::Corrupt(format!("entry {low} is missing")));
+        }
+        Ok(entries)
+    }
+}
+
+/// Writes the state of a founder: the log starts after (1, 1), committed and applied there,
+/// with `founders` as voters; one synced write.
+fn bootstrap(db: &DB, node_id: u64, founders: &[u64]) -> Result<(), StoreError> {
+    if !founders.contains(&node_id) {
+        return Err(StoreError::Refused(format!(
+            "node {node_id} is not among the founders {founders:?}: joining a running group \
+             is not supported yet"
+        )));
+    }
+    let log = log_cf(db);
+    let state = state_cf(db);
+    let hard_state = HardState {
+        term: BOOTSTRAP_TERM,
+        commit: BOOTSTRAP_INDEX,
+        ..Default::default()
+    };
+    let conf_state = ConfState::from((founders.to_vec(), vec![]));
+    let position = encode_position(BOOTSTRAP_INDEX, BOOTSTRAP_TERM);
+    let mut batch = WriteBatch::default();
+    batch.put_cf(log, HARD_STATE_KEY, encode(&hard_state));
+    batch.put_cf(log, TRUNCATED_KEY, position);
+    batch.put_cf(state, APPLIED_KEY, position);
+    batch.put_cf(state, CONF_STATE_KEY, encode(&conf_state));
+    // Last: a directory with a node id has all of the above.
+    batch.put_cf(log, NODE_ID_KEY, node_id.to_be_bytes());
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync)?;
+    // Under `manual_wal_flush` a synced write still waits in the buffer for a flush.
+    db.flush_wal(true)?;
+    Ok(())
+}
+
+fn log_cf(db: &DB) -> &rocksdb::ColumnFamily {
+    db.cf_handle(RAFT_LOG_CF)
+        .expect("the replication column families are always opened")
+}
+
+fn state_cf(db: &DB) -> &rocksdb::ColumnFamily {
+    db.cf_handle(STATE_CF)
+        .expect("the replication column families are always opened")
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if low > high || high > self.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        Ok(self.read_entries(low, high, max_size)?)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        if index == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if index < self.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if index > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.stored_term(index)?)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    /// Snapshots come with plan step 6 (RocksDB checkpoints). Until then the log is never
+    /// compacted past a peer that still needs it, and raft asks again later.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        log::warn!(
+            "node {to} needs a snapshot at index {request_index} or later, which this version cannot send"
+        );
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

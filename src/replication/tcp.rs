@@ -1,0 +1,157 @@
+//! The transport between processes: one outgoing TCP connection per peer, each with a writer
+//! thread fed by a bounded queue, so the raft thread never waits on a socket. A peer that
+//! cannot be reached is reported to raft-rs (`report_unreachable`: it stops streaming appends
+//! and probes), and what was queued for it is dropped: raft-rs sends again what still matters.
+//! Incoming connections are `listener`'s.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use raft::prelude::Message;
+
+use super::driver::Input;
+use super::frame;
+use super::transport::Transport;
+
+/// Messages queued for one peer before more are dropped.
+const QUEUE: usize = 4096;
+/// How long a connection attempt may take: a heartbeat interval or so.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// After a failed attempt, messages are dropped without trying again for this long.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// A peer that stops reading for this long loses its connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct TcpTransport {
+    queues: HashMap<u64, Sender<Message>>,
+}
+
+impl TcpTransport {
+    /// Starts a writer thread for every peer in `peers` (id -> `HOST:PORT`) but `me`.
+    /// Unreachable peers are reported to `inputs`.
+    pub fn start(
+        me: u64,
+        peers: &std::collections::BTreeMap<u64, String>,
+        inputs: Sender<Input>,
+    ) -> Result<TcpTransport, String> {
+        let mut queues = HashMap::new();
+        for (&id, addr) in peers.iter().filter(|(&id, _)| id != me) {
+            let (sender, receiver) = crossbeam_channel::bounded(QUEUE);
+            let writer = Writer {
+                peer: id,
+                addr: addr.clone(),
+                inputs: inputs.clone(),
+                stream: None,
+                retry_at: Instant::now(),
+                down: false,
+                buffer: Vec::new(),
+            };
+            std::thread::Builder::new()
+                .name(format!("raft-to-{id}"))
+                .spawn(move || writer.run(receiver))
+                .map_err(|e| format!("cannot start a raft writer thread: {e}"))?;
+            queues.insert(id, sender);
+        }
+        Ok(TcpTransport { queues })
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let Some(queue) = self.queues.get(&message.to) else {
+                log::debug!("raft message to unknown node {} dropped", message.to);
+                continue;
+            };
+            if let Err(TrySendError::Full(m)) = queue.try_send(message) {
+                log::debug!("raft queue to node {} full: message dropped", m.to);
+            }
+        }
+    }
+}
+
+/// One peer's connection and what it knows of it.
+struct Writer {
+    peer: u64,
+    addr: String,
+    inputs: Sender<Input>,
+    stream: Option<BufWriter<TcpStream>>,
+    retry_at: Instant,
+    /// Whether the peer was reported unreachable since it last took a message.
+    down: bool,
+    buffer: Vec<u8>,
+}
+
+impl Writer {
+    /// Until the transport is dropped (its node stopped).
+    fn run(mut self, queue: Receiver<Message>) {
+        while let Ok(first) = queue.recv() {
+            // Whatever else is queued goes in the same write.
+            let batch: Vec<Message> = std::iter::once(first).chain(queue.try_iter()).collect();
+            if let Err(e) = self.deliver(&batch) {
+                if !self.down {
+                    log::warn!("raft peer {} at {}: {e}", self.peer, self.addr);
+                    self.down = true;
+                }
+                let _ = self.inputs.send(Input::Unreachable(self.peer));
+            }
+        }
+    }
+
+    fn deliver(&mut self, batch: &[Message]) -> Result<(), String> {
+        if self.stream.is_none() {
+            // Not again before `retry_at`: this batch is dropped (it must not postpone the next
+            // attempt, or a peer sent to more often than that would never be tried again).
+            if Instant::now() < self.retry_at {
+                return Err("not connected".into());
+            }
+            match self.connect() {
+                Ok(stream) => self.stream = Some(BufWriter::new(stream)),
+                Err(e) => {
+                    self.retry_at = Instant::now() + RETRY_AFTER;
+                    return Err(e);
+                }
+            }
+        }
+        self.buffer.clear();
+        for message in batch {
+            if let Err(e) = frame::encode(message, &mut self.buffer) {
+                log::error!("raft message to node {} not sent: {e}", self.peer);
+            }
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        if let Err(e) = stream.write_all(&self.buffer).and_then(|()| stream.flush()) {
+            // Connect again at once for the next batch: the peer may have restarted.
+            self.stream = None;
+            return Err(format!("send failed: {e}"));
+        }
+        if self.down {
+            log::info!("raft peer {} at {} reached", self.peer, self.addr);
+            self.down = false;
+        }
+        Ok(())
+    }
+
+    fn connect(&self) -> Result<TcpStream, String> {
+        let addrs: Vec<SocketAddr> = self
+            .addr
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve: {e}"))?
+            .collect();
+        let mut last = "no address".to_string();
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+                    return Ok(stream);
+                }
+                Err(e) => last = format!("cannot connect: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
