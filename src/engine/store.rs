@@ -452,7 +452,12 @@ fn remove_orphans(
     delete_consumed(batch, messages, record, from, usize::MAX)
 }
 
-/// Adds to `batch` range tombstones over the keys of `record`'s queue from `from` up to its
+/// Runs of consumed messages up to this long are deleted key by key, not with a range tombstone:
+/// every read of the memtable checks its range tombstones, and a client draining a million
+/// one-message queues left a million of them there (the drain slowed as they piled up).
+const POINT_DELETES_UP_TO: u64 = 16;
+
+/// Adds to `batch` range tombstones (point deletes for short runs) over the keys of `record`'s queue from `from` up to its
 /// `next_unclaimed` that are not pending (open or given back): messages consumed from the head,
 /// which no read looks at again (reads start at `next_unclaimed`, and look up pending messages
 /// by key). At most `most_ranges` ranges: a queue with many pending messages scattered through
@@ -470,11 +475,17 @@ pub fn delete_consumed(
         let Some((start, end)) = ranges.next() else {
             return record.next_unclaimed.max(from);
         };
-        batch.delete_range_cf(
-            messages,
-            message_key(record.id, start),
-            message_key(record.id, end),
-        );
+        if end - start <= POINT_DELETES_UP_TO {
+            for seq in start..end {
+                batch.delete_cf(messages, message_key(record.id, seq));
+            }
+        } else {
+            batch.delete_range_cf(
+                messages,
+                message_key(record.id, start),
+                message_key(record.id, end),
+            );
+        }
     }
     match ranges.next() {
         Some((start, _)) => start,
