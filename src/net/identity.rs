@@ -50,11 +50,27 @@ impl Identity {
     /// Gives `path` (a file, or a directory and everything in it) to this user, so the server
     /// can still create, rename and remove its files there once it runs as the user. Symbolic
     /// links are changed themselves, never followed.
+    ///
+    /// RocksDB's background threads are running by then and may delete a file (an obsolete
+    /// table or WAL) between the listing and the change: a file gone meanwhile is skipped.
     pub fn take_ownership(&self, path: &Path) -> Result<(), String> {
-        let meta =
-            std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
-            .map_err(|e| format!("cannot give {} to {}: {e}", path.display(), self.name))?;
+        let vanished = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if vanished(&e) => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        match std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)) {
+            Ok(()) => {}
+            Err(e) if vanished(&e) => return Ok(()),
+            Err(e) => {
+                return Err(format!(
+                    "cannot give {} to {}: {e}",
+                    path.display(),
+                    self.name
+                ))
+            }
+        }
         if meta.is_dir() {
             let entries =
                 std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
