@@ -243,6 +243,65 @@ def test_keep_alive_pipelining_and_head(server):
         assert c.closed_by_server(), "HTTP/1.0 without keep-alive closes"
 
 
+def read_chunked(c):
+    """A chunked body off a raw connection, up to and including its last chunk."""
+    body = b""
+    while True:
+        size = int(c.read_line().split(b";")[0], 16)
+        if size == 0:
+            assert c.read_line() == b"\r\n", "no trailers"
+            return body
+        body += c.read_exactly(size + 2)[:-2]
+
+
+def read_head(c):
+    """A response's status line and headers off a raw connection."""
+    status_line = c.read_line()
+    headers = {}
+    while (line := c.read_line()) != b"\r\n":
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status_line, headers
+
+
+def test_bodies_larger_than_a_piece_are_streamed(server):
+    # 3,000 queues: /metrics is megabytes. It is rendered as the client reads it, chunked for
+    # HTTP/1.1 (keep-alive and pipelining still hold) and ending at the close for HTTP/1.0.
+    names = [b"many-%04d" % i for i in range(3000)]
+    with server.mc() as mc:
+        mc.send(b"".join(b"set %s 0 0 1\r\nx\r\n" % q for q in names))
+        for _ in names:
+            assert mc.read_line() == b"STORED\r\n"
+    status, headers, body = get(server, "/metrics")
+    assert status == 200 and headers.get("Transfer-Encoding") == "chunked", headers
+    assert "Content-Length" not in headers
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    listed = {s.labels["queue"] for s in families["mqd_queue_items"].samples}
+    assert listed == {q.decode() for q in names}
+    assert value(families, "mqd_queue_oldest_age_seconds", queue="many-2999") >= 0
+    assert value(families, "mqd_queues") == 3000, "the server-wide part follows the queues"
+
+    with Conn(server.port) as c:
+        c.send(b"GET /stats.json HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\n")
+        status_line, headers = read_head(c)
+        assert status_line == b"HTTP/1.1 200 OK\r\n" and headers["transfer-encoding"] == "chunked"
+        stats = json.loads(read_chunked(c))
+        assert [q["name"] for q in stats["queues"]] == [q.decode() for q in names]
+        status, _, body = read_response(c)
+        assert status == 404, "the pipelined request is answered after the streamed body"
+        c.send(b"HEAD /metrics HTTP/1.1\r\n\r\n")
+        status_line, headers = read_head(c)
+        assert status_line == b"HTTP/1.1 200 OK\r\n" and headers["transfer-encoding"] == "chunked"
+        assert c.nothing_pending(), "HEAD sends no body"
+    with Conn(server.port) as c:
+        c.send(b"GET /stats.json HTTP/1.0\r\n\r\n")
+        status_line, headers = read_head(c)
+        assert headers["connection"] == "close" and "content-length" not in headers
+        assert "transfer-encoding" not in headers, "HTTP/1.0 has no chunked encoding"
+        assert c.closed_by_server(timeout=30), "the body ends at the close"
+        assert len(json.loads(bytes(c.buf))["queues"]) == 3000
+
+
 def test_only_get_and_head(server):
     status, headers, body = get(server, "/metrics", method="POST")
     assert status == 405 and headers["Allow"] == "GET, HEAD"

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use super::budget::{
     FREE_INPUT, FREE_OUTPUT, MAX_WRITES_PER_CONNECTION, MAX_WRITE_BYTES_PER_CONNECTION,
 };
+use super::monitoring::body_stream::{self, BodyStream};
+use super::monitoring::http_service;
 use super::output::Output;
 use super::requests::{is_write, GetInProgress, OpenRead, PendingWrite};
 use super::stream::Stream;
@@ -37,6 +39,12 @@ const SPARE_INPUTS: usize = 64;
 const SHRINK_ABOVE: usize = 256 << 10;
 /// Run no more commands while this much output waits for a slow reader (or for a sync).
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
+/// While an HTTP body is streamed, its next piece is rendered only once the replies waiting
+/// to be sent are below this: the text in memory stays a piece or two long.
+const STREAM_HIGH_WATER: usize = body_stream::PIECE;
+/// Queues a monitoring request may list without asking the output budget for room: more, and
+/// its snapshot and body take real memory, so it waits for room like a large read.
+const QUEUES_LISTED_FREELY: u64 = 1000;
 /// A client with more than this written to its socket and not read yet is not keeping up: the
 /// output budget gives it no room (it keeps its own allowance), so the budget goes to clients
 /// that read.
@@ -141,6 +149,8 @@ pub struct Connection {
     requests_this_drive: usize,
     pub(super) get: Option<GetInProgress>,
     pub(super) open_reads: Vec<OpenRead>,
+    /// The rest of an HTTP body rendered as its client reads it: later requests wait for it.
+    body_stream: Option<Box<BodyStream>>,
 }
 
 impl Connection {
@@ -171,6 +181,7 @@ impl Connection {
             parked_on_input: false,
             parked_on_output: false,
             output_charged: 0,
+            body_stream: None,
             wait_reserved: 0,
             send_blocked: false,
             parked_on_reader: false,
@@ -222,10 +233,20 @@ impl Connection {
         }
     }
 
+    /// Unsent replies past which no more are produced until the client reads some.
+    fn output_high_water(&self) -> usize {
+        if self.body_stream.is_some() {
+            STREAM_HIGH_WATER
+        } else {
+            OUTPUT_HIGH_WATER
+        }
+    }
+
     /// The share of the output budget that `pending` bytes of replies take (plus what a blocked
     /// read reserved).
     fn output_share(&self, pending: usize) -> usize {
-        pending.saturating_sub(FREE_OUTPUT) + self.wait_reserved
+        let streaming = self.body_stream.as_ref().map_or(0, |b| b.memory());
+        pending.saturating_sub(FREE_OUTPUT) + self.wait_reserved + streaming
     }
 
     /// Bytes of memory the replies not sent yet hold.
@@ -329,7 +350,7 @@ impl Connection {
             if self.dead || self.closing {
                 break;
             }
-            if stop == Stop::Output && self.unsent() < OUTPUT_HIGH_WATER {
+            if stop == Stop::Output && self.unsent() < self.output_high_water() {
                 // The client read enough: run the commands that were held back.
                 continue;
             }
@@ -349,7 +370,8 @@ impl Connection {
         // is cancelled rather than answered: a client that went away while blocked must not
         // take a message with it (reading goes on while a read waits, so we notice).
         // Requests it has not had its turn for yet are run first.
-        if self.eof && self.pending_writes.is_empty() && !self.yielded {
+        if self.eof && self.pending_writes.is_empty() && !self.yielded && self.body_stream.is_none()
+        {
             self.closing = true;
         }
     }
@@ -399,7 +421,7 @@ impl Connection {
                 self.partial_since.get_or_insert_with(Instant::now);
                 return Stop::Input;
             }
-            if self.unsent() >= OUTPUT_HIGH_WATER {
+            if self.unsent() >= self.output_high_water() {
                 return Stop::Output;
             }
             if self.output.produced() - self.turn_started >= DRIVE_SHARE {
@@ -414,6 +436,14 @@ impl Connection {
                 // Whatever comes next waits: a write for room, a read for these to finish.
                 return Stop::Waiting;
             }
+            if let Some(stream) = &mut self.body_stream {
+                if stream.next(self.output.append_after(SyncPoint::NONE)) {
+                    self.closing |= stream.closes();
+                    self.body_stream = None;
+                }
+                self.charge_output(self.reply_memory(), ctx);
+                continue;
+            }
             let buf = &self.input[self.input_start..self.input_end];
             if buf.is_empty() {
                 break;
@@ -427,12 +457,20 @@ impl Connection {
                 self.counted = Some(ctx.shared.connection_counts.count(protocol));
             }
             if protocol == Ok(Some(Protocol::Http)) {
+                if ctx.shared.engine.queue_count() > QUEUES_LISTED_FREELY
+                    && !ctx.shared.output.has_room(self.conn_ref(ctx))
+                {
+                    // Its answer may list every queue: it waits for room like a large read.
+                    self.wait_for_output_room(ctx);
+                    return Stop::Waiting;
+                }
                 let output = self.output.append_after(SyncPoint::NONE);
-                match super::monitoring::http_service::serve(buf, ctx.shared, output) {
-                    Some((consumed, close)) => {
+                match http_service::serve(buf, ctx.shared, output) {
+                    Some(served) => {
                         self.partial_since = None;
-                        self.input_start += consumed;
-                        self.closing |= close;
+                        self.input_start += served.consumed;
+                        self.closing |= served.close;
+                        self.body_stream = served.stream;
                         self.charge_output(self.reply_memory(), ctx);
                         continue;
                     }

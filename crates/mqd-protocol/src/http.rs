@@ -231,29 +231,80 @@ pub struct Response<'a> {
     pub http11: bool,
 }
 
+/// How a response's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLength {
+    /// `Content-Length`: the body was rendered whole before the head.
+    Known(usize),
+    /// `Transfer-Encoding: chunked` (HTTP/1.1): the body follows as [`encode_chunk`]s and ends
+    /// with [`LAST_CHUNK`]. For bodies rendered while the client reads them.
+    Chunked,
+    /// Neither header: the body ends when the server closes the connection (HTTP/1.0's way,
+    /// for a body too large to render before the head).
+    UntilClose,
+}
+
+/// The end of a chunked body (RFC 9112 7.1): a chunk of size 0 and no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
 /// Appends `response` to `out`.
 pub fn encode(response: &Response, out: &mut Vec<u8>) {
-    let status = response.status;
+    encode_head(
+        response.status,
+        response.content_type,
+        BodyLength::Known(response.body.len()),
+        response.close,
+        response.http11,
+        out,
+    );
+    if !response.head_only {
+        out.extend_from_slice(response.body);
+    }
+}
+
+/// Appends a response head whose body is delimited by `length`. An [`BodyLength::UntilClose`]
+/// body closes the connection, so it always says `Connection: close`.
+pub fn encode_head(
+    status: Status,
+    content_type: &str,
+    length: BodyLength,
+    close: bool,
+    http11: bool,
+    out: &mut Vec<u8>,
+) {
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
         status.code(),
         status.reason(),
-        response.content_type,
-        response.body.len()
+        content_type,
     );
+    match length {
+        BodyLength::Known(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+        BodyLength::Chunked => head.push_str("Transfer-Encoding: chunked\r\n"),
+        BodyLength::UntilClose => {}
+    }
+    head.push_str("Cache-Control: no-store\r\n");
     if status == Status::MethodNotAllowed {
         head.push_str("Allow: GET, HEAD\r\n");
     }
-    if response.close {
+    if close || length == BodyLength::UntilClose {
         head.push_str("Connection: close\r\n");
-    } else if !response.http11 {
+    } else if !http11 {
         head.push_str("Connection: keep-alive\r\n");
     }
     head.push_str("\r\n");
     out.extend_from_slice(head.as_bytes());
-    if !response.head_only {
-        out.extend_from_slice(response.body);
+}
+
+/// Appends one chunk of a chunked body. An empty `data` appends nothing: a chunk of size 0
+/// would end the body ([`LAST_CHUNK`] does that).
+pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
     }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

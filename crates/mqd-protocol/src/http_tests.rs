@@ -145,3 +145,44 @@ fn encodes_responses() {
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("Connection: keep-alive\r\n"), "{text}");
 }
+
+#[test]
+fn encodes_streamed_bodies_in_chunks_or_until_close() {
+    let mut out = Vec::new();
+    encode_head(
+        Status::Ok,
+        "text/plain",
+        BodyLength::Chunked,
+        false,
+        true,
+        &mut out,
+    );
+    encode_chunk(b"hello, ", &mut out);
+    encode_chunk(b"", &mut out);
+    encode_chunk(&[b'x'; 26], &mut out);
+    out.extend_from_slice(LAST_CHUNK);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\
+             Cache-Control: no-store\r\n\r\n7\r\nhello, \r\n1a\r\n{}\r\n0\r\n\r\n",
+            "x".repeat(26)
+        )
+    );
+    let mut out = Vec::new();
+    encode_head(
+        Status::Ok,
+        "text/plain",
+        BodyLength::UntilClose,
+        false,
+        false,
+        &mut out,
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(!text.contains("Content-Length") && !text.contains("Transfer-Encoding"));
+    assert!(
+        text.contains("Connection: close\r\n"),
+        "a body that ends at close says so: {text}"
+    );
+}

@@ -11,11 +11,54 @@ use crate::engine::{HistogramSnapshot, QueueStats};
 /// The Content-Type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders the snapshot.
+/// Renders the whole snapshot.
+#[cfg(test)]
 pub fn render(s: &Snapshot) -> String {
-    let mut out = Exposition::default();
-    render_queues(&mut out, &s.queues);
+    let mut text = String::new();
+    render_more(s, &mut Cursor::default(), &mut text, usize::MAX);
+    text
+}
 
+/// Where a rendering stopped. The per-queue families come first, each with every queue's
+/// sample (the format wants a family's samples together), then the server-wide ones.
+#[derive(Default)]
+pub struct Cursor {
+    family: usize,
+    queue: usize,
+}
+
+/// Appends the body from `at` on until `text` holds `until` bytes or the body ends (true).
+/// A body with many queues is rendered piece by piece as its client reads it.
+pub fn render_more(s: &Snapshot, at: &mut Cursor, text: &mut String, until: usize) -> bool {
+    let mut out = Exposition { text };
+    while at.family < QUEUE_FAMILIES.len() {
+        if out.text.len() >= until {
+            return false;
+        }
+        let (name, kind, help, field) = QUEUE_FAMILIES[at.family];
+        if at.queue == 0 {
+            out.family(name, kind, help);
+        }
+        while let Some(q) = s.queues.get(at.queue) {
+            if out.text.len() >= until {
+                return false;
+            }
+            let queue = String::from_utf8_lossy(&q.name);
+            match field {
+                Field::Count(count) => out.sample(name, &[("queue", &queue)], count(q)),
+                Field::Seconds(seconds) => out.sample(name, &[("queue", &queue)], seconds(q)),
+            }
+            at.queue += 1;
+        }
+        at.family += 1;
+        at.queue = 0;
+    }
+    render_server(s, &mut out);
+    true
+}
+
+/// The server-wide families: a few kilobytes whatever the number of queues.
+fn render_server(s: &Snapshot, out: &mut Exposition) {
     out.family("mqd_queues", "gauge", "Queues that exist.");
     out.sample("mqd_queues", &[], s.queues.len());
     out.family(
@@ -162,50 +205,35 @@ pub fn render(s: &Snapshot) -> String {
             out.sample(name, &[("budget", budget.0)], pick(budget));
         }
     }
-    out.text
 }
 
-fn render_queues(out: &mut Exposition, queues: &[QueueStats]) {
-    type Field = fn(&QueueStats) -> u64;
-    let families: [(&str, &str, &str, Field); 9] = [
-        ("mqd_queue_items", "gauge", "Messages waiting to be read (open ones not counted).", |q| q.items),
-        ("mqd_queue_bytes", "gauge", "Body bytes the queue holds, open messages included.", |q| q.bytes),
-        ("mqd_queue_open_reads", "gauge", "Messages handed out by /open and not yet closed or aborted.", |q| q.open),
-        ("mqd_queue_waiters", "gauge", "Readers blocked waiting for a message.", |q| q.waiters),
-        ("mqd_queue_enqueued_total", "counter", "Messages ever committed to the queue.", |q| q.enqueued),
-        ("mqd_queue_dequeued_total", "counter", "Messages that left the queue for good: read (and closed), expired, discarded or flushed.", |q| q.removed),
-        ("mqd_queue_expired_total", "counter", "Messages dropped unread because they expired.", |q| q.expired),
-        ("mqd_queue_discarded_total", "counter", "Messages dropped to make room (--discard-old-when-full).", |q| q.discarded),
-        ("mqd_queue_flushes_total", "counter", "Times the queue was flushed.", |q| q.flushes),
-    ];
-    for (name, kind, help, field) in &families {
-        out.family(name, kind, help);
-        for q in queues {
-            let queue = String::from_utf8_lossy(&q.name);
-            out.sample(name, &[("queue", &queue)], field(q));
-        }
-    }
-    out.family(
-        "mqd_queue_oldest_age_seconds",
-        "gauge",
-        "Seconds the oldest waiting message has waited (0 when the queue is empty).",
-    );
-    for q in queues {
-        let queue = String::from_utf8_lossy(&q.name);
-        out.sample(
-            "mqd_queue_oldest_age_seconds",
-            &[("queue", &queue)],
-            q.age_ms as f64 / 1000.0,
-        );
-    }
+/// How a per-queue family reads its value.
+#[derive(Clone, Copy)]
+enum Field {
+    Count(fn(&QueueStats) -> u64),
+    Seconds(fn(&QueueStats) -> f64),
 }
 
-#[derive(Default)]
-struct Exposition {
-    text: String,
+/// The per-queue families: (name, type, help, value).
+#[rustfmt::skip]
+const QUEUE_FAMILIES: [(&str, &str, &str, Field); 10] = [
+    ("mqd_queue_items", "gauge", "Messages waiting to be read (open ones not counted).", Field::Count(|q| q.items)),
+    ("mqd_queue_bytes", "gauge", "Body bytes the queue holds, open messages included.", Field::Count(|q| q.bytes)),
+    ("mqd_queue_open_reads", "gauge", "Messages handed out by /open and not yet closed or aborted.", Field::Count(|q| q.open)),
+    ("mqd_queue_waiters", "gauge", "Readers blocked waiting for a message.", Field::Count(|q| q.waiters)),
+    ("mqd_queue_enqueued_total", "counter", "Messages ever committed to the queue.", Field::Count(|q| q.enqueued)),
+    ("mqd_queue_dequeued_total", "counter", "Messages that left the queue for good: read (and closed), expired, discarded or flushed.", Field::Count(|q| q.removed)),
+    ("mqd_queue_expired_total", "counter", "Messages dropped unread because they expired.", Field::Count(|q| q.expired)),
+    ("mqd_queue_discarded_total", "counter", "Messages dropped to make room (--discard-old-when-full).", Field::Count(|q| q.discarded)),
+    ("mqd_queue_flushes_total", "counter", "Times the queue was flushed.", Field::Count(|q| q.flushes)),
+    ("mqd_queue_oldest_age_seconds", "gauge", "Seconds the oldest waiting message has waited (0 when the queue is empty).", Field::Seconds(|q| q.age_ms as f64 / 1000.0)),
+];
+
+struct Exposition<'a> {
+    text: &'a mut String,
 }
 
-impl Exposition {
+impl Exposition<'_> {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -229,7 +257,7 @@ impl Exposition {
                 }
                 self.text.push_str(label);
                 self.text.push_str("=\"");
-                push_label_value(&mut self.text, value);
+                push_label_value(self.text, value);
                 self.text.push('"');
             }
             self.text.push('}');
@@ -269,14 +297,16 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let mut out = Exposition::default();
+        let mut text = String::new();
+        let mut out = Exposition { text: &mut text };
         out.sample("m", &[("queue", "a\\b\"c\nd")], 1);
-        assert_eq!(out.text, "m{queue=\"a\\\\b\\\"c\\nd\"} 1\n");
+        assert_eq!(text, "m{queue=\"a\\\\b\\\"c\\nd\"} 1\n");
     }
 
     #[test]
     fn histograms_are_cumulative_with_inf() {
-        let mut out = Exposition::default();
+        let mut text = String::new();
+        let mut out = Exposition { text: &mut text };
         let h = HistogramSnapshot {
             buckets: vec![(100, 1), (1000, 3)],
             count: 4,
@@ -284,7 +314,7 @@ mod tests {
         };
         out.histogram("d_seconds", "x", &h, 1e6);
         assert_eq!(
-            out.text,
+            text,
             "# HELP d_seconds x\n# TYPE d_seconds histogram\n\
              d_seconds_bucket{le=\"0.0001\"} 1\nd_seconds_bucket{le=\"0.001\"} 3\n\
              d_seconds_bucket{le=\"+Inf\"} 4\nd_seconds_sum 0.005\nd_seconds_count 4\n"

@@ -65,6 +65,12 @@ impl Snapshot {
         }
     }
 
+    /// Bytes of memory it holds: its queue list, most of it with many queues.
+    pub fn memory(&self) -> usize {
+        let names: usize = self.queues.iter().map(|q| q.name.len() + 16).sum();
+        self.queues.capacity() * std::mem::size_of::<QueueStats>() + names
+    }
+
     /// Commands counted by kind, each command in one kind (`cmd_get` counts peeks too; here
     /// `get` does not): `(kind, count)`.
     pub fn commands(&self) -> [(&'static str, u64); 3] {

@@ -6,13 +6,50 @@
 use std::fmt::Write as _;
 
 use super::snapshot::Snapshot;
-use crate::engine::HistogramSnapshot;
+use crate::engine::{HistogramSnapshot, QueueStats};
 use crate::protocol::json;
 
 pub const CONTENT_TYPE: &str = "application/json";
 
-/// Renders the snapshot.
+/// Renders the whole snapshot.
+#[cfg(test)]
 pub fn render(s: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::new();
+    render_more(s, &mut Cursor::default(), &mut out, usize::MAX);
+    out
+}
+
+/// Where a rendering stopped: the server-wide fields, then each queue of the `queues` list,
+/// then the end.
+#[derive(Default)]
+pub struct Cursor {
+    head_done: bool,
+    queue: usize,
+}
+
+/// Appends the body from `at` on until `out` holds `until` bytes or the body ends (true). A
+/// body with many queues is rendered piece by piece as its client reads it.
+pub fn render_more(s: &Snapshot, at: &mut Cursor, out: &mut Vec<u8>, until: usize) -> bool {
+    if !at.head_done {
+        out.extend_from_slice(&render_head(s));
+        at.head_done = true;
+    }
+    while let Some(q) = s.queues.get(at.queue) {
+        if out.len() >= until {
+            return false;
+        }
+        if at.queue > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&render_queue(q));
+        at.queue += 1;
+    }
+    out.extend_from_slice(b"]}\n");
+    true
+}
+
+/// The object up to the opening of its last field, the `queues` list: `{...,"queues":[`.
+fn render_head(s: &Snapshot) -> Vec<u8> {
     let mut o = Object::new();
     let t = &s.totals;
     o.number("time_msec", s.time_ms);
@@ -90,33 +127,28 @@ pub fn render(s: &Snapshot) -> Vec<u8> {
 
     o.key("queues");
     o.out.push(b'[');
-    for (i, q) in s.queues.iter().enumerate() {
-        if i > 0 {
-            o.out.push(b',');
-        }
-        let mut queue = Object::new();
-        queue.key("name");
-        json::push_string(&mut queue.out, &q.name);
-        for (name, value) in [
-            ("items", q.items),
-            ("bytes", q.bytes),
-            ("total_items", q.enqueued),
-            ("dequeued_items", q.removed),
-            ("expired_items", q.expired),
-            ("discarded", q.discarded),
-            ("total_flushes", q.flushes),
-            ("age_msec", q.age_ms),
-            ("waiters", q.waiters),
-            ("open_transactions", q.open),
-        ] {
-            queue.number(name, value);
-        }
-        o.raw(&queue.finish());
+    o.out
+}
+
+fn render_queue(q: &QueueStats) -> Vec<u8> {
+    let mut queue = Object::new();
+    queue.key("name");
+    json::push_string(&mut queue.out, &q.name);
+    for (name, value) in [
+        ("items", q.items),
+        ("bytes", q.bytes),
+        ("total_items", q.enqueued),
+        ("dequeued_items", q.removed),
+        ("expired_items", q.expired),
+        ("discarded", q.discarded),
+        ("total_flushes", q.flushes),
+        ("age_msec", q.age_ms),
+        ("waiters", q.waiters),
+        ("open_transactions", q.open),
+    ] {
+        queue.number(name, value);
     }
-    o.out.push(b']');
-    let mut out = o.finish();
-    out.push(b'\n');
-    out
+    queue.finish()
 }
 
 fn histogram(h: &HistogramSnapshot) -> Vec<u8> {
