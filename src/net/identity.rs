@@ -129,3 +129,53 @@ pub fn can_write_dir(dir: &Path) -> bool {
     // SAFETY: access reads a valid C string.
     unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// RocksDB deletes obsolete files while `-u` walks the data directory: files that vanish
+    /// between the listing and the change are skipped, never an error (a restart as `nobody`
+    /// once failed on exactly that).
+    #[test]
+    fn files_deleted_during_the_walk_are_skipped() {
+        let dir = std::env::temp_dir().join(format!("mqd-identity-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        // SAFETY: plain system calls with no preconditions.
+        let me = Identity {
+            name: "me".into(),
+            uid: unsafe { libc::geteuid() },
+            gid: unsafe { libc::getegid() },
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn = {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for sub in ["", "sub"] {
+                        let file = dir.join(sub).join(format!("{:06}.sst", n % 64));
+                        if std::fs::remove_file(&file).is_err() {
+                            let _ = std::fs::write(&file, b"x");
+                        }
+                    }
+                    n += 1;
+                }
+            })
+        };
+        let failures: Vec<String> = (0..300)
+            .filter_map(|_| me.take_ownership(&dir).err())
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        churn.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} walks failed: {:?}",
+            failures.len(),
+            failures.first()
+        );
+    }
+}
