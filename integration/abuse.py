@@ -84,13 +84,14 @@ def _push(socks_and_data, patience=1.0, unsent=None):
     return sent_total
 
 
-def peek_flood(server, lines=2000, settle=3.0):
-    """A 1 MiB message, then `lines` pipelined `get big/peek` never read: each reply is 1 MiB."""
+def peek_flood(server, lines=2000, settle=3.0, request=b"get big/peek\r\n"):
+    """A 1 MiB message, then `lines` pipelined peeks of it (`request`; text by default) never
+    read: each reply is 1 MiB."""
     with server.mc() as mc:
         assert mc.set(b"big", b"x" * MB) == b"STORED\r\n"
     flooder = _connect(server)
     flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    _push([(flooder, b"get big/peek\r\n" * lines)], patience=settle)
+    _push([(flooder, request * lines)], patience=settle)
     time.sleep(settle)
     result = {"peak_mb": peak_mb(server), "bystander_s": bystander_round_trip(server)}
     flooder.close()
@@ -154,11 +155,16 @@ def noreply_flood(server, seconds=4.0, body=1024, max_bytes=3 << 30):
     return result
 
 
-def partial_bodies(server, conns=800, announced=1_000_000, sent=900_000):
-    """`conns` connections each announce a body of `announced` bytes, send `sent` of it, and then
+def partial_bodies(server, conns=800, announced=1_000_000, sent=900_000, head=None):
+    """`conns` connections each announce a body of `announced` bytes (in `head`: a text `set` by
+    default), send `sent` bytes of it (counting what `head` already holds of the body), and then
     nothing. Returns the open connections too (the caller closes them)."""
     socks = [_connect(server) for _ in range(conns)]
-    body = b"set h 0 0 %d\r\n" % announced + b"p" * sent
+    if head is None:
+        head, in_head = b"set h 0 0 %d\r\n" % announced, 0
+    else:
+        head, in_head = head
+    body = head + b"p" * (sent - in_head)
     _push([(s, body) for s in socks], patience=2.0)
     time.sleep(1.0)
     result = {"peak_mb": peak_mb(server), "bystander_s": bystander_round_trip(server)}
@@ -240,21 +246,25 @@ def _drain_replies(sock, expected_bytes, timeout=60.0):
     return got >= expected_bytes
 
 
-def many_unread(server, conns=900, lines=50, body=MB, settle=4.0, check=3):
-    """`conns` connections each send `lines` pipelined `get big/peek` for a `body`-byte message
-    and read nothing (each within its own per-connection cap). Then every one of them reads its
-    first `check` replies, all at once: each must get them, nobody is starved once room is
-    made."""
+def many_unread(server, conns=900, lines=50, body=MB, settle=4.0, check=3, binary=False):
+    """`conns` connections each send `lines` pipelined peeks (`get big/peek`, or binary `GET`)
+    of a `body`-byte message and read nothing (each within its own per-connection cap). Then
+    every one of them reads its first `check` replies, all at once: each must get them, nobody
+    is starved once room is made."""
     with server.mc() as mc:
         assert mc.set(b"big", b"x" * body) == STORED
     socks = [_connect(server) for _ in range(conns)]
     for sock in socks:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-    _push([(sock, b"get big/peek\r\n" * lines) for sock in socks], patience=settle)
+    request = _binary(GET, b"big/peek") if binary else b"get big/peek\r\n"
+    _push([(sock, request * lines) for sock in socks], patience=settle)
     time.sleep(settle)
     peak = peak_mb(server)
     bystander = bystander_round_trip(server)
-    reply = len(b"VALUE big/peek 0 %d\r\n" % body) + body + len(b"\r\nEND\r\n")
+    if binary:
+        reply = 24 + 4 + body  # header, flags, value
+    else:
+        reply = len(b"VALUE big/peek 0 %d\r\n" % body) + body + len(b"\r\nEND\r\n")
     served = []
 
     def read_some(batch):
@@ -277,22 +287,27 @@ def many_unread(server, conns=900, lines=50, body=MB, settle=4.0, check=3):
     }
 
 
-def many_quiet_floods(server, conns=300, seconds=4.0, body=1024):
-    """`conns` connections each pipeline `set ... noreply` of `body` bytes as fast as they can
-    send, replies never read, while a bystander does set/get round trips."""
-    line = b"set qflood 0 0 %d noreply\r\n" % body + b"q" * body + b"\r\n"
-    chunk = line * 64
+def many_quiet_floods(server, conns=300, seconds=4.0, body=1024, request=None):
+    """`conns` connections each pipeline requests that are never answered (`request`; by
+    default `set ... noreply` of `body` bytes) as fast as they can send, replies never read,
+    while a bystander does set/get round trips."""
+    if request is None:
+        request = b"set qflood 0 0 %d noreply\r\n" % body + b"q" * body + b"\r\n"
+    chunk = request * max(1, 64 * 1024 // len(request))
     stop = threading.Event()
     socks = [_connect(server) for _ in range(conns)]
     for sock in socks:
         sock.setblocking(False)
+    sent = [0]
 
     def flood():
         while not stop.is_set():
             progressed = False
             for sock in socks:
                 try:
-                    progressed |= sock.send(chunk) > 0
+                    n = sock.send(chunk)
+                    sent[0] += n
+                    progressed |= n > 0
                 except (BlockingIOError, OSError):
                     pass
             if not progressed:
@@ -310,7 +325,11 @@ def many_quiet_floods(server, conns=300, seconds=4.0, body=1024):
     thread.join()
     for sock in socks:
         sock.close()
-    return {"peak_mb": peak, "bystander_s": None if None in trips else max(trips)}
+    return {
+        "peak_mb": peak,
+        "bystander_s": None if None in trips else max(trips),
+        "note": f"flooders sent {sent[0] / MB:.0f} MB",
+    }
 
 
 def many_fanout_sets(server, conns=100, children=64, body=MB, settle=3.0):
@@ -405,109 +424,30 @@ def _binary_set(opcode, key, body, flags=0):
 
 
 def binary_peek_flood(server, lines=2000, settle=3.0):
-    """A 1 MiB message, then `lines` pipelined binary `GET big/peek` never read."""
-    with server.mc() as mc:
-        assert mc.set(b"big", b"x" * MB) == STORED
-    flooder = _connect(server)
-    flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    _push([(flooder, _binary(GET, b"big/peek") * lines)], patience=settle)
-    time.sleep(settle)
-    result = {"peak_mb": peak_mb(server), "bystander_s": bystander_round_trip(server)}
-    flooder.close()
-    return result
+    """`peek_flood` over the binary protocol."""
+    return peek_flood(server, lines, settle, request=_binary(GET, b"big/peek"))
 
 
 def binary_many_unread(server, conns=900, lines=50, settle=4.0, check=3):
-    """`conns` binary connections each pipeline `lines` `GET big/peek` of a 1 MiB message and
-    read nothing; then each reads its first `check` replies, all at once."""
-    with server.mc() as mc:
-        assert mc.set(b"big", b"x" * MB) == STORED
-    socks = [_connect(server) for _ in range(conns)]
-    for sock in socks:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-    _push([(sock, _binary(GET, b"big/peek") * lines) for sock in socks], patience=settle)
-    time.sleep(settle)
-    peak = peak_mb(server)
-    bystander = bystander_round_trip(server)
-    reply = 24 + 4 + MB
-    served = []
-
-    def read_some(batch):
-        for sock in batch:
-            if _drain_replies(sock, reply * check, timeout=60):
-                served.append(sock)
-
-    threads = [threading.Thread(target=read_some, args=(socks[i::16],)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for sock in socks:
-        sock.close()
-    return {
-        "peak_mb": max(peak, peak_mb(server)),
-        "bystander_s": bystander,
-        "served": len(served),
-        "note": f"{len(served)} of {conns} connections then read {check} replies",
-    }
+    """`many_unread` over the binary protocol."""
+    return many_unread(server, conns, lines, MB, settle, check, binary=True)
 
 
 def binary_quiet_floods(server, conns=300, seconds=4.0, body=1024, opcode=SETQ):
-    """`conns` binary connections each pipeline quiet requests as fast as they can send, nothing
-    ever read: `SETQ` of `body` bytes (nothing is answered on success), or `GETQ` of an empty
-    queue (nothing is answered on a miss), while a bystander does set/get round trips."""
+    """`many_quiet_floods` over the binary protocol: `SETQ` of `body` bytes (nothing is
+    answered on success), or `GETQ` of an empty queue (nothing is answered on a miss)."""
     if opcode == SETQ:
         request = _binary_set(SETQ, b"bqflood", b"q" * body)
     else:
         request = _binary(GETQ, b"bqempty")
-    chunk = request * max(1, 64 * 1024 // len(request))
-    stop = threading.Event()
-    socks = [_connect(server) for _ in range(conns)]
-    for sock in socks:
-        sock.setblocking(False)
-    sent = [0]
-
-    def flood():
-        while not stop.is_set():
-            progressed = False
-            for sock in socks:
-                try:
-                    n = sock.send(chunk)
-                    sent[0] += n
-                    progressed |= n > 0
-                except (BlockingIOError, OSError):
-                    pass
-            if not progressed:
-                time.sleep(0.002)
-
-    thread = threading.Thread(target=flood, daemon=True)
-    thread.start()
-    trips = []
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        trips.append(bystander_round_trip(server))
-        time.sleep(0.1)
-    peak = peak_mb(server)
-    stop.set()
-    thread.join()
-    for sock in socks:
-        sock.close()
-    return {
-        "peak_mb": peak,
-        "bystander_s": None if None in trips else max(trips),
-        "note": f"flooders sent {sent[0] / MB:.0f} MB",
-    }
+    return many_quiet_floods(server, conns, seconds, request=request)
 
 
 def binary_partial_bodies(server, conns=800, announced=1_000_000, sent=900_000):
-    """`conns` binary connections each declare a SET of `announced` body bytes, send `sent` of
-    it, then nothing. Returns the open connections too (the caller closes them)."""
-    socks = [_connect(server) for _ in range(conns)]
+    """`partial_bodies` over the binary protocol: a SET declaring `announced` body bytes."""
     head = _HEADER.pack(0x80, SET, 1, 8, 0, 0, announced, 0, 0) + struct.pack(">II", 0, 0) + b"h"
-    _push([(s, head + b"p" * (sent - 9)) for s in socks], patience=2.0)
-    time.sleep(1.0)
-    result = {"peak_mb": peak_mb(server), "bystander_s": bystander_round_trip(server)}
-    return result, socks
+    # The body counts the extras (8 bytes) and the key (1).
+    return partial_bodies(server, conns, announced, sent, head=(head, 9))
 
 
 def binary_huge_declared(server, conns=800, body=MB):
