@@ -25,6 +25,32 @@ def wait_in_thread(delay, fn):
     return timer
 
 
+def check_reliable_and_blocking_reads(get, put, wake, value=str):
+    """Kestrel's read modes through one client: `/open`, `/abort` and `/close/open` in turn, then
+    a blocking read that times out and one that `wake` (another client's put of "woken" to
+    `idle`, 0.3 s later) answers. `value` spells a message as the client returns it."""
+    job = lambda i: value("job-%d" % i)
+    for i in range(3):
+        assert put("work", job(i))
+    assert get("work/open") == job(0)
+    assert get("work/abort") is None
+    done = []
+    item = get("work/open")
+    while item is not None:
+        done.append(item)
+        item = get("work/close/open")
+    assert done == [job(0), job(1), job(2)]
+    assert get("work/open") is None
+    start = time.monotonic()
+    assert get("idle/t=500") is None
+    assert 0.4 <= time.monotonic() - start < 3
+    timer = wait_in_thread(0.3, wake)
+    start = time.monotonic()
+    assert get("idle/t=5000") == value("woken")
+    assert time.monotonic() - start < 3
+    timer.join()
+
+
 # python-binary-memcached ----------------------------------------------------------------------
 
 
@@ -55,25 +81,8 @@ def test_bmemcached_get_multi_takes_one_from_each(bmc):
 
 
 def test_bmemcached_reliable_and_blocking_reads(bmc, server):
-    for i in range(3):
-        assert bmc.set("work", "job-%d" % i)
-    assert bmc.get("work/open") == "job-0"
-    assert bmc.get("work/abort") is None
-    done = []
-    job = bmc.get("work/open")
-    while job is not None:
-        done.append(job)
-        job = bmc.get("work/close/open")
-    assert done == ["job-0", "job-1", "job-2"]
-    start = time.monotonic()
-    assert bmc.get("idle/t=500") is None
-    assert 0.4 <= time.monotonic() - start < 3
     with server.mc() as mc:
-        timer = wait_in_thread(0.3, lambda: mc.set("idle", "woken"))
-        start = time.monotonic()
-        assert bmc.get("idle/t=5000") == "woken"
-        assert time.monotonic() - start < 3
-        timer.join()
+        check_reliable_and_blocking_reads(bmc.get, bmc.set, lambda: mc.set("idle", "woken"))
 
 
 def test_bmemcached_delete_stats_and_refusals(bmc):
@@ -134,22 +143,10 @@ def test_pylibmc_binary_fifo_flags_multi_get(binlibmc, server):
 
 
 def test_pylibmc_binary_reliable_and_blocking_reads(binlibmc, server):
-    for i in range(3):
-        assert binlibmc.set("work", b"job-%d" % i)
-    done = []
-    job = binlibmc.get("work/open")
-    while job is not None:
-        done.append(job)
-        job = binlibmc.get("work/close/open")
-    assert done == [b"job-0", b"job-1", b"job-2"]
-    assert binlibmc.get("work/open") is None
-    start = time.monotonic()
-    assert binlibmc.get("idle/t=500") is None
-    assert 0.4 <= time.monotonic() - start < 3
     with server.mq() as mq:
-        timer = wait_in_thread(0.3, lambda: mq.put(b"idle", b"woken"))
-        assert binlibmc.get("idle/t=5000") == b"woken"
-        timer.join()
+        check_reliable_and_blocking_reads(
+            binlibmc.get, binlibmc.set, lambda: mq.put(b"idle", b"woken"), value=str.encode
+        )
 
 
 def test_pylibmc_binary_delete_and_stats(binlibmc):
@@ -196,24 +193,11 @@ def test_meta_memcache_multi_get_and_quiet_sets(meta, server):
 
 
 def test_meta_memcache_reliable_and_blocking_reads(meta, server):
-    for i in range(3):
-        assert meta.set("work", "job-%d" % i, ttl=0)
-    done = []
-    assert meta.get("work/open") == "job-0"
-    assert meta.get("work/abort") is None
-    job = meta.get("work/open")
-    while job is not None:
-        done.append(job)
-        job = meta.get("work/close/open")
-    assert done == ["job-0", "job-1", "job-2"]
-    start = time.monotonic()
-    assert meta.get("idle/t=500") is None
-    assert 0.4 <= time.monotonic() - start < 3
+    # A text set has flags 0, which meta-memcache's serializer reads as a string.
     with server.mc() as mc:
-        timer = wait_in_thread(0.3, lambda: mc.set("idle", "woken"))
-        # A text set has flags 0, which meta-memcache's serializer reads as a string.
-        assert meta.get("idle/t=5000") == "woken"
-        timer.join()
+        check_reliable_and_blocking_reads(
+            meta.get, lambda key, value: meta.set(key, value, ttl=0), lambda: mc.set("idle", "woken")
+        )
 
 
 def test_meta_memcache_delete(meta):
