@@ -4,10 +4,11 @@
 //! headers that echo the request's opcode and say their own length.
 #![no_main]
 
+mod walk;
+
 use libfuzzer_sys::fuzz_target;
 use mqd_protocol::{
-    binary, encode, input_limit, Command, ErrorKind, Info, Key, Limits, Parsed, Reply, ReplyStyle,
-    Value,
+    binary, encode, Command, ErrorKind, Info, Key, Limits, Reply, ReplyStyle, Value,
 };
 
 const LIMITS: Limits = Limits {
@@ -75,44 +76,23 @@ fn opcode(style: &ReplyStyle) -> u8 {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut rest = data;
-    while !rest.is_empty() {
-        match binary::parse(rest, &LIMITS) {
-            Parsed::NeedMore => {
-                assert!(rest.len() < input_limit(&LIMITS));
-                break;
-            }
-            Parsed::Command {
-                consumed,
-                command,
-                style,
-            } => {
-                assert!(consumed >= binary::HEADER_LEN && consumed <= rest.len());
-                for reply in replies(&command) {
-                    let mut out = Vec::new();
-                    encode(&reply, &style, &mut out);
-                    check_responses(&out, opcode(&style));
-                }
-                rest = &rest[consumed..];
-            }
-            Parsed::Invalid {
-                consumed,
-                skip,
-                reply,
-                close,
-                style,
-            } => {
-                assert!(consumed > 0 && consumed <= rest.len());
+    walk::walk(
+        data,
+        &LIMITS,
+        binary::HEADER_LEN,
+        binary::parse,
+        |command, style| {
+            for reply in replies(command) {
                 let mut out = Vec::new();
-                encode(&reply, &style, &mut out);
-                assert!(!out.is_empty(), "a refusal is always answered");
-                check_responses(&out, opcode(&style));
-                if close {
-                    break;
-                }
-                rest = &rest[consumed..];
-                rest = &rest[skip.min(rest.len())..];
+                encode(&reply, style, &mut out);
+                check_responses(&out, opcode(style));
             }
-        }
-    }
+        },
+        |reply, style| {
+            let mut out = Vec::new();
+            encode(reply, style, &mut out);
+            assert!(!out.is_empty(), "a refusal is always answered");
+            check_responses(&out, opcode(style));
+        },
+    );
 });

@@ -4,10 +4,11 @@
 //! lines (a `VA` line announcing its data block exactly); and base64 round-trips.
 #![no_main]
 
+mod walk;
+
 use libfuzzer_sys::fuzz_target;
 use mqd_protocol::{
-    base64, encode, input_limit, memcache, Command, ErrorKind, Key, Limits, Parsed, Reply,
-    ReplyStyle, Value,
+    base64, encode, memcache, Command, ErrorKind, Key, Limits, Reply, ReplyStyle, Value,
 };
 
 const LIMITS: Limits = Limits {
@@ -64,48 +65,27 @@ fn replies(command: &Command) -> Vec<Reply> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut rest = data;
-    while !rest.is_empty() {
-        match memcache::parse(rest, &LIMITS) {
-            Parsed::NeedMore => {
-                assert!(rest.len() < input_limit(&LIMITS));
-                break;
-            }
-            Parsed::Command {
-                consumed,
-                command,
-                style,
-            } => {
-                assert!(consumed > 0 && consumed <= rest.len());
-                if let ReplyStyle::Meta(_) = style {
-                    for reply in replies(&command) {
-                        let mut out = Vec::new();
-                        encode(&reply, &style, &mut out);
-                        check_lines(&out);
-                    }
+    walk::walk(
+        data,
+        &LIMITS,
+        1,
+        memcache::parse,
+        |command, style| {
+            if let ReplyStyle::Meta(_) = style {
+                for reply in replies(command) {
+                    let mut out = Vec::new();
+                    encode(&reply, style, &mut out);
+                    check_lines(&out);
                 }
-                rest = &rest[consumed..];
             }
-            Parsed::Invalid {
-                consumed,
-                skip,
-                reply,
-                close,
-                style,
-            } => {
-                assert!(consumed > 0 && consumed <= rest.len());
-                let mut out = Vec::new();
-                encode(&reply, &style, &mut out);
-                assert!(out.ends_with(b"\r\n"));
-                check_lines(&out);
-                if close {
-                    break;
-                }
-                rest = &rest[consumed..];
-                rest = &rest[skip.min(rest.len())..];
-            }
-        }
-    }
+        },
+        |reply, style| {
+            let mut out = Vec::new();
+            encode(reply, style, &mut out);
+            assert!(out.ends_with(b"\r\n"));
+            check_lines(&out);
+        },
+    );
     // Base64: whatever decodes re-encodes to text that decodes the same; anything encodes and
     // decodes back.
     let mut decoded = Vec::new();

@@ -3,8 +3,10 @@
 //! into a frame that says its own length; and the `Info` JSON reader survives anything.
 #![no_main]
 
+mod walk;
+
 use libfuzzer_sys::fuzz_target;
-use mqd_protocol::{input_limit, mqmq, Info, Limits, Parsed, Reply, Value};
+use mqd_protocol::{mqmq, Info, Limits, Reply, Value};
 
 const LIMITS: Limits = Limits {
     max_message_size: 64,
@@ -16,62 +18,43 @@ fn check_frame(out: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut rest = data;
-    while !rest.is_empty() {
-        match mqmq::parse(rest, &LIMITS) {
-            Parsed::NeedMore => {
-                assert!(rest.len() < input_limit(&LIMITS));
-                break;
-            }
-            Parsed::Command {
-                consumed, command, ..
-            } => {
-                assert!(consumed > 0 && consumed <= rest.len());
-                if let mqd_protocol::Command::Get(reads) = &command {
-                    let values = reads
-                        .iter()
-                        .map(|r| Value {
-                            key: r.key.clone(),
-                            flags: 0,
-                            body: r.queue().to_vec(),
-                            cas: None,
-                        })
-                        .collect();
-                    let mut out = Vec::new();
-                    mqmq::encode(&Reply::Values(values), &mut out);
-                    check_frame(&out);
-                    let names = reads.iter().map(|r| (r.queue().to_vec(), 1)).collect();
-                    let mut out = Vec::new();
-                    mqmq::encode(
-                        &Reply::Info(Info {
-                            connections: 1,
-                            queues: names,
-                        }),
-                        &mut out,
-                    );
-                    check_frame(&out);
-                }
-                rest = &rest[consumed..];
-            }
-            Parsed::Invalid {
-                consumed,
-                skip,
-                reply,
-                close,
-                ..
-            } => {
-                assert!(consumed > 0 && consumed <= rest.len());
+    walk::walk(
+        data,
+        &LIMITS,
+        1,
+        mqmq::parse,
+        |command, _| {
+            if let mqd_protocol::Command::Get(reads) = command {
+                let values = reads
+                    .iter()
+                    .map(|r| Value {
+                        key: r.key.clone(),
+                        flags: 0,
+                        body: r.queue().to_vec(),
+                        cas: None,
+                    })
+                    .collect();
                 let mut out = Vec::new();
-                mqmq::encode(&reply, &mut out);
+                mqmq::encode(&Reply::Values(values), &mut out);
                 check_frame(&out);
-                if close {
-                    break;
-                }
-                rest = &rest[consumed..];
-                rest = &rest[skip.min(rest.len())..];
+                let names = reads.iter().map(|r| (r.queue().to_vec(), 1)).collect();
+                let mut out = Vec::new();
+                mqmq::encode(
+                    &Reply::Info(Info {
+                        connections: 1,
+                        queues: names,
+                    }),
+                    &mut out,
+                );
+                check_frame(&out);
             }
-        }
-    }
+        },
+        |reply, _| {
+            let mut out = Vec::new();
+            mqmq::encode(reply, &mut out);
+            check_frame(&out);
+        },
+    );
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = mqmq::parse_info_json(text);
     }
