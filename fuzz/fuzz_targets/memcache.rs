@@ -6,7 +6,7 @@
 mod walk;
 
 use libfuzzer_sys::fuzz_target;
-use mqd_protocol::{memcache, Limits, Reply, Value};
+use mqd_protocol::{memcache, Limits, Reply};
 
 const LIMITS: Limits = Limits {
     max_message_size: 64,
@@ -20,18 +20,8 @@ fuzz_target!(|data: &[u8]| {
         memcache::parse,
         |command, _| {
             if let mqd_protocol::Command::Get(reads) = command {
-                // Echo what was read, as a reply would.
-                let values = reads
-                    .iter()
-                    .map(|r| Value {
-                        key: r.key.clone(),
-                        flags: 0,
-                        body: r.queue().to_vec(),
-                        cas: r.cas.then_some(1),
-                    })
-                    .collect();
                 let mut out = Vec::new();
-                memcache::encode(&Reply::Values(values), &mut out);
+                memcache::encode(&Reply::Values(walk::echoed(reads)), &mut out);
                 assert!(out.ends_with(b"END\r\n"));
             }
         },

@@ -6,7 +6,7 @@
 mod walk;
 
 use libfuzzer_sys::fuzz_target;
-use mqd_protocol::{mqmq, Info, Limits, Reply, Value};
+use mqd_protocol::{mqmq, Info, Limits, Reply};
 
 const LIMITS: Limits = Limits {
     max_message_size: 64,
@@ -25,17 +25,8 @@ fuzz_target!(|data: &[u8]| {
         mqmq::parse,
         |command, _| {
             if let mqd_protocol::Command::Get(reads) = command {
-                let values = reads
-                    .iter()
-                    .map(|r| Value {
-                        key: r.key.clone(),
-                        flags: 0,
-                        body: r.queue().to_vec(),
-                        cas: None,
-                    })
-                    .collect();
                 let mut out = Vec::new();
-                mqmq::encode(&Reply::Values(values), &mut out);
+                mqmq::encode(&Reply::Values(walk::echoed(reads)), &mut out);
                 check_frame(&out);
                 let names = reads.iter().map(|r| (r.queue().to_vec(), 1)).collect();
                 let mut out = Vec::new();

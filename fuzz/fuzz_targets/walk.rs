@@ -4,7 +4,7 @@
 //! refusal that closes the connection ends the walk. What a target checks of each request and
 //! each refusal (its replies encode) is its own.
 
-use mqd_protocol::{input_limit, Command, Limits, Parsed, Reply, ReplyStyle};
+use mqd_protocol::{input_limit, Command, Limits, Parsed, Read, Reply, ReplyStyle, Value, Values};
 
 /// Walks `data` with `parse`, handing each request to `on_command` and each refusal to
 /// `on_refusal`. A request uses at least `min_request` bytes.
@@ -49,4 +49,19 @@ pub fn walk(
             }
         }
     }
+}
+
+/// What a reply to `reads` would carry: each read's own queue name as its message, with a CAS
+/// value where the read asked for one (`gets`).
+#[allow(dead_code)] // binary and meta build their own values (flags, CAS from the key)
+pub fn echoed(reads: &[Read]) -> Values {
+    reads
+        .iter()
+        .map(|r| Value {
+            key: r.key.clone(),
+            flags: 0,
+            body: r.queue().to_vec(),
+            cas: r.cas.then_some(1),
+        })
+        .collect()
 }
