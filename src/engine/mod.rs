@@ -84,8 +84,8 @@ pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use recent::CacheBudgets;
 use registry::Registry;
-pub use store::MemoryBudget;
 use store::{Db, StoreOptions};
+pub use store::{MemoryBudget, RAFT_LOG_CF};
 
 /// When a committed write is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,7 +196,7 @@ impl Uncommitted {
 }
 
 pub struct Engine {
-    db: Db,
+    db: Arc<Db>,
     config: EngineConfig,
     /// Which queues exist and which are loaded; its module states the engine's lock order.
     registry: Registry,
@@ -290,6 +290,28 @@ impl Engine {
             SyncPolicy::Never => {}
         }
         Ok(engine)
+    }
+
+    /// The engine's RocksDB, for the replicated log (`crate::replication`) to live in too: one
+    /// WAL, one fsync for both.
+    pub fn database(&self) -> Arc<rocksdb::DB> {
+        self.db.clone()
+    }
+
+    /// Whether this database's column families have the ids every node's must have (a
+    /// replicated entry names them by id): an error saying which differ if not.
+    pub fn check_column_family_ids(&self) -> Result<(), String> {
+        let ids = store::column_family_ids(&self.db);
+        let expected: Vec<Option<u32>> = store::EXPECTED_CF_IDS.iter().map(|&i| Some(i)).collect();
+        if ids == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "column family ids {ids:?} in {}, not {expected:?} (messages, meta, raft_log): \
+                 this directory cannot hold a replica",
+                self.config.data_dir.display()
+            ))
+        }
     }
 
     /// Every write up to the returned point is on disk: replies held for a point up to it may

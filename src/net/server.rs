@@ -83,7 +83,10 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
     )?;
     // Under --cluster: elections and heartbeats with the group (no queue is replicated yet).
     let mut replica = match &config.cluster {
-        Some(cluster) => Some(Replica::start(cluster, &config.data_dir)?),
+        Some(cluster) => {
+            engine.check_column_family_ids()?;
+            Some(Replica::start(cluster, engine.database())?)
+        }
         None => None,
     };
     let limits = Limits {

@@ -13,6 +13,7 @@
 mod apply;
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
 pub mod db;
 pub mod driver;
 mod frame;

@@ -1,23 +1,19 @@
 //! A node of a replicated group as `mqd serve --node N --cluster …` runs it today: its raft
-//! state in `<data dir>/raft`, TCP to its peers, elections and heartbeats, its role and term
+//! state in the engine's database (`raft_log` column family), TCP to its peers, elections and heartbeats, its role and term
 //! published for `stats`. Nothing is proposed yet: the queue engine still writes alone (plan
 //! step 4 proposes its write batches here and applies them on every node).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use raft::prelude::Entry;
-use rocksdb::WriteBatch;
+use rocksdb::{WriteBatch, DB};
 
 use super::listener::RaftListener;
 use super::peers::ClusterConfig;
 use super::status::Status;
 use super::tcp::TcpTransport;
-use super::{db, Applier, Mailbox, Node, NodeConfig, Outcome};
-
-/// The directory, inside the data directory, of the replication database.
-pub const RAFT_DIR: &str = "raft";
+use super::{Applier, Mailbox, Node, NodeConfig, Outcome};
 
 pub struct Replica {
     node: Node,
@@ -39,8 +35,8 @@ impl Applier for NothingApplied {
 }
 
 impl Replica {
-    pub fn start(config: &ClusterConfig, data_dir: &Path) -> Result<Replica, String> {
-        let db = db::open(&data_dir.join(RAFT_DIR))?;
+    /// Starts node `config.node` with its raft state in `db`, the engine's database.
+    pub fn start(config: &ClusterConfig, db: Arc<DB>) -> Result<Replica, String> {
         let mailbox = Mailbox::new();
         let inputs = mailbox.sender();
         let transport = TcpTransport::start(config.node, &config.peers, inputs.clone())?;
