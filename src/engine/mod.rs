@@ -314,6 +314,18 @@ impl Engine {
         }
     }
 
+    /// Under `--cluster`: the raft thread made writes of its own up to its number `number`,
+    /// and wants them fsynced; the syncer reports it to `report_wal_syncs`' function.
+    pub fn request_wal_sync(&self, number: u64) {
+        self.durability.request_raft_sync(number);
+    }
+
+    /// Under `--cluster`: `report(n)` runs after each fsync covering the raft thread's writes
+    /// up to its number `n` (`request_wal_sync`), on the fsyncing thread.
+    pub fn report_wal_syncs(&self, report: impl Fn(u64) + Send + Sync + 'static) {
+        self.durability.report_raft_syncs_to(Box::new(report));
+    }
+
     /// Every write up to the returned point is on disk: replies held for a point up to it may
     /// be sent.
     pub fn synced(&self) -> SyncPoint {

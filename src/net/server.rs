@@ -64,6 +64,10 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         wakers.push(waker);
     }
 
+    if config.cluster.is_some() && config.sync != crate::engine::SyncPolicy::Always {
+        // A reply waits for its write to be fsynced on a majority of the group.
+        return Err("--cluster needs --sync always".into());
+    }
     let engine = Engine::start(
         EngineConfig {
             data_dir: config.data_dir.clone(),
@@ -85,7 +89,7 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
     let mut replica = match &config.cluster {
         Some(cluster) => {
             engine.check_column_family_ids()?;
-            Some(Replica::start(cluster, engine.database())?)
+            Some(Replica::start(cluster, &engine)?)
         }
         None => None,
     };
@@ -184,10 +188,11 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
             log::error!("an event loop panicked");
         }
     }
-    engine.shutdown();
+    // The raft thread first: it writes to the engine's database, which shutdown flushes.
     if let Some(replica) = &mut replica {
         replica.stop();
     }
+    engine.shutdown();
     if let Some(path) = &config.pid_file {
         let _ = std::fs::remove_file(path);
     }

@@ -13,7 +13,8 @@ use super::listener::RaftListener;
 use super::peers::ClusterConfig;
 use super::status::Status;
 use super::tcp::TcpTransport;
-use super::{Applier, Mailbox, Node, NodeConfig, Outcome};
+use super::{Applier, Input, Mailbox, Node, NodeConfig, Outcome, Synced, WalSync};
+use crate::engine::Engine;
 
 pub struct Replica {
     node: Node,
@@ -34,11 +35,28 @@ impl Applier for NothingApplied {
     fn settled(&mut self, _id: u64, _outcome: Outcome) {}
 }
 
+/// The raft thread's writes are fsynced by the engine's syncer: one WAL, one fsync.
+struct EngineSync(Arc<Engine>);
+
+impl WalSync for EngineSync {
+    fn request(&self, number: u64) {
+        self.0.request_wal_sync(number);
+    }
+}
+
 impl Replica {
-    /// Starts node `config.node` with its raft state in `db`, the engine's database.
-    pub fn start(config: &ClusterConfig, db: Arc<DB>) -> Result<Replica, String> {
+    /// Starts node `config.node` with its raft state in the engine's database, fsynced by the
+    /// engine's syncer.
+    pub fn start(config: &ClusterConfig, engine: &Arc<Engine>) -> Result<Replica, String> {
+        let db: Arc<DB> = engine.database();
         let mailbox = Mailbox::new();
         let inputs = mailbox.sender();
+        {
+            let inputs = inputs.clone();
+            engine.report_wal_syncs(move |number| {
+                let _ = inputs.send(Input::Synced(Synced::UpTo(number)));
+            });
+        }
         let transport = TcpTransport::start(config.node, &config.peers, inputs.clone())?;
         // The node first: a directory of another node is refused before anything listens.
         let node = Node::start(
@@ -51,6 +69,7 @@ impl Replica {
             mailbox,
             Box::new(transport),
             Box::new(NothingApplied),
+            Box::new(EngineSync(engine.clone())),
         )?;
         let peers: BTreeSet<u64> = config
             .ids()
