@@ -43,6 +43,9 @@ impl SyncPoint {
 
 /// The write counters and what the syncer waits on.
 pub(super) struct Durability {
+    /// Under `--cluster`: a write is a proposal, durable once committed (`committed`), which
+    /// no fsync of this node's decides.
+    cluster: bool,
     /// Whether writes need the syncer (`--sync always`); otherwise a write counts as durable
     /// once RocksDB took it (the policy acknowledges writes once they are in the WAL).
     syncs: bool,
@@ -73,8 +76,9 @@ pub(super) struct Durability {
 }
 
 impl Durability {
-    pub(super) fn new(policy: SyncPolicy) -> Durability {
+    pub(super) fn new(policy: SyncPolicy, cluster: bool) -> Durability {
         Durability {
+            cluster,
             syncs: policy == SyncPolicy::Always,
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -116,7 +120,9 @@ impl Durability {
     pub(super) fn written(&self, wanted: bool) -> SyncPoint {
         let point = self.written.load(Ordering::Relaxed) + 1;
         self.written.store(point, Ordering::Release);
-        if !self.syncs {
+        if self.cluster {
+            // Durable once committed (`committed`): no fsync of this node's decides.
+        } else if !self.syncs {
             self.synced.store(point, Ordering::Release);
         } else if wanted {
             *self.wanted.lock() = point;
@@ -127,6 +133,11 @@ impl Durability {
             }
         }
         SyncPoint(point)
+    }
+
+    /// Under `--cluster`: every write up to `point` is committed.
+    pub(super) fn committed(&self, point: SyncPoint) {
+        self.synced.fetch_max(point.0, Ordering::AcqRel);
     }
 
     /// The point the next write will have. Only meaningful under the commit lock, which every
@@ -209,7 +220,7 @@ pub(super) fn sync_every(engine: &Engine, every: Duration) {
 /// wake-up). Whether it synced.
 pub(super) fn sync_inline(engine: &Engine) -> bool {
     let d = &engine.durability;
-    if !d.syncs || *d.wanted.lock() <= d.synced.load(Ordering::Acquire) {
+    if d.cluster || !d.syncs || *d.wanted.lock() <= d.synced.load(Ordering::Acquire) {
         return false;
     }
     if d.syncing.fetch_add(1, Ordering::AcqRel) > 0 {
@@ -230,6 +241,10 @@ fn sync_now(engine: &Engine) {
     if let Err(e) = sync_wal(engine, SyncFor::Replies) {
         log::error!("WAL sync failed, stopping: {e}");
         std::process::exit(1);
+    }
+    if d.cluster {
+        // Committed, not fsynced here, is what replies wait for (`committed`).
+        return;
     }
     d.synced.fetch_max(target, Ordering::AcqRel);
     for mailbox in &engine.mailboxes {
@@ -254,7 +269,10 @@ pub(super) fn sync_when_wanted(engine: &Engine) {
                     .wanted_changed
                     .wait_for(&mut wanted, IDLE_SYNC)
                     .timed_out();
-                if idle && d.written.load(Ordering::Acquire) > d.synced.load(Ordering::Acquire) {
+                if idle
+                    && !d.cluster
+                    && d.written.load(Ordering::Acquire) > d.synced.load(Ordering::Acquire)
+                {
                     break;
                 }
             }

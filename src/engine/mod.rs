@@ -38,6 +38,7 @@
 //!   (`registry`); a **ghost**: a queue only a blocked read named, forgotten when it ends.
 
 mod background;
+mod cluster;
 mod commit;
 mod conn_ref;
 mod durability;
@@ -70,6 +71,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+pub use cluster::Proposer;
 use commit::CommitState;
 pub use conn_ref::ConnRef;
 use durability::Durability;
@@ -120,6 +122,9 @@ pub struct EngineConfig {
     /// Memory for the state of loaded queues (`--queue-memory`): past it, idle queues are
     /// unloaded, least recently used first (`registry`).
     pub queue_memory: usize,
+    /// A member of a replicated group (`--cluster`, see `cluster`): writes are proposals, and
+    /// commands are served only while this node is the established leader.
+    pub cluster: bool,
 }
 
 /// Per-queue limits, the same for every queue.
@@ -152,6 +157,8 @@ pub enum Error {
     NoRoom(usize),
     /// The put would create one more queue than `--max-queues` allows.
     TooManyQueues,
+    /// Under `--cluster`, this node is not the group's established leader (`cluster`).
+    NoLeader,
 }
 
 /// What one queue looks like now, for stats.
@@ -203,6 +210,8 @@ pub struct Engine {
     /// The commit lock: whoever commits holds it, so writes keep one order.
     committer: Mutex<CommitState>,
     durability: Durability,
+    /// Under `--cluster` (see `cluster`).
+    cluster: Option<cluster::Cluster>,
     mailboxes: Vec<Mailbox>,
     stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -260,7 +269,8 @@ impl Engine {
         let space = space::FreeSpace::new(config.data_dir.clone(), config.min_free_bytes);
         let engine = Arc::new(Engine {
             db: recovered.db,
-            durability: Durability::new(config.sync),
+            durability: Durability::new(config.sync, config.cluster),
+            cluster: config.cluster.then(cluster::Cluster::default),
             config,
             registry,
             committer: Mutex::new(CommitState::new(space)),
@@ -358,6 +368,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Refuses writes from now on (`ShuttingDown`), as `shutdown` does first.
+    pub fn stop_taking_writes(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
     /// Stops the engine's threads and syncs the WAL. Writes submitted after this are refused
     /// with `ShuttingDown`.
     pub fn shutdown(&self) {
@@ -381,8 +396,8 @@ impl Engine {
     /// RocksDB write of its own.
     fn submit(&self, uncommitted: &mut Uncommitted) {
         let awaited = uncommitted.awaited();
-        if self.stopping.load(Ordering::Acquire) {
-            refuse_stopping(self, std::mem::take(&mut uncommitted.ops));
+        if let Some(error) = self.refusing() {
+            refuse(self, std::mem::take(&mut uncommitted.ops), error);
             return;
         }
         if awaited {
@@ -395,7 +410,27 @@ impl Engine {
 
     /// Writes the deferred removals now.
     fn commit_deferred(&self) {
-        commit::commit_ops(self, Vec::new());
+        if self.refusing().is_none() {
+            commit::commit_ops(self, Vec::new());
+        }
+    }
+
+    /// Why no write is taken now, if none is: the engine stops, or (under `--cluster`) this
+    /// node is not the established leader.
+    fn refusing(&self) -> Option<Error> {
+        if self.stopping.load(Ordering::Acquire) {
+            Some(Error::ShuttingDown)
+        } else if self.cluster.as_ref().is_some_and(|c| !c.serving()) {
+            Some(Error::NoLeader)
+        } else {
+            None
+        }
+    }
+
+    /// Whether this engine serves commands: always, but under `--cluster` only while its node
+    /// is the established leader (`cluster`).
+    pub fn serving(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.serving())
     }
 
     /// Commits now, deferred removals included (for tests, which look at what is on disk).
@@ -437,6 +472,9 @@ impl Engine {
         room: usize,
         uncommitted: &mut Uncommitted,
     ) -> Result<Option<Taken>, Error> {
+        if !self.serving() {
+            return Err(Error::NoLeader);
+        }
         let state = match (self.lookup(queue)?, wait) {
             (Some(state), _) => state,
             (None, None) => return Ok(None),
@@ -578,6 +616,15 @@ impl Engine {
         if self.fail_writes.load(Ordering::Relaxed) {
             return Err("write failure injected by a test".into());
         }
+        if let Some(cluster) = &self.cluster {
+            // A proposal: written on every node once committed (see `cluster`).
+            if !cluster.serving() {
+                return Err("not the established leader".into());
+            }
+            let point = self.durability.written(wanted);
+            cluster.propose(point, batch.data().to_vec())?;
+            return Ok(point);
+        }
         self.db.write(batch).map_err(|e| e.to_string())?;
         Ok(self.durability.written(wanted))
     }
@@ -605,10 +652,10 @@ impl Engine {
     }
 }
 
-/// The engine is stopping: every writer among `ops` is refused now.
-fn refuse_stopping(engine: &Engine, ops: Vec<Op>) {
+/// No write is taken now (`Engine::refusing`): every writer among `ops` is refused with `error`.
+fn refuse(engine: &Engine, ops: Vec<Op>, error: Error) {
     let mut outbox = Outbox::new(&engine.mailboxes);
     for to in ops.iter().filter_map(Op::reply_to) {
-        outbox.complete(to, Outcome::Failed(Error::ShuttingDown), SyncPoint::NONE);
+        outbox.complete(to, Outcome::Failed(error), SyncPoint::NONE);
     }
 }

@@ -416,6 +416,24 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
         ColumnFamilyDescriptor::new(RAFT_LOG_CF, options.raft_log_cf.clone()),
     ];
     let db = Arc::new(Db::open_cf_descriptors(&options.db, path, descriptors)?);
+    let found = scan(&db)?;
+    Ok(Recovered {
+        db,
+        queues: found.queues,
+        fanout: found.fanout,
+        next_queue_id: found.next_queue_id,
+    })
+}
+
+/// What `scan` counted.
+pub struct Found {
+    pub queues: u64,
+    pub fanout: Vec<Vec<u8>>,
+    pub next_queue_id: u64,
+}
+
+/// Reads every queue's record once (see `open`), rewriting those that need it.
+pub fn scan(db: &Db) -> Result<Found, rocksdb::Error> {
     let meta = db
         .cf_handle(META_CF)
         .expect("meta column family is always opened");
@@ -471,8 +489,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
     if !batch.is_empty() {
         db.write(batch)?;
     }
-    Ok(Recovered {
-        db,
+    Ok(Found {
         queues,
         fanout,
         next_queue_id,

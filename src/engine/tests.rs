@@ -78,6 +78,7 @@ impl Harness {
             min_free_bytes: 0,
             max_fanout: 64,
             prime_wal: false,
+            cluster: false,
             max_queues: None,
             queue_memory: 64 << 20,
         };

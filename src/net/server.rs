@@ -82,6 +82,7 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
             prime_wal: config.prime_wal,
             max_queues: config.max_queues,
             queue_memory: config.queue_memory,
+            cluster: config.cluster.is_some(),
         },
         mailboxes,
     )?;
@@ -188,8 +189,10 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
             log::error!("an event loop panicked");
         }
     }
-    // The raft thread first: it writes to the engine's database, which shutdown flushes.
+    // The raft thread first: it writes to the engine's database, which shutdown flushes. What
+    // it leaves unsettled is no lost lead (`Engine::proposal_lost`): the engine stops.
     if let Some(replica) = &mut replica {
+        engine.stop_taking_writes();
         replica.stop();
     }
     engine.shutdown();

@@ -88,10 +88,6 @@ pub enum Input {
 /// delay the writes and messages it causes.
 const INPUTS_PER_PASS: usize = 256;
 
-/// Capacity of the input channel: a transport delivering faster than the raft thread steps
-/// waits (TCP then pushes back on the peer) instead of queueing without bound.
-const INPUT_CAPACITY: usize = 8192;
-
 /// A node's input channel, made before the node so that its transport can report to it.
 pub struct Mailbox {
     sender: Sender<Input>,
@@ -101,7 +97,11 @@ pub struct Mailbox {
 impl Mailbox {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Mailbox {
-        let (sender, receiver) = crossbeam_channel::bounded(INPUT_CAPACITY);
+        // Unbounded: an event loop proposing never waits for the raft thread, which takes
+        // queue locks when it applies (`crate::engine::Engine::committed`). What arrives is
+        // bounded upstream: clients' writes by the write budget, peers by raft-rs's
+        // `max_inflight_msgs`.
+        let (sender, receiver) = crossbeam_channel::unbounded();
         Mailbox { sender, receiver }
     }
 
@@ -137,6 +137,8 @@ pub(super) struct Driver {
     pub pending: VecDeque<Pending>,
     status: Arc<Status>,
     published: Option<StatusView>,
+    /// Whether the applier was last told this node is the established leader.
+    established: bool,
 }
 
 impl Node {
@@ -173,6 +175,7 @@ impl Node {
             pending: VecDeque::new(),
             status: status.clone(),
             published: None,
+            established: false,
         };
         driver.publish();
         let tick = config.timing.tick;
@@ -340,6 +343,14 @@ impl Driver {
     }
 
     fn publish(&mut self) {
+        // Established: the leader applied an entry of its own term, so every entry before it
+        // (all that any earlier leader committed) is applied here.
+        let established = self.raw.raft.state == StateRole::Leader
+            && self.raw.store().applied().1 == self.raw.raft.term;
+        if established != self.established {
+            self.established = established;
+            self.applier.leading(established);
+        }
         let raft = &self.raw.raft;
         let view = StatusView {
             node: self.status.node,
