@@ -156,16 +156,18 @@ def test_what_the_leader_acknowledged_the_next_leader_returns_in_order(make_serv
 
     # With both followers stopped nothing can be committed: the leader must not acknowledge.
     # (A leader that answered before its entry was committed fails here.)
-    for follower in followers:
-        os.kill(follower.proc.pid, signal.SIGSTOP)
     unacked = [f"u{i}".encode() for i in range(20)]
-    with primary.mc() as c:
-        c.send(b"".join(b"set q 0 0 %d\r\n%s\r\n" % (len(b), b) for b in unacked))
-        assert c.nothing_pending(wait=0.3), "acknowledged without a majority"
-        primary.kill()
+    try:
+        for follower in followers:
+            os.kill(follower.proc.pid, signal.SIGSTOP)
+        with primary.mc() as c:
+            c.send(b"".join(b"set q 0 0 %d\r\n%s\r\n" % (len(b), b) for b in unacked))
+            assert c.nothing_pending(wait=0.3), "acknowledged without a majority"
+            primary.kill()
+    finally:
+        for follower in followers:
+            os.kill(follower.proc.pid, signal.SIGCONT)
     killed = time.monotonic()
-    for follower in followers:
-        os.kill(follower.proc.pid, signal.SIGCONT)
     new_leader, _ = wait_for_leader(followers)
     successor = servers[new_leader - 1]
     got = [until_served(successor, lambda c: take(c, b"q"))]
