@@ -153,6 +153,9 @@ def test_what_the_leader_acknowledged_the_next_leader_returns_in_order(make_serv
             assert c.set("q", "x") == NO_LEADER
             assert c.cmd(b"delete q") == NO_LEADER
             assert view(follower)["role"] == "follower"
+        with follower.mq() as m:
+            assert m.put(b"q", b"x") == [b"Error", b"SERVER_NO_LEADER"]
+            assert m.get(b"q") == [b"Error", b"SERVER_NO_LEADER"]
 
     # With both followers stopped nothing can be committed: the leader must not acknowledge.
     # (A leader that answered before its entry was committed fails here.)
