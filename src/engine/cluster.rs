@@ -38,8 +38,9 @@ use super::{Engine, QueueRef};
 /// Queues a write published messages to, each with its tail then.
 type Published = Vec<(QueueRef, u64)>;
 
-/// Hands a write batch's representation, numbered by its point, to the replication.
-pub type Proposer = Box<dyn Fn(SyncPoint, Vec<u8>) + Send + Sync>;
+/// Hands a write batch's representation, numbered by its point, to the replication; false if
+/// the replication has stopped (nothing will ever settle the proposal).
+pub type Proposer = Box<dyn Fn(SyncPoint, Vec<u8>) -> bool + Send + Sync>;
 
 #[derive(Default)]
 pub(super) struct Cluster {
@@ -61,10 +62,8 @@ impl Cluster {
     /// Proposes the write numbered `point`.
     pub(super) fn propose(&self, point: SyncPoint, data: Vec<u8>) -> Result<(), String> {
         match self.proposer.get() {
-            Some(propose) => {
-                propose(point, data);
-                Ok(())
-            }
+            Some(propose) if propose(point, data) => Ok(()),
+            Some(_) => Err("the replication has stopped".into()),
             None => Err("no replication to propose to".into()),
         }
     }

@@ -248,6 +248,11 @@ impl Driver {
             Err(_) => log::error!("raft node {id} stopped: raft-rs panicked"),
         }
         self.status.stopped();
+        if self.established {
+            // A stopped node leads no more: the engine must not take writes nobody commits.
+            self.established = false;
+            self.applier.leading(false);
+        }
         for pending in std::mem::take(&mut self.pending) {
             self.applier.settled(pending.id, Outcome::Unknown);
         }

@@ -92,7 +92,7 @@ impl Replica {
         {
             let inputs = inputs.clone();
             engine.propose_to(Box::new(move |point: SyncPoint, data| {
-                let _ = inputs.send(Input::Propose { id: point.0, data });
+                inputs.send(Input::Propose { id: point.0, data }).is_ok()
             }));
         }
         {
