@@ -1,8 +1,11 @@
 """Three `mqd serve --node N --cluster ...` processes on loopback: they elect one leader and keep
 it with heartbeats, and when it is killed with SIGKILL the other two elect another within 2 s.
 Role, leader and term are read from `stats` (`cluster_*`, protocol-spec/memcache.md 7.1).
-Queues are not replicated yet (issue 22, plan step 4)."""
+The leader serves the queues, replicated: what it acknowledged, the next leader has; the
+others answer `SERVER_ERROR no leader` (protocol-spec/cluster.md)."""
 
+import os
+import signal
 import subprocess
 import time
 
@@ -96,6 +99,95 @@ def test_three_nodes_elect_one_leader_and_a_killed_leader_is_replaced_within_2_s
         assert time.monotonic() < deadline, f"the old leader did not rejoin: {views}"
         time.sleep(0.05)
     assert all(v["term"] == new_term for v in views), views
+
+
+NO_LEADER = b"SERVER_ERROR no leader\r\n"
+
+
+def take(conn, queue):
+    """One `get`: the body, None if the queue is empty, NO_LEADER if the node does not serve."""
+    line = conn.cmd(b"get " + queue)
+    if line == NO_LEADER or line == b"END\r\n":
+        return None if line == b"END\r\n" else NO_LEADER
+    parts = line.split()
+    assert parts[0] == b"VALUE", line
+    block = conn.read_exactly(int(parts[3]) + 2)
+    assert conn.read_line() == b"END\r\n"
+    return block[:-2]
+
+
+def until_served(server, attempt, timeout=PATIENCE):
+    """Runs `attempt(conn)` on `server` until it is not refused with NO_LEADER."""
+    deadline = time.monotonic() + timeout
+    with server.mc() as c:
+        while True:
+            result = attempt(c)
+            if result != NO_LEADER:
+                return result
+            assert time.monotonic() < deadline, "the leader never served"
+            time.sleep(0.01)
+
+
+def test_what_the_leader_acknowledged_the_next_leader_returns_in_order(make_server):
+    servers = cluster_of(make_server)
+    leader, _ = wait_for_leader(servers)
+    primary = servers[leader - 1]
+    followers = [s for s in servers if s is not primary]
+    first = until_served(primary, lambda c: c.set("q", "m0"))
+    assert first == b"STORED\r\n", first
+    acked = [b"m0"]
+    # Unpipelined sets, then pipelined ones: each STORED means a majority fsynced it.
+    with primary.mc() as c:
+        for i in range(1, 200):
+            assert c.set("q", f"m{i}") == b"STORED\r\n"
+            acked.append(f"m{i}".encode())
+        batch = [f"m{i}".encode() for i in range(200, 600)]
+        c.send(b"".join(b"set q 0 0 %d\r\n%s\r\n" % (len(b), b) for b in batch))
+        for b in batch:
+            assert c.read_line() == b"STORED\r\n"
+            acked.append(b)
+    # Followers serve nothing (forwarding is a later step): a clear, retryable error.
+    for follower in followers:
+        with follower.mc() as c:
+            assert c.cmd(b"get q") == NO_LEADER
+            assert c.set("q", "x") == NO_LEADER
+            assert c.cmd(b"delete q") == NO_LEADER
+            assert view(follower)["role"] == "follower"
+        with follower.mq() as m:
+            assert m.put(b"q", b"x") == [b"Error", b"SERVER_NO_LEADER"]
+            assert m.get(b"q") == [b"Error", b"SERVER_NO_LEADER"]
+
+    # With both followers stopped nothing can be committed: the leader must not acknowledge.
+    # (A leader that answered before its entry was committed fails here.)
+    unacked = [f"u{i}".encode() for i in range(20)]
+    try:
+        for follower in followers:
+            os.kill(follower.proc.pid, signal.SIGSTOP)
+        with primary.mc() as c:
+            c.send(b"".join(b"set q 0 0 %d\r\n%s\r\n" % (len(b), b) for b in unacked))
+            assert c.nothing_pending(wait=0.3), "acknowledged without a majority"
+            primary.kill()
+    finally:
+        for follower in followers:
+            os.kill(follower.proc.pid, signal.SIGCONT)
+    killed = time.monotonic()
+    new_leader, _ = wait_for_leader(followers)
+    successor = servers[new_leader - 1]
+    got = [until_served(successor, lambda c: take(c, b"q"))]
+    took = time.monotonic() - killed
+    print(f"leader {leader} killed: node {new_leader} served its first get {took:.3f} s later")
+    with successor.mc() as c:
+        while got[-1] is not None:
+            got.append(take(c, b"q"))
+    got.pop()
+    assert got[: len(acked)] == acked, f"{len(got)} back, of {len(acked)} acknowledged"
+    # Past them, only writes never acknowledged (sent to the followers before the kill, they
+    # may be committed by the next leader), in order.
+    assert got[len(acked) :] == unacked[: len(got) - len(acked)], got[len(acked) :]
+    # The survivor that does not lead still refuses.
+    other = next(s for s in followers if s is not successor)
+    with other.mc() as c:
+        assert c.cmd(b"get q") == NO_LEADER
 
 
 def test_a_follower_restarted_keeps_its_identity_and_the_leader_keeps_leading(make_server):

@@ -6,7 +6,7 @@
 //! Around it: `cli` (the command line, which builds the server's config), `client` (blocking
 //! clients for the command line, the bench tool and tests) and `id_hash` (the hash maps keyed by
 //! ids that the engine and the event loops share). `replication`: Raft between `--cluster` nodes
-//! (tikv's raft-rs), which elects and keeps a leader; queues are not replicated through it yet.
+//! (tikv's raft-rs): the leader's engine proposes its write batches, every node applies them.
 
 pub mod cli;
 pub mod client;

@@ -486,11 +486,17 @@ impl Committer<'_> {
         }
         let synced = self.engine.synced();
         let mut outbox = Outbox::new(&self.engine.mailboxes);
+        // Under --cluster the write is a proposal: in RocksDB once applied.
+        let written = self.engine.cluster.is_none();
+        let mut published = Vec::new();
         for touched in batch.touched.values_mut() {
             let queue = touched.queue.clone();
             let mut q = queue.lock();
             if let Ok(point) = result {
-                self.publish(touched, &mut q, point, true, synced, &mut outbox);
+                self.publish(touched, &mut q, point, written, synced, &mut outbox);
+                if !written {
+                    published.push((queue.clone(), q.tail));
+                }
             } else {
                 // Nothing of the batch happened: what it discarded is back in the queue.
                 let tail = q.tail;
@@ -503,6 +509,9 @@ impl Committer<'_> {
                 }
                 q.returned.make_contiguous().sort_unstable();
             }
+        }
+        if let (Some(cluster), Ok(point)) = (&self.engine.cluster, &result) {
+            cluster.published(*point, published);
         }
         if let Some(unwritten) = unwritten {
             rounds::written_out(self, unwritten.queues);

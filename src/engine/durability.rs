@@ -7,9 +7,11 @@
 //! its own thread instead (`sync_inline`): nothing could overlap with the syncer's fsync.
 //!
 //! Every fsync of the WAL goes through `sync_wal` here, whoever asks (the syncer, an event loop,
-//! `--sync interval`, the reclaimer before it drops files, shutdown), and the only question the
+//! `--sync interval`, the reclaimer before it drops files, shutdown, and under `--cluster` the
+//! raft thread, whose log shares the WAL: one fsync covers both), and the only question the
 //! rest of the server asks is "is this point durable yet?" (`Durability::synced`). So what
-//! "durable" means (fsynced here; later, fsynced on a majority of replicas) lives in this file.
+//! "durable" means (fsynced here; under `--cluster`, committed: fsynced on a majority of the
+//! group) lives in this file.
 //!
 //! This is how Redis runs with `appendfsync always`: commands run as soon as they are parsed,
 //! replies wait for the fsync. Nothing waits for a disk but the replies, so a pipelined `set`
@@ -17,6 +19,7 @@
 //! previous one ran, and still no client learns of a message that a power cut could take back.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -40,6 +43,9 @@ impl SyncPoint {
 
 /// The write counters and what the syncer waits on.
 pub(super) struct Durability {
+    /// Under `--cluster`: a write is a proposal, durable once committed (`committed`), which
+    /// no fsync of this node's decides.
+    cluster: bool,
     /// Whether writes need the syncer (`--sync always`); otherwise a write counts as durable
     /// once RocksDB took it (the policy acknowledges writes once they are in the WAL).
     syncs: bool,
@@ -60,11 +66,19 @@ pub(super) struct Durability {
     passes: AtomicUsize,
     /// fsyncs running now (the syncer's, an event loop's `sync_inline`).
     syncing: AtomicUsize,
+    /// Under `--cluster`, the raft thread's writes (its log, applied entries) are made outside
+    /// the engine and numbered by it: the highest number it asked to have fsynced...
+    raft_requested: AtomicU64,
+    /// ...the highest reported back as covered by an fsync...
+    raft_reported: AtomicU64,
+    /// ...and how to report (`Engine::report_wal_syncs`).
+    raft_report: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Durability {
-    pub(super) fn new(policy: SyncPolicy) -> Durability {
+    pub(super) fn new(policy: SyncPolicy, cluster: bool) -> Durability {
         Durability {
+            cluster,
             syncs: policy == SyncPolicy::Always,
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -72,7 +86,28 @@ impl Durability {
             wanted_changed: Condvar::new(),
             passes: AtomicUsize::new(0),
             syncing: AtomicUsize::new(0),
+            raft_requested: AtomicU64::new(0),
+            raft_reported: AtomicU64::new(0),
+            raft_report: OnceLock::new(),
         }
+    }
+
+    /// Whether the raft thread waits for an fsync.
+    fn raft_waits(&self) -> bool {
+        self.raft_requested.load(Ordering::Acquire) > self.raft_reported.load(Ordering::Acquire)
+    }
+
+    /// The raft thread asks for an fsync covering every write it made so far, to be reported
+    /// as `number` (or more): wakes the syncer.
+    pub(super) fn request_raft_sync(&self, number: u64) {
+        self.raft_requested.fetch_max(number, Ordering::AcqRel);
+        let _wanted = self.wanted.lock();
+        self.wanted_changed.notify_one();
+    }
+
+    /// Where fsyncs are reported to the raft thread (once).
+    pub(super) fn report_raft_syncs_to(&self, report: Box<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.raft_report.set(report);
     }
 
     /// Every write up to the returned point is durable.
@@ -85,7 +120,9 @@ impl Durability {
     pub(super) fn written(&self, wanted: bool) -> SyncPoint {
         let point = self.written.load(Ordering::Relaxed) + 1;
         self.written.store(point, Ordering::Release);
-        if !self.syncs {
+        if self.cluster {
+            // Durable once committed (`committed`): no fsync of this node's decides.
+        } else if !self.syncs {
             self.synced.store(point, Ordering::Release);
         } else if wanted {
             *self.wanted.lock() = point;
@@ -96,6 +133,11 @@ impl Durability {
             }
         }
         SyncPoint(point)
+    }
+
+    /// Under `--cluster`: every write up to `point` is committed.
+    pub(super) fn committed(&self, point: SyncPoint) {
+        self.synced.fetch_max(point.0, Ordering::AcqRel);
     }
 
     /// The point the next write will have. Only meaningful under the commit lock, which every
@@ -140,12 +182,21 @@ pub(super) enum SyncFor {
     Shutdown,
 }
 
-/// Writes and fsyncs the WAL: every write made before the call is then on disk.
+/// Writes and fsyncs the WAL: every write made before the call is then on disk. Under
+/// `--cluster` it then tells the raft thread the highest number it asked for before the fsync
+/// began: its writes up to that one are on disk.
 pub(super) fn sync_wal(engine: &Engine, why: SyncFor) -> Result<(), rocksdb::Error> {
+    let d = &engine.durability;
+    let raft_covered = d.raft_requested.load(Ordering::Acquire);
     let started = Instant::now();
     engine.db.flush_wal(true)?;
     if matches!(why, SyncFor::Replies | SyncFor::Interval) {
         engine.metrics.observe_sync(started.elapsed());
+    }
+    if d.raft_reported.fetch_max(raft_covered, Ordering::AcqRel) < raft_covered {
+        if let Some(report) = d.raft_report.get() {
+            report(raft_covered);
+        }
     }
     Ok(())
 }
@@ -169,7 +220,7 @@ pub(super) fn sync_every(engine: &Engine, every: Duration) {
 /// wake-up). Whether it synced.
 pub(super) fn sync_inline(engine: &Engine) -> bool {
     let d = &engine.durability;
-    if !d.syncs || *d.wanted.lock() <= d.synced.load(Ordering::Acquire) {
+    if d.cluster || !d.syncs || *d.wanted.lock() <= d.synced.load(Ordering::Acquire) {
         return false;
     }
     if d.syncing.fetch_add(1, Ordering::AcqRel) > 0 {
@@ -191,6 +242,10 @@ fn sync_now(engine: &Engine) {
         log::error!("WAL sync failed, stopping: {e}");
         std::process::exit(1);
     }
+    if d.cluster {
+        // Committed, not fsynced here, is what replies wait for (`committed`).
+        return;
+    }
     d.synced.fetch_max(target, Ordering::AcqRel);
     for mailbox in &engine.mailboxes {
         mailbox.waker.wake();
@@ -206,7 +261,7 @@ pub(super) fn sync_when_wanted(engine: &Engine) {
     loop {
         {
             let mut wanted = d.wanted.lock();
-            while *wanted <= d.synced.load(Ordering::Acquire) {
+            while *wanted <= d.synced.load(Ordering::Acquire) && !d.raft_waits() {
                 if engine.stopping.load(Ordering::Acquire) {
                     return;
                 }
@@ -214,7 +269,10 @@ pub(super) fn sync_when_wanted(engine: &Engine) {
                     .wanted_changed
                     .wait_for(&mut wanted, IDLE_SYNC)
                     .timed_out();
-                if idle && d.written.load(Ordering::Acquire) > d.synced.load(Ordering::Acquire) {
+                if idle
+                    && !d.cluster
+                    && d.written.load(Ordering::Acquire) > d.synced.load(Ordering::Acquire)
+                {
                     break;
                 }
             }

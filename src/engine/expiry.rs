@@ -47,6 +47,10 @@ impl Budget {
 
 /// Sweeps the queues whose index entry is due at `now` (unix ms). How many messages it read.
 pub(super) fn sweep_due(engine: &Engine, now: u64) -> usize {
+    if !engine.serving() {
+        // A cluster follower: the leader's sweep is replicated to it.
+        return 0;
+    }
     let due = store::due_expiries(&engine.db, now, DUE_PER_ROUND);
     if due.is_empty() {
         return 0;

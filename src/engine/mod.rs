@@ -38,6 +38,7 @@
 //!   (`registry`); a **ghost**: a queue only a blocked read named, forgotten when it ends.
 
 mod background;
+mod cluster;
 mod commit;
 mod conn_ref;
 mod durability;
@@ -70,6 +71,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+pub use cluster::Proposer;
 use commit::CommitState;
 pub use conn_ref::ConnRef;
 use durability::Durability;
@@ -84,8 +86,8 @@ pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use recent::CacheBudgets;
 use registry::Registry;
-pub use store::MemoryBudget;
 use store::{Db, StoreOptions};
+pub use store::{MemoryBudget, RAFT_LOG_CF};
 
 /// When a committed write is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +122,9 @@ pub struct EngineConfig {
     /// Memory for the state of loaded queues (`--queue-memory`): past it, idle queues are
     /// unloaded, least recently used first (`registry`).
     pub queue_memory: usize,
+    /// A member of a replicated group (`--cluster`, see `cluster`): writes are proposals, and
+    /// commands are served only while this node is the established leader.
+    pub cluster: bool,
 }
 
 /// Per-queue limits, the same for every queue.
@@ -152,6 +157,8 @@ pub enum Error {
     NoRoom(usize),
     /// The put would create one more queue than `--max-queues` allows.
     TooManyQueues,
+    /// Under `--cluster`, this node is not the group's established leader (`cluster`).
+    NoLeader,
 }
 
 /// What one queue looks like now, for stats.
@@ -196,13 +203,15 @@ impl Uncommitted {
 }
 
 pub struct Engine {
-    db: Db,
+    db: Arc<Db>,
     config: EngineConfig,
     /// Which queues exist and which are loaded; its module states the engine's lock order.
     registry: Registry,
     /// The commit lock: whoever commits holds it, so writes keep one order.
     committer: Mutex<CommitState>,
     durability: Durability,
+    /// Under `--cluster` (see `cluster`).
+    cluster: Option<cluster::Cluster>,
     mailboxes: Vec<Mailbox>,
     stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -260,7 +269,8 @@ impl Engine {
         let space = space::FreeSpace::new(config.data_dir.clone(), config.min_free_bytes);
         let engine = Arc::new(Engine {
             db: recovered.db,
-            durability: Durability::new(config.sync),
+            durability: Durability::new(config.sync, config.cluster),
+            cluster: config.cluster.then(cluster::Cluster::default),
             config,
             registry,
             committer: Mutex::new(CommitState::new(space)),
@@ -290,6 +300,40 @@ impl Engine {
             SyncPolicy::Never => {}
         }
         Ok(engine)
+    }
+
+    /// The engine's RocksDB, for the replicated log (`crate::replication`) to live in too: one
+    /// WAL, one fsync for both.
+    pub fn database(&self) -> Arc<rocksdb::DB> {
+        self.db.clone()
+    }
+
+    /// Whether this database's column families have the ids every node's must have (a
+    /// replicated entry names them by id): an error saying which differ if not.
+    pub fn check_column_family_ids(&self) -> Result<(), String> {
+        let ids = store::column_family_ids(&self.db);
+        let expected: Vec<Option<u32>> = store::EXPECTED_CF_IDS.iter().map(|&i| Some(i)).collect();
+        if ids == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "column family ids {ids:?} in {}, not {expected:?} (messages, meta, raft_log): \
+                 this directory cannot hold a replica",
+                self.config.data_dir.display()
+            ))
+        }
+    }
+
+    /// Under `--cluster`: the raft thread made writes of its own up to its number `number`,
+    /// and wants them fsynced; the syncer reports it to `report_wal_syncs`' function.
+    pub fn request_wal_sync(&self, number: u64) {
+        self.durability.request_raft_sync(number);
+    }
+
+    /// Under `--cluster`: `report(n)` runs after each fsync covering the raft thread's writes
+    /// up to its number `n` (`request_wal_sync`), on the fsyncing thread.
+    pub fn report_wal_syncs(&self, report: impl Fn(u64) + Send + Sync + 'static) {
+        self.durability.report_raft_syncs_to(Box::new(report));
     }
 
     /// Every write up to the returned point is on disk: replies held for a point up to it may
@@ -324,6 +368,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Refuses writes from now on (`ShuttingDown`), as `shutdown` does first.
+    pub fn stop_taking_writes(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
     /// Stops the engine's threads and syncs the WAL. Writes submitted after this are refused
     /// with `ShuttingDown`.
     pub fn shutdown(&self) {
@@ -347,8 +396,8 @@ impl Engine {
     /// RocksDB write of its own.
     fn submit(&self, uncommitted: &mut Uncommitted) {
         let awaited = uncommitted.awaited();
-        if self.stopping.load(Ordering::Acquire) {
-            refuse_stopping(self, std::mem::take(&mut uncommitted.ops));
+        if let Some(error) = self.refusing() {
+            refuse(self, std::mem::take(&mut uncommitted.ops), error);
             return;
         }
         if awaited {
@@ -361,7 +410,27 @@ impl Engine {
 
     /// Writes the deferred removals now.
     fn commit_deferred(&self) {
-        commit::commit_ops(self, Vec::new());
+        if self.refusing().is_none() {
+            commit::commit_ops(self, Vec::new());
+        }
+    }
+
+    /// Why no write is taken now, if none is: the engine stops, or (under `--cluster`) this
+    /// node is not the established leader.
+    fn refusing(&self) -> Option<Error> {
+        if self.stopping.load(Ordering::Acquire) {
+            Some(Error::ShuttingDown)
+        } else if self.cluster.as_ref().is_some_and(|c| !c.serving()) {
+            Some(Error::NoLeader)
+        } else {
+            None
+        }
+    }
+
+    /// Whether this engine serves commands: always, but under `--cluster` only while its node
+    /// is the established leader (`cluster`).
+    pub fn serving(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.serving())
     }
 
     /// Commits now, deferred removals included (for tests, which look at what is on disk).
@@ -403,6 +472,9 @@ impl Engine {
         room: usize,
         uncommitted: &mut Uncommitted,
     ) -> Result<Option<Taken>, Error> {
+        if !self.serving() {
+            return Err(Error::NoLeader);
+        }
         let state = match (self.lookup(queue)?, wait) {
             (Some(state), _) => state,
             (None, None) => return Ok(None),
@@ -544,6 +616,15 @@ impl Engine {
         if self.fail_writes.load(Ordering::Relaxed) {
             return Err("write failure injected by a test".into());
         }
+        if let Some(cluster) = &self.cluster {
+            // A proposal: written on every node once committed (see `cluster`).
+            if !cluster.serving() {
+                return Err("not the established leader".into());
+            }
+            let point = self.durability.written(wanted);
+            cluster.propose(point, batch.data().to_vec())?;
+            return Ok(point);
+        }
         self.db.write(batch).map_err(|e| e.to_string())?;
         Ok(self.durability.written(wanted))
     }
@@ -571,10 +652,10 @@ impl Engine {
     }
 }
 
-/// The engine is stopping: every writer among `ops` is refused now.
-fn refuse_stopping(engine: &Engine, ops: Vec<Op>) {
+/// No write is taken now (`Engine::refusing`): every writer among `ops` is refused with `error`.
+fn refuse(engine: &Engine, ops: Vec<Op>, error: Error) {
     let mut outbox = Outbox::new(&engine.mailboxes);
     for to in ops.iter().filter_map(Op::reply_to) {
-        outbox.complete(to, Outcome::Failed(Error::ShuttingDown), SyncPoint::NONE);
+        outbox.complete(to, Outcome::Failed(error), SyncPoint::NONE);
     }
 }

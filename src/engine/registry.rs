@@ -104,6 +104,14 @@ impl Registry {
         }
     }
 
+    /// Takes the counts of a new scan of the records (`store::scan`), for a cluster node about
+    /// to serve (`super::cluster`): no queue is loaded then.
+    pub(super) fn recount(&self, count: u64, next_id: u64, fanout: Vec<Vec<u8>>) {
+        *self.fanout.write() = fanout.into_iter().map(Arc::from).collect();
+        self.next_id.fetch_max(next_id, Ordering::AcqRel);
+        self.count.store(count, Ordering::Release);
+    }
+
     /// The queue named `name`, loaded from its record if it is not in memory; None if no such
     /// queue exists.
     pub(super) fn lookup(&self, db: &Db, name: &[u8]) -> Result<Option<QueueRef>, Error> {

@@ -13,6 +13,7 @@
 //! costs nothing per queue, and a queue is deleted with one range tombstone.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
@@ -25,6 +26,10 @@ pub type Db = rocksdb::DB;
 
 pub const MESSAGES_CF: &str = "messages";
 pub const META_CF: &str = "meta";
+/// The replicated log's column family (`crate::replication`'s; empty without `--cluster`).
+/// Opened third, after `messages` and `meta`, on every node: a replicated entry is a RocksDB
+/// write batch, whose records name column families by id, so the ids must agree everywhere.
+pub const RAFT_LOG_CF: &str = "raft_log";
 /// Prefix of a queue record's key in `meta`; the queue name follows.
 const QUEUE_PREFIX: u8 = b'Q';
 /// Key in `meta` of the next unused queue id.
@@ -61,6 +66,7 @@ pub struct StoreOptions {
     pub db: Options,
     pub messages_cf: Options,
     pub meta_cf: Options,
+    pub raft_log_cf: Options,
 }
 
 impl StoreOptions {
@@ -123,11 +129,13 @@ impl StoreOptions {
         // A read asks for a message that exists (the queue's head), so a filter only ever says
         // "maybe": the last level, which holds most messages, is built without one.
         messages_cf.set_optimize_filters_for_hits(true);
+        let raft_log_cf = meta_cf.clone();
 
         StoreOptions {
             db,
             messages_cf,
             meta_cf,
+            raft_log_cf,
         }
     }
 }
@@ -135,11 +143,42 @@ impl StoreOptions {
 /// Writes every memtable to a table file, as a clean shutdown's last step, so that the next
 /// start-up has no WAL to replay (up to the write-buffer budget, 128 MB: about half a second).
 pub fn flush_memtables(db: &Db) -> Result<(), rocksdb::Error> {
-    let cfs = [MESSAGES_CF, META_CF].map(|name| {
+    let cfs = [MESSAGES_CF, META_CF, RAFT_LOG_CF].map(|name| {
         db.cf_handle(name)
-            .expect("both column families are always opened")
+            .expect("the column families are always opened")
     });
     db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+}
+
+/// The ids RocksDB gave `messages`, `meta` and `raft_log` in this database. A replicated entry
+/// is a write batch naming column families by id, so every node must have the same ones
+/// (`EXPECTED_CF_IDS`: the default family is 0, the others follow in their fixed order). Read
+/// off a write batch's representation, whose records of another family than the default start
+/// with a type byte then the family's id (a varint32).
+pub fn column_family_ids(db: &Db) -> Vec<Option<u32>> {
+    [MESSAGES_CF, META_CF, RAFT_LOG_CF]
+        .iter()
+        .map(|name| {
+            let cf = db.cf_handle(name)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf, b"", b"");
+            decode_varint32(batch.data().get(13..)?)
+        })
+        .collect()
+}
+
+/// The column family ids every node's database must have (see `column_family_ids`).
+pub const EXPECTED_CF_IDS: [u32; 3] = [1, 2, 3];
+
+fn decode_varint32(bytes: &[u8]) -> Option<u32> {
+    let mut value = 0u32;
+    for (i, byte) in bytes.iter().take(5).enumerate() {
+        value |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Where message `seq` of queue `id` is stored.
@@ -353,7 +392,8 @@ pub fn due_expiries(db: &Db, now: u64, most: usize) -> Vec<(u64, u64, Vec<u8>)> 
 
 /// What recovery found on disk.
 pub struct Recovered {
-    pub db: Db,
+    /// Shared with the raft thread under `--cluster` (its log is in `RAFT_LOG_CF`).
+    pub db: Arc<Db>,
     /// How many queues have a record.
     pub queues: u64,
     /// Names of the queues with a `+` in their name (fan-out queues).
@@ -372,8 +412,28 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
     let descriptors = [
         ColumnFamilyDescriptor::new(MESSAGES_CF, options.messages_cf.clone()),
         ColumnFamilyDescriptor::new(META_CF, options.meta_cf.clone()),
+        // Last: a directory made before it existed gets it with the next id, as a new one does.
+        ColumnFamilyDescriptor::new(RAFT_LOG_CF, options.raft_log_cf.clone()),
     ];
-    let db = Db::open_cf_descriptors(&options.db, path, descriptors)?;
+    let db = Arc::new(Db::open_cf_descriptors(&options.db, path, descriptors)?);
+    let found = scan(&db)?;
+    Ok(Recovered {
+        db,
+        queues: found.queues,
+        fanout: found.fanout,
+        next_queue_id: found.next_queue_id,
+    })
+}
+
+/// What `scan` counted.
+pub struct Found {
+    pub queues: u64,
+    pub fanout: Vec<Vec<u8>>,
+    pub next_queue_id: u64,
+}
+
+/// Reads every queue's record once (see `open`), rewriting those that need it.
+pub fn scan(db: &Db) -> Result<Found, rocksdb::Error> {
     let meta = db
         .cf_handle(META_CF)
         .expect("meta column family is always opened");
@@ -429,8 +489,7 @@ pub fn open(path: &Path, options: &StoreOptions) -> Result<Recovered, rocksdb::E
     if !batch.is_empty() {
         db.write(batch)?;
     }
-    Ok(Recovered {
-        db,
+    Ok(Found {
         queues,
         fanout,
         next_queue_id,

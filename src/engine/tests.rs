@@ -78,6 +78,7 @@ impl Harness {
             min_free_bytes: 0,
             max_fanout: 64,
             prime_wal: false,
+            cluster: false,
             max_queues: None,
             queue_memory: 64 << 20,
         };
@@ -996,5 +997,45 @@ fn records_of_the_first_version_are_swept_once_after_the_upgrade() {
     assert_eq!(h.stats("old").expired, 1);
     assert_eq!(sweep_once(&h), 0, "then left alone");
     assert_eq!(h.drain("old"), strings(&["a", "b"]));
+    h.close();
+}
+
+#[test]
+fn a_directory_made_before_the_raft_log_opens_with_its_messages_and_the_ids_replicas_need() {
+    // What mqd wrote before the raft log's column family existed: only `messages` and `meta`,
+    // holding the records and messages of a queue (copied from a directory made today).
+    let made = TempDir::new();
+    let mut h = Harness::open(&made.0, QueueLimits::default());
+    h.put_many("old", &["a", "b", "c"]);
+    h.close();
+    let old = TempDir::new();
+    {
+        let source = rocksdb::DB::open_cf(
+            &rocksdb::Options::default(),
+            &made.0,
+            ["messages", "meta", "raft_log"],
+        )
+        .unwrap();
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let target = rocksdb::DB::open_cf(&options, &old.0, ["messages", "meta"]).unwrap();
+        for name in ["messages", "meta"] {
+            let (from, to) = (
+                source.cf_handle(name).unwrap(),
+                target.cf_handle(name).unwrap(),
+            );
+            for item in source.iterator_cf(from, rocksdb::IteratorMode::Start) {
+                let (key, value) = item.unwrap();
+                target.put_cf(to, key, value).unwrap();
+            }
+        }
+        target.flush_wal(true).unwrap();
+    }
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &old.0).unwrap();
+    assert_eq!(cfs, ["default", "messages", "meta"]);
+    let h = Harness::open(&old.0, QueueLimits::default());
+    assert_eq!(h.engine.check_column_family_ids(), Ok(()));
+    assert_eq!(h.drain("old"), strings(&["a", "b", "c"]));
     h.close();
 }

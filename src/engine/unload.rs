@@ -20,6 +20,11 @@ pub(super) const TRIM_AFTER: usize = 10_000;
 /// Unloads the queues the registry finds idle (`Registry::unload_candidates`) that can still be
 /// unloaded once locked. How many it unloaded.
 pub(super) fn unload_idle(engine: &Engine) -> usize {
+    if engine.cluster.is_some() {
+        // Not under --cluster yet: a queue loaded again before the record its unloading
+        // proposed is applied would read an older one.
+        return 0;
+    }
     let candidates = engine.registry.unload_candidates(engine.synced());
     if candidates.is_empty() {
         return 0;

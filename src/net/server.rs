@@ -64,6 +64,10 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         wakers.push(waker);
     }
 
+    if config.cluster.is_some() && config.sync != crate::engine::SyncPolicy::Always {
+        // A reply waits for its write to be fsynced on a majority of the group.
+        return Err("--cluster needs --sync always".into());
+    }
     let engine = Engine::start(
         EngineConfig {
             data_dir: config.data_dir.clone(),
@@ -78,12 +82,16 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
             prime_wal: config.prime_wal,
             max_queues: config.max_queues,
             queue_memory: config.queue_memory,
+            cluster: config.cluster.is_some(),
         },
         mailboxes,
     )?;
     // Under --cluster: elections and heartbeats with the group (no queue is replicated yet).
     let mut replica = match &config.cluster {
-        Some(cluster) => Some(Replica::start(cluster, &config.data_dir)?),
+        Some(cluster) => {
+            engine.check_column_family_ids()?;
+            Some(Replica::start(cluster, &engine)?)
+        }
         None => None,
     };
     let limits = Limits {
@@ -181,10 +189,13 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
             log::error!("an event loop panicked");
         }
     }
-    engine.shutdown();
+    // The raft thread first: it writes to the engine's database, which shutdown flushes. What
+    // it leaves unsettled is no lost lead (`Engine::proposal_lost`): the engine stops.
     if let Some(replica) = &mut replica {
+        engine.stop_taking_writes();
         replica.stop();
     }
+    engine.shutdown();
     if let Some(path) = &config.pid_file {
         let _ = std::fs::remove_file(path);
     }

@@ -26,6 +26,7 @@ fn error_kind(error: Error) -> ErrorKind {
         Error::Storage => ErrorKind::Storage,
         Error::QueueFull => ErrorKind::QueueFull,
         Error::ShuttingDown => ErrorKind::ShuttingDown,
+        Error::NoLeader => ErrorKind::NoLeader,
         Error::DiskFull => ErrorKind::DiskFull,
         Error::FanoutLimit => ErrorKind::FanoutLimit,
         Error::TooManyQueues => ErrorKind::TooManyQueues,

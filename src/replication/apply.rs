@@ -33,6 +33,10 @@ pub trait Applier: Send + 'static {
     /// This node's proposal `id` settled (called once `apply`'s batch is written, for
     /// `Committed`).
     fn settled(&mut self, id: u64, outcome: Outcome);
+
+    /// This node became the established leader (it applied an entry of its own term, so every
+    /// committed entry before it is applied), or stopped being the leader.
+    fn leading(&mut self, _established: bool) {}
 }
 
 /// A proposal of this node awaiting its entry's commit.

@@ -14,8 +14,7 @@ use rocksdb::{WriteBatch, DB};
 
 use super::keys::STATE_CF;
 use super::status::Role;
-use super::syncer::FsyncStage;
-use super::test_support::{PowerCut, TempDir};
+use super::test_support::{FsyncStage, PowerCut, Syncer, TempDir};
 use super::transport::Transport;
 use super::{db, Applier, Input, Mailbox, Node, NodeConfig, Outcome, Timing};
 
@@ -158,13 +157,23 @@ impl Cluster {
         let (power, disk) = (member.power.clone(), member.disk.clone());
         let mailbox = Mailbox::new();
         self.network.0.lock().unwrap().insert(id, mailbox.sender());
-        let node = Node::start_with_fsync_hook(
+        let inputs = mailbox.sender();
+        let syncer = Syncer::start(
+            db.clone(),
+            format!("raft-sync-{id}"),
+            move |synced| {
+                let _ = inputs.send(Input::Synced(synced));
+            },
+            move |stage| disk.observe(stage, &power),
+        )
+        .unwrap();
+        let node = Node::start(
             config,
             db.clone(),
             mailbox,
             Box::new(self.network.clone()),
             Box::new(recorder),
-            move |stage| disk.observe(stage, &power),
+            Box::new(syncer),
         )
         .unwrap();
         // Bootstrapping (or an earlier life) synced everything on disk now.

@@ -1,8 +1,8 @@
-//! The RocksDB database a node keeps its replication state in until the engine takes it over
-//! (plan step 4): `<data dir>/raft`, holding only the two column families the engine's
-//! database will gain (`keys::RAFT_LOG_CF`, and `keys::STATE_CF` for the applied index and
-//! membership). As in the engine under `--sync always`, writes wait in RocksDB's WAL buffer
-//! (`manual_wal_flush`) until the syncer writes and fsyncs them all at once (`syncer`).
+//! A RocksDB database holding only the replication's two column families (`keys::RAFT_LOG_CF`,
+//! and `keys::STATE_CF` for the applied index and membership), for the tests that run nodes
+//! without a queue engine. `mqd serve --cluster` keeps its raft state in the engine's
+//! database. As there under `--sync always`, writes wait in RocksDB's WAL buffer
+//! (`manual_wal_flush`) until an fsync writes them all at once.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The raft thread: the one thread that owns a node's `RawNode`. It ticks it on time, steps it
 //! with peers' messages, proposes, and handles every `Ready` (`ready`) and the entries it
-//! commits (`apply`); the fsync runs on the syncer's thread, which reports back through the
-//! same input channel. Nothing else touches the `RawNode`: raft-rs is not thread-safe, needs
+//! commits (`apply`); the fsync runs on the engine's syncer thread (`WalSync`), which reports
+//! back through the same input channel. Nothing else touches the `RawNode`: raft-rs is not thread-safe, needs
 //! ticks and peers' messages even when no client writes, and must see no `step` or `propose`
 //! between a `ready()` and its `advance`.
 
@@ -19,7 +19,6 @@ use super::apply::{Applier, Outcome, Pending};
 use super::slog_bridge;
 use super::status::{Role, Status, StatusView};
 use super::storage::RaftStorage;
-use super::syncer::{FsyncStage, Synced, Syncer};
 use super::transport::Transport;
 
 /// Timing of a node (notes §6: failover median 0.63 s, p99 0.96 s with these).
@@ -52,6 +51,23 @@ pub struct NodeConfig {
     pub timing: Timing,
 }
 
+/// What makes the raft thread's writes durable: the engine's WAL fsync under `mqd serve`, so
+/// that one fsync covers the queue writes and the log together. Asked for an fsync covering
+/// every write made so far, it reports `Input::Synced(Synced::UpTo(n))` with a number `n` at
+/// least that of the request, once an fsync that began after the request is done.
+pub trait WalSync: Send + 'static {
+    /// Numbers grow.
+    fn request(&self, number: u64);
+}
+
+/// What an fsync did.
+pub enum Synced {
+    /// Every write made before `request(n)` was called, for every `n` up to this, is on disk.
+    UpTo(u64),
+    /// The fsync failed: what reached the disk is unknown.
+    Failed(String),
+}
+
 /// What the raft thread reads from its channel.
 pub enum Input {
     /// From a peer, through the transport.
@@ -63,7 +79,7 @@ pub enum Input {
     },
     /// The transport could not reach this peer.
     Unreachable(u64),
-    /// From the syncer.
+    /// From the fsync (`WalSync`).
     Synced(Synced),
     Stop,
 }
@@ -71,10 +87,6 @@ pub enum Input {
 /// Most inputs handled between two looks at `Ready`, so that a flood of messages does not
 /// delay the writes and messages it causes.
 const INPUTS_PER_PASS: usize = 256;
-
-/// Capacity of the input channel: a transport delivering faster than the raft thread steps
-/// waits (TCP then pushes back on the peer) instead of queueing without bound.
-const INPUT_CAPACITY: usize = 8192;
 
 /// A node's input channel, made before the node so that its transport can report to it.
 pub struct Mailbox {
@@ -85,7 +97,11 @@ pub struct Mailbox {
 impl Mailbox {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Mailbox {
-        let (sender, receiver) = crossbeam_channel::bounded(INPUT_CAPACITY);
+        // Unbounded: an event loop proposing never waits for the raft thread, which takes
+        // queue locks when it applies (`crate::engine::Engine::committed`). What arrives is
+        // bounded upstream: clients' writes by the write budget, peers by raft-rs's
+        // `max_inflight_msgs`.
+        let (sender, receiver) = crossbeam_channel::unbounded();
         Mailbox { sender, receiver }
     }
 
@@ -94,7 +110,7 @@ impl Mailbox {
     }
 }
 
-/// A running node: its raft thread and syncer.
+/// A running node: its raft thread.
 pub struct Node {
     inputs: Sender<Input>,
     status: Arc<Status>,
@@ -115,37 +131,27 @@ pub(super) struct Driver {
     pub raw: RawNode<RaftStorage>,
     pub transport: Box<dyn Transport>,
     pub applier: Box<dyn Applier>,
-    pub syncer: Syncer,
+    pub syncer: Box<dyn WalSync>,
     pub unsynced: VecDeque<Unsynced>,
     /// This node's proposals not yet applied, in log order.
     pub pending: VecDeque<Pending>,
     status: Arc<Status>,
     published: Option<StatusView>,
+    /// Whether the applier was last told this node is the established leader.
+    established: bool,
 }
 
 impl Node {
     /// Opens node `config.id`'s raft state in `db` (bootstrapping a founder with none) and
-    /// starts its raft thread and syncer, reading `mailbox`.
+    /// starts its raft thread, reading `mailbox`; `syncer` makes its writes durable and reports
+    /// to `mailbox`.
     pub fn start(
         config: NodeConfig,
         db: Arc<DB>,
         mailbox: Mailbox,
         transport: Box<dyn Transport>,
         applier: Box<dyn Applier>,
-    ) -> Result<Node, String> {
-        Node::start_with_fsync_hook(config, db, mailbox, transport, applier, |_| {})
-    }
-
-    /// `start`, with `fsync_hook` run on the syncer's thread just before and just after each
-    /// fsync, before the raft thread hears of it (tests stall a disk there, and record what a
-    /// power cut would keep).
-    pub fn start_with_fsync_hook(
-        config: NodeConfig,
-        db: Arc<DB>,
-        mailbox: Mailbox,
-        transport: Box<dyn Transport>,
-        applier: Box<dyn Applier>,
-        fsync_hook: impl Fn(FsyncStage) + Send + 'static,
+        syncer: Box<dyn WalSync>,
     ) -> Result<Node, String> {
         let Mailbox {
             sender: inputs,
@@ -159,14 +165,6 @@ impl Node {
             .map_err(|e| format!("raft settings: {e}"))?;
         let raw = RawNode::new(&raft_config, storage, &slog_bridge::logger())
             .map_err(|e| format!("raft node {}: {e}", config.id))?;
-        let syncer = {
-            let inputs = inputs.clone();
-            let report = move |synced| {
-                let _ = inputs.send(Input::Synced(synced));
-            };
-            Syncer::start(db, format!("raft-sync-{}", config.id), report, fsync_hook)
-                .map_err(|e| format!("cannot start the raft syncer: {e}"))?
-        };
         let status = Arc::new(Status::new(config.id));
         let mut driver = Driver {
             raw,
@@ -177,6 +175,7 @@ impl Node {
             pending: VecDeque::new(),
             status: status.clone(),
             published: None,
+            established: false,
         };
         driver.publish();
         let tick = config.timing.tick;
@@ -204,7 +203,7 @@ impl Node {
         let _ = self.inputs.send(Input::Propose { id, data });
     }
 
-    /// Stops the raft thread (after the fsync in progress, if any) and waits for it.
+    /// Stops the raft thread and waits for it.
     pub fn stop(&mut self) {
         let _ = self.inputs.send(Input::Stop);
         if let Some(thread) = self.thread.take() {
@@ -249,7 +248,11 @@ impl Driver {
             Err(_) => log::error!("raft node {id} stopped: raft-rs panicked"),
         }
         self.status.stopped();
-        self.syncer.stop();
+        if self.established {
+            // A stopped node leads no more: the engine must not take writes nobody commits.
+            self.established = false;
+            self.applier.leading(false);
+        }
         for pending in std::mem::take(&mut self.pending) {
             self.applier.settled(pending.id, Outcome::Unknown);
         }
@@ -345,6 +348,14 @@ impl Driver {
     }
 
     fn publish(&mut self) {
+        // Established: the leader applied an entry of its own term, so every entry before it
+        // (all that any earlier leader committed) is applied here.
+        let established = self.raw.raft.state == StateRole::Leader
+            && self.raw.store().applied().1 == self.raw.raft.term;
+        if established != self.established {
+            self.established = established;
+            self.applier.leading(established);
+        }
         let raft = &self.raw.raft;
         let view = StatusView {
             node: self.status.node,

@@ -12,8 +12,8 @@
 //! - `A` -> the last applied entry: index and term;
 //! - `C` -> the `ConfState` as of `A`.
 
-/// Column family of the raft log.
-pub const RAFT_LOG_CF: &str = "raft_log";
+/// Column family of the raft log (opened by the engine, after its own two).
+pub use crate::engine::RAFT_LOG_CF;
 /// Column family of the applied index and the membership (the engine's `meta`).
 pub const STATE_CF: &str = "meta";
 

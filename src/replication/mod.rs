@@ -2,7 +2,7 @@
 //! which does the consensus. This module supplies what raft-rs leaves to its user: the log's
 //! storage on RocksDB (`storage`, laid out as `keys` says), the raft thread that drives a
 //! `RawNode` and persists each `Ready` before it sends or applies what depends on it (`driver`,
-//! `ready`, `apply`), the fsync (`syncer`), and the transport between processes (`tcp` out,
+//! `ready`, `apply`; the fsync is the engine's, through `WalSync`), and the transport between processes (`tcp` out,
 //! `listener` in, `frame` on the wire) behind the `Transport` it sends through. The queue
 //! engine is not wired in yet: a node replicates opaque entries (plan step 4 makes them the
 //! engine's write batches). `mqd serve --node --cluster` runs a `Replica`: elections and
@@ -13,6 +13,7 @@
 mod apply;
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
 pub mod db;
 pub mod driver;
 mod frame;
@@ -24,13 +25,12 @@ pub mod replica;
 pub mod slog_bridge;
 pub mod status;
 pub mod storage;
-pub mod syncer;
 pub mod tcp;
 #[cfg(test)]
 mod test_support;
 pub mod transport;
 
 pub use apply::{Applier, Outcome};
-pub use driver::{Input, Mailbox, Node, NodeConfig, Timing};
+pub use driver::{Input, Mailbox, Node, NodeConfig, Synced, Timing, WalSync};
 pub use peers::ClusterConfig;
 pub use replica::Replica;

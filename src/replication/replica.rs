@@ -1,48 +1,106 @@
-//! A node of a replicated group as `mqd serve --node N --cluster …` runs it today: its raft
-//! state in `<data dir>/raft`, TCP to its peers, elections and heartbeats, its role and term
-//! published for `stats`. Nothing is proposed yet: the queue engine still writes alone (plan
-//! step 4 proposes its write batches here and applies them on every node).
+//! A node of a replicated group as `mqd serve --node N --cluster …` runs it: its raft state in
+//! the engine's database (`raft_log` column family, fsynced by the engine's syncer), TCP to its
+//! peers, its role and term published for `stats`. The queue engine is its state machine: the
+//! engine proposes each write batch it would have written (`Engine::propose_to`), every node
+//! applies committed entries to its RocksDB, and the engine hears which of its proposals are
+//! committed (the replies waiting for them go out) and when this node leads
+//! (`crate::engine`'s `cluster` module says what it does then).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use raft::prelude::Entry;
-use rocksdb::WriteBatch;
+use rocksdb::{WriteBatch, DB};
 
 use super::listener::RaftListener;
 use super::peers::ClusterConfig;
 use super::status::Status;
 use super::tcp::TcpTransport;
-use super::{db, Applier, Mailbox, Node, NodeConfig, Outcome};
-
-/// The directory, inside the data directory, of the replication database.
-pub const RAFT_DIR: &str = "raft";
+use super::{Applier, Input, Mailbox, Node, NodeConfig, Outcome, Synced, WalSync};
+use crate::engine::{Engine, SyncPoint};
 
 pub struct Replica {
     node: Node,
     listener: RaftListener,
 }
 
-/// Until step 4: no entry has data, since nothing proposes.
-struct NothingApplied;
+/// The queue engine as the state machine. An entry's data is a RocksDB write batch's
+/// representation (12-byte header: sequence number, then record count, little-endian; then the
+/// records), made by the leader's engine: applying it is writing its records, which the apply
+/// batch gathers by concatenation.
+struct EngineApplier(Arc<Engine>);
 
-impl Applier for NothingApplied {
-    fn apply(&mut self, entry: &Entry, _batch: &mut WriteBatch) {
-        log::warn!(
-            "raft entry {} ignored: nothing applies entries yet",
-            entry.index
-        );
+/// Size of a write batch representation's header.
+const BATCH_HEADER: usize = 12;
+
+/// Appends the records of the write batch representation `data` to `batch`.
+fn append_batch(batch: &mut WriteBatch, data: &[u8]) -> Result<(), String> {
+    if data.len() < BATCH_HEADER {
+        return Err(format!("a write batch of {} bytes", data.len()));
+    }
+    let count = |rep: &[u8]| u32::from_le_bytes(rep[8..12].try_into().expect("12-byte header"));
+    let mut rep = batch.data().to_vec();
+    if rep.len() < BATCH_HEADER {
+        rep = vec![0; BATCH_HEADER];
+    }
+    let total = count(&rep)
+        .checked_add(count(data))
+        .ok_or("too many records")?;
+    rep[8..12].copy_from_slice(&total.to_le_bytes());
+    rep.extend_from_slice(&data[BATCH_HEADER..]);
+    *batch = WriteBatch::from_data(&rep);
+    Ok(())
+}
+
+impl Applier for EngineApplier {
+    fn apply(&mut self, entry: &Entry, batch: &mut WriteBatch) {
+        if let Err(e) = append_batch(batch, &entry.data) {
+            // Only mqd's engines propose: a damaged entry is a bug, applied nowhere (every
+            // node sees the same bytes).
+            log::error!("raft entry {} is no write batch, skipped: {e}", entry.index);
+        }
     }
 
-    fn settled(&mut self, _id: u64, _outcome: Outcome) {}
+    fn settled(&mut self, id: u64, outcome: Outcome) {
+        match outcome {
+            Outcome::Committed => self.0.committed(SyncPoint(id)),
+            Outcome::Dropped | Outcome::Unknown => self.0.proposal_lost(SyncPoint(id)),
+        }
+    }
+
+    fn leading(&mut self, established: bool) {
+        self.0.leading(established);
+    }
+}
+
+/// The raft thread's writes are fsynced by the engine's syncer: one WAL, one fsync.
+struct EngineSync(Arc<Engine>);
+
+impl WalSync for EngineSync {
+    fn request(&self, number: u64) {
+        self.0.request_wal_sync(number);
+    }
 }
 
 impl Replica {
-    pub fn start(config: &ClusterConfig, data_dir: &Path) -> Result<Replica, String> {
-        let db = db::open(&data_dir.join(RAFT_DIR))?;
+    /// Starts node `config.node` with its raft state in the engine's database, fsynced by the
+    /// engine's syncer.
+    pub fn start(config: &ClusterConfig, engine: &Arc<Engine>) -> Result<Replica, String> {
+        let db: Arc<DB> = engine.database();
         let mailbox = Mailbox::new();
         let inputs = mailbox.sender();
+        {
+            let inputs = inputs.clone();
+            engine.propose_to(Box::new(move |point: SyncPoint, data| {
+                inputs.send(Input::Propose { id: point.0, data }).is_ok()
+            }));
+        }
+        {
+            let inputs = inputs.clone();
+            engine.report_wal_syncs(move |number| {
+                let _ = inputs.send(Input::Synced(Synced::UpTo(number)));
+            });
+        }
         let transport = TcpTransport::start(config.node, &config.peers, inputs.clone())?;
         // The node first: a directory of another node is refused before anything listens.
         let node = Node::start(
@@ -54,7 +112,8 @@ impl Replica {
             db,
             mailbox,
             Box::new(transport),
-            Box::new(NothingApplied),
+            Box::new(EngineApplier(engine.clone())),
+            Box::new(EngineSync(engine.clone())),
         )?;
         let peers: BTreeSet<u64> = config
             .ids()
@@ -72,5 +131,25 @@ impl Replica {
     pub fn stop(&mut self) {
         self.listener.stop();
         self.node.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_batches_concatenate_into_one_with_every_record() {
+        let mut a = WriteBatch::default();
+        a.put(b"k1", b"v1");
+        a.delete(b"k0");
+        let mut b = WriteBatch::default();
+        b.put(b"k2", b"v2");
+        let mut gathered = WriteBatch::default();
+        append_batch(&mut gathered, a.data()).unwrap();
+        append_batch(&mut gathered, b.data()).unwrap();
+        assert_eq!(gathered.len(), 3);
+        assert!(append_batch(&mut gathered, &[0; 5]).is_err());
+        assert_eq!(gathered.len(), 3);
     }
 }

@@ -434,6 +434,7 @@ pub fn error_status(kind: ErrorKind) -> (u16, String) {
         ErrorKind::QueueFull
         | ErrorKind::Storage
         | ErrorKind::ShuttingDown
+        | ErrorKind::NoLeader
         | ErrorKind::DiskFull
         | ErrorKind::FanoutLimit
         | ErrorKind::TooManyQueues => (status::OUT_OF_MEMORY, text()),

@@ -200,6 +200,9 @@ pub enum ErrorKind {
     Storage,
     /// The server is shutting down and takes no new writes.
     ShuttingDown,
+    /// A member of a replicated group that is not its established leader (a follower, a
+    /// candidate, a leader not yet sure of its log): retry, later or on another member.
+    NoLeader,
     /// Free disk space is below the reserve (`--min-free-space`).
     DiskFull,
     /// The `set` would create one more fan-out queue (`<queue>+<child>`) than `--max-fanout`

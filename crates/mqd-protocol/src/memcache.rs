@@ -456,6 +456,7 @@ pub fn error_line(kind: ErrorKind) -> String {
         ErrorKind::QueueFull => "SERVER_ERROR queue full".into(),
         ErrorKind::Storage => "SERVER_ERROR storage failure".into(),
         ErrorKind::ShuttingDown => "SERVER_ERROR shutting down".into(),
+        ErrorKind::NoLeader => "SERVER_ERROR no leader".into(),
         ErrorKind::DiskFull => "SERVER_ERROR out of disk space".into(),
         ErrorKind::FanoutLimit => "SERVER_ERROR too many fan-out queues".into(),
         ErrorKind::TooManyQueues => "SERVER_ERROR too many queues".into(),

@@ -193,6 +193,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::QueueFull => "REQUEST_QUEUE_FULL",
         ErrorKind::Storage => "SERVER_STORAGE_FAILURE",
         ErrorKind::ShuttingDown => "SERVER_SHUTTING_DOWN",
+        ErrorKind::NoLeader => "SERVER_NO_LEADER",
         ErrorKind::DiskFull => "SERVER_DISK_FULL",
         ErrorKind::FanoutLimit => "REQUEST_FANOUT_LIMIT",
         ErrorKind::TooManyQueues => "REQUEST_TOO_MANY_QUEUES",

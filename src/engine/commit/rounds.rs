@@ -55,12 +55,8 @@ impl CommitRounds<'_> {
     /// writers: their `Completed` events are in their mailboxes when this returns.
     pub(in crate::engine) fn commit(&mut self, uncommitted: &mut Uncommitted) {
         let ops = std::mem::take(&mut uncommitted.ops);
-        if self
-            .engine
-            .stopping
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            crate::engine::refuse_stopping(self.engine, ops);
+        if let Some(error) = self.engine.refusing() {
+            crate::engine::refuse(self.engine, ops, error);
             return;
         }
         let mut all = std::mem::take(&mut self.state.carry);
@@ -186,8 +182,21 @@ pub(super) fn write_unwritten(c: &mut Committer<'_>) {
 }
 
 /// The rounds' published messages are written now: readable from RocksDB too, which
-/// may let a waiting reader have one that was given back meanwhile.
+/// may let a waiting reader have one that was given back meanwhile. Under `--cluster` the write
+/// was a proposal: readable once applied (`Engine::committed`).
 pub(super) fn written_out(c: &mut Committer<'_>, queues: Vec<QueueRef>) {
+    if let Some(cluster) = &c.engine.cluster {
+        let point = SyncPoint(c.engine.durability.next_point().0 - 1);
+        let tails = queues
+            .into_iter()
+            .map(|queue| {
+                let tail = queue.lock().tail;
+                (queue, tail)
+            })
+            .collect();
+        cluster.published(point, tails);
+        return;
+    }
     let mut outbox = Outbox::new(&c.engine.mailboxes);
     for queue in queues {
         let mut q = queue.lock();
