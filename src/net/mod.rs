@@ -1,6 +1,10 @@
 //! The network side: listeners, event loops, connections and what each command does on them.
 //! It owns connections and time; the engine owns the queues.
 //!
+//! Layers, each using only those below it: `server` starts the `event_loop`s; a loop drives
+//! its `connection`s (bytes, buffers, budgets, timers); a connection hands each parsed request
+//! to `commands` (what the request means, over the engine's API).
+//!
 //! Each event loop is a thread with its own mio `Poll`. Loop 0 accepts and deals connections out
 //! round-robin, so both cores parse and answer; a connection stays on its loop for life. Writes
 //! a loop collects in one iteration go to the engine's committer together.
@@ -12,6 +16,7 @@
 //! them.
 
 pub mod budget;
+mod commands;
 mod config;
 mod connection;
 mod event_loop;
@@ -20,9 +25,7 @@ mod housekeeping;
 mod identity;
 pub mod monitoring;
 mod output;
-mod requests;
 pub mod server;
-mod session;
 mod stream;
 pub mod systemd;
 mod timers;
