@@ -4,8 +4,8 @@
 //! handed to the commands as the event loop would.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -15,10 +15,9 @@ use crate::engine::{
     ConnRef, Engine, EngineConfig, Event, Mailbox, MemoryBudget, QueueLimits, SyncPoint,
     SyncPolicy, Uncommitted, Wake,
 };
-use crate::net::budget::{InputBudget, OutputBudget, WriteBudget};
 use crate::net::timers::Timers;
-use crate::net::{Ctx, LoopStats, Shared};
-use crate::protocol::{self, memcache, Limits, Parsed, Reply, ReplyStyle};
+use crate::net::{Ctx, LoopStats, ServerConfig, Shared};
+use crate::protocol::{self, memcache, Parsed, Reply, ReplyStyle};
 
 struct NoWake;
 
@@ -121,30 +120,12 @@ impl Loop {
             max_queues: None,
             queue_memory: 64 << 20,
         };
-        let limits = Limits {
-            max_message_size: 1 << 20,
-        };
-        let shared = Shared {
-            engine: Engine::start(config, vec![mailbox]).unwrap(),
-            limits,
-            input_limit: protocol::input_limit(&limits),
-            input_budget: InputBudget::new(1 << 20),
-            writes: WriteBudget::new(1024, 1 << 20),
-            output: OutputBudget::new(1 << 20),
-            request_timeout: None,
-            idle_timeout: None,
-            max_connections: 16,
+        let server = ServerConfig {
             max_open_reads: 2,
             open_timeout: Some(Duration::from_secs(60)),
-            threads: 1,
-            started: Instant::now(),
-            curr_connections: AtomicU64::new(0),
-            total_connections: AtomicU64::new(0),
-            loop_stats: OnceLock::new(),
-            shutting_down: AtomicBool::new(false),
-            connection_counts: Arc::default(),
-            cluster: None,
+            ..ServerConfig::default()
         };
+        let shared = Shared::new(Engine::start(config, vec![mailbox]).unwrap(), &server, None);
         Loop {
             shared,
             events,
