@@ -212,6 +212,12 @@ impl Connection {
         self.output.unsent()
     }
 
+    /// Reply bytes this connection holds: its output buffer, and the values of a get in
+    /// progress.
+    fn pending_output(&self) -> usize {
+        self.reply_memory() + self.commands.reply_bytes()
+    }
+
     /// The share of the output budget that `pending` bytes of replies take (plus what a blocked
     /// read reserved).
     fn output_share(&self, pending: usize) -> usize {
@@ -418,7 +424,7 @@ impl Connection {
                     self.input_start += consumed;
                     self.requests_this_drive += 1;
                     commands::execute(command, style, self, ctx);
-                    self.charge_output(self.reply_memory() + self.commands.reply_bytes(), ctx);
+                    self.charge_output(self.pending_output(), ctx);
                 }
                 Parsed::Invalid {
                     consumed,
@@ -641,7 +647,7 @@ impl Connection {
             }
         }
         if self.output_charged > 0 {
-            self.charge_output(self.reply_memory() + self.commands.reply_bytes(), ctx);
+            self.charge_output(self.pending_output(), ctx);
         }
     }
 }
