@@ -101,8 +101,7 @@ impl Engine {
             };
             let Some((_, queues)) = next else { break };
             for (queue, tail) in queues {
-                let mut q = queue.lock();
-                q.written_end = q.written_end.max(tail.min(q.tail));
+                queue.lock().written_up_to(tail);
             }
         }
         self.durability.committed(point);

@@ -101,9 +101,9 @@ impl Touched {
     /// was left unclaimed): it skips them.
     fn next_unclaimed_after(&self, q: &QueueState) -> u64 {
         if self.dropped_staged == 0 {
-            q.next_unclaimed
+            q.next_unclaimed()
         } else {
-            q.next_unclaimed.max(q.tail + self.dropped_staged)
+            q.next_unclaimed().max(q.tail() + self.dropped_staged)
         }
     }
 }
@@ -236,13 +236,13 @@ impl Committer<'_> {
                     self.stage_put(&mut batch, &mut puts, &queue, header, body, reply_to);
                 }
                 Op::Remove { queue, seq } => {
-                    let id = queue.lock().id;
+                    let id = queue.lock().id();
                     let messages = self.engine.messages();
                     batch.write.delete_cf(messages, store::message_key(id, seq));
                     batch.touch(&queue, id);
                 }
                 Op::SaveRecord { queue } => {
-                    let id = queue.lock().id;
+                    let id = queue.lock().id();
                     batch.touch(&queue, id);
                 }
                 Op::DeleteQueue { name, reply_to } => {
@@ -277,17 +277,13 @@ impl Committer<'_> {
         synced: SyncPoint,
         outbox: &mut Outbox,
     ) {
-        q.persisted = true;
-        q.next_unclaimed = touched.next_unclaimed_after(q);
-        q.tail = q.next_seq.get();
-        if written {
-            q.written_end = q.tail;
-        }
-        q.counters.bytes += touched.added_bytes;
-        if let Some(fresh) = touched.fresh.take() {
-            let from = q.next_unclaimed;
-            q.recent.extend(fresh, from);
-        }
+        let next_unclaimed = touched.next_unclaimed_after(q);
+        q.publish(
+            next_unclaimed,
+            written,
+            touched.added_bytes,
+            touched.fresh.take(),
+        );
         if touched.has_puts {
             q.written_at(point, synced);
             super::reading::serve_waiters(
@@ -308,12 +304,12 @@ impl Committer<'_> {
         for touched in batch.touched.values() {
             let state = &touched.queue;
             let mut q = state.lock();
-            if q.retired {
+            if q.is_retired() {
                 continue;
             }
-            new_queues |= !q.persisted;
+            new_queues |= !q.is_persisted();
             has_puts |= touched.has_puts;
-            let mut record = QueueMeta::of(&q, q.next_seq.get());
+            let mut record = QueueMeta::of(&q, q.next_seq());
             record.next_unclaimed = touched.next_unclaimed_after(&q);
             record.counters.bytes += touched.added_bytes;
             let buffers = &mut self.state.records;
@@ -406,11 +402,11 @@ impl Committer<'_> {
         let len = body.len() as u64;
         let (queue, id, seq) = loop {
             let queue = match puts.last_queue.take() {
-                Some(last) if *last.lock().name == *name => last,
+                Some(last) if **last.lock().name() == *name => last,
                 _ => super::fanout::queue_for_put(self.engine, name)?,
             };
             let mut q = queue.lock();
-            if q.retired {
+            if q.is_retired() {
                 // Unloaded, or forgotten as an unused ghost, since the lookup: look again.
                 continue;
             }
@@ -430,8 +426,8 @@ impl Committer<'_> {
             if header.expires_at != 0 {
                 q.note_expiry(header.expires_at);
             }
-            let seq = q.next_seq.assign(&mut self.state.token);
-            let id = q.id;
+            let seq = q.assign_seq(&mut self.state.token);
+            let id = q.id();
             drop(q);
             puts.last_queue = Some(queue.clone());
             break (queue, id, seq);
@@ -495,19 +491,15 @@ impl Committer<'_> {
             if let Ok(point) = result {
                 self.publish(touched, &mut q, point, written, synced, &mut outbox);
                 if !written {
-                    published.push((queue.clone(), q.tail));
+                    published.push((queue.clone(), q.tail()));
                 }
             } else {
                 // Nothing of the batch happened: what it discarded is back in the queue.
-                let tail = q.tail;
-                q.next_seq.roll_back(tail, &mut self.state.token);
-                let discarded = touched.discarded.len() as u64 + touched.dropped_staged;
-                q.counters.discarded -= discarded;
-                for &(seq, len) in &touched.discarded {
-                    q.counters.bytes += len;
-                    q.returned.push_back(seq);
-                }
-                q.returned.make_contiguous().sort_unstable();
+                q.commit_failed(
+                    &mut self.state.token,
+                    &touched.discarded,
+                    touched.dropped_staged,
+                );
             }
         }
         if let (Some(cluster), Ok(point)) = (&self.engine.cluster, &result) {

@@ -29,7 +29,7 @@ impl QueueHandle {
     /// Whether the queue was deleted since (its open messages are then gone too). A queue
     /// with open messages is never unloaded, so a retired one was deleted.
     pub fn is_deleted(&self) -> bool {
-        self.0.lock().retired
+        self.0.lock().is_retired()
     }
 }
 

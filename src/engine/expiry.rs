@@ -73,10 +73,10 @@ pub(super) fn sweep_due(engine: &Engine, now: u64) -> usize {
         };
         {
             let q = state.lock();
-            if q.retired {
+            if q.is_retired() {
                 continue;
             }
-            if q.id != id || q.indexed_expiry != at {
+            if q.id() != id || q.indexed_expiry() != at {
                 // Left by a write that failed: the queue's own entry is another one.
                 stale.delete_cf(engine.meta(), store::expiry_key(at, id));
                 continue;
@@ -142,19 +142,9 @@ pub(super) fn sweep_behind_head(
 ) {
     let (id, from, tail) = {
         let mut q = state.lock();
-        // The first unclaimed message is the head's (the peek sweeps it) unless given-back
-        // messages come first.
-        let start = q.next_unclaimed + u64::from(q.returned.is_empty());
-        let from = match q.sweep.from {
-            Some(from) => from.max(start),
-            None => {
-                q.sweep.earliest = 0;
-                start
-            }
-        };
-        q.sweep.from = Some(from);
+        let from = q.sweep_from();
         // Messages published ahead of their write are not on disk yet: the next pass sees them.
-        (q.id, from, q.written_end)
+        (q.id(), from, q.written_end())
     };
     let mut expired = Vec::new();
     let mut kept_earliest = 0;
@@ -188,27 +178,15 @@ pub(super) fn sweep_behind_head(
         }
     }
     let mut q = state.lock();
-    if q.retired {
+    if q.is_retired() {
         return;
     }
-    q.sweep.earliest = earliest(q.sweep.earliest, kept_earliest);
-    if next >= tail {
-        // The pass is over.
-        q.sweep.from = None;
-        q.next_expiry = earliest(q.sweep.earliest, head_expiry);
-    } else {
-        q.sweep.from = Some(next);
-        q.next_expiry = now + RESUME_AFTER_MS;
-    }
-    if q.items() == 0 && q.open.is_empty() {
-        // Nothing left that could expire.
-        q.next_expiry = 0;
-        q.sweep = Default::default();
-    }
+    // None: the pass is over.
+    let goes_on = (next < tail).then_some(next);
+    q.swept_to(goes_on, kept_earliest, head_expiry, now + RESUME_AFTER_MS);
     for (seq, len) in expired {
         if q.mark_swept(seq) {
-            q.counters.expired += 1;
-            q.counters.bytes = q.counters.bytes.saturating_sub(len);
+            q.count_expired(len);
             uncommitted.push(Op::Remove {
                 queue: state.clone(),
                 seq,

@@ -19,7 +19,7 @@ pub(super) fn stats(engine: &Engine, with_age: bool) -> Vec<QueueStats> {
     let mut stats = Vec::with_capacity(loaded.len());
     for state in &loaded {
         let q = state.lock();
-        names.insert(q.name.clone());
+        names.insert(q.name().clone());
         if q.is_listed() {
             stats.push(of_loaded(engine, &q, with_age, now));
         }
@@ -35,18 +35,18 @@ pub(super) fn stats(engine: &Engine, with_age: bool) -> Vec<QueueStats> {
 
 fn of_loaded(engine: &Engine, q: &QueueState, with_age: bool, now: u64) -> QueueStats {
     QueueStats {
-        name: q.name.clone(),
+        name: q.name().clone(),
         items: q.items(),
-        bytes: q.counters.bytes,
+        bytes: q.counters().bytes,
         enqueued: q.enqueued(),
         removed: q.removed(),
-        expired: q.counters.expired,
-        discarded: q.counters.discarded,
-        flushes: q.counters.flushes,
-        waiters: q.waiters.len() as u64,
-        open: q.open.len() as u64,
+        expired: q.counters().expired,
+        discarded: q.counters().discarded,
+        flushes: q.counters().flushes,
+        waiters: q.waiters().len() as u64,
+        open: q.open().len() as u64,
         age_ms: match (with_age, q.front()) {
-            (true, Some(seq)) => age_of(engine, q.id, seq, now),
+            (true, Some(seq)) => age_of(engine, q.id(), seq, now),
             _ => 0,
         },
     }

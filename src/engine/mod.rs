@@ -499,8 +499,8 @@ impl Engine {
         let mut state = state.clone();
         loop {
             let mut q = state.lock();
-            if q.retired {
-                let name = q.name.clone();
+            if q.is_retired() {
+                let name = q.name().clone();
                 drop(q);
                 state = match (self.lookup(&name)?, wait) {
                     (Some(successor), _) => successor,
@@ -514,7 +514,7 @@ impl Engine {
             let taken = reading::take_locked(self, &state, &mut q, mode, now, uncommitted, room)?;
             if taken.is_none() {
                 if let Some((conn, wait_id)) = wait {
-                    q.waiters.push_back(Waiter {
+                    q.add_waiter(Waiter {
                         conn,
                         wait_id,
                         mode,
@@ -549,13 +549,12 @@ impl Engine {
     pub fn confirm(&self, queue: &QueueHandle, seqs: &[u64], uncommitted: &mut Uncommitted) {
         let state = &queue.0;
         let mut q = state.lock();
-        if q.retired {
+        if q.is_retired() {
             return;
         }
         self.registry.touch(state, &mut q);
         for seq in seqs {
-            if let Some(len) = q.open.remove(seq) {
-                q.counters.bytes = q.counters.bytes.saturating_sub(len);
+            if q.confirm(*seq).is_some() {
                 uncommitted.ops.push(Op::Remove {
                     queue: state.clone(),
                     seq: *seq,
@@ -568,7 +567,7 @@ impl Engine {
     pub fn give_back(&self, queue: &QueueHandle, seqs: &[u64], uncommitted: &mut Uncommitted) {
         let state = &queue.0;
         let mut q = state.lock();
-        if q.retired || q.give_back(seqs) == 0 {
+        if q.is_retired() || q.give_back(seqs) == 0 {
             return;
         }
         self.registry.touch(state, &mut q);

@@ -2,14 +2,19 @@
 //! held open, who waits for it, and its counters. RocksDB holds the messages; this holds only
 //! what is small. Every field that must survive a restart is written to the metadata column
 //! family by the committer (see `store::QueueMeta`).
+//!
+//! Its fields are private: the engine's modules read them through accessors and change them
+//! only through the methods below, each named for the event it records (a commit published, a
+//! read claimed, a sweep moved on), so that the rules tying the fields together live here. The
+//! state is always used under its queue's lock; the lock order is the registry's (`registry`).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
-use super::recent::{CacheBudgets, RecentCache};
-use super::sequence::NextSeq;
+use super::recent::{CacheBudgets, Fresh, RecentCache};
+use super::sequence::{NextSeq, SeqToken};
 use super::store::QueueMeta;
 use crate::id_hash::IdMap;
 
@@ -51,67 +56,67 @@ pub struct Counters {
 
 pub struct QueueState {
     /// Unique for the life of the data directory; prefixes the keys of its messages.
-    pub id: u64,
-    pub name: Arc<[u8]>,
+    id: u64,
+    name: Arc<[u8]>,
     /// Whether the queue has a record on disk: a queue first named by a read lives only in memory
     /// until its first message is committed.
-    pub persisted: bool,
+    persisted: bool,
     /// This state is no longer the queue's: the queue was deleted, or unloaded from memory
     /// (`super::registry`). Holders of a stale handle look the name up again.
-    pub retired: bool,
+    retired: bool,
     /// Whether the queue counts against `--max-queues` (it has had a message staged).
-    pub counted: bool,
+    counted: bool,
     /// The second (`registry::Registry::touch`) it was last used in.
-    pub last_used: u32,
+    last_used: u32,
     /// Lowest sequence number never handed out to a reader (messages given back are in
     /// `returned`, before it). Not necessarily the front of the queue: see `front`.
-    pub next_unclaimed: u64,
+    next_unclaimed: u64,
     /// End (exclusive) of the committed messages: `next_unclaimed..tail` are waiting to be read.
-    pub tail: u64,
+    tail: u64,
     /// End (exclusive) of the messages written to RocksDB. `written_end..tail` were published
     /// ahead of their write (`commit::CommitRounds`): they are read from the recent cache
     /// only, and one not kept there (given back after a claiming read took its body) is not
     /// readable until the write.
-    pub written_end: u64,
+    written_end: u64,
     /// Next sequence number the committer assigns; equals `tail` between commits.
-    pub next_seq: NextSeq,
+    next_seq: NextSeq,
     /// Messages given back (abort, disconnect, restart), served before `next_unclaimed`, sorted: oldest
     /// first.
-    pub returned: VecDeque<u64>,
+    returned: VecDeque<u64>,
     /// Messages handed out with `/open`, not yet confirmed: sequence number → body length.
-    pub open: IdMap<u64>,
-    pub waiters: VecDeque<Waiter>,
-    pub counters: Counters,
+    open: IdMap<u64>,
+    waiters: VecDeque<Waiter>,
+    counters: Counters,
     /// Messages in `next_unclaimed..tail` that the sweep already dropped because they expired:
     /// `next_unclaimed` skips them, and is itself never in here.
-    pub swept: BTreeSet<u64>,
+    swept: BTreeSet<u64>,
     /// When the sweep should next look at this queue (unix ms; 0: never): no earlier than its
     /// next message may expire. The committer keeps the expiry index in step with it.
-    pub next_expiry: u64,
+    next_expiry: u64,
     /// The time of this queue's entry in the expiry index on disk (0: none).
-    pub indexed_expiry: u64,
+    indexed_expiry: u64,
     /// How far the sweep of the messages behind the head has got.
-    pub sweep: SweepCursor,
+    sweep: SweepCursor,
     /// The newest committed messages, kept in memory (`super::recent`).
-    pub recent: RecentCache,
+    recent: RecentCache,
     /// The messages right after the head of a backlog, read ahead from RocksDB in one scan by
     /// the read that met the head not in memory (`super::reading`), for the reads after it.
-    pub ahead: RecentCache,
+    ahead: RecentCache,
     /// Every message below this that is not pending (open or given back) has had its key
     /// deleted in a write already made. Messages consumed from the head are not deleted one by
     /// one: the reclaimer asks (`reclaim_wanted`) and the next write of the queue's record
     /// deletes them with a few range tombstones (`store::delete_consumed`).
-    pub deleted_below: u64,
+    deleted_below: u64,
     /// Whether the next write of the queue's record should also delete the messages consumed
     /// since `deleted_below`.
-    pub reclaim_wanted: bool,
+    reclaim_wanted: bool,
     /// Whether the reclaimer watches the queue (its head moved past messages not deleted yet).
-    pub reclaim_watched: bool,
+    reclaim_watched: bool,
     /// Every consumed message below this was compacted away (as far as the reclaimer knows).
-    pub compacted_below: u64,
+    compacted_below: u64,
     /// Messages written but maybe not synced yet: (end of the write's messages, exclusive; the
     /// write's point), oldest first. A reply showing one of them waits for that point.
-    pub unsynced: VecDeque<(u64, SyncPoint)>,
+    unsynced: VecDeque<(u64, SyncPoint)>,
 }
 
 /// Where the sweep of a queue's messages behind its head stands. It reads a bounded number per
@@ -120,10 +125,10 @@ pub struct QueueState {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SweepCursor {
     /// Where the current pass goes on; None: no pass is under way.
-    pub from: Option<u64>,
+    from: Option<u64>,
     /// The earliest expiry among the messages the current pass read and kept, and among those
     /// staged since it started (0: none).
-    pub earliest: u64,
+    earliest: u64,
 }
 
 /// The earlier of two expiry times, where 0 means none.
@@ -183,6 +188,322 @@ impl QueueState {
         // Messages that were open or given back when the server stopped are delivered again.
         state.returned = meta.pending.iter().copied().collect();
         state
+    }
+
+    // What the engine's modules read.
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn name(&self) -> &Arc<[u8]> {
+        &self.name
+    }
+
+    /// Whether the queue has a record on disk.
+    pub fn is_persisted(&self) -> bool {
+        self.persisted
+    }
+
+    /// Whether this state is no longer the queue's (deleted or unloaded).
+    pub fn is_retired(&self) -> bool {
+        self.retired
+    }
+
+    /// Whether the queue counts against `--max-queues`.
+    pub fn is_counted(&self) -> bool {
+        self.counted
+    }
+
+    /// The second it was last used in.
+    pub fn last_used(&self) -> u32 {
+        self.last_used
+    }
+
+    pub fn next_unclaimed(&self) -> u64 {
+        self.next_unclaimed
+    }
+
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    pub fn written_end(&self) -> u64 {
+        self.written_end
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.get()
+    }
+
+    /// Messages given back, oldest first.
+    pub fn returned(&self) -> &VecDeque<u64> {
+        &self.returned
+    }
+
+    /// Messages held open: sequence number → body length.
+    pub fn open(&self) -> &IdMap<u64> {
+        &self.open
+    }
+
+    pub fn waiters(&self) -> &VecDeque<Waiter> {
+        &self.waiters
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn next_expiry(&self) -> u64 {
+        self.next_expiry
+    }
+
+    pub fn indexed_expiry(&self) -> u64 {
+        self.indexed_expiry
+    }
+
+    pub fn recent(&self) -> &RecentCache {
+        &self.recent
+    }
+
+    pub fn ahead(&self) -> &RecentCache {
+        &self.ahead
+    }
+
+    pub fn deleted_below(&self) -> u64 {
+        self.deleted_below
+    }
+
+    pub fn reclaim_wanted(&self) -> bool {
+        self.reclaim_wanted
+    }
+
+    pub fn reclaim_watched(&self) -> bool {
+        self.reclaim_watched
+    }
+
+    pub fn compacted_below(&self) -> u64 {
+        self.compacted_below
+    }
+
+    // What changes it, each named for what happened.
+
+    /// The queue counts against `--max-queues` from now on.
+    pub fn mark_counted(&mut self) {
+        self.counted = true;
+    }
+
+    /// It is used in second `now` (`registry::Registry::touch`).
+    pub fn used_in(&mut self, now: u32) {
+        self.last_used = now;
+    }
+
+    /// Assigns the next sequence number to a message being staged.
+    pub fn assign_seq(&mut self, token: &mut SeqToken) -> u64 {
+        self.next_seq.assign(token)
+    }
+
+    /// A commit of the messages staged since the last one is published: readers see them
+    /// (from `next_unclaimed`, past messages the commit discarded), `fresh` are kept in memory,
+    /// and `written` says whether they are in RocksDB already.
+    pub fn publish(
+        &mut self,
+        next_unclaimed: u64,
+        written: bool,
+        added_bytes: u64,
+        fresh: Option<Fresh>,
+    ) {
+        self.persisted = true;
+        self.next_unclaimed = next_unclaimed;
+        self.tail = self.next_seq.get();
+        if written {
+            self.written_end = self.tail;
+        }
+        self.counters.bytes += added_bytes;
+        if let Some(fresh) = fresh {
+            self.recent.extend(fresh, next_unclaimed);
+        }
+    }
+
+    /// The messages published ahead of their write are written now.
+    pub fn all_written(&mut self) {
+        self.written_end = self.tail;
+    }
+
+    /// The messages before `end` are written now (in cluster mode: applied here), those after
+    /// it not necessarily.
+    pub fn written_up_to(&mut self, end: u64) {
+        self.written_end = self.written_end.max(end.min(self.tail));
+    }
+
+    /// A commit failed: the sequence numbers it assigned are free again, and the messages it
+    /// discarded to make room (`discarded`: sequence number, body length; `dropped_staged` of
+    /// its own puts besides) are back in the queue.
+    pub fn commit_failed(
+        &mut self,
+        token: &mut SeqToken,
+        discarded: &[(u64, u64)],
+        dropped_staged: u64,
+    ) {
+        self.next_seq.roll_back(self.tail, token);
+        self.counters.discarded -= discarded.len() as u64 + dropped_staged;
+        for &(seq, len) in discarded {
+            self.counters.bytes += len;
+            self.returned.push_back(seq);
+        }
+        self.returned.make_contiguous().sort_unstable();
+    }
+
+    /// A message was dropped to make room (`--discard-old-when-full`).
+    pub fn count_discarded(&mut self) {
+        self.counters.discarded += 1;
+    }
+
+    /// A message of `len` body bytes left the queue (taken, confirmed or discarded).
+    pub fn forget_bytes(&mut self, len: u64) {
+        self.counters.bytes = self.counters.bytes.saturating_sub(len);
+    }
+
+    /// A message of `len` body bytes was dropped unread because it expired.
+    pub fn count_expired(&mut self, len: u64) {
+        self.counters.expired += 1;
+        self.forget_bytes(len);
+    }
+
+    /// A message kept in memory (`recent`, or read ahead if not) is claimed: its body moves
+    /// out of memory.
+    pub fn claim_kept(&mut self, seq: u64, recent: bool) -> Option<Vec<u8>> {
+        let cache = if recent {
+            &mut self.recent
+        } else {
+            &mut self.ahead
+        };
+        cache.forget_before(seq);
+        cache.take_front(seq).map(|kept| kept.body)
+    }
+
+    /// Messages read ahead from RocksDB, from `from` on, kept for the reads after this one.
+    pub fn keep_read_ahead(&mut self, fresh: Fresh, from: u64) {
+        self.ahead.extend(fresh, from);
+    }
+
+    /// Message `seq`, already claimed, of `len` body bytes, is held open.
+    pub fn hold_open(&mut self, seq: u64, len: u64) {
+        self.open.insert(seq, len);
+    }
+
+    /// An open message is confirmed: it is gone for good. Its body length, if it was open.
+    pub fn confirm(&mut self, seq: u64) -> Option<u64> {
+        let len = self.open.remove(&seq)?;
+        self.forget_bytes(len);
+        Some(len)
+    }
+
+    /// A reader waits for a message.
+    pub fn add_waiter(&mut self, waiter: Waiter) {
+        self.waiters.push_back(waiter);
+    }
+
+    /// The waiter at `at` was handed a message: it waits no more.
+    pub fn served(&mut self, at: usize) -> Option<Waiter> {
+        self.waiters.remove(at)
+    }
+
+    /// Every waiter, taken away (the queue is deleted).
+    pub fn take_waiters(&mut self) -> VecDeque<Waiter> {
+        std::mem::take(&mut self.waiters)
+    }
+
+    /// Readers that waited on a deleted queue wait on this one, its successor, ahead of those
+    /// that started waiting on it since.
+    pub fn adopt_waiters(&mut self, mut earlier: VecDeque<Waiter>) {
+        earlier.append(&mut self.waiters);
+        self.waiters = earlier;
+    }
+
+    /// The queue is emptied (`flush`): everything not held open is gone.
+    pub fn flush(&mut self) {
+        self.next_unclaimed = self.tail;
+        self.deleted_below = self.tail;
+        self.recent.clear();
+        self.ahead.clear();
+        self.returned.clear();
+        self.swept.clear();
+        self.counters.bytes = self.open.values().sum();
+        self.counters.flushes += 1;
+        self.next_expiry = 0;
+        self.sweep = SweepCursor::default();
+    }
+
+    /// Starts a sweep pass behind the head, or goes on with the current one: where it reads
+    /// from. The first unclaimed message is the head's (the peek sweeps it) unless given-back
+    /// messages come first.
+    pub fn sweep_from(&mut self) -> u64 {
+        let start = self.next_unclaimed + u64::from(self.returned.is_empty());
+        let from = match self.sweep.from {
+            Some(from) => from.max(start),
+            None => {
+                self.sweep.earliest = 0;
+                start
+            }
+        };
+        self.sweep.from = Some(from);
+        from
+    }
+
+    /// A sweep round read up to `next` (None: the pass is over) and kept messages of which the
+    /// earliest expires at `kept_earliest`: the sweep looks at the queue again when the
+    /// earliest kept message (or the head's, `head_expiry`) expires once the pass is over, at
+    /// `resume_at` while it goes on, and never if nothing is left that could expire.
+    pub fn swept_to(
+        &mut self,
+        next: Option<u64>,
+        kept_earliest: u64,
+        head_expiry: u64,
+        resume_at: u64,
+    ) {
+        self.sweep.earliest = earliest(self.sweep.earliest, kept_earliest);
+        match next {
+            None => {
+                self.sweep.from = None;
+                self.next_expiry = earliest(self.sweep.earliest, head_expiry);
+            }
+            Some(next) => {
+                self.sweep.from = Some(next);
+                self.next_expiry = resume_at;
+            }
+        }
+        if self.items() == 0 && self.open.is_empty() {
+            self.next_expiry = 0;
+            self.sweep = SweepCursor::default();
+        }
+    }
+
+    /// The expiry index on disk is written for `next_expiry`.
+    pub fn expiry_indexed(&mut self) {
+        self.indexed_expiry = self.next_expiry;
+    }
+
+    /// The next write of the queue's record should delete the messages consumed since
+    /// `deleted_below`.
+    pub fn want_reclaim(&mut self) {
+        self.reclaim_wanted = true;
+    }
+
+    /// A write deletes every consumed message below `deleted_below`.
+    pub fn reclaimed_to(&mut self, deleted_below: u64) {
+        self.reclaim_wanted = false;
+        self.deleted_below = deleted_below;
+    }
+
+    /// Whether the reclaimer watches the queue.
+    pub fn set_reclaim_watched(&mut self, watched: bool) {
+        self.reclaim_watched = watched;
+    }
+
+    /// Every consumed message below `below` was compacted away.
+    pub fn compacted_to(&mut self, below: u64) {
+        self.compacted_below = below;
     }
 
     /// A queue that exists only because someone named it: nothing was ever committed to it or

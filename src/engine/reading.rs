@@ -18,7 +18,7 @@ pub(super) fn read<'a>(
 ) -> Result<Option<rocksdb::DBPinnableSlice<'a>>, Error> {
     engine
         .db
-        .get_pinned_cf(engine.messages(), store::message_key(q.id, seq))
+        .get_pinned_cf(engine.messages(), store::message_key(q.id(), seq))
         .map_err(|e| {
             log::error!("read failed: {e}");
             Error::Storage
@@ -46,7 +46,7 @@ fn copy_body(header: message::Header, body: &[u8], max_body: usize) -> Read {
 }
 
 /// Reads message `seq`, the head of a backlog not in memory, and the messages after it in the
-/// same scan (up to what is in memory or not yet written), keeping those in `q.ahead` as far as
+/// same scan (up to what is in memory or not yet written), keeping those in `q.ahead()` as far as
 /// the budget of in-memory messages allows: one seek instead of a point lookup per message.
 /// None if `seq` has no message (removed before a crash).
 fn read_ahead(
@@ -55,13 +55,13 @@ fn read_ahead(
     seq: u64,
     max_body: usize,
 ) -> Result<Option<Read>, Error> {
-    let mut end = q.written_end.min(seq.saturating_add(READ_AHEAD));
-    if let Some(first) = q.recent.first() {
+    let mut end = q.written_end().min(seq.saturating_add(READ_AHEAD));
+    if let Some(first) = q.recent().first() {
         end = end.min(first.max(seq + 1));
     }
     let mut options = ReadOptions::default();
-    options.set_iterate_upper_bound(store::message_key(q.id, end).to_vec());
-    let from = store::message_key(q.id, seq);
+    options.set_iterate_upper_bound(store::message_key(q.id(), end).to_vec());
+    let from = store::message_key(q.id(), seq);
     let scan = engine.db.iterator_cf_opt(
         engine.messages(),
         options,
@@ -89,7 +89,7 @@ fn read_ahead(
         bytes += body.len();
         fresh.keep(at, header, body.to_vec());
     }
-    q.ahead.extend(fresh, seq + 1);
+    q.keep_read_ahead(fresh, seq + 1);
     Ok(head)
 }
 
@@ -105,19 +105,19 @@ pub(super) fn take_locked(
     ops: &mut Uncommitted,
     max_body: usize,
 ) -> Result<Option<Taken>, Error> {
-    if q.retired {
+    if q.is_retired() {
         return Ok(None);
     }
     while let Some(seq) = q.front() {
-        let from_head = q.returned.is_empty();
+        let from_head = q.returned().is_empty();
         // From memory if it is kept there (its body is taken below): the queue's tail of recent
         // messages, or what an earlier read read ahead. Else from RocksDB, reading ahead when
         // this is the head of a backlog; a sequence number with no message (removed before a
         // crash) is skipped.
-        let kept = match q.recent.get(seq) {
+        let kept = match q.recent().get(seq) {
             Some(kept) => Some((kept.header, kept.body.len() as u64, Kept::Recent)),
             None => q
-                .ahead
+                .ahead()
                 .get(seq)
                 .map(|kept| (kept.header, kept.body.len() as u64, Kept::Ahead)),
         };
@@ -125,8 +125,8 @@ pub(super) fn take_locked(
             Some((header, len, from)) => (header, len, Err(from)),
             // Published ahead of its write and no longer in memory: not readable until the
             // write (it must not be skipped as gone).
-            None if seq >= q.written_end => return Ok(None),
-            None if seq == q.next_unclaimed => match read_ahead(engine, q, seq, max_body)? {
+            None if seq >= q.written_end() => return Ok(None),
+            None if seq == q.next_unclaimed() => match read_ahead(engine, q, seq, max_body)? {
                 Some((header, len, body)) => (header, len, Ok(body)),
                 None => {
                     q.pop_front();
@@ -146,8 +146,7 @@ pub(super) fn take_locked(
         };
         if header.is_expired_by(&now_ms) {
             q.pop_front();
-            q.counters.expired += 1;
-            q.counters.bytes = q.counters.bytes.saturating_sub(len);
+            q.count_expired(len);
             ops.push(removal(state, seq, from_head));
             continue;
         }
@@ -157,28 +156,22 @@ pub(super) fn take_locked(
         }
         let body = match (read_body, mode) {
             (Ok(body), _) => body,
-            (Err(Kept::Recent), TakeMode::Peek) => q.recent.get(seq).map(|k| k.body.clone()),
-            (Err(Kept::Ahead), TakeMode::Peek) => q.ahead.get(seq).map(|k| k.body.clone()),
+            (Err(Kept::Recent), TakeMode::Peek) => q.recent().get(seq).map(|k| k.body.clone()),
+            (Err(Kept::Ahead), TakeMode::Peek) => q.ahead().get(seq).map(|k| k.body.clone()),
             // Claimed: the body moves out of memory, uncopied.
-            (Err(Kept::Recent), _) => {
-                q.recent.forget_before(seq);
-                q.recent.take_front(seq).map(|kept| kept.body)
-            }
-            (Err(Kept::Ahead), _) => {
-                q.ahead.forget_before(seq);
-                q.ahead.take_front(seq).map(|kept| kept.body)
-            }
+            (Err(Kept::Recent), _) => q.claim_kept(seq, true),
+            (Err(Kept::Ahead), _) => q.claim_kept(seq, false),
         }
         .unwrap_or_default();
         match mode {
             TakeMode::Remove => {
                 q.pop_front();
-                q.counters.bytes = q.counters.bytes.saturating_sub(len);
+                q.forget_bytes(len);
                 ops.push(removal(state, seq, from_head));
             }
             TakeMode::Open => {
                 q.pop_front();
-                q.open.insert(seq, len);
+                q.hold_open(seq, len);
                 ops.push(Op::SaveRecord {
                     queue: state.clone(),
                 });
@@ -233,7 +226,7 @@ pub(super) fn serve_waiters(
         ops: std::mem::take(ops),
     };
     let mut next = 0;
-    while let Some(waiter) = q.waiters.get(next) {
+    while let Some(waiter) = q.waiters().get(next) {
         if q.items() == 0 {
             break;
         }
@@ -252,7 +245,7 @@ pub(super) fn serve_waiters(
             room,
         ) {
             Ok(Some(taken)) => {
-                let waiter = q.waiters.remove(next).expect("checked present");
+                let waiter = q.served(next).expect("checked present");
                 let event = Event::Delivered {
                     conn: waiter.conn.conn,
                     wait_id: waiter.wait_id,

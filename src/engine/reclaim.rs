@@ -88,7 +88,7 @@ pub(super) fn reclaim_pass(engine: &Engine, watched: &mut HashMap<u64, Watched>,
         moved.extend(engine.registry.loaded());
     }
     for queue in moved {
-        let id = queue.lock().id;
+        let id = queue.lock().id();
         watched.entry(id).or_insert(Watched {
             queue,
             last_head: u64::MAX,
@@ -100,26 +100,26 @@ pub(super) fn reclaim_pass(engine: &Engine, watched: &mut HashMap<u64, Watched>,
     watched.retain(|_, seen| {
         let state = &seen.queue;
         let mut q = state.lock();
-        if q.retired || !q.persisted {
+        if q.is_retired() || !q.is_persisted() {
             // Unloaded (its consumed messages deleted then) or deleted.
-            q.reclaim_watched = false;
+            q.set_reclaim_watched(false);
             return false;
         }
         // Messages below the head are consumed, but for the few still pending (given back or
         // held open), which the range deletes skip and compaction keeps.
-        let head = q.next_unclaimed;
-        let empty = q.items() == 0 && q.open.is_empty();
+        let head = q.next_unclaimed();
+        let empty = q.items() == 0 && q.open().is_empty();
         let stopped = head == seen.last_head;
         seen.last_head = head;
-        let dead = head.saturating_sub(q.compacted_below);
-        let behind = q.tail.saturating_sub(head);
+        let dead = head.saturating_sub(q.compacted_below());
+        let behind = q.tail().saturating_sub(head);
         let enough = if stopped {
             empty || dead >= COMPACT_STOPPED_AFTER
         } else {
             dead >= COMPACT_AFTER
         };
         let mut compacting = dead > 0 && (low_space || (enough && worth_compacting(dead, behind)));
-        let undeleted = head.saturating_sub(q.deleted_below);
+        let undeleted = head.saturating_sub(q.deleted_below());
         let mut deleting = undeleted >= DELETE_AFTER && worth_compacting(undeleted, behind);
         if compacting && !low_space && dead < COMPACT_STOPPED_AFTER {
             // An emptied queue with a few consumed messages: past the first few such queues in
@@ -132,9 +132,9 @@ pub(super) fn reclaim_pass(engine: &Engine, watched: &mut HashMap<u64, Watched>,
             }
         }
         if compacting || deleting {
-            log::debug!("queue {}: deleting consumed messages below {head}", q.id);
+            log::debug!("queue {}: deleting consumed messages below {head}", q.id());
             // The next write of the queue's record deletes its consumed messages.
-            q.reclaim_wanted = true;
+            q.want_reclaim();
             records.ops.push(Op::SaveRecord {
                 queue: state.clone(),
             });
@@ -145,7 +145,7 @@ pub(super) fn reclaim_pass(engine: &Engine, watched: &mut HashMap<u64, Watched>,
         let keep = !stopped || compacting || deleting;
         if !keep {
             // Watched again once the committer sees its head move.
-            q.reclaim_watched = false;
+            q.set_reclaim_watched(false);
         }
         keep
     });
@@ -169,9 +169,9 @@ pub(super) fn reclaim_pass(engine: &Engine, watched: &mut HashMap<u64, Watched>,
         let (record, deleted_below, compacted_below) = {
             let q = state.lock();
             (
-                store::QueueMeta::of(&q, q.tail),
-                q.deleted_below,
-                q.compacted_below,
+                store::QueueMeta::of(&q, q.tail()),
+                q.deleted_below(),
+                q.compacted_below(),
             )
         };
         let id = record.id;
@@ -188,7 +188,7 @@ pub(super) fn reclaim_pass(engine: &Engine, watched: &mut HashMap<u64, Watched>,
                 store::message_key(id, compacted_below),
                 store::message_key(id, deleted_below),
             );
-            state.lock().compacted_below = deleted_below;
+            state.lock().compacted_to(deleted_below);
             compacted_any = true;
         }
     }

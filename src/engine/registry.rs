@@ -181,7 +181,7 @@ impl Registry {
     /// Counts a queue that gets its first message staged; `Error::TooManyQueues` if
     /// `--max-queues` are there already.
     pub(super) fn count_new(&self, q: &mut QueueState) -> Result<(), Error> {
-        if q.counted {
+        if q.is_counted() {
             return Ok(());
         }
         let mut count = self.count.load(Ordering::Relaxed);
@@ -199,7 +199,7 @@ impl Registry {
                 Err(now) => count = now,
             }
         }
-        q.counted = true;
+        q.mark_counted();
         Ok(())
     }
 
@@ -272,11 +272,11 @@ impl Registry {
         };
         {
             let mut q = state.lock();
-            if q.retired || !q.is_ghost() || !q.waiters.is_empty() {
+            if q.is_retired() || !q.is_ghost() || !q.waiters().is_empty() {
                 return;
             }
             q.retire();
-            if q.counted {
+            if q.is_counted() {
                 // A put was staged and its write failed.
                 self.count.fetch_sub(1, Ordering::Relaxed);
             }
@@ -289,8 +289,8 @@ impl Registry {
     /// they were last used.
     pub(super) fn touch(&self, state: &QueueRef, q: &mut QueueState) {
         let now = self.recency.epoch.load(Ordering::Relaxed);
-        if q.last_used != now {
-            q.last_used = now;
+        if q.last_used() != now {
+            q.used_in(now);
             let mut lists = self.recency.lists.lock();
             match lists.generations.back_mut() {
                 Some((epoch, queues)) if *epoch == now => queues.push(state.clone()),
@@ -325,14 +325,14 @@ impl Registry {
         for (epoch, queues) in idle {
             for state in queues {
                 let mut q = state.lock();
-                if q.retired || q.last_used != epoch {
+                if q.is_retired() || q.last_used() != epoch {
                     // Gone, or used since: listed in a later generation.
                     continue;
                 }
                 let unloadable = q.unloadable(synced);
                 if !unloadable {
                     // Listed again as if used now, to be looked at once more when idle.
-                    q.last_used = now;
+                    q.used_in(now);
                 }
                 let empty = q.items() == 0;
                 drop(q);
@@ -370,7 +370,7 @@ impl Registry {
             drop(lists);
             for (epoch, state) in batch {
                 let mut q = state.lock();
-                if q.retired || q.last_used != epoch {
+                if q.is_retired() || q.last_used() != epoch {
                     continue;
                 }
                 if excess > 0 && q.unloadable(synced) {
@@ -378,7 +378,7 @@ impl Registry {
                     chosen.push(state);
                     excess -= 1;
                 } else {
-                    q.last_used = now;
+                    q.used_in(now);
                     drop(q);
                     again.push(state);
                 }
@@ -410,7 +410,7 @@ fn prune_cold(
         .filter(|(epoch, q)| {
             q.upgrade().is_some_and(|q| {
                 let q = q.lock();
-                !q.retired && q.last_used == *epoch
+                !q.is_retired() && q.last_used() == *epoch
             })
         })
         .collect()
@@ -428,7 +428,7 @@ impl RecordGuard<'_> {
     /// holders of its state see it retired and look the name up again, which loads it anew.
     pub(super) fn unload(&mut self, q: &mut QueueState) {
         q.retire();
-        self.loaded.remove(&q.name);
+        self.loaded.remove(q.name());
     }
 
     /// Gives back the map's memory once most of it is empty (after many queues were unloaded).

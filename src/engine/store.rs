@@ -236,13 +236,13 @@ impl QueueMeta {
     /// What the committer writes for `queue`, given the tail its batch commits.
     pub fn of(queue: &QueueState, tail: u64) -> QueueMeta {
         QueueMeta {
-            id: queue.id,
-            next_unclaimed: queue.next_unclaimed,
+            id: queue.id(),
+            next_unclaimed: queue.next_unclaimed(),
             tail,
-            counters: queue.counters,
+            counters: queue.counters(),
             pending: queue.pending(),
-            deleted_below: queue.deleted_below,
-            next_expiry: queue.next_expiry,
+            deleted_below: queue.deleted_below(),
+            next_expiry: queue.next_expiry(),
         }
     }
 

@@ -268,7 +268,7 @@ impl Harness {
             .unwrap()
             .unwrap()
             .lock()
-            .id
+            .id()
     }
 
     /// Stops the engine and closes its database, so the directory can be opened again.
@@ -345,7 +345,7 @@ fn a_full_tail_keeps_the_oldest_and_reads_stay_in_order() {
     let first: Vec<String> = (0..20).map(big).collect();
     h.put_many("q", &first.iter().map(String::as_str).collect::<Vec<_>>());
     let queue = h.engine.lookup(b"q").unwrap().unwrap();
-    let kept = |seq: u64| queue.lock().recent.get(seq).is_some();
+    let kept = |seq: u64| queue.lock().recent().get(seq).is_some();
     assert!(kept(0) && !kept(19), "the oldest kept, the newest refused");
     let refused = (0..20).find(|&seq| !kept(seq)).unwrap();
     for i in 0..5 {
@@ -375,7 +375,7 @@ fn a_backlog_is_read_ahead_in_order_once() {
     assert_eq!(body(&first), "m0");
     let queue = h.engine.lookup(b"b").unwrap().unwrap();
     assert_eq!(
-        queue.lock().ahead.first(),
+        queue.lock().ahead().first(),
         Some(1),
         "the next ones were read ahead"
     );
@@ -871,7 +871,7 @@ fn consumed_files_are_dropped_but_not_one_holding_a_pending_message() {
     let record = {
         let queue = h.engine.lookup(b"f").unwrap().unwrap();
         let q = queue.lock();
-        store::QueueMeta::of(&q, q.tail)
+        store::QueueMeta::of(&q, q.tail())
     };
     assert_eq!(record.pending, [50]);
 

@@ -45,8 +45,10 @@ pub(super) fn unload_idle(engine: &Engine) -> usize {
                 continue;
             }
             // Its consumed messages go with its last record: the reclaimer forgets it.
-            q.reclaim_wanted |= q.next_unclaimed > q.deleted_below;
-            let record = QueueMeta::of(&q, q.tail);
+            if q.next_unclaimed() > q.deleted_below() {
+                q.want_reclaim();
+            }
+            let record = QueueMeta::of(&q, q.tail());
             stage_record(engine, &mut write, state, &mut q, record, &mut buffers);
             records.unload(&mut q);
             unloaded += 1;

@@ -1,5 +1,5 @@
 //! One client connection: its socket, input and output buffers, and the loop that reads requests,
-//! runs them (see `session`) and writes replies. Reads are edge-triggered: a readable event is
+//! runs them (see `commands`) and writes replies. Reads are edge-triggered: a readable event is
 //! remembered until a read says WouldBlock or comes back short, so a connection paused by
 //! back-pressure or by a pending write resumes reading where it stopped.
 //!
@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use super::budget::{
     FREE_INPUT, FREE_OUTPUT, MAX_WRITES_PER_CONNECTION, MAX_WRITE_BYTES_PER_CONNECTION,
 };
+use super::commands::{self, Client};
 use super::monitoring::body_stream::{self, BodyStream};
 use super::monitoring::http_service;
 use super::output::Output;
-use super::requests::{is_write, GetInProgress, OpenRead, PendingWrite};
 use super::stream::Stream;
 use super::Ctx;
 use crate::engine::{ConnRef, Outcome, SyncPoint};
@@ -112,9 +112,8 @@ pub struct Connection {
     turn_started: u64,
     /// Close now (I/O error, protocol violation).
     pub dead: bool,
-    /// Writes with the committer, oldest first, each with how its reply is spelled.
-    pub(super) pending_writes: VecDeque<(PendingWrite, ReplyStyle)>,
-    /// Body bytes of each write in `pending_writes`, taken from the server's write budget.
+    /// Body bytes of each write with the committer, oldest first, taken from the server's
+    /// write budget.
     write_weights: VecDeque<usize>,
     /// Writes answered but maybe not on disk yet (the point they wait for, their body bytes):
     /// they keep their share of the write budget until synced, so that no client can write
@@ -129,26 +128,27 @@ pub struct Connection {
     /// The server's input budget refused to grow this connection's input buffer.
     parked_on_input: bool,
     /// The server's output budget has no room for this connection's next reply.
-    pub(super) parked_on_output: bool,
+    parked_on_output: bool,
     /// Bytes of the output budget this connection holds: what its replies (unsent, and those
     /// of a get in progress) take beyond `FREE_OUTPUT`, and `wait_reserved`.
-    pub(super) output_charged: usize,
+    output_charged: usize,
     /// Output budget bytes a blocked read reserved for the message it will be handed.
-    pub(super) wait_reserved: usize,
+    wait_reserved: usize,
     /// The socket took less than it was offered (its client is not reading as fast as replies
     /// come): no room of the output budget goes to it until it takes everything again.
     send_blocked: bool,
     /// Waiting for its client to read what its socket holds before it asks the output budget
     /// for room (see `PEER_BACKLOG`): retried now and then, as no event will say so.
-    pub(super) parked_on_reader: bool,
+    parked_on_reader: bool,
     /// Since when the input has held an incomplete request (or a body being discarded).
     partial_since: Option<Instant>,
     /// Last time bytes moved in either direction.
     last_active: Instant,
     /// Requests run in the current `drive`.
     requests_this_drive: usize,
-    pub(super) get: Option<GetInProgress>,
-    pub(super) open_reads: Vec<OpenRead>,
+    /// What its commands have in flight: writes with the committer, a get being answered,
+    /// messages held open.
+    commands: commands::State,
     /// The rest of an HTTP body rendered as its client reads it: later requests wait for it.
     body_stream: Option<Box<BodyStream>>,
 }
@@ -172,7 +172,6 @@ impl Connection {
             yielded: false,
             turn_started: 0,
             dead: false,
-            pending_writes: VecDeque::new(),
             write_weights: VecDeque::new(),
             unsynced_writes: VecDeque::new(),
             write_bytes: 0,
@@ -188,8 +187,7 @@ impl Connection {
             partial_since: None,
             last_active: Instant::now(),
             requests_this_drive: 0,
-            get: None,
-            open_reads: Vec::new(),
+            commands: commands::State::default(),
         }
     }
 
@@ -225,12 +223,10 @@ impl Connection {
         self.output.unsent()
     }
 
-    /// How the engine and the budgets name this connection.
-    pub(super) fn conn_ref(&self, ctx: &Ctx) -> ConnRef {
-        ConnRef {
-            mailbox: ctx.mailbox,
-            conn: self.id,
-        }
+    /// Reply bytes this connection holds: its output buffer, and the values of a get in
+    /// progress.
+    fn pending_output(&self) -> usize {
+        self.reply_memory() + self.commands.reply_bytes()
     }
 
     /// Unsent replies past which no more are produced until the client reads some.
@@ -249,37 +245,6 @@ impl Connection {
         pending.saturating_sub(FREE_OUTPUT) + self.wait_reserved + streaming
     }
 
-    /// Bytes of memory the replies not sent yet hold.
-    pub(super) fn reply_memory(&self) -> usize {
-        self.output.memory()
-    }
-
-    /// Brings the output budget's charge in line with `pending` bytes of replies (the output
-    /// buffer, and a get's values not yet appended). They are held already, so the charge is
-    /// taken even past the budget: the checks before each command and each read keep that rare.
-    pub(super) fn charge_output(&mut self, pending: usize, ctx: &Ctx) {
-        let wanted = self.output_share(pending);
-        let budget = &ctx.shared.output.bytes;
-        if wanted > self.output_charged {
-            budget.force_take(wanted - self.output_charged);
-        } else if wanted < self.output_charged {
-            budget.give(self.output_charged - wanted);
-        }
-        self.output_charged = wanted;
-    }
-
-    /// Room for more reply bytes, given `pending` bytes of replies: what is left of this
-    /// connection's allowance, and the room the output budget would give it. A connection whose
-    /// client does not take what it has is given no room from the budget: the budget goes to
-    /// clients that read.
-    pub(super) fn output_room(&self, pending: usize, ctx: &Ctx) -> (usize, usize) {
-        let own = FREE_OUTPUT.saturating_sub(pending);
-        if !self.reader_keeps_up() {
-            return (own, 0);
-        }
-        (own, ctx.shared.output.room_for(self.conn_ref(ctx)))
-    }
-
     /// Whether its client reads what it is sent: its socket took all it was offered, and holds
     /// little its client has not read.
     fn reader_keeps_up(&self) -> bool {
@@ -288,21 +253,6 @@ impl Connection {
                 .stream
                 .unread_by_peer()
                 .is_none_or(|unread| unread <= PEER_BACKLOG)
-    }
-
-    /// Waits in line for room in the output budget; or, if its client is not reading, for its
-    /// client first (a full socket says when with an event; otherwise it is retried).
-    pub(super) fn wait_for_output_room(&mut self, ctx: &Ctx) {
-        if self.reader_keeps_up() {
-            ctx.shared.output.join(self.conn_ref(ctx));
-            self.parked_on_output = true;
-            return;
-        }
-        // Its place in line, if it had one, goes to clients that read.
-        ctx.shared.output.leave(self.conn_ref(ctx));
-        if !self.send_blocked {
-            self.parked_on_reader = true;
-        }
     }
 
     /// Whether a command may run now as far as replies go: this connection's own are within
@@ -370,7 +320,10 @@ impl Connection {
         // is cancelled rather than answered: a client that went away while blocked must not
         // take a message with it (reading goes on while a read waits, so we notice).
         // Requests it has not had its turn for yet are run first.
-        if self.eof && self.pending_writes.is_empty() && !self.yielded && self.body_stream.is_none()
+        if self.eof
+            && !self.commands.writes_pending()
+            && !self.yielded
+            && self.body_stream.is_none()
         {
             self.closing = true;
         }
@@ -378,7 +331,7 @@ impl Connection {
 
     /// True when the connection should be closed and forgotten now.
     pub fn finished(&self) -> bool {
-        self.dead || (self.closing && self.output.is_empty() && self.pending_writes.is_empty())
+        self.dead || (self.closing && self.output.is_empty() && !self.commands.writes_pending())
     }
 
     fn accepting_input(&self, ctx: &Ctx) -> bool {
@@ -407,15 +360,11 @@ impl Connection {
         self.parked_on_output = false;
         self.parked_on_reader = false;
         self.release_synced_writes(ctx);
-        if self
-            .get
-            .as_ref()
-            .is_some_and(|get| get.room_needed.is_some())
-        {
+        if commands::waits_for_room(self) {
             // A read waits for room for its message: try it again.
-            self.continue_get(ctx);
+            commands::resume_get(self, ctx);
         }
-        while self.get.is_none() && !self.closing && !self.dead {
+        while !self.commands.reading() && !self.closing && !self.dead {
             self.input_start += self.framer.discard(self.input_end - self.input_start);
             if self.framer.skipping() {
                 self.partial_since.get_or_insert_with(Instant::now);
@@ -492,8 +441,8 @@ impl Connection {
             };
             // A reply may not overtake the replies to writes still being committed, and a
             // read must see this connection's earlier writes: only writes may pipeline.
-            let must_wait = !self.pending_writes.is_empty()
-                && !matches!(&parsed, Parsed::Command { command, .. } if is_write(command));
+            let must_wait = self.commands.writes_pending()
+                && !matches!(&parsed, Parsed::Command { command, .. } if commands::is_write(command));
             if must_wait {
                 return Stop::Waiting;
             }
@@ -508,14 +457,14 @@ impl Connection {
                     command,
                     style,
                 } => {
-                    if is_write(&command) && !self.admit_write(&command, ctx) {
+                    if commands::is_write(&command) && !self.admit_write(&command, ctx) {
                         self.parked_on_writes = true;
                         return Stop::Waiting;
                     }
                     self.partial_since = None;
                     self.input_start += consumed;
                     self.requests_this_drive += 1;
-                    self.execute(command, style, ctx);
+                    commands::execute(command, style, self, ctx);
                     self.charge_output(self.pending_output(), ctx);
                 }
                 Parsed::Invalid {
@@ -540,13 +489,7 @@ impl Connection {
     /// Takes a write's share of the server's write budget; false if it is exhausted. A put
     /// weighs its body once per queue it is written to: its fan-out copies are written too.
     fn admit_write(&mut self, command: &Command, ctx: &Ctx) -> bool {
-        let bytes = match command {
-            Command::Set(set) => {
-                let copies = 1 + ctx.shared.engine.fanout_count(&set.queue);
-                set.body.len().saturating_mul(copies)
-            }
-            _ => 0,
-        };
+        let bytes = commands::write_weight(command, ctx);
         if !ctx.shared.writes.try_admit(self.conn_ref(ctx), bytes) {
             return false;
         }
@@ -563,7 +506,7 @@ impl Connection {
             self.release_synced_writes(ctx);
         }
         self.floor = self.floor.max(durable_at);
-        self.complete_write(outcome, ctx);
+        commands::write_answered(self, outcome, ctx);
     }
 
     /// The connection is being closed: gives back its input budget and open messages, and
@@ -571,7 +514,7 @@ impl Connection {
     /// when the committer answers them).
     pub fn discard(&mut self, ctx: &mut Ctx) -> VecDeque<usize> {
         self.set_input_len(0, ctx);
-        self.release(ctx);
+        commands::release_reads(self, ctx);
         ctx.shared.output.leave(self.conn_ref(ctx));
         ctx.shared.writes.leave(self.conn_ref(ctx));
         ctx.shared.input_budget.leave(self.conn_ref(ctx));
@@ -612,7 +555,8 @@ impl Connection {
         // Replies not written yet (they go out at the end of the pass, or wait for a sync or
         // for the client to read) make it busy too, as memcached's idle timeout skips
         // connections in the middle of writing.
-        let busy = self.get.is_some() || !self.pending_writes.is_empty() || !self.output.is_empty();
+        let busy =
+            self.commands.reading() || self.commands.writes_pending() || !self.output.is_empty();
         if !busy && older(self.last_active, ctx.shared.idle_timeout) {
             return Some("idle past --idle-timeout");
         }
@@ -648,18 +592,6 @@ impl Connection {
             self.input.resize(len, 0);
         }
         true
-    }
-
-    /// Appends a reply spelled as its request's `style` says (maybe nothing, for a quiet
-    /// request), sent once this connection's answered writes are on disk.
-    pub(super) fn reply(&mut self, reply: &Reply, style: &ReplyStyle) {
-        self.reply_after(reply, SyncPoint::NONE, style);
-    }
-
-    /// Appends a reply that also waits for `point` (it shows a message maybe not on disk yet).
-    pub(super) fn reply_after(&mut self, reply: &Reply, point: SyncPoint, style: &ReplyStyle) {
-        let output = self.output.append_after(point.max(self.floor));
-        protocol::encode(reply, style, output);
     }
 
     /// Reads until the socket has no more or the input limit is reached. True if anything came.
@@ -758,5 +690,88 @@ impl Connection {
         if self.output_charged > 0 {
             self.charge_output(self.pending_output(), ctx);
         }
+    }
+}
+
+/// What its commands see of a connection (see `commands::Client`).
+impl Client for Connection {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// How the engine and the budgets name this connection.
+    fn conn_ref(&self, ctx: &Ctx) -> ConnRef {
+        ConnRef {
+            mailbox: ctx.mailbox,
+            conn: self.id,
+        }
+    }
+
+    /// Appends a reply that also waits for `point` (it shows a message maybe not on disk yet).
+    fn reply_after(&mut self, reply: &Reply, point: SyncPoint, style: &ReplyStyle) {
+        let output = self.output.append_after(point.max(self.floor));
+        protocol::encode(reply, style, output);
+    }
+
+    /// Bytes of memory the replies not sent yet hold.
+    fn reply_memory(&self) -> usize {
+        self.output.memory()
+    }
+
+    /// Room for more reply bytes, given `pending` bytes of replies: what is left of this
+    /// connection's allowance, and the room the output budget would give it. A connection whose
+    /// client does not take what it has is given no room from the budget: the budget goes to
+    /// clients that read.
+    fn output_room(&self, pending: usize, ctx: &Ctx) -> (usize, usize) {
+        let own = FREE_OUTPUT.saturating_sub(pending);
+        if !self.reader_keeps_up() {
+            return (own, 0);
+        }
+        (own, ctx.shared.output.room_for(self.conn_ref(ctx)))
+    }
+
+    /// Brings the output budget's charge in line with `pending` bytes of replies (the output
+    /// buffer, and a get's values not yet appended). They are held already, so the charge is
+    /// taken even past the budget: the checks before each command and each read keep that rare.
+    fn charge_output(&mut self, pending: usize, ctx: &Ctx) {
+        let wanted = self.output_share(pending);
+        let budget = &ctx.shared.output.bytes;
+        if wanted > self.output_charged {
+            budget.force_take(wanted - self.output_charged);
+        } else if wanted < self.output_charged {
+            budget.give(self.output_charged - wanted);
+        }
+        self.output_charged = wanted;
+    }
+
+    /// Waits in line for room in the output budget; or, if its client is not reading, for its
+    /// client first (a full socket says when with an event; otherwise it is retried).
+    fn wait_for_output_room(&mut self, ctx: &Ctx) {
+        if self.reader_keeps_up() {
+            ctx.shared.output.join(self.conn_ref(ctx));
+            self.parked_on_output = true;
+            return;
+        }
+        // Its place in line, if it had one, goes to clients that read.
+        ctx.shared.output.leave(self.conn_ref(ctx));
+        if !self.send_blocked {
+            self.parked_on_reader = true;
+        }
+    }
+
+    fn state(&mut self) -> &mut commands::State {
+        &mut self.commands
+    }
+
+    fn leave_output_line(&self, ctx: &Ctx) {
+        ctx.shared.output.leave(self.conn_ref(ctx));
+    }
+
+    fn reserve_output(&mut self, bytes: usize) {
+        self.wait_reserved = bytes;
+    }
+
+    fn close(&mut self) {
+        self.closing = true;
     }
 }

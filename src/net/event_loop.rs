@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::commands;
 use super::connection::Connection;
 use super::housekeeping::{Chores, Orphans};
 use super::stream::{Listener, Stream};
@@ -248,13 +249,13 @@ impl EventLoop {
             let now = Instant::now();
             while let Some((conn, wait_id)) = self.timers.pop_due(now) {
                 if let Some(slot) = self.slot_of(conn) {
-                    self.with_conn(slot, |c, ctx| c.wait_expired(wait_id, ctx));
+                    self.with_conn(slot, |c, ctx| commands::wait_expired(c, wait_id, ctx));
                     self.drive(slot);
                 }
             }
             while let Some((conn, open_id)) = self.open_timers.pop_due(now) {
                 if let Some(slot) = self.slot_of(conn) {
-                    self.with_conn(slot, |c, ctx| c.open_expired(open_id, ctx));
+                    self.with_conn(slot, |c, ctx| commands::open_expired(c, open_id, ctx));
                 }
             }
             self.retry_parked();
@@ -537,7 +538,8 @@ impl EventLoop {
             } => {
                 let refused = match self.slot_of(conn) {
                     Some(slot) => {
-                        let result = self.with_conn(slot, |c, ctx| c.deliver(wait_id, taken, ctx));
+                        let result = self
+                            .with_conn(slot, |c, ctx| commands::deliver(c, wait_id, taken, ctx));
                         self.drive(slot);
                         result.and_then(Result::err)
                     }
@@ -564,7 +566,7 @@ impl EventLoop {
         let overdue = Instant::now() >= deadline;
         for slot in 0..self.conns.len() {
             let finished = self.with_conn(slot, |c, ctx| {
-                c.end_wait(ctx);
+                commands::end_wait(c, ctx);
                 c.closing = true;
                 c.flush(ctx);
                 overdue || c.finished()

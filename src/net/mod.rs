@@ -1,6 +1,10 @@
 //! The network side: listeners, event loops, connections and what each command does on them.
 //! It owns connections and time; the engine owns the queues.
 //!
+//! Layers, each using only those below it: `server` starts the `event_loop`s; a loop drives
+//! its `connection`s (bytes, buffers, budgets, timers); a connection hands each parsed request
+//! to `commands` (what the request means, over the engine's API).
+//!
 //! Each event loop is a thread with its own mio `Poll`. Loop 0 accepts and deals connections out
 //! round-robin, so both cores parse and answer; a connection stays on its loop for life. Writes
 //! a loop collects in one iteration go to the engine's committer together.
@@ -12,6 +16,7 @@
 //! them.
 
 pub mod budget;
+mod commands;
 mod config;
 mod connection;
 mod event_loop;
@@ -20,9 +25,7 @@ mod housekeeping;
 mod identity;
 pub mod monitoring;
 mod output;
-mod requests;
 pub mod server;
-mod session;
 mod stream;
 pub mod systemd;
 mod timers;
@@ -116,6 +119,38 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// What the loops of a server started with `config` share, over `engine`.
+    fn new(
+        engine: Arc<Engine>,
+        config: &ServerConfig,
+        cluster: Option<Arc<crate::replication::status::Status>>,
+    ) -> Shared {
+        let limits = Limits {
+            max_message_size: config.max_message_size,
+        };
+        Shared {
+            engine,
+            limits,
+            input_limit: crate::protocol::input_limit(&limits),
+            input_budget: budget::InputBudget::new(config.input_budget),
+            writes: budget::WriteBudget::new(budget::MAX_WRITES, budget::MAX_WRITE_BYTES),
+            output: budget::OutputBudget::new(config.output_budget),
+            request_timeout: config.request_timeout,
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections as u64,
+            max_open_reads: config.max_open_reads,
+            open_timeout: config.open_timeout,
+            threads: config.threads,
+            started: Instant::now(),
+            curr_connections: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+            loop_stats: OnceLock::new(),
+            shutting_down: AtomicBool::new(false),
+            connection_counts: Arc::default(),
+            cluster,
+        }
+    }
+
     pub fn loop_totals(&self) -> Totals {
         let mut t = Totals::default();
         for s in self.loop_stats.get().into_iter().flatten() {

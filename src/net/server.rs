@@ -3,15 +3,13 @@
 //! answers what is in flight before it exits. Started as root with `-u`, it binds and opens
 //! everything first and then runs as that user.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use mio::{Poll, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::budget::{InputBudget, OutputBudget, WriteBudget, MAX_WRITES, MAX_WRITE_BYTES};
 use super::event_loop::{EventLoop, LoopWaker, Peer};
 use super::identity::{self, Identity};
 use super::stream::{self, Listener, SocketFile};
@@ -20,7 +18,6 @@ use super::{systemd, LoopStats, Shared};
 use crate::engine::MemoryBudget;
 use crate::engine::{Engine, EngineConfig, Mailbox};
 
-use crate::protocol::Limits;
 use crate::replication::Replica;
 
 /// Serves until SIGTERM or SIGINT.
@@ -94,30 +91,8 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         }
         None => None,
     };
-    let limits = Limits {
-        max_message_size: config.max_message_size,
-    };
-    let shared = Arc::new(Shared {
-        engine: engine.clone(),
-        limits,
-        input_limit: crate::protocol::input_limit(&limits),
-        input_budget: InputBudget::new(config.input_budget),
-        writes: WriteBudget::new(MAX_WRITES, MAX_WRITE_BYTES),
-        output: OutputBudget::new(config.output_budget),
-        request_timeout: config.request_timeout,
-        idle_timeout: config.idle_timeout,
-        max_connections: config.max_connections as u64,
-        max_open_reads: config.max_open_reads,
-        open_timeout: config.open_timeout,
-        threads,
-        started: Instant::now(),
-        curr_connections: AtomicU64::new(0),
-        total_connections: AtomicU64::new(0),
-        loop_stats: OnceLock::new(),
-        shutting_down: AtomicBool::new(false),
-        connection_counts: Arc::default(),
-        cluster: replica.as_ref().map(|r| r.status().clone()),
-    });
+    let cluster = replica.as_ref().map(|r| r.status().clone());
+    let shared = Arc::new(Shared::new(engine.clone(), &config, cluster));
 
     let stats: Vec<Arc<LoopStats>> = (0..threads).map(|_| Arc::default()).collect();
     let _ = shared.loop_stats.set(stats.clone());

@@ -22,46 +22,46 @@ pub(super) fn make_room(
 ) -> Result<(), Error> {
     let limits = c.engine.config.limits;
     let over = |q: &QueueState, staged_items: usize, staged_bytes: u64| {
-        let items = q.items() + q.open.len() as u64 + staged_items as u64;
-        let bytes = q.counters.bytes + staged_bytes;
+        let items = q.items() + q.open().len() as u64 + staged_items as u64;
+        let bytes = q.counters().bytes + staged_bytes;
         limits.max_items.is_some_and(|max| items + 1 > max)
             || limits.max_bytes.is_some_and(|max| bytes + len > max)
     };
     let staged = batch
         .touched
-        .get(&q.id)
+        .get(&q.id())
         .map_or((0, 0), |t| (t.staged.len(), t.added_bytes));
     if !over(q, staged.0, staged.1) {
         return Ok(());
     }
-    let open_bytes: u64 = q.open.values().sum();
+    let open_bytes: u64 = q.open().values().sum();
     let never_fits = limits
         .max_items
-        .is_some_and(|max| q.open.len() as u64 + 1 > max)
+        .is_some_and(|max| q.open().len() as u64 + 1 > max)
         || limits.max_bytes.is_some_and(|max| open_bytes + len > max);
     if !limits.discard_old || never_fits {
         return Err(Error::QueueFull);
     }
     let now = message::now_ms();
     let messages = c.engine.messages();
-    let touched = touch(&mut batch.touched, queue, q.id);
+    let touched = touch(&mut batch.touched, queue, q.id());
     while over(q, touched.staged.len(), touched.added_bytes) {
         if let Some((seq, dropped)) = discard_committed(c, queue, q, now) {
             batch
                 .write
-                .delete_cf(messages, store::message_key(q.id, seq));
+                .delete_cf(messages, store::message_key(q.id(), seq));
             touched.discarded.push((seq, dropped));
         } else if let Some((seq, dropped)) = touched.staged.pop_front() {
             // The put and its delete cancel out within the batch.
             batch
                 .write
-                .delete_cf(messages, store::message_key(q.id, seq));
+                .delete_cf(messages, store::message_key(q.id(), seq));
             touched.added_bytes -= dropped;
             touched.dropped_staged += 1;
         } else {
             return Err(Error::QueueFull);
         }
-        q.counters.discarded += 1;
+        q.count_discarded();
     }
     Ok(())
 }
@@ -89,6 +89,6 @@ fn discard_committed(
     let claimed = q.pop_front();
     debug_assert_eq!(claimed, Some(taken.seq));
     let len = taken.body.len() as u64;
-    q.counters.bytes = q.counters.bytes.saturating_sub(len);
+    q.forget_bytes(len);
     Some((taken.seq, len))
 }

@@ -32,34 +32,34 @@ pub(in crate::engine) fn stage_record(
     mut record: QueueMeta,
     buffers: &mut RecordBuffers,
 ) {
-    if q.reclaim_wanted {
+    if q.reclaim_wanted() {
         // In the same write as the record that says they are consumed.
-        q.reclaim_wanted = false;
-        q.deleted_below = store::delete_consumed(
+        let deleted_below = store::delete_consumed(
             write,
             &engine.messages(),
             &record,
-            q.deleted_below,
+            q.deleted_below(),
             MOST_RECLAIM_RANGES,
         );
+        q.reclaimed_to(deleted_below);
     }
-    record.deleted_below = q.deleted_below;
-    if q.next_expiry != q.indexed_expiry {
+    record.deleted_below = q.deleted_below();
+    if q.next_expiry() != q.indexed_expiry() {
         let meta = engine.meta();
-        if q.indexed_expiry != 0 {
-            write.delete_cf(meta, store::expiry_key(q.indexed_expiry, q.id));
+        if q.indexed_expiry() != 0 {
+            write.delete_cf(meta, store::expiry_key(q.indexed_expiry(), q.id()));
         }
-        if q.next_expiry != 0 {
-            write.put_cf(meta, store::expiry_key(q.next_expiry, q.id), &q.name);
+        if q.next_expiry() != 0 {
+            write.put_cf(meta, store::expiry_key(q.next_expiry(), q.id()), q.name());
         }
-        q.indexed_expiry = q.next_expiry;
+        q.expiry_indexed();
     }
-    record.next_expiry = q.indexed_expiry;
+    record.next_expiry = q.indexed_expiry();
     record.encode_into(&mut buffers.record);
-    store::meta_key_into(&mut buffers.key, &q.name);
+    store::meta_key_into(&mut buffers.key, q.name());
     write.put_cf(engine.meta(), &buffers.key, &buffers.record);
-    if record.next_unclaimed > q.deleted_below && !q.reclaim_watched {
-        q.reclaim_watched = true;
+    if record.next_unclaimed > q.deleted_below() && !q.reclaim_watched() {
+        q.set_reclaim_watched(true);
         engine.reclaim_watch.lock().push(state.clone());
     }
 }

@@ -8,7 +8,6 @@ use rocksdb::WriteBatch;
 use super::{Batch, Committer};
 use crate::engine::durability::SyncPoint;
 use crate::engine::events::Outcome;
-use crate::engine::queue::QueueState;
 use crate::engine::store::{self, QueueMeta};
 use crate::engine::{Error, QueueRef};
 
@@ -27,21 +26,24 @@ pub(super) fn delete_queue(c: &mut Committer<'_>, name: &[u8]) -> (Outcome, Sync
     records.forget(name);
     let mut q = queue.lock();
     q.retire();
-    let waiters = std::mem::take(&mut q.waiters);
+    let waiters = q.take_waiters();
     let mut outcome = (Outcome::Deleted, SyncPoint::NONE);
-    if q.persisted {
-        let (first, end) = (store::message_key(q.id, 0), store::message_key(q.id + 1, 0));
+    if q.is_persisted() {
+        let (first, end) = (
+            store::message_key(q.id(), 0),
+            store::message_key(q.id() + 1, 0),
+        );
         let mut write = WriteBatch::default();
         write.delete_cf(c.engine.meta(), store::meta_key(name));
-        if q.indexed_expiry != 0 {
-            let key = store::expiry_key(q.indexed_expiry, q.id);
+        if q.indexed_expiry() != 0 {
+            let key = store::expiry_key(q.indexed_expiry(), q.id());
             write.delete_cf(c.engine.meta(), key);
         }
         write.delete_range_cf(c.engine.messages(), first, end);
         outcome = match c.engine.write(write, true) {
             Ok(point) => {
                 // The reclaimer compacts the range so the disk space comes back.
-                c.engine.deleted_ids.lock().push(q.id);
+                c.engine.deleted_ids.lock().push(q.id());
                 (Outcome::Deleted, point)
             }
             Err(e) => {
@@ -50,7 +52,7 @@ pub(super) fn delete_queue(c: &mut Committer<'_>, name: &[u8]) -> (Outcome, Sync
             }
         };
     }
-    if q.counted {
+    if q.is_counted() {
         records.uncount();
     }
     drop(q);
@@ -61,8 +63,7 @@ pub(super) fn delete_queue(c: &mut Committer<'_>, name: &[u8]) -> (Outcome, Sync
         match c.engine.lookup_or_create(name) {
             Ok(successor) => {
                 let mut successor = successor.lock();
-                let later = std::mem::replace(&mut successor.waiters, waiters);
-                successor.waiters.extend(later);
+                successor.adopt_waiters(waiters);
             }
             Err(e) => log::error!("blocked readers of a deleted queue are lost: {e:?}"),
         }
@@ -91,27 +92,27 @@ pub(super) fn flush(c: &mut Committer<'_>, name: Option<&[u8]>) -> (Outcome, Syn
     let mut batch = Batch::default();
     for queue in &queues {
         let mut q = queue.lock();
-        if !q.persisted || q.retired {
+        if !q.is_persisted() || q.is_retired() {
             continue;
         }
         // Every key below the tail but the open messages': also those of messages taken
         // before a crash whose removal never reached the disk.
         let messages = c.engine.messages();
-        let mut open: Vec<u64> = q.open.keys().copied().collect();
+        let mut open: Vec<u64> = q.open().keys().copied().collect();
         open.sort_unstable();
         let mut from = 0;
-        for seq in open.into_iter().chain([q.tail]) {
+        for seq in open.into_iter().chain([q.tail()]) {
             if from < seq {
                 let (first, end) = (
-                    store::message_key(q.id, from),
-                    store::message_key(q.id, seq),
+                    store::message_key(q.id(), from),
+                    store::message_key(q.id(), seq),
                 );
                 batch.write.delete_range_cf(messages, first, end);
             }
             from = seq + 1;
         }
-        flush_state(&mut q);
-        let id = q.id;
+        q.flush();
+        let id = q.id();
         drop(q);
         batch.touch(queue, id);
     }
@@ -179,18 +180,4 @@ fn flush_record(c: &Committer<'_>, write: &mut WriteBatch, name: &[u8], mut reco
     record.counters.bytes = 0;
     record.counters.flushes += 1;
     write.put_cf(c.engine.meta(), store::meta_key(name), record.encode());
-}
-
-/// Empties a queue's state: everything not held open is gone.
-fn flush_state(q: &mut QueueState) {
-    q.next_unclaimed = q.tail;
-    q.deleted_below = q.tail;
-    q.recent.clear();
-    q.ahead.clear();
-    q.returned.clear();
-    q.swept.clear();
-    q.counters.bytes = q.open.values().sum();
-    q.counters.flushes += 1;
-    q.next_expiry = 0;
-    q.sweep = Default::default();
 }

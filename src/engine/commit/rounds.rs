@@ -110,7 +110,7 @@ pub(super) fn may_publish_early(c: &Committer<'_>, batch: &Batch) -> bool {
             return false;
         }
         let adds = touched.fresh.as_ref().map_or(0, Fresh::cost);
-        if adds > touched.queue.lock().recent.room() {
+        if adds > touched.queue.lock().recent().room() {
             return false;
         }
         cost += adds;
@@ -190,7 +190,7 @@ pub(super) fn written_out(c: &mut Committer<'_>, queues: Vec<QueueRef>) {
         let tails = queues
             .into_iter()
             .map(|queue| {
-                let tail = queue.lock().tail;
+                let tail = queue.lock().tail();
                 (queue, tail)
             })
             .collect();
@@ -200,8 +200,8 @@ pub(super) fn written_out(c: &mut Committer<'_>, queues: Vec<QueueRef>) {
     let mut outbox = Outbox::new(&c.engine.mailboxes);
     for queue in queues {
         let mut q = queue.lock();
-        q.written_end = q.tail;
-        if !q.waiters.is_empty() {
+        q.all_written();
+        if !q.waiters().is_empty() {
             crate::engine::reading::serve_waiters(
                 c.engine,
                 &queue,
