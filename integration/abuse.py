@@ -396,7 +396,19 @@ def big_gets(server, conns=20, body=32 * MB, settle=3.0):
     peak = peak_mb(server)
     bystander = bystander_round_trip(server)
     reply = len(b"VALUE bigg/peek 0 %d\r\n" % body) + body + len(b"\r\nEND\r\n")
-    served = sum(_drain_replies(sock, reply, timeout=120) for sock in socks)
+    # Every client reads its own socket, as real ones do: read one at a time, the test would
+    # wait on a reader still in line for room while the readers served first go unread.
+    results = [False] * conns
+
+    def read(i):
+        results[i] = _drain_replies(socks[i], reply, timeout=120)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    served = sum(results)
     for sock in socks:
         sock.close()
     return {
