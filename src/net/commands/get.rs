@@ -90,7 +90,8 @@ pub(in crate::net) fn resume(client: &mut impl Client, ctx: &mut Ctx) {
     let Some(mut get) = client.state().get.take() else {
         return;
     };
-    let room_needed = get.room_needed.take();
+    // Set when the read at `get.next` already ran and waits for room: this is a retry of it.
+    let mut room_needed = get.room_needed.take();
     // One get line can name thousands of keys: stop taking messages once the reply is big
     // enough, and leave the remaining keys' messages in their queues.
     let budget = GET_REPLY_BUDGET.max(ctx.shared.limits.max_message_size);
@@ -110,9 +111,13 @@ pub(in crate::net) fn resume(client: &mut impl Client, ctx: &mut Ctx) {
             (_, true) => TakeMode::Peek,
             _ => TakeMode::Remove,
         };
-        ctx.stats.get_cmds.fetch_add(1, Ordering::Relaxed);
-        if read.peek {
-            ctx.stats.cmd_peek.fetch_add(1, Ordering::Relaxed);
+        let room_needed = room_needed.take();
+        if room_needed.is_none() {
+            // Counted once: a read waiting for room is retried every few milliseconds.
+            ctx.stats.get_cmds.fetch_add(1, Ordering::Relaxed);
+            if read.peek {
+                ctx.stats.cmd_peek.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let wait = match read.wait_ms {
             Some(ms) if ms > 0 => {

@@ -25,13 +25,17 @@ impl Wake for NoWake {
     fn wake(&self) {}
 }
 
-/// A connection that is only its replies, with room for any of them.
+/// A connection that is only its replies, with room for any of them (unless `room` says
+/// otherwise).
 #[derive(Default)]
 struct Fake {
     state: State,
     out: Vec<u8>,
     reserved: usize,
     closed: bool,
+    /// Room for replies, if limited: then a read that does not fit waits (`waits`).
+    room: Option<usize>,
+    waits: usize,
 }
 
 impl Fake {
@@ -61,11 +65,12 @@ impl Client for Fake {
         self.out.len()
     }
     fn output_room(&self, _: usize, _: &Ctx) -> (usize, usize) {
-        (64 << 10, 1 << 20)
+        self.room.map_or((64 << 10, 1 << 20), |room| (room, 0))
     }
     fn charge_output(&mut self, _: usize, _: &Ctx) {}
     fn wait_for_output_room(&mut self, _: &Ctx) {
-        panic!("a fake client always has room");
+        assert!(self.room.is_some(), "a fake client has room unless limited");
+        self.waits += 1;
     }
     fn leave_output_line(&self, _: &Ctx) {}
     fn reserve_output(&mut self, bytes: usize) {
@@ -219,6 +224,44 @@ fn a_set_is_answered_once_committed_and_a_get_takes_it() {
     assert_eq!(count(&stats.get_cmds), 2);
     assert_eq!(count(&stats.get_hits), 1);
     assert_eq!(count(&stats.get_misses), 1);
+}
+
+#[test]
+fn a_read_waiting_for_room_counts_once_however_often_it_is_retried() {
+    let mut lp = Loop::new();
+    let mut c = Fake::default();
+    assert_eq!(
+        lp.answer(
+            &mut c,
+            "set q 0 0 1000\r\n{}\r\n"
+                .replace("{}", &"x".repeat(1000))
+                .as_str()
+        ),
+        "STORED\r\n"
+    );
+    c.room = Some(100);
+    lp.run(&mut c, "get q/peek\r\n");
+    assert_eq!(
+        (c.waits, c.replies().as_str()),
+        (1, ""),
+        "no room: it waits"
+    );
+    for _ in 0..5 {
+        // The loop retries a parked connection every few milliseconds.
+        lp.with_ctx(|ctx| super::get::resume(&mut c, ctx));
+    }
+    assert_eq!(c.waits, 6, "still no room");
+    c.room = None;
+    lp.with_ctx(|ctx| super::get::resume(&mut c, ctx));
+    assert!(c.replies().starts_with("VALUE q/peek 0 1000\r\n"));
+    let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    assert_eq!(
+        count(&lp.stats.get_cmds),
+        1,
+        "one get, however often retried"
+    );
+    assert_eq!(count(&lp.stats.cmd_peek), 1);
+    assert_eq!(count(&lp.stats.get_hits), 1);
 }
 
 #[test]
