@@ -77,90 +77,89 @@ impl Cluster {
     }
 }
 
-impl Engine {
-    /// Under `--cluster`: where `write` sends its batches (once, before the node can lead).
-    pub fn propose_to(&self, proposer: Proposer) {
-        if let Some(cluster) = &self.cluster {
-            let _ = cluster.proposer.set(proposer);
-        }
+/// Under `--cluster`: where `write` sends its batches (once, before the node can lead).
+pub(super) fn propose_to(engine: &Engine, proposer: Proposer) {
+    if let Some(cluster) = &engine.cluster {
+        let _ = cluster.proposer.set(proposer);
     }
+}
 
-    /// Under `--cluster`: every proposal up to `point` is committed and applied here. Makes its
-    /// messages readable from RocksDB, then releases the replies waiting for it.
-    pub fn committed(&self, point: SyncPoint) {
-        let Some(cluster) = &self.cluster else {
-            return;
+/// Under `--cluster`: every proposal up to `point` is committed and applied here. Makes its
+/// messages readable from RocksDB, then releases the replies waiting for it.
+pub(super) fn committed(engine: &Engine, point: SyncPoint) {
+    let Some(cluster) = &engine.cluster else {
+        return;
+    };
+    loop {
+        let next = {
+            let mut unapplied = cluster.unapplied.lock();
+            match unapplied.front() {
+                Some((p, _)) if *p <= point => unapplied.pop_front(),
+                _ => None,
+            }
         };
-        loop {
-            let next = {
-                let mut unapplied = cluster.unapplied.lock();
-                match unapplied.front() {
-                    Some((p, _)) if *p <= point => unapplied.pop_front(),
-                    _ => None,
-                }
-            };
-            let Some((_, queues)) = next else { break };
-            for (queue, tail) in queues {
-                queue.lock().written_up_to(tail);
-            }
-        }
-        self.durability.committed(point);
-        for mailbox in &self.mailboxes {
-            mailbox.waker.wake();
+        let Some((_, queues)) = next else { break };
+        for (queue, tail) in queues {
+            queue.lock().written_up_to(tail);
         }
     }
+    engine.durability.committed(point);
+    for mailbox in &engine.mailboxes {
+        mailbox.waker.wake();
+    }
+}
 
-    /// Under `--cluster`: a proposal was not committed, or may not be (the node stopped or lost
-    /// the lead): see the module doc.
-    pub fn proposal_lost(&self, point: SyncPoint) {
-        if self.stopping.load(Ordering::Acquire) {
+/// Under `--cluster`: a proposal was not committed, or may not be (the node stopped or lost
+/// the lead): see the module doc.
+pub(super) fn proposal_lost(engine: &Engine, point: SyncPoint) {
+    if engine.stopping.load(Ordering::Acquire) {
+        return;
+    }
+    log::error!(
+        "write {} was not committed: this node lost the lead; stopping (its held replies \
+         cannot be answered truthfully), to restart as a follower",
+        point.0
+    );
+    std::process::exit(1);
+}
+
+/// Under `--cluster`: this node became the established leader (`true`) or stopped being the
+/// leader (`false`). Becoming it: the queues are counted again from RocksDB, then commands
+/// are served. Losing it after serving stops the process (see the module doc).
+pub(super) fn leading(engine: &Engine, established: bool) {
+    let Some(cluster) = &engine.cluster else {
+        return;
+    };
+    if established {
+        if cluster.served.load(Ordering::Acquire) {
             return;
         }
-        log::error!(
-            "write {} was not committed: this node lost the lead; stopping (its held replies \
-             cannot be answered truthfully), to restart as a follower",
-            point.0
-        );
-        std::process::exit(1);
-    }
-
-    /// Under `--cluster`: this node became the established leader (`true`) or stopped being the
-    /// leader (`false`). Becoming it: the queues are counted again from RocksDB, then commands
-    /// are served. Losing it after serving stops the process (see the module doc).
-    pub fn leading(&self, established: bool) {
-        let Some(cluster) = &self.cluster else {
-            return;
-        };
-        if established {
-            if cluster.served.load(Ordering::Acquire) {
-                return;
-            }
-            if let Err(e) = self.recount_queues() {
-                log::error!("cannot read the queues after becoming the leader: {e}; stopping");
-                std::process::exit(1);
-            }
-            cluster.served.store(true, Ordering::Release);
-            cluster.serving.store(true, Ordering::Release);
-            log::info!("serving as the established leader");
-        } else if cluster.served.load(Ordering::Acquire) {
-            cluster.serving.store(false, Ordering::Release);
-            if self.stopping.load(Ordering::Acquire) {
-                return;
-            }
-            log::error!("this node lost the lead: stopping, to restart as a follower");
+        if let Err(e) = recount_queues(engine) {
+            log::error!("cannot read the queues after becoming the leader: {e}; stopping");
             std::process::exit(1);
         }
+        cluster.served.store(true, Ordering::Release);
+        cluster.serving.store(true, Ordering::Release);
+        log::info!("serving as the established leader");
+    } else if cluster.served.load(Ordering::Acquire) {
+        cluster.serving.store(false, Ordering::Release);
+        if engine.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        log::error!("this node lost the lead: stopping, to restart as a follower");
+        std::process::exit(1);
     }
+}
 
-    /// Counts the queues on disk again, as start-up does (the followers' applied entries
-    /// created and deleted some), for a node about to serve. None is loaded yet: nothing was
-    /// served before.
-    fn recount_queues(&self) -> Result<(), rocksdb::Error> {
-        let _commit = self.committer.lock();
-        let found = super::store::scan(&self.db)?;
-        self.registry
-            .recount(found.queues, found.next_queue_id, found.fanout);
-        log::info!("{} queues at the start of this leadership", found.queues);
-        Ok(())
-    }
+/// Counts the queues on disk again, as start-up does (the followers' applied entries
+/// created and deleted some), for a node about to serve. None is loaded yet: nothing was
+/// served before.
+fn recount_queues(engine: &Engine) -> Result<(), rocksdb::Error> {
+    let _commit = engine.committer.lock();
+    let found = super::store::scan(&engine.db)?;
+    engine
+        .registry
+        .recount(found.queues, found.next_queue_id, found.fanout);
+    log::info!("{} queues at the start of this leadership", found.queues);
+    Ok(())
 }

@@ -433,6 +433,26 @@ impl Engine {
         self.cluster.as_ref().is_none_or(|c| c.serving())
     }
 
+    /// Under `--cluster`: where `write` sends its batches (once, before the node can lead).
+    pub fn propose_to(&self, proposer: Proposer) {
+        cluster::propose_to(self, proposer);
+    }
+
+    /// Under `--cluster`: every proposal up to `point` is committed and applied here.
+    pub fn committed(&self, point: SyncPoint) {
+        cluster::committed(self, point);
+    }
+
+    /// Under `--cluster`: a proposal was not committed, or may not be.
+    pub fn proposal_lost(&self, point: SyncPoint) {
+        cluster::proposal_lost(self, point);
+    }
+
+    /// Under `--cluster`: this node became the established leader (`true`) or stopped being it.
+    pub fn leading(&self, established: bool) {
+        cluster::leading(self, established);
+    }
+
     /// Commits now, deferred removals included (for tests, which look at what is on disk).
     #[cfg(test)]
     fn submit_now(&self, uncommitted: &mut Uncommitted) {

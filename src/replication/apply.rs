@@ -46,81 +46,78 @@ pub(super) struct Pending {
     pub term: u64,
 }
 
-impl Driver {
-    pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
-        let Some(last) = entries.last() else {
-            return Ok(());
-        };
-        let (last_index, last_term) = (last.index, last.term);
-        let mut batch = WriteBatch::default();
-        let mut conf_state = None;
-        for entry in &entries {
-            // The type first: the entry that leaves a joint membership is an EMPTY
-            // ConfChangeV2 (notes P4), while an empty normal entry is a new leader's.
-            match entry.get_entry_type() {
-                EntryType::EntryNormal if !entry.data.is_empty() => {
-                    self.applier.apply(entry, &mut batch)
-                }
-                EntryType::EntryNormal => {}
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    if let Some(cs) = self.apply_conf_change(entry) {
-                        conf_state = Some(cs);
-                    }
+pub(super) fn apply(driver: &mut Driver, entries: Vec<Entry>) -> Result<(), String> {
+    let Some(last) = entries.last() else {
+        return Ok(());
+    };
+    let (last_index, last_term) = (last.index, last.term);
+    let mut batch = WriteBatch::default();
+    let mut conf_state = None;
+    for entry in &entries {
+        // The type first: the entry that leaves a joint membership is an EMPTY
+        // ConfChangeV2 (notes P4), while an empty normal entry is a new leader's.
+        match entry.get_entry_type() {
+            EntryType::EntryNormal if !entry.data.is_empty() => {
+                driver.applier.apply(entry, &mut batch)
+            }
+            EntryType::EntryNormal => {}
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                if let Some(cs) = apply_conf_change(driver, entry) {
+                    conf_state = Some(cs);
                 }
             }
         }
-        self.raw
-            .mut_store()
-            .apply(batch, last_index, last_term, conf_state.as_ref())
-            .map_err(|e| format!("applying up to {last_index} failed: {e}"))?;
-        self.raw.advance_apply_to(last_index);
-        for entry in &entries {
-            self.settle(entry.index, entry.term);
-        }
-        Ok(())
     }
+    driver
+        .raw
+        .mut_store()
+        .apply(batch, last_index, last_term, conf_state.as_ref())
+        .map_err(|e| format!("applying up to {last_index} failed: {e}"))?;
+    driver.raw.advance_apply_to(last_index);
+    for entry in &entries {
+        settle(driver, entry.index, entry.term);
+    }
+    Ok(())
+}
 
-    /// A membership change; `None` if the entry is not one raft-rs accepts (then no node
-    /// applies it: every node sees the same entry and the same membership before it).
-    fn apply_conf_change(&mut self, entry: &Entry) -> Option<raft::prelude::ConfState> {
-        let result = if entry.get_entry_type() == EntryType::EntryConfChange {
-            protobuf::Message::parse_from_bytes(&entry.data)
-                .map_err(|e| e.to_string())
-                .and_then(|cc: ConfChange| {
-                    self.raw.apply_conf_change(&cc).map_err(|e| e.to_string())
-                })
+/// A membership change; `None` if the entry is not one raft-rs accepts (then no node
+/// applies it: every node sees the same entry and the same membership before it).
+fn apply_conf_change(driver: &mut Driver, entry: &Entry) -> Option<raft::prelude::ConfState> {
+    let result = if entry.get_entry_type() == EntryType::EntryConfChange {
+        protobuf::Message::parse_from_bytes(&entry.data)
+            .map_err(|e| e.to_string())
+            .and_then(|cc: ConfChange| driver.raw.apply_conf_change(&cc).map_err(|e| e.to_string()))
+    } else {
+        protobuf::Message::parse_from_bytes(&entry.data)
+            .map_err(|e| e.to_string())
+            .and_then(|cc: ConfChangeV2| {
+                driver.raw.apply_conf_change(&cc).map_err(|e| e.to_string())
+            })
+    };
+    match result {
+        Ok(cs) => {
+            log::info!("raft membership at {}: {cs:?}", entry.index);
+            Some(cs)
+        }
+        Err(e) => {
+            log::error!("membership change at {} not applied: {e}", entry.index);
+            None
+        }
+    }
+}
+
+fn settle(driver: &mut Driver, index: u64, term: u64) {
+    while let Some(pending) = driver.pending.front() {
+        if pending.index > index {
+            break;
+        }
+        let outcome = if pending.index == index && pending.term == term {
+            Outcome::Committed
         } else {
-            protobuf::Message::parse_from_bytes(&entry.data)
-                .map_err(|e| e.to_string())
-                .and_then(|cc: ConfChangeV2| {
-                    self.raw.apply_conf_change(&cc).map_err(|e| e.to_string())
-                })
+            Outcome::Dropped
         };
-        match result {
-            Ok(cs) => {
-                log::info!("raft membership at {}: {cs:?}", entry.index);
-                Some(cs)
-            }
-            Err(e) => {
-                log::error!("membership change at {} not applied: {e}", entry.index);
-                None
-            }
-        }
-    }
-
-    fn settle(&mut self, index: u64, term: u64) {
-        while let Some(pending) = self.pending.front() {
-            if pending.index > index {
-                break;
-            }
-            let outcome = if pending.index == index && pending.term == term {
-                Outcome::Committed
-            } else {
-                Outcome::Dropped
-            };
-            let id = pending.id;
-            self.pending.pop_front();
-            self.applier.settled(id, outcome);
-        }
+        let id = pending.id;
+        driver.pending.pop_front();
+        driver.applier.settled(id, outcome);
     }
 }

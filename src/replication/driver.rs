@@ -284,7 +284,7 @@ impl Driver {
                 next_tick = (next_tick + tick).max(now);
             }
             while self.raw.has_ready() {
-                self.handle_ready()?;
+                super::ready::handle_ready(self)?;
             }
             self.publish();
         }

@@ -14,50 +14,50 @@
 
 use super::driver::{Driver, Unsynced};
 
-impl Driver {
-    pub(super) fn handle_ready(&mut self) -> Result<(), String> {
-        let mut ready = self.raw.ready();
-        self.transport.send(ready.take_messages());
-        if !ready.snapshot().is_empty() {
-            // Plan step 6. Never sent today: no log is compacted past a peer that needs it.
-            return Err("received a snapshot, which this version cannot install".into());
-        }
-        self.raw
-            .mut_store()
-            .persist(ready.entries(), ready.hs())
-            .map_err(|e| format!("raft log write failed: {e}"))?;
-        let mut committed = ready.take_committed_entries();
-        let mut after_sync = ready.take_persisted_messages();
-        let number = ready.number();
-        if ready.must_sync() {
-            self.unsynced.push_back(Unsynced {
-                requested: number,
-                number,
-                messages: after_sync,
-            });
-            self.raw.advance_append_async(ready);
-            self.syncer.request(number);
-        } else if let Some(last) = self.unsynced.back_mut() {
-            // Persisted by the fsync that persists the Ready before it.
-            last.number = number;
-            last.messages.append(&mut after_sync);
-            self.raw.advance_append_async(ready);
-        } else {
-            // Nothing to fsync and nothing waiting for one: persisted now.
-            self.transport.send(after_sync);
-            let mut light = self.raw.advance_append(ready);
-            if let Some(commit) = light.commit_index() {
-                // Persisting moved the commit index: write it before applying up to it.
-                let mut hard_state = self.raw.store().hard_state().clone();
-                hard_state.commit = commit;
-                self.raw
-                    .mut_store()
-                    .persist(&[], Some(&hard_state))
-                    .map_err(|e| format!("raft log write failed: {e}"))?;
-            }
-            self.transport.send(light.take_messages());
-            committed.extend(light.take_committed_entries());
-        }
-        self.apply(committed)
+pub(super) fn handle_ready(driver: &mut Driver) -> Result<(), String> {
+    let mut ready = driver.raw.ready();
+    driver.transport.send(ready.take_messages());
+    if !ready.snapshot().is_empty() {
+        // Plan step 6. Never sent today: no log is compacted past a peer that needs it.
+        return Err("received a snapshot, which this version cannot install".into());
     }
+    driver
+        .raw
+        .mut_store()
+        .persist(ready.entries(), ready.hs())
+        .map_err(|e| format!("raft log write failed: {e}"))?;
+    let mut committed = ready.take_committed_entries();
+    let mut after_sync = ready.take_persisted_messages();
+    let number = ready.number();
+    if ready.must_sync() {
+        driver.unsynced.push_back(Unsynced {
+            requested: number,
+            number,
+            messages: after_sync,
+        });
+        driver.raw.advance_append_async(ready);
+        driver.syncer.request(number);
+    } else if let Some(last) = driver.unsynced.back_mut() {
+        // Persisted by the fsync that persists the Ready before it.
+        last.number = number;
+        last.messages.append(&mut after_sync);
+        driver.raw.advance_append_async(ready);
+    } else {
+        // Nothing to fsync and nothing waiting for one: persisted now.
+        driver.transport.send(after_sync);
+        let mut light = driver.raw.advance_append(ready);
+        if let Some(commit) = light.commit_index() {
+            // Persisting moved the commit index: write it before applying up to it.
+            let mut hard_state = driver.raw.store().hard_state().clone();
+            hard_state.commit = commit;
+            driver
+                .raw
+                .mut_store()
+                .persist(&[], Some(&hard_state))
+                .map_err(|e| format!("raft log write failed: {e}"))?;
+        }
+        driver.transport.send(light.take_messages());
+        committed.extend(light.take_committed_entries());
+    }
+    super::apply::apply(driver, committed)
 }
