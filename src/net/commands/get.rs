@@ -27,7 +27,7 @@ pub(super) fn get(reads: Reads, style: ReplyStyle, client: &mut impl Client, ctx
         client.reply(&Reply::Error(kind), &style);
         return;
     }
-    state.get = Some(GetInProgress {
+    let get = GetInProgress {
         reads,
         next: 0,
         values: Values::new(),
@@ -36,8 +36,9 @@ pub(super) fn get(reads: Reads, style: ReplyStyle, client: &mut impl Client, ctx
         durable_at: SyncPoint::NONE,
         room_needed: None,
         style,
-    });
-    resume(client, ctx);
+    };
+    // Run at once: it is kept in the connection's state only if it has to wait.
+    run(client, get, ctx);
 }
 
 /// Refuses, before anything is taken, a get that Kestrel would refuse: a plain read of a queue
@@ -87,9 +88,13 @@ pub(in crate::net) fn waits_for_room(client: &mut impl Client) -> bool {
 /// Runs the get's remaining keys until one has to wait (for a message, or for room for one) or
 /// all are done.
 pub(in crate::net) fn resume(client: &mut impl Client, ctx: &mut Ctx) {
-    let Some(mut get) = client.state().get.take() else {
-        return;
-    };
+    if let Some(get) = client.state().get.take() {
+        run(client, get, ctx);
+    }
+}
+
+/// `resume` for a get held by the caller.
+fn run(client: &mut impl Client, mut get: GetInProgress, ctx: &mut Ctx) {
     // Set when the read at `get.next` already ran and waits for room: this is a retry of it.
     let mut room_needed = get.room_needed.take();
     // One get line can name thousands of keys: stop taking messages once the reply is big
