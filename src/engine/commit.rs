@@ -28,7 +28,7 @@ use crate::id_hash::IdMap;
 
 use super::conn_ref::ConnRef;
 use super::durability::SyncPoint;
-use super::events::{Outbox, Outcome};
+use super::events::{Event, Outbox, Outcome};
 use super::message::{self, Header};
 use super::ops::Op;
 use super::queue::QueueState;
@@ -142,6 +142,10 @@ pub(super) struct CommitState {
     /// Lent to `NextSeq` to hand out sequence numbers: only the lock's holder has it.
     token: SeqToken,
     unwritten: Option<Unwritten>,
+    /// The event loop whose pass holds the lock for its commit rounds (`CommitRounds`): events
+    /// for it are kept in `completed` for its `Pass` to hand over, not sent to its mailbox.
+    own: Option<u32>,
+    completed: Vec<Event>,
 }
 
 impl CommitState {
@@ -153,6 +157,8 @@ impl CommitState {
             records: RecordBuffers::default(),
             token: SeqToken::new(),
             unwritten: None,
+            own: None,
+            completed: Vec::new(),
         }
     }
 }
@@ -190,7 +196,7 @@ struct Committer<'a> {
     state: &'a mut CommitState,
 }
 
-impl Committer<'_> {
+impl<'a> Committer<'a> {
     /// Applies the ops in order. `early`: the batch may be published ahead of its write (see
     /// `CommitRounds`) if it qualifies.
     fn apply(&mut self, ops: Vec<Op>, early: bool) {
@@ -328,8 +334,23 @@ impl Committer<'_> {
         has_puts
     }
 
-    fn answer(&self, to: ConnRef, outcome: Outcome, durable_at: SyncPoint) {
-        Outbox::new(&self.engine.mailboxes).complete(to, outcome, durable_at);
+    fn answer(&mut self, to: ConnRef, outcome: Outcome, durable_at: SyncPoint) {
+        let mut outbox = self.outbox();
+        outbox.complete(to, outcome, durable_at);
+        self.keep(outbox);
+    }
+
+    /// An outbox for answering this commit's writers and readers: events for the loop whose
+    /// rounds hold the lock are kept for its `Pass` (see `CommitState::own`).
+    fn outbox(&mut self) -> Outbox<'a> {
+        let engine: &'a Engine = self.engine;
+        let direct = std::mem::take(&mut self.state.completed);
+        Outbox::keeping_own(&engine.mailboxes, self.state.own, direct)
+    }
+
+    /// Keeps what `outbox` holds for the own loop, and sends the rest.
+    fn keep(&mut self, outbox: Outbox<'_>) {
+        self.state.completed = outbox.into_direct();
     }
 
     /// Stages a put to `name` and a copy to each of its fan-out queues (`name+<child>`).
@@ -453,7 +474,7 @@ impl Committer<'_> {
     /// for, or Err if the write failed (and nothing of it happened).
     fn commit(&mut self, mut batch: Batch) -> Result<SyncPoint, ()> {
         if batch.touched.is_empty() && self.state.unwritten.is_none() {
-            let mut outbox = Outbox::new(&self.engine.mailboxes);
+            let mut outbox = self.outbox();
             for (writer, error) in batch.writers {
                 // Nothing left to write: writers without an error had theirs committed by an
                 // earlier part of the batch (`commit_part`).
@@ -465,6 +486,7 @@ impl Committer<'_> {
                 };
                 outbox.complete(writer, outcome, durable_at);
             }
+            self.keep(outbox);
             return Ok(batch.written);
         }
         let mut has_puts = self.add_records(&mut batch);
@@ -481,7 +503,7 @@ impl Committer<'_> {
             log::error!("commit of {} writes failed: {e}", batch.writers.len());
         }
         let synced = self.engine.synced();
-        let mut outbox = Outbox::new(&self.engine.mailboxes);
+        let mut outbox = self.outbox();
         // Under --cluster the write is a proposal: in RocksDB once applied.
         let written = self.engine.cluster.is_none();
         let mut published = Vec::new();
@@ -516,6 +538,7 @@ impl Committer<'_> {
             };
             outbox.complete(writer, outcome, durable_at);
         }
+        self.keep(outbox);
         result.map_err(|_| ())
     }
 }

@@ -87,17 +87,35 @@ pub struct Mailbox {
     pub waker: Arc<dyn Wake>,
 }
 
-/// Collects events per mailbox so each loop is woken once for a whole batch.
+/// Collects events per mailbox so each loop is woken once for a whole batch. Events for the
+/// loop whose pass is committing (`own`) are not sent at all: they are kept in `direct` and
+/// handed to that loop by its `Pass` when the commit returns, with no trip through its own
+/// mailbox. Whatever is left in `direct` when the outbox is dropped is sent as usual.
 pub struct Outbox<'a> {
     mailboxes: &'a [Mailbox],
-    touched: Vec<bool>,
+    /// Bit `i`: mailbox `i` got an event (mailboxes past 64 are always woken).
+    touched: u64,
+    own: Option<u32>,
+    direct: Vec<Event>,
 }
 
 impl<'a> Outbox<'a> {
     pub fn new(mailboxes: &'a [Mailbox]) -> Outbox<'a> {
+        Outbox::keeping_own(mailboxes, None, Vec::new())
+    }
+
+    /// An outbox that keeps the events for mailbox `own` in `direct` (see the type's doc),
+    /// after those already there.
+    pub fn keeping_own(
+        mailboxes: &'a [Mailbox],
+        own: Option<u32>,
+        direct: Vec<Event>,
+    ) -> Outbox<'a> {
         Outbox {
             mailboxes,
-            touched: vec![false; mailboxes.len()],
+            touched: 0,
+            own,
+            direct,
         }
     }
 
@@ -113,20 +131,42 @@ impl<'a> Outbox<'a> {
     }
 
     pub fn send(&mut self, to: ConnRef, event: Event) {
-        if let Some(mailbox) = self.mailboxes.get(to.mailbox as usize) {
+        if self.own == Some(to.mailbox) {
+            self.direct.push(event);
+        } else {
+            self.send_to(to.mailbox, event);
+        }
+    }
+
+    /// The events kept for the own mailbox, in the order they were made.
+    pub fn into_direct(mut self) -> Vec<Event> {
+        std::mem::take(&mut self.direct)
+    }
+
+    fn send_to(&mut self, index: u32, event: Event) {
+        if let Some(mailbox) = self.mailboxes.get(index as usize) {
             // A closed mailbox means that loop has stopped: nothing is waiting for this.
             let _ = mailbox.sender.send(event);
-            self.touched[to.mailbox as usize] = true;
+            self.touched |= 1u64.checked_shl(index).unwrap_or(0);
+            if index >= 64 {
+                mailbox.waker.wake();
+            }
         }
     }
 }
 
 impl Drop for Outbox<'_> {
     fn drop(&mut self) {
-        for (mailbox, touched) in self.mailboxes.iter().zip(&self.touched) {
-            if *touched {
-                mailbox.waker.wake();
+        if let Some(own) = self.own {
+            for event in std::mem::take(&mut self.direct) {
+                self.send_to(own, event);
             }
+        }
+        let mut touched = self.touched;
+        while touched != 0 {
+            let index = touched.trailing_zeros() as usize;
+            touched &= touched - 1;
+            self.mailboxes[index].waker.wake();
         }
     }
 }

@@ -342,10 +342,10 @@ impl Engine {
         self.durability.synced()
     }
 
-    /// Opens an event-loop pass: every write the pass's commands collect goes through it (see
-    /// `Pass`).
-    pub fn pass(&self) -> Pass<'_> {
-        pass::begin(self)
+    /// Opens a pass of the event loop whose mailbox is `mailboxes[own]`: every write the
+    /// pass's commands collect goes through it (see `Pass`).
+    pub fn pass(&self, own: u32) -> Pass<'_> {
+        pass::begin(self, own)
     }
 
     /// The engine's monitoring numbers now (see `metrics`).

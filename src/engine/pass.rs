@@ -7,39 +7,48 @@
 //! (`durability::sync_inline`). The syncer knows how many passes run (a write made while one
 //! runs does not wake it: the end of the pass does, once for all its writes).
 //!
+//! What the commits answer for the pass's own loop (its writers' `Completed` events, messages
+//! for its blocked readers) comes back from `commit` directly, not through the loop's mailbox.
+//!
 //! The loop thus asks the engine two things only: this handle, and whether a point is durable
 //! yet (`Engine::synced`).
 
 use super::commit::{self, CommitRounds};
-use super::{durability, Engine, Uncommitted};
+use super::{durability, Engine, Event, Uncommitted};
 
 /// An event-loop pass under way (see the module doc). Dropping it writes what its commit rounds
 /// published ahead of their write, and tells the syncer the pass is over.
 pub struct Pass<'e> {
     engine: &'e Engine,
+    /// The loop's index, its mailbox's.
+    own: u32,
     /// Open from the pass's first `commit` to the next other call (or the drop).
     rounds: Option<CommitRounds<'e>>,
 }
 
-pub(super) fn begin(engine: &Engine) -> Pass<'_> {
+pub(super) fn begin(engine: &Engine, own: u32) -> Pass<'_> {
     engine.durability.pass_begins();
     Pass {
         engine,
+        own,
         rounds: None,
     }
 }
 
 impl<'e> Pass<'e> {
-    /// Commits what `uncommitted` collected as one round, and answers its writers: their
-    /// `Completed` events (and messages for blocked readers) are in their mailboxes when this
-    /// returns. The commit lock stays held until the pass's rounds end, so that the loop can
-    /// run what the answers let run (a `get` pipelined behind a `set`) and commit it in the
-    /// next round.
-    pub fn commit(&mut self, uncommitted: &mut Uncommitted) {
-        let engine = self.engine;
-        self.rounds
-            .get_or_insert_with(|| commit::begin_rounds(engine))
-            .commit(uncommitted);
+    /// Commits what `uncommitted` collected as one round, and answers its writers: the
+    /// events for this loop (`Completed` for its writers, messages for its blocked readers)
+    /// are appended to `answers`, in the order they were made; other loops' are in their
+    /// mailboxes. Events this loop's mailbox already held came before these. The commit lock
+    /// stays held until the pass's rounds end, so that the loop can run what the answers let
+    /// run (a `get` pipelined behind a `set`) and commit it in the next round.
+    pub fn commit(&mut self, uncommitted: &mut Uncommitted, answers: &mut Vec<Event>) {
+        let (engine, own) = (self.engine, self.own);
+        let rounds = self
+            .rounds
+            .get_or_insert_with(|| commit::begin_rounds(engine, own));
+        rounds.commit(uncommitted);
+        rounds.take_completed(answers);
     }
 
     /// Hands over what is left after the rounds: writes someone waits for are committed now,

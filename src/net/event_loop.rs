@@ -112,6 +112,8 @@ pub struct EventLoop {
     /// When the periodic chores (`retry_parked`, `sweep`) are due.
     chores: Chores,
     spare_inputs: Vec<Vec<u8>>,
+    /// What the pass's commits answered for this loop (`Pass::commit`), kept for its capacity.
+    answers: Vec<Event>,
 }
 
 impl EventLoop {
@@ -153,6 +155,7 @@ impl EventLoop {
             orphans: Orphans::default(),
             chores: Chores::new(),
             spare_inputs: Vec::new(),
+            answers: Vec::new(),
         }
     }
 
@@ -208,7 +211,7 @@ impl EventLoop {
                 }
             }
             let engine = self.shared.engine.clone();
-            let mut pass = engine.pass();
+            let mut pass = engine.pass(self.index);
             // Those that yielded last pass; those that yield in this one wait for the next.
             let yielded = std::mem::take(&mut self.yielded);
             // Replies the last sync released go out first, before this pass's new work.
@@ -266,7 +269,7 @@ impl EventLoop {
             self.release_held();
             self.flush_pending();
             if self.shared.shutting_down.load(Ordering::Acquire) && self.drain() {
-                let mut pass = engine.pass();
+                let mut pass = engine.pass(self.index);
                 pass.submit(&mut self.uncommitted);
                 pass.write_deferred();
                 return;
@@ -439,10 +442,16 @@ impl EventLoop {
                     break;
                 }
                 self.flush_if_overdue();
-                pass.commit(&mut self.uncommitted);
+                let mut answers = std::mem::take(&mut self.answers);
+                pass.commit(&mut self.uncommitted, &mut answers);
+                // What the mailbox holds was sent before this commit's answers.
                 while let Ok(event) = self.mailbox.try_recv() {
                     self.dispatch(event);
                 }
+                for event in answers.drain(..) {
+                    self.dispatch(event);
+                }
+                self.answers = answers;
             }
         }
         if !self.uncommitted.is_empty() {

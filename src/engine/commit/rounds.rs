@@ -7,7 +7,7 @@ use rocksdb::WriteBatch;
 
 use super::{Batch, CommitState, Committer};
 use crate::engine::durability::SyncPoint;
-use crate::engine::events::{Outbox, Outcome};
+use crate::engine::events::{Event, Outbox, Outcome};
 use crate::engine::recent::Fresh;
 use crate::engine::{Engine, QueueRef, Uncommitted};
 
@@ -41,18 +41,22 @@ pub(in crate::engine) struct CommitRounds<'a> {
     first: bool,
 }
 
-/// Opens a pass's commit rounds: takes the commit lock until `finish` (or the drop).
-pub(in crate::engine) fn begin_rounds(engine: &Engine) -> CommitRounds<'_> {
+/// Opens the commit rounds of a pass of event loop `own`: takes the commit lock until `finish`
+/// (or the drop). Events for that loop are kept for `take_completed`.
+pub(in crate::engine) fn begin_rounds(engine: &Engine, own: u32) -> CommitRounds<'_> {
+    let mut state = engine.committer.lock();
+    state.own = Some(own);
     CommitRounds {
         engine,
-        state: engine.committer.lock(),
+        state,
         first: true,
     }
 }
 
 impl CommitRounds<'_> {
     /// Commits `uncommitted` (after any removals left from the last commit) and answers its
-    /// writers: their `Completed` events are in their mailboxes when this returns.
+    /// writers: their `Completed` events are in their mailboxes when this returns, or, for the
+    /// rounds' own loop, kept for `take_completed`.
     pub(in crate::engine) fn commit(&mut self, uncommitted: &mut Uncommitted) {
         let ops = std::mem::take(&mut uncommitted.ops);
         if let Some(error) = self.engine.refusing() {
@@ -73,23 +77,31 @@ impl CommitRounds<'_> {
         .apply(all, early);
     }
 
-    /// Writes what was published ahead of its write, and lets go of the commit lock.
-    pub(in crate::engine) fn finish(mut self) {
-        self.write_unwritten();
+    /// Moves the events for the rounds' own loop made so far to the end of `into`.
+    pub(in crate::engine) fn take_completed(&mut self, into: &mut Vec<Event>) {
+        into.append(&mut self.state.completed);
     }
 
-    fn write_unwritten(&mut self) {
+    /// Writes what was published ahead of its write, and lets go of the commit lock.
+    pub(in crate::engine) fn finish(self) {}
+
+    /// Writes what the rounds published ahead of their write; the own loop's events not taken
+    /// go to its mailbox, as everyone else's do.
+    fn end(&mut self) {
         write_unwritten(&mut Committer {
             engine: self.engine,
             state: &mut self.state,
         });
+        let own = self.state.own.take();
+        let left = std::mem::take(&mut self.state.completed);
+        drop(Outbox::keeping_own(&self.engine.mailboxes, own, left));
     }
 }
 
-/// Rounds dropped without `finish` (a panic unwinding, say) still write what they published.
+/// The rounds end when dropped (`finish` or a panic unwinding): what they published is written.
 impl Drop for CommitRounds<'_> {
     fn drop(&mut self) {
-        self.write_unwritten();
+        self.end();
     }
 }
 
@@ -128,7 +140,7 @@ pub(super) fn publish_early(c: &mut Committer<'_>, mut batch: Batch) {
     let has_puts = c.add_records(&mut batch);
     c.engine.metrics.committed(batch.writers.len() as u64);
     let synced = c.engine.synced();
-    let mut outbox = Outbox::new(&c.engine.mailboxes);
+    let mut outbox = c.outbox();
     let mut queues = Vec::with_capacity(batch.touched.len());
     let mut cost = 0;
     for touched in batch.touched.values_mut() {
@@ -146,6 +158,7 @@ pub(super) fn publish_early(c: &mut Committer<'_>, mut batch: Batch) {
         };
         outbox.complete(writer, outcome, durable_at);
     }
+    c.keep(outbox);
     match &mut c.state.unwritten {
         Some(unwritten) => {
             unwritten.write = batch.write;
@@ -197,7 +210,7 @@ pub(super) fn written_out(c: &mut Committer<'_>, queues: Vec<QueueRef>) {
         cluster.published(point, tails);
         return;
     }
-    let mut outbox = Outbox::new(&c.engine.mailboxes);
+    let mut outbox = c.outbox();
     for queue in queues {
         let mut q = queue.lock();
         q.all_written();
@@ -211,6 +224,7 @@ pub(super) fn written_out(c: &mut Committer<'_>, queues: Vec<QueueRef>) {
             );
         }
     }
+    c.keep(outbox);
 }
 
 /// A write of messages published ahead of it failed: see `CommitRounds`.

@@ -93,6 +93,9 @@ struct Loop {
     dir: PathBuf,
 }
 
+/// The one loop's index (its mailbox is the engine's only one).
+const LOOP: u32 = 0;
+
 impl Loop {
     fn new() -> Loop {
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -153,7 +156,7 @@ impl Loop {
             uncommitted: &mut self.uncommitted,
             timers: &mut self.timers,
             open_timers: &mut self.open_timers,
-            mailbox: 0,
+            mailbox: LOOP,
             next_wait_id: &mut self.next_wait_id,
             spare_inputs: &mut spare_inputs,
         };
@@ -173,11 +176,13 @@ impl Loop {
     /// events to `client`.
     fn commit(&mut self, client: &mut Fake) {
         let engine = self.shared.engine.clone();
-        let mut pass = engine.pass();
-        pass.commit(&mut self.uncommitted);
+        let mut pass = engine.pass(LOOP);
+        let mut answers = Vec::new();
+        pass.commit(&mut self.uncommitted, &mut answers);
         pass.submit(&mut self.uncommitted);
         drop(pass);
-        while let Ok(event) = self.events.try_recv() {
+        answers.extend(self.events.try_iter());
+        for event in answers {
             self.with_ctx(|ctx| match event {
                 Event::Completed { outcome, .. } => super::write_answered(client, outcome, ctx),
                 Event::Delivered { wait_id, taken, .. } => {
