@@ -398,3 +398,40 @@ def test_grafana_dashboard_uses_only_exported_metrics(server):
     families, _ = scrape(server)
     exported = {s.name for f in families.values() for s in f.samples}
     assert used <= exported, f"not exported: {sorted(used - exported)}"
+
+
+def test_only_pages_listing_every_queue_wait_for_output_room(make_server):
+    """With more than 1,000 queues a `/metrics` or `/stats.json` request waits for room in the
+    output budget like a large read (its snapshot and body grow with the queues); other pages
+    do not wait. A scrape that waited and was served leaves the line: on a keep-alive
+    connection it must not keep its place at the front and hold every later large read."""
+    server = make_server(args=["--output-budget", "2m"])
+    body = b"b" * (1 << 20)
+    with server.mc() as mc:
+        mc.send(b"".join(b"set q%04d 0 0 1\r\nx\r\n" % i for i in range(1001)))
+        for _ in range(1001):
+            assert mc.read_line() == b"STORED\r\n"
+        assert mc.set(b"big", body) == b"STORED\r\n"
+    # Blocked reads reserve room for the largest message (1 MB) each: two spend the budget.
+    hogs = [Conn(server.port) for _ in range(3)]
+    for hog in hogs:
+        hog.send(b"get nothing-yet/t=30000\r\n")
+    time.sleep(0.5)
+    scraper = Conn(server.port)
+    scraper.send(b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert scraper.nothing_pending(wait=0.5), "a scrape listing 1,001 queues ran with no room"
+    status, _, page = get(server, "/")
+    assert status == 200 and b"<html" in page.lower(), "the dashboard page waited for room"
+    for hog in hogs:
+        hog.close()
+    status_line, headers = read_head(scraper)
+    assert status_line == b"HTTP/1.1 200 OK\r\n", status_line
+    families = {f.name: f for f in text_string_to_metric_families(read_chunked(scraper).decode())}
+    assert value(families, "mqd_queues") >= 1002
+    # The scraper's connection stays open; a large read after it is served.
+    with server.mc() as reader:
+        reader.send(b"get big/peek\r\n")
+        assert reader.read_line(timeout=10) == b"VALUE big/peek 0 %d\r\n" % len(body)
+        assert reader.read_exactly(len(body) + 2) == body + b"\r\n"
+        assert reader.read_line() == b"END\r\n"
+    scraper.close()

@@ -22,7 +22,7 @@ use super::budget::{
 };
 use super::commands::{self, Client};
 use super::monitoring::body_stream::{self, BodyStream};
-use super::monitoring::http_service;
+use super::monitoring::http_service::{self, Answer};
 use super::output::Output;
 use super::stream::Stream;
 use super::Ctx;
@@ -406,16 +406,15 @@ impl Connection {
                 self.counted = Some(ctx.shared.connection_counts.count(protocol));
             }
             if protocol == Ok(Some(Protocol::Http)) {
-                if ctx.shared.engine.queue_count() > QUEUES_LISTED_FREELY
-                    && !ctx.shared.output.has_room(self.conn_ref(ctx))
-                {
-                    // Its answer may list every queue: it waits for room like a large read.
-                    self.wait_for_output_room(ctx);
-                    return Stop::Waiting;
-                }
+                // A page listing every queue waits for room like a large read when there are
+                // many queues.
+                let listing_allowed = ctx.shared.engine.queue_count() <= QUEUES_LISTED_FREELY
+                    || ctx.shared.output.has_room(self.conn_ref(ctx));
                 let output = self.output.append_after(SyncPoint::NONE);
-                match http_service::serve(buf, ctx.shared, output) {
-                    Some(served) => {
+                match http_service::serve(buf, ctx.shared, output, listing_allowed) {
+                    Answer::Served(served) => {
+                        // Served: if it waited in line for room, it leaves the line.
+                        self.leave_output_line(ctx);
                         self.partial_since = None;
                         self.input_start += served.consumed;
                         self.closing |= served.close;
@@ -423,7 +422,11 @@ impl Connection {
                         self.charge_output(self.reply_memory(), ctx);
                         continue;
                     }
-                    None => {
+                    Answer::WaitForRoom => {
+                        self.wait_for_output_room(ctx);
+                        return Stop::Waiting;
+                    }
+                    Answer::Incomplete => {
                         self.partial_since.get_or_insert_with(Instant::now);
                         return Stop::Input;
                     }

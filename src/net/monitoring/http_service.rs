@@ -10,6 +10,16 @@ use super::{prometheus, stats_json};
 use crate::net::Shared;
 use crate::protocol::http::{self, Method, ParsedHead, Response, Status};
 
+/// What became of the request at the front of the input.
+pub enum Answer {
+    /// Its head is incomplete: nothing was answered.
+    Incomplete,
+    /// It asks for a page listing every queue, which the caller said may not be listed now
+    /// (`listing_allowed`): nothing was answered; ask again once there is room.
+    WaitForRoom,
+    Served(Served),
+}
+
 /// What answering one request did.
 pub struct Served {
     /// Input bytes the request took.
@@ -24,17 +34,20 @@ pub struct Served {
 /// The dashboard: one self-contained page that polls `/stats.json`.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Answers the request at the front of `input` into `out`. `None`: the head is incomplete.
-pub fn serve(input: &[u8], shared: &Shared, out: &mut Vec<u8>) -> Option<Served> {
+/// Answers the request at the front of `input` into `out`. `listing_allowed`: a page that
+/// lists every queue (`/metrics`, `/stats.json`) may be rendered now; its snapshot and body
+/// take memory that grows with the queues, so with many the caller first asks the output
+/// budget for room.
+pub fn serve(input: &[u8], shared: &Shared, out: &mut Vec<u8>, listing_allowed: bool) -> Answer {
     let done = |consumed, close| {
-        Some(Served {
+        Answer::Served(Served {
             consumed,
             close,
             stream: None,
         })
     };
     let (consumed, request) = match http::parse(input) {
-        ParsedHead::NeedMore => return None,
+        ParsedHead::NeedMore => return Answer::Incomplete,
         ParsedHead::Request { consumed, request } => (consumed, request),
         ParsedHead::Invalid(status) => {
             let body = format!("{} {}\n", status.code(), status.reason());
@@ -52,6 +65,7 @@ pub fn serve(input: &[u8], shared: &Shared, out: &mut Vec<u8>) -> Option<Served>
         return done(consumed, close);
     }
     let (content_type, body): (&str, Vec<u8>) = match request.path {
+        "/metrics" | "/stats.json" if !listing_allowed => return Answer::WaitForRoom,
         "/metrics" | "/stats.json" => {
             let (content_type, body) = match request.path {
                 "/metrics" => (prometheus::CONTENT_TYPE, Body::Metrics),
@@ -62,7 +76,7 @@ pub fn serve(input: &[u8], shared: &Shared, out: &mut Vec<u8>) -> Option<Served>
                 Err(stream) => {
                     let stream = stream.start(content_type, head_only, close, http11, out);
                     let close = close || !http11;
-                    return Some(Served {
+                    return Answer::Served(Served {
                         consumed,
                         close: close && stream.is_none(),
                         stream,
