@@ -32,7 +32,8 @@ pub struct BodyStream {
     chunked: bool,
     /// Close the connection after the body (asked for, or the body ends at the close).
     close: bool,
-    /// Where pieces are rendered before being framed (reused, one piece long).
+    /// Where pieces are rendered before being framed (reused, one piece long): `/stats.json`
+    /// renders bytes, `/metrics` text (Prometheus' renderer formats into a `String`).
     scratch: Vec<u8>,
     text: String,
 }
@@ -53,19 +54,25 @@ impl BodyStream {
         })
     }
 
-    /// Renders the next piece, unframed, into `self.scratch`; true when the body ended.
+    /// Renders the next piece, unframed (`piece`); true when the body ended.
     fn render_piece(&mut self) -> bool {
-        self.scratch.clear();
         match &mut self.position {
             Position::Metrics(at) => {
                 self.text.clear();
-                let done = prometheus::render_more(&self.snapshot, at, &mut self.text, PIECE);
-                self.scratch.extend_from_slice(self.text.as_bytes());
-                done
+                prometheus::render_more(&self.snapshot, at, &mut self.text, PIECE)
             }
             Position::StatsJson(at) => {
+                self.scratch.clear();
                 stats_json::render_more(&self.snapshot, at, &mut self.scratch, PIECE)
             }
+        }
+    }
+
+    /// The piece rendered last.
+    fn piece(&self) -> &[u8] {
+        match self.position {
+            Position::Metrics(_) => self.text.as_bytes(),
+            Position::StatsJson(_) => &self.scratch,
         }
     }
 
@@ -73,7 +80,10 @@ impl BodyStream {
     /// `Err(stream)`: more follows; the caller sends [`BodyStream::start`]'s head.
     pub fn first_piece(mut self: Box<Self>) -> Result<Vec<u8>, Box<BodyStream>> {
         if self.render_piece() {
-            return Ok(std::mem::take(&mut self.scratch));
+            return Ok(match self.position {
+                Position::Metrics(_) => std::mem::take(&mut self.text).into_bytes(),
+                Position::StatsJson(_) => std::mem::take(&mut self.scratch),
+            });
         }
         Err(self)
     }
@@ -115,9 +125,9 @@ impl BodyStream {
 
     fn frame(&self, out: &mut Vec<u8>) {
         if self.chunked {
-            http::encode_chunk(&self.scratch, out);
+            http::encode_chunk(self.piece(), out);
         } else {
-            out.extend_from_slice(&self.scratch);
+            out.extend_from_slice(self.piece());
         }
     }
 
