@@ -7,9 +7,7 @@
 mod walk;
 
 use libfuzzer_sys::fuzz_target;
-use mqd_protocol::{
-    binary, encode, Command, ErrorKind, Info, Key, Limits, Reply, ReplyStyle, Value,
-};
+use mqd_protocol::{binary, encode, Command, ErrorKind, Info, Limits, Reply, ReplyStyle};
 
 const LIMITS: Limits = Limits {
     max_message_size: 64,
@@ -53,17 +51,7 @@ fn replies(command: &Command) -> Vec<Reply> {
     ];
     if let Command::Get(reads) = command {
         // Echo what was read, as a reply would.
-        replies.push(Reply::Values(
-            reads
-                .iter()
-                .map(|r| Value {
-                    key: Key::from_slice(&r.key),
-                    flags: r.key.len() as u32,
-                    body: r.queue().to_vec(),
-                    cas: None,
-                })
-                .collect(),
-        ));
+        replies.push(Reply::Values(walk::echoed(reads)));
     }
     replies
 }

@@ -7,9 +7,7 @@
 mod walk;
 
 use libfuzzer_sys::fuzz_target;
-use mqd_protocol::{
-    base64, encode, memcache, Command, ErrorKind, Key, Limits, Reply, ReplyStyle, Value,
-};
+use mqd_protocol::{base64, encode, memcache, Command, ErrorKind, Limits, Reply, ReplyStyle};
 
 const LIMITS: Limits = Limits {
     max_message_size: 64,
@@ -49,17 +47,8 @@ fn replies(command: &Command) -> Vec<Reply> {
         Reply::Error(ErrorKind::Exists),
     ];
     if let Command::Get(reads) = command {
-        replies.push(Reply::Values(
-            reads
-                .iter()
-                .map(|r| Value {
-                    key: Key::from_slice(&r.key),
-                    flags: r.key.len() as u32,
-                    body: r.key.to_vec(),
-                    cas: r.cas.then_some(r.queue().len() as u64),
-                })
-                .collect(),
-        ));
+        // Echo what was read, as a reply would.
+        replies.push(Reply::Values(walk::echoed(reads)));
     }
     replies
 }

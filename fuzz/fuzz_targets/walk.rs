@@ -51,17 +51,17 @@ pub fn walk(
     }
 }
 
-/// What a reply to `reads` would carry: each read's own queue name as its message, with a CAS
-/// value where the read asked for one (`gets`).
-#[allow(dead_code)] // binary and meta build their own values (flags, CAS from the key)
+/// What a reply to `reads` would carry: each read's own queue name as its message, flags from
+/// its key's length, and a CAS value (the queue name's length) where the read asked for one.
+#[allow(dead_code)] // each target builds with its own copy of this module, and uses what it needs
 pub fn echoed(reads: &[Read]) -> Values {
     reads
         .iter()
         .map(|r| Value {
             key: r.key.clone(),
-            flags: 0,
+            flags: r.key.len() as u32,
             body: r.queue().to_vec(),
-            cas: r.cas.then_some(1),
+            cas: r.cas.then_some(r.queue().len() as u64),
         })
         .collect()
 }
