@@ -154,6 +154,7 @@ impl Loop {
             timers: &mut self.timers,
             open_timers: &mut self.open_timers,
             mailbox: 0,
+            synced: self.shared.engine.synced(),
             next_wait_id: &mut self.next_wait_id,
             spare_inputs: &mut spare_inputs,
         };
