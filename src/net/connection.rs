@@ -284,10 +284,13 @@ impl Connection {
 
     /// Whether anything of this connection rests on the engine's state as it is now, for a
     /// step-down (`EventLoop::release_held`): a reply held for a write not known durable (or
-    /// any reply not sent yet), a write not answered or not known durable, a get in progress
-    /// (maybe blocked), messages held open. `ctx.synced` is the last point known durable in
-    /// the leadership that ended.
+    /// any reply not sent yet: a message taken), a write not answered or not known durable, a
+    /// get in progress (maybe blocked), messages held open. `ctx.synced` is the last point
+    /// known durable in the leadership that ended. An HTTP client's pages are not queue state.
     pub fn in_flight(&mut self, ctx: &Ctx) -> bool {
+        if self.framer.protocol() == Some(Protocol::Http) {
+            return false;
+        }
         self.release_synced_writes(ctx);
         !self.output.is_empty()
             || !self.unsynced_writes.is_empty()
