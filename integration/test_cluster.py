@@ -250,3 +250,139 @@ def test_a_data_directory_is_never_started_as_another_node(make_server, tmp_path
     )
     assert result.returncode != 0
     assert "belongs to node 1" in result.stderr.decode(errors="replace")
+
+
+STEP_DOWN_LIMIT = 3.0
+
+
+def stop(servers):
+    for s in servers:
+        os.kill(s.proc.pid, signal.SIGSTOP)
+
+
+def resume(servers):
+    for s in servers:
+        os.kill(s.proc.pid, signal.SIGCONT)
+
+
+def wait_for_step_down(server, timeout=PATIENCE):
+    """Seconds until `server` no longer says it leads; it must stay running meanwhile."""
+    started = time.monotonic()
+    while view(server)["role"] == "leader":
+        assert server.proc.poll() is None, "the leader exited instead of stepping down"
+        assert time.monotonic() - started < timeout, "the cut-off leader never stepped down"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def drain(server, queue):
+    """Every message `get` takes from `queue` on the leader `server`, oldest first."""
+    got = [until_served(server, lambda c: take(c, queue))]
+    with server.mc() as c:
+        while got[-1] is not None:
+            got.append(take(c, queue))
+    got.pop()
+    return got
+
+
+def acknowledged(server, queue, bodies):
+    """Sets each body on the leader `server` (pipelined), all answered STORED; the bodies."""
+    with server.mc() as c:
+        c.send(b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (queue, len(b), b) for b in bodies))
+        for b in bodies:
+            assert c.read_line() == b"STORED\r\n", b
+    return list(bodies)
+
+
+def test_a_leader_cut_off_steps_down_keeps_running_and_rejoins_as_a_follower(make_server):
+    servers = cluster_of(make_server)
+    leader, _ = wait_for_leader(servers)
+    primary = servers[leader - 1]
+    followers = [s for s in servers if s is not primary]
+    assert until_served(primary, lambda c: c.set("q", "m0")) == b"STORED\r\n"
+    acked = [b"m0"] + acknowledged(primary, b"q", [f"m{i}".encode() for i in range(1, 100)])
+
+    unacked = [f"u{i}".encode() for i in range(20)]
+    idle = primary.mc()
+    pending = primary.mc()
+    opener = primary.mc()
+    try:
+        assert idle.cmd(b"version").startswith(b"VERSION")
+        opener.send(b"get q/open\r\n")
+        assert opener.read_line() == b"VALUE q/open 0 2\r\n"
+        assert opener.read_exactly(7) == b"m0\r\nEND"
+        stop(followers)
+        pending.send(b"".join(b"set q 0 0 %d\r\n%s\r\n" % (len(b), b) for b in unacked))
+        assert pending.nothing_pending(wait=0.3), "acknowledged without a majority"
+        took = wait_for_step_down(primary)
+        print(f"the cut-off leader stepped down after {took:.3f} s")
+        assert took <= STEP_DOWN_LIMIT, f"stepping down took {took:.3f} s"
+        assert primary.proc.poll() is None
+        # The writes in flight: their outcome is unknown, so the connection is closed unanswered.
+        assert pending.closed_by_server(), "a connection with writes in flight stayed open"
+        assert pending.buf == b"", f"answered after losing the lead: {pending.buf!r}"
+        # The open message is given back by the next leader: its connection is closed too.
+        assert opener.closed_by_server(), "a connection holding a message open stayed open"
+        # An idle connection stays, and is refused queue commands; stats still answer.
+        assert idle.cmd(b"get q") == NO_LEADER
+        assert idle.set("q", "x") == NO_LEADER
+        assert view(primary)["role"] != "leader"
+        with primary.mq() as m:
+            assert m.put(b"q", b"x") == [b"Error", b"SERVER_NO_LEADER"]
+    finally:
+        resume(followers)
+        for c in (idle, pending, opener):
+            c.close()
+    assert primary.proc.poll() is None
+    new_leader, views = wait_for_leader(servers)
+    assert next(v for v in views if v["node"] == leader)["leader"] == new_leader
+    got = drain(servers[new_leader - 1], b"q")
+    assert got[: len(acked)] == acked, f"{len(got)} back, of {len(acked)} acknowledged"
+    assert got[len(acked) :] == unacked[: len(got) - len(acked)], got[len(acked) :]
+    if new_leader != leader:
+        with primary.mc() as c:
+            assert c.cmd(b"get q") == NO_LEADER
+
+
+def test_a_leader_that_stepped_down_leads_again_and_serves_both_leaderships_in_order(make_server):
+    servers = cluster_of(make_server)
+    first, _ = wait_for_leader(servers)
+    node = servers[first - 1]
+    others = [s for s in servers if s is not node]
+    assert until_served(node, lambda c: c.set("q", "a0")) == b"STORED\r\n"
+    acked = [b"a0"] + acknowledged(node, b"q", [f"a{i}".encode() for i in range(1, 50)])
+    with node.mc() as opener:
+        opener.send(b"get q/open\r\n")
+        assert opener.read_line() == b"VALUE q/open 0 2\r\n"
+        try:
+            stop(others)
+            wait_for_step_down(node)
+            assert opener.closed_by_server()
+        finally:
+            resume(others)
+
+    # Another leader may be elected meanwhile: it writes too, with `node` as its majority
+    # while the third node is down (killed: stopped, it would read them from its socket on
+    # waking), and is then stopped, so that only `node`, whose log is longer, can win.
+    leader, _ = wait_for_leader(servers)
+    paused = []
+    try:
+        if leader != first:
+            other_leader = servers[leader - 1]
+            lagging = next(s for s in others if s is not other_leader)
+            lagging.kill()
+            acked += acknowledged(other_leader, b"q", [f"b{i}".encode() for i in range(50)])
+            stop([other_leader])
+            paused.append(other_leader)
+            lagging.start()
+            leader, _ = wait_for_leader([node, lagging])
+        assert leader == first, "the node that stepped down was not elected again"
+        # Leading again: it serves, what it writes is acknowledged, and everything comes back
+        # in order, the message it had open first.
+        assert until_served(node, lambda c: c.set("q", "c0")) == b"STORED\r\n"
+        acked += [b"c0"] + acknowledged(node, b"q", [f"c{i}".encode() for i in range(1, 50)])
+        got = drain(node, b"q")
+        assert got == acked, f"{len(got)} back, of {len(acked)} acknowledged"
+    finally:
+        resume(paused)
+    wait_for_leader(servers)

@@ -19,19 +19,38 @@
 //!   term (so every earlier entry is applied), every command is refused with
 //!   `Error::NoLeader`. Then the queues are counted again from RocksDB (followers applied
 //!   entries under a registry counted at start-up), and queues load from their records, which
-//!   gives back the messages a dead leader had open, as a restart does.
-//! - **Losing the lead stops the process.** Held replies may belong to entries that the next
-//!   leader commits or drops, and the in-memory queues may be ahead of what is committed: no
-//!   reply can be trusted and no state kept. The process exits, closing every connection (the
-//!   outcome of their pending writes is unknown, as after a crash) and restarts as a follower
-//!   under its supervisor. A graceful step-down is a later step (issue 22).
+//!   gives back the messages a dead leader had open, as a restart does. This happens at every
+//!   leadership, not only the first.
+//! - **Losing the lead is a step-down** (`step_down`): the node loses the lead (check_quorum,
+//!   a newer term), or one of its proposals is lost (never committed, or maybe not). Its held
+//!   replies may belong to entries that the next leader commits or drops, and its in-memory
+//!   queues may be ahead of what is committed: no held reply can be trusted and no state kept.
+//!   Under the commit lock (no write is half made), it stops serving, counts one more step-down
+//!   (`Engine::step_downs`), and forgets every loaded queue (their waiters, open messages and
+//!   recent caches), the removals deferred to the next commit and `unapplied`: what it holds
+//!   is then exactly RocksDB's applied state, which it goes on applying as a follower. The
+//!   process keeps running (`stats`, monitoring), refusing queue commands with `NoLeader`.
+//! - **The fence.** The engine knows no connection: the event loops (`crate::net`) close every
+//!   connection with anything in flight (a held reply, an unanswered write, a blocked or open
+//!   read) when they see `step_downs` change, as a crash would have closed it (its outcome is
+//!   unknown). The order that makes a held reply of an old leadership never released:
+//!   `step_down` counts the step-down before it returns, and the raft thread calls it before it
+//!   settles any later proposal (settling is in point order, a lost proposal steps down before
+//!   the next one is settled, and a later leadership's proposals come after this one's loss);
+//!   so `synced` never covers a point past a lost one without the count being seen first. A loop
+//!   reads `synced` first and `step_downs` second (both acquire): a `synced` it trusts (the
+//!   count unchanged since it last looked) covers only points committed in the leadership its
+//!   held replies come from, and one that covers more comes with a changed count, on which the
+//!   loop closes those connections instead of releasing anything. Points themselves stay
+//!   monotonic across leaderships (`durability`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
+use super::commit::CommitState;
 use super::durability::SyncPoint;
 use super::{Engine, QueueRef};
 
@@ -46,9 +65,10 @@ pub type Proposer = Box<dyn Fn(SyncPoint, Vec<u8>) -> bool + Send + Sync>;
 pub(super) struct Cluster {
     proposer: OnceLock<Proposer>,
     /// This node is the established leader and its queues were counted again: it serves.
+    /// Changed under the commit lock only.
     serving: AtomicBool,
-    /// Whether it ever served (losing the lead then stops the process).
-    served: AtomicBool,
+    /// How many times this node stopped serving: the fence (see the module doc).
+    step_downs: AtomicU64,
     /// Proposed writes not yet applied here, in point order, with the queues whose messages they
     /// write and the tail each queue had then.
     unapplied: Mutex<VecDeque<(SyncPoint, Published)>>,
@@ -57,6 +77,11 @@ pub(super) struct Cluster {
 impl Cluster {
     pub(super) fn serving(&self) -> bool {
         self.serving.load(Ordering::Acquire)
+    }
+
+    /// How many times this node stepped down (see the module doc).
+    pub(super) fn step_downs(&self) -> u64 {
+        self.step_downs.load(Ordering::Acquire)
     }
 
     /// Proposes the write numbered `point`.
@@ -110,52 +135,93 @@ pub(super) fn committed(engine: &Engine, point: SyncPoint) {
 }
 
 /// Under `--cluster`: a proposal was not committed, or may not be (the node stopped or lost
-/// the lead): see the module doc.
+/// the lead). Its reply is held, and a later commit must not release it: a step-down, if this
+/// node still serves (see the module doc).
 pub(super) fn proposal_lost(engine: &Engine, point: SyncPoint) {
-    if engine.stopping.load(Ordering::Acquire) {
-        return;
+    if engine.cluster.as_ref().is_some_and(Cluster::serving) {
+        step_down(engine, &format!("write {} was not committed", point.0));
+    } else {
+        log::debug!(
+            "write {} of an earlier leadership was not committed",
+            point.0
+        );
     }
-    log::error!(
-        "write {} was not committed: this node lost the lead; stopping (its held replies \
-         cannot be answered truthfully), to restart as a follower",
-        point.0
-    );
-    std::process::exit(1);
 }
 
 /// Under `--cluster`: this node became the established leader (`true`) or stopped being the
 /// leader (`false`). Becoming it: the queues are counted again from RocksDB, then commands
-/// are served. Losing it after serving stops the process (see the module doc).
+/// are served. Losing it: a step-down (see the module doc).
 pub(super) fn leading(engine: &Engine, established: bool) {
-    let Some(cluster) = &engine.cluster else {
-        return;
-    };
     if established {
-        if cluster.served.load(Ordering::Acquire) {
-            return;
-        }
-        if let Err(e) = recount_queues(engine) {
-            log::error!("cannot read the queues after becoming the leader: {e}; stopping");
-            std::process::exit(1);
-        }
-        cluster.served.store(true, Ordering::Release);
-        cluster.serving.store(true, Ordering::Release);
-        log::info!("serving as the established leader");
-    } else if cluster.served.load(Ordering::Acquire) {
-        cluster.serving.store(false, Ordering::Release);
-        if engine.stopping.load(Ordering::Acquire) {
-            return;
-        }
-        log::error!("this node lost the lead: stopping, to restart as a follower");
-        std::process::exit(1);
+        establish(engine);
+    } else {
+        step_down(engine, "this node lost the lead");
     }
 }
 
+/// Starts serving on RocksDB's applied state: every entry committed before this leadership
+/// is applied here (see `Engine::leading`), and none of this node's earlier proposals is
+/// unsettled. A read of the records that fails stops the process, as a failed fsync does:
+/// a leader that cannot serve would hold the group's lead for nothing.
+fn establish(engine: &Engine) {
+    let Some(cluster) = &engine.cluster else {
+        return;
+    };
+    let mut commit = engine.committer.lock();
+    if cluster.serving() {
+        return;
+    }
+    // Whatever was loaded while not serving (a command racing the step-down) predates
+    // entries applied since.
+    forget_state(engine, cluster, &mut commit);
+    if let Err(e) = recount_queues(engine) {
+        log::error!("cannot read the queues after becoming the leader: {e}; stopping");
+        std::process::exit(1);
+    }
+    cluster.serving.store(true, Ordering::Release);
+    log::info!("serving as the established leader");
+}
+
+/// Stops serving and forgets every state RocksDB's applied one does not have (see the module
+/// doc); nothing if this node does not serve.
+fn step_down(engine: &Engine, why: &str) {
+    let Some(cluster) = &engine.cluster else {
+        return;
+    };
+    let mut commit = engine.committer.lock();
+    if !cluster.serving() {
+        return;
+    }
+    // Refused from here on; the count tells the event loops to close what is in flight.
+    cluster.serving.store(false, Ordering::Release);
+    cluster.step_downs.fetch_add(1, Ordering::AcqRel);
+    forget_state(engine, cluster, &mut commit);
+    drop(commit);
+    if engine.stopping.load(Ordering::Acquire) {
+        log::info!("{why}: no longer serving (stopping)");
+    } else {
+        log::warn!(
+            "{why}: stepping down; connections with anything in flight are closed, queue \
+             commands are refused until this node leads again"
+        );
+    }
+    for mailbox in &engine.mailboxes {
+        mailbox.waker.wake();
+    }
+}
+
+/// Forgets the in-memory queues, the removals deferred to the next commit and the writes not
+/// yet applied: what is left is RocksDB's applied state. Under the commit lock.
+fn forget_state(engine: &Engine, cluster: &Cluster, commit: &mut CommitState) {
+    commit.forget_deferred();
+    cluster.unapplied.lock().clear();
+    engine.registry.forget_all();
+}
+
 /// Counts the queues on disk again, as start-up does (the followers' applied entries
-/// created and deleted some), for a node about to serve. None is loaded yet: nothing was
-/// served before.
+/// created and deleted some), for a node about to serve, under the commit lock. None is
+/// loaded (`forget_state`).
 fn recount_queues(engine: &Engine) -> Result<(), rocksdb::Error> {
-    let _commit = engine.committer.lock();
     let found = super::store::scan(&engine.db)?;
     engine
         .registry

@@ -161,6 +161,16 @@ impl CommitState {
             completed: Vec::new(),
         }
     }
+
+    /// Under `--cluster`, on a step-down: the removals kept for the next commit are of
+    /// messages in queues being forgotten (they come back, as after a crash).
+    pub(super) fn forget_deferred(&mut self) {
+        debug_assert!(
+            self.unwritten.is_none(),
+            "only rounds hold published writes"
+        );
+        self.carry.clear();
+    }
 }
 
 /// Keeps removals that no one waits for to be written by the next commit; false if too
@@ -182,6 +192,11 @@ pub(super) fn commit_ops(engine: &Engine, ops: Vec<Op>) {
     let mut all = std::mem::take(&mut state.carry);
     all.extend(ops);
     if all.is_empty() {
+        return;
+    }
+    if engine.cluster.as_ref().is_some_and(|c| !c.serving()) {
+        // This node stepped down since `Engine::submit` looked (it does so under this lock).
+        super::refuse(engine, all, Error::NoLeader);
         return;
     }
     Committer {

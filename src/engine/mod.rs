@@ -433,6 +433,15 @@ impl Engine {
         self.cluster.as_ref().is_none_or(|c| c.serving())
     }
 
+    /// How many times this node stopped leading (under `--cluster`; always 0 otherwise). When
+    /// it changes, held replies and reads against the state of before must not be answered:
+    /// read it after `synced`, and trust that point only if this is unchanged (see `cluster`).
+    pub fn step_downs(&self) -> u64 {
+        self.cluster
+            .as_ref()
+            .map_or(0, cluster::Cluster::step_downs)
+    }
+
     /// Under `--cluster`: where `write` sends its batches (once, before the node can lead).
     pub fn propose_to(&self, proposer: Proposer) {
         cluster::propose_to(self, proposer);
@@ -448,7 +457,8 @@ impl Engine {
         cluster::proposal_lost(self, point);
     }
 
-    /// Under `--cluster`: this node became the established leader (`true`) or stopped being it.
+    /// Under `--cluster`: this node became the established leader (`true`), or stopped being
+    /// it and steps down (see `cluster`). Becoming it again later serves again.
     pub fn leading(&self, established: bool) {
         cluster::leading(self, established);
     }
@@ -520,6 +530,10 @@ impl Engine {
         loop {
             let mut q = state.lock();
             if q.is_retired() {
+                if !self.serving() {
+                    // Retired by a step-down (`cluster`): nothing is loaded until it leads.
+                    return Err(Error::NoLeader);
+                }
                 let name = q.name().clone();
                 drop(q);
                 state = match (self.lookup(&name)?, wait) {

@@ -112,6 +112,20 @@ impl Registry {
         self.count.store(count, Ordering::Release);
     }
 
+    /// Under `--cluster`, on a step-down or before serving again (`super::cluster`, under the
+    /// commit lock): every loaded queue leaves memory without its record written, retired so
+    /// that whoever holds its state looks the name up again. The counts are left for `recount`.
+    pub(super) fn forget_all(&self) {
+        let mut loaded = self.loaded.write();
+        for state in loaded.values() {
+            state.lock().retire();
+        }
+        *loaded = HashMap::new();
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        drop(loaded);
+        *self.recency.lists.lock() = RecencyLists::default();
+    }
+
     /// The queue named `name`, loaded from its record if it is not in memory; None if no such
     /// queue exists.
     pub(super) fn lookup(&self, db: &Db, name: &[u8]) -> Result<Option<QueueRef>, Error> {

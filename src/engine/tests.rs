@@ -51,6 +51,29 @@ fn limits(max_items: Option<u64>, max_bytes: Option<u64>, discard_old: bool) -> 
     }
 }
 
+/// A proposal: its point and its write batch's representation.
+type Proposal = (SyncPoint, Vec<u8>);
+
+/// What a cluster engine proposed and the test has not committed yet.
+#[derive(Clone, Default)]
+struct Proposals(Arc<Mutex<Vec<Proposal>>>);
+
+impl Proposals {
+    /// The group commits every proposal made so far, and this node applies them (as a
+    /// follower does, or the leader): written to RocksDB, then reported. The points.
+    fn commit_all(&self, engine: &Engine) -> Vec<SyncPoint> {
+        let proposed = std::mem::take(&mut *self.0.lock());
+        for (point, data) in &proposed {
+            engine
+                .database()
+                .write(rocksdb::WriteBatch::from_data(data))
+                .unwrap();
+            engine.committed(*point);
+        }
+        proposed.into_iter().map(|(point, _)| point).collect()
+    }
+}
+
 /// An engine on a data directory, with one mailbox whose events the test reads.
 struct Harness {
     engine: Arc<Engine>,
@@ -62,6 +85,21 @@ struct Harness {
 
 impl Harness {
     fn open(dir: &Path, limits: QueueLimits) -> Harness {
+        Harness::start(dir, limits, false)
+    }
+
+    /// An engine under `--cluster` whose proposals go to `proposals` (see `Proposals`).
+    fn open_cluster(dir: &Path, proposals: &Proposals) -> Harness {
+        let harness = Harness::start(dir, limits(None, None, false), true);
+        let sink = proposals.0.clone();
+        harness.engine.propose_to(Box::new(move |point, data| {
+            sink.lock().push((point, data));
+            true
+        }));
+        harness
+    }
+
+    fn start(dir: &Path, limits: QueueLimits, cluster: bool) -> Harness {
         let (sender, events) = crossbeam_channel::unbounded();
         let mailbox = Mailbox {
             sender,
@@ -78,7 +116,7 @@ impl Harness {
             min_free_bytes: 0,
             max_fanout: 64,
             prime_wal: false,
-            cluster: false,
+            cluster,
             max_queues: None,
             queue_memory: 64 << 20,
         };
@@ -130,6 +168,18 @@ impl Harness {
         let completed = |e: &Event| matches!(e, Event::Completed { .. });
         match self.event_for(conn, EVENT_TIMEOUT, completed) {
             Some(Event::Completed { outcome, .. }) => outcome,
+            other => panic!("no outcome for {conn:?}: {other:?}"),
+        }
+    }
+    /// The outcome of `conn`'s next write, and the point its reply waits for.
+    fn answered(&mut self, conn: ConnRef) -> (Outcome, SyncPoint) {
+        let completed = |e: &Event| matches!(e, Event::Completed { .. });
+        match self.event_for(conn, EVENT_TIMEOUT, completed) {
+            Some(Event::Completed {
+                outcome,
+                durable_at,
+                ..
+            }) => (outcome, durable_at),
             other => panic!("no outcome for {conn:?}: {other:?}"),
         }
     }
@@ -1041,4 +1091,89 @@ fn a_directory_made_before_the_raft_log_opens_with_its_messages_and_the_ids_repl
     assert_eq!(h.engine.check_column_family_ids(), Ok(()));
     assert_eq!(h.drain("old"), strings(&["a", "b", "c"]));
     h.close();
+}
+
+#[test]
+fn a_leader_that_steps_down_forgets_what_it_held_and_serves_the_applied_state_when_it_leads_again()
+{
+    let dir = TempDir::new();
+    let proposals = Proposals::default();
+    let mut h = Harness::open_cluster(&dir.0, &proposals);
+    let mut refused = Uncommitted::default();
+    let not_yet = h
+        .engine
+        .take(b"q", TakeMode::Remove, None, 1 << 20, &mut refused);
+    assert_eq!(not_yet.err(), Some(Error::NoLeader));
+
+    h.engine.leading(true);
+    assert_eq!(h.put_many("q", &["m0", "m1"]), vec![Outcome::Stored; 2]);
+    let first = proposals.commit_all(&h.engine);
+    assert!(h.engine.synced() >= *first.last().unwrap());
+    // m2 is proposed and not committed yet; m0 is held open: both only in this leader's memory.
+    let writer = h.conn();
+    let mut uncommitted = Uncommitted::default();
+    h.engine
+        .put(b"q", 0, 0, b"m2".to_vec(), writer, &mut uncommitted);
+    h.engine.submit_now(&mut uncommitted);
+    let (outcome, held_for) = h.answered(writer);
+    assert_eq!(outcome, Outcome::Stored);
+    assert!(held_for > h.engine.synced(), "its reply is held");
+    let opened = h.take("q", TakeMode::Open).unwrap();
+    assert_eq!(body(&opened), "m0");
+    assert_eq!(h.engine.step_downs(), 0);
+
+    h.engine.leading(false);
+    // The fence: whoever holds m2's reply sees the count change before any later commit.
+    assert_eq!(h.engine.step_downs(), 1);
+    assert!(!h.engine.serving());
+    let mut uncommitted = Uncommitted::default();
+    let refused = h
+        .engine
+        .take(b"q", TakeMode::Remove, None, 1 << 20, &mut uncommitted);
+    assert_eq!(refused.err(), Some(Error::NoLeader));
+    assert_eq!(h.put("q", "x"), Outcome::Failed(Error::NoLeader));
+    // A handle on the forgotten state does nothing.
+    h.confirm(&opened);
+    // The next leader commits m2 (and the record of m0 opened); this node applies them as a
+    // follower.
+    let second = proposals.commit_all(&h.engine);
+    assert_eq!(second[0], held_for);
+    assert_eq!(h.engine.step_downs(), 1);
+
+    // Leading again: the queue comes back from RocksDB, m0 given back, m2 applied.
+    h.engine.leading(true);
+    assert_eq!(h.engine.queue_count(), 1);
+    assert_eq!(h.put("q", "m3"), Outcome::Stored);
+    let third = proposals.commit_all(&h.engine);
+    assert!(third[0] > held_for, "points go on across leaderships");
+    assert_eq!(h.drain("q"), ["m0", "m1", "m2", "m3"]);
+    assert_eq!(h.engine.step_downs(), 1);
+
+    // Once more, the takes' removals are dropped by the next leader (a node leads again
+    // only once its earlier proposals are settled): those messages come back.
+    h.engine.leading(false);
+    assert_eq!(h.engine.step_downs(), 2);
+    proposals.0.lock().clear();
+    h.engine.leading(true);
+    assert_eq!(h.put("q", "m4"), Outcome::Stored);
+    proposals.commit_all(&h.engine);
+    assert_eq!(h.drain("q"), ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+#[test]
+fn a_lost_proposal_steps_the_leader_down() {
+    let dir = TempDir::new();
+    let proposals = Proposals::default();
+    let mut h = Harness::open_cluster(&dir.0, &proposals);
+    h.engine.leading(true);
+    assert_eq!(h.put("q", "m0"), Outcome::Stored);
+    let lost = std::mem::take(&mut *proposals.0.lock());
+    h.engine.proposal_lost(lost[0].0);
+    assert_eq!(h.engine.step_downs(), 1);
+    assert!(!h.engine.serving());
+    // Lost again (settled late) while not serving: nothing more.
+    h.engine.proposal_lost(lost[0].0);
+    assert_eq!(h.engine.step_downs(), 1);
+    h.engine.leading(true);
+    assert_eq!(h.take_body("q", TakeMode::Remove), None);
 }

@@ -282,6 +282,23 @@ impl Connection {
         self.output.held() || !self.unsynced_writes.is_empty()
     }
 
+    /// Whether anything of this connection rests on the engine's state as it is now, for a
+    /// step-down (`EventLoop::release_held`): a reply held for a write not known durable (or
+    /// any reply not sent yet: a message taken), a write not answered or not known durable, a
+    /// get in progress (maybe blocked), messages held open. `ctx.synced` is the last point
+    /// known durable in the leadership that ended. An HTTP client's pages are not queue state.
+    pub fn in_flight(&mut self, ctx: &Ctx) -> bool {
+        if self.framer.protocol() == Some(Protocol::Http) {
+            return false;
+        }
+        self.release_synced_writes(ctx);
+        !self.output.is_empty()
+            || !self.unsynced_writes.is_empty()
+            || self.commands.writes_pending()
+            || self.commands.reading()
+            || self.commands.holds_open()
+    }
+
     /// Reads, runs and answers as far as the socket and the connection's state allow.
     pub fn drive(&mut self, ctx: &mut Ctx) {
         self.turn_started = self.output.produced();
@@ -532,7 +549,7 @@ impl Connection {
 
     /// Gives back the write budget of the answered writes that are on disk now.
     fn release_synced_writes(&mut self, ctx: &Ctx) {
-        let synced = ctx.shared.engine.synced();
+        let synced = ctx.synced;
         while let Some(&(point, bytes)) = self.unsynced_writes.front() {
             if point > synced {
                 break;
@@ -659,7 +676,7 @@ impl Connection {
 
     /// Writes as much output as the socket takes and the syncer allows.
     pub fn flush(&mut self, ctx: &mut Ctx) {
-        let synced = ctx.shared.engine.synced();
+        let synced = ctx.synced;
         while !self.dead {
             let sendable = self.output.sendable(synced);
             if sendable.is_empty() {

@@ -98,9 +98,12 @@ pub struct EventLoop {
     /// Connections that stopped at their share of a pass (`Connection::yielded`): driven again
     /// next pass, which comes at once.
     yielded: IdSet,
-    /// Connections with replies waiting for a sync, and the sync point last seen.
+    /// Connections with replies waiting for a sync, and the sync point last seen (what its
+    /// connections trust as durable: `Ctx::synced`).
     held: IdSet,
     seen_synced: SyncPoint,
+    /// The engine's step-down count last seen (`release_held`).
+    seen_step_downs: u64,
     /// Connections with replies to write at the end of this pass (`flush_pending`), and since
     /// when the first of them waits.
     unflushed: Vec<u64>,
@@ -149,6 +152,7 @@ impl EventLoop {
             yielded: IdSet::default(),
             held: IdSet::default(),
             seen_synced: SyncPoint::NONE,
+            seen_step_downs: 0,
             unflushed: Vec::new(),
             unflushed_since: Instant::now(),
             deferred_since: None,
@@ -199,6 +203,7 @@ impl EventLoop {
                 || !self.handoffs.is_empty()
                 || !self.yielded.is_empty()
                 || self.sync_advanced()
+                || self.shared.engine.step_downs() != self.seen_step_downs
             {
                 timeout = Some(Duration::ZERO);
             }
@@ -360,6 +365,7 @@ impl EventLoop {
             timers: &mut self.timers,
             open_timers: &mut self.open_timers,
             mailbox: self.index,
+            synced: self.seen_synced,
             next_wait_id: &mut self.next_wait_id,
             spare_inputs: &mut self.spare_inputs,
         };
@@ -500,17 +506,45 @@ impl EventLoop {
         !self.held.is_empty() && self.shared.engine.synced() != self.seen_synced
     }
 
-    /// Sends the replies that the last sync released.
+    /// Sends the replies that the last sync released, after the fence against a step-down
+    /// (see `crate::engine`'s `cluster`): the synced point is read first, the step-down count
+    /// second. Unchanged count: the point covers only writes of the leadership this loop's held
+    /// replies come from, and releases them. Changed: every connection with anything in flight
+    /// is closed first, judged by the point seen before (a reply held past it may be for a
+    /// write the next leader drops, however far later commits move the point); those left
+    /// hold nothing, and whatever they run now is refused until this node leads again.
     fn release_held(&mut self) {
-        if !self.sync_advanced() {
+        let engine = &self.shared.engine;
+        let synced = engine.synced();
+        let step_downs = engine.step_downs();
+        if step_downs != self.seen_step_downs {
+            self.seen_step_downs = step_downs;
+            self.close_in_flight();
+        }
+        if synced == self.seen_synced {
             return;
         }
-        self.seen_synced = self.shared.engine.synced();
+        self.seen_synced = synced;
         for id in std::mem::take(&mut self.held) {
             if let Some(slot) = self.slot_of(id) {
                 self.drive(slot);
             }
         }
+    }
+
+    /// This node stepped down: closes the connections whose state rests on the engine's state
+    /// before (`Connection::in_flight`), as a crash would (their writes' outcome is unknown,
+    /// their open messages go back when the next leader loads their queue).
+    fn close_in_flight(&mut self) {
+        let mut closed = 0;
+        for slot in 0..self.conns.len() {
+            if self.with_conn(slot, |c, ctx| c.in_flight(ctx)) == Some(true) {
+                self.close(slot);
+                closed += 1;
+            }
+        }
+        self.held.clear();
+        log::info!("this node stepped down: closed {closed} connections with requests in flight");
     }
 
     pub(super) fn close(&mut self, slot: usize) {

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::engine::{Engine, Uncommitted};
+use crate::engine::{Engine, SyncPoint, Uncommitted};
 use crate::protocol::Limits;
 pub use config::{default_listen, default_threads, ServerConfig, MAX_MESSAGE_SIZE_LIMIT};
 use monitoring::connection_counts;
@@ -182,6 +182,10 @@ pub struct Ctx<'a> {
     pub open_timers: &'a mut Timers,
     /// This loop's mailbox index, for `ConnRef`s.
     pub mailbox: u32,
+    /// Every write up to this point is durable, as the loop last read it: replies held for
+    /// it may go out. Fenced against a step-down (`event_loop::EventLoop::release_held`), so
+    /// connections never read the engine's point themselves.
+    pub synced: SyncPoint,
     pub next_wait_id: &'a mut u64,
     /// Input buffers of connections that went idle, kept for the next connection that reads
     /// (see `connection::SPARE_INPUTS`).

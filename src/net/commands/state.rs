@@ -28,6 +28,11 @@ impl State {
         self.get.is_some()
     }
 
+    /// Whether it holds messages open (reliable reads not yet confirmed or given back).
+    pub(in crate::net) fn holds_open(&self) -> bool {
+        !self.open_reads.is_empty()
+    }
+
     /// Body bytes of the values a get in progress holds, not yet in the output.
     pub(in crate::net) fn reply_bytes(&self) -> usize {
         self.get.as_ref().map_or(0, |get| get.bytes)

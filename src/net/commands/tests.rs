@@ -157,6 +157,7 @@ impl Loop {
             timers: &mut self.timers,
             open_timers: &mut self.open_timers,
             mailbox: LOOP,
+            synced: self.shared.engine.synced(),
             next_wait_id: &mut self.next_wait_id,
             spare_inputs: &mut spare_inputs,
         };
@@ -451,4 +452,24 @@ fn the_reports_and_connection_commands_answer_at_once() {
     lp.run(&mut c, "quit\r\n");
     assert!(c.closed);
     assert_eq!(c.replies(), "");
+}
+
+#[test]
+fn the_commands_say_what_they_have_in_flight_for_a_step_down_to_close() {
+    // `Connection::in_flight` closes a connection on a step-down for any of these.
+    let mut lp = Loop::new();
+    let mut c = Fake::default();
+    let idle = |c: &Fake| !c.state.writes_pending() && !c.state.reading() && !c.state.holds_open();
+    assert!(idle(&c));
+    lp.run(&mut c, "set q 0 0 1\r\na\r\n");
+    assert!(c.state.writes_pending(), "a write not answered yet");
+    lp.commit(&mut c);
+    assert!(idle(&c));
+    assert_eq!(c.replies(), "STORED\r\n");
+    assert!(lp.answer(&mut c, "get q/open\r\n").starts_with("VALUE"));
+    assert!(c.state.holds_open(), "a message held open");
+    assert_eq!(lp.answer(&mut c, "get q/close\r\n"), "END\r\n");
+    assert!(idle(&c));
+    lp.run(&mut c, "get q/t=60000\r\n");
+    assert!(c.state.reading(), "a blocked read");
 }
