@@ -18,7 +18,7 @@ use super::{systemd, LoopStats, Shared};
 use crate::engine::MemoryBudget;
 use crate::engine::{Engine, EngineConfig, Mailbox};
 
-use crate::replication::Replica;
+use crate::replication::{ClientHandoff, Replica};
 
 /// Serves until SIGTERM or SIGINT.
 pub fn serve(config: ServerConfig) -> Result<(), String> {
@@ -87,7 +87,7 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
     let mut replica = match &config.cluster {
         Some(cluster) => {
             engine.check_column_family_ids()?;
-            Some(Replica::start(cluster, &engine)?)
+            Some(Replica::start(cluster, &engine, ClientHandoff::default())?)
         }
         None => None,
     };

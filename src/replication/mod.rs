@@ -32,5 +32,6 @@ pub mod transport;
 
 pub use apply::{Applier, Outcome};
 pub use driver::{Input, Mailbox, Node, NodeConfig, Synced, Timing, WalSync};
+pub use listener::{ClientHandoff, FORWARD_MARKER};
 pub use peers::ClusterConfig;
 pub use replica::Replica;
