@@ -39,6 +39,10 @@ pub const WINDOW: usize = 64 << 10;
 const CHUNK: usize = 16 << 10;
 /// A leader that has not accepted the connection this long is taken for unreachable.
 pub const CONNECT_WITHIN: Duration = Duration::from_secs(1);
+/// A leader whose machine vanished sends no reset: the kernel gives up on the connection after
+/// this long without an acknowledgement of bytes sent, or of keepalive probes sent after this
+/// long idle (then every second, three times), and the client's connection is closed.
+const LEADER_SILENT_FOR: Duration = Duration::from_secs(10);
 
 /// Where this node's queue commands go: the members' raft addresses (resolved once, at start)
 /// and the leader this node knows; and the counts `stats` shows.
@@ -116,6 +120,7 @@ impl Upstream {
     pub fn connect(address: SocketAddr) -> io::Result<Upstream> {
         let stream = TcpStream::connect(address)?;
         let _ = stream.set_nodelay(true);
+        notice_a_vanished_peer(&stream);
         Ok(Upstream {
             stream,
             registered: false,
@@ -227,6 +232,32 @@ impl Upstream {
             }
         }
         Ok(received)
+    }
+}
+
+/// Has the kernel close `stream` when its peer stops answering (`LEADER_SILENT_FOR`), so that a
+/// blocking read forwarded to a leader whose machine died does not wait forever. Best effort.
+fn notice_a_vanished_peer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let secs = LEADER_SILENT_FOR.as_secs() as libc::c_int;
+    let fd = stream.as_raw_fd();
+    for (level, option, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, secs * 1000),
+    ] {
+        // SAFETY: setsockopt reads one c_int from `value`, whose size is passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }
 
