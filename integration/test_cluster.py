@@ -12,6 +12,9 @@ import struct
 import subprocess
 import time
 
+import pytest
+
+from abuse import rss_mb
 from conftest import BinaryConn, MemcacheConn, Op, free_port, mqd_bin, set_extras
 
 FAILOVER_LIMIT = 2.0
@@ -273,6 +276,15 @@ def forwarded_stats(server):
     return {k: int(v) for k, v in stats.items() if "forwarded" in k}
 
 
+def http_get(server, path):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET %s HTTP/1.0\r\n\r\n" % path.encode())
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got.decode(errors="replace")
+
+
 def settled_cluster(make_server):
     """A cluster whose leader serves and whose members all know it: (leader, followers)."""
     servers = cluster_of(make_server)
@@ -282,6 +294,7 @@ def settled_cluster(make_server):
     return primary, [s for s in servers if s is not primary]
 
 
+@pytest.mark.event_loops
 def test_a_follower_serves_its_clients_through_the_leader_in_order(make_server):
     primary, (one, two) = settled_cluster(make_server)
     assert forwarded_stats(one) == {
@@ -328,8 +341,11 @@ def test_a_follower_serves_its_clients_through_the_leader_in_order(make_server):
     assert forwarded_stats(one)["cluster_total_forwarded_connections"] == 1
     assert forwarded_stats(two)["cluster_total_forwarded_connections"] == 1
     assert forwarded_stats(primary)["cluster_received_forwarded_connections"] == 2
+    metrics = http_get(one, "/metrics")
+    assert "\nmqd_cluster_forwarded_connections_total 1\n" in metrics, metrics
 
 
+@pytest.mark.event_loops
 def test_mqmq_and_the_binary_protocol_are_forwarded_too(make_server):
     primary, (one, two) = settled_cluster(make_server)
     with one.mq() as m:
@@ -348,6 +364,7 @@ def test_mqmq_and_the_binary_protocol_are_forwarded_too(make_server):
         assert take(c, b"mq") == b"third"
 
 
+@pytest.mark.event_loops
 def test_a_blocking_read_on_a_follower_is_served_by_a_set_on_another_member(make_server):
     primary, (one, two) = settled_cluster(make_server)
     with one.mc() as reader:
@@ -416,3 +433,36 @@ def test_a_forwarded_connection_is_never_forwarded_again(make_server):
         assert conn.read_response().status == 0
     with primary.mc() as c:
         assert take(c, b"q") == b"direct"
+
+
+@pytest.mark.event_loops
+def test_a_client_that_half_closes_gets_every_reply_through_the_pipe(make_server):
+    primary, (one, _) = settled_cluster(make_server)
+    with socket.create_connection(("127.0.0.1", one.port), timeout=10) as sock:
+        sock.sendall(b"set hc 0 0 2\r\nhi\r\nget hc\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    assert got == b"STORED\r\nVALUE hc 0 2\r\nhi\r\nEND\r\n"
+
+
+def test_a_follower_holds_little_of_what_a_client_that_does_not_read_is_sent(make_server):
+    primary, (one, _) = settled_cluster(make_server)
+    body = os.urandom(1 << 20)
+    with one.mc() as c:
+        assert c.set("big", body) == b"STORED\r\n"
+    time.sleep(0.5)
+    before = rss_mb(one.proc.pid)
+    peeks = 100
+    with one.mc(timeout=30) as c:
+        # 100 MB of replies asked for, none read yet.
+        c.send(b"get big/peek\r\n" * peeks)
+        time.sleep(3)
+        grown = rss_mb(one.proc.pid) - before
+        assert grown < 24, f"the follower grew {grown:.0f} MB for a client that does not read"
+        for _ in range(peeks):
+            assert c.read_line() == b"VALUE big/peek 0 %d\r\n" % len(body)
+            assert c.read_exactly(len(body) + 2)[:-2] == body
+            assert c.read_line() == b"END\r\n"
+    print(f"follower grew {grown:.1f} MB while 100 MB of replies waited")
