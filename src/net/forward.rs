@@ -267,3 +267,78 @@ pub fn received(forwarding: Option<&Forwarding>) {
         f.received.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+    use crate::replication::status::{Role, StatusView};
+
+    fn knowing(node: u64, leader: u64) -> Forwarding {
+        let status = Arc::new(Status::new(node));
+        status.publish(&StatusView {
+            node,
+            role: Role::Follower,
+            term: 2,
+            leader,
+            commit: 1,
+            applied: 1,
+            last_index: 1,
+        });
+        let peers = [
+            (1, "127.0.0.1:7001"),
+            (2, "127.0.0.1:7002"),
+            (3, "nowhere.invalid:1"),
+        ]
+        .map(|(id, a)| (id, a.to_string()))
+        .into();
+        Forwarding::new(status, &peers)
+    }
+
+    #[test]
+    fn only_a_connection_not_forwarded_goes_to_another_member_known_to_lead() {
+        let to_two: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        assert_eq!(knowing(1, 2).route(false), Some(to_two));
+        assert_eq!(knowing(1, 2).route(true), None, "forwarded once already");
+        assert_eq!(knowing(1, 0).route(false), None, "no leader known");
+        assert_eq!(
+            knowing(1, 1).route(false),
+            None,
+            "this node, not established yet"
+        );
+        assert_eq!(
+            knowing(1, 3).route(false),
+            None,
+            "a name that did not resolve"
+        );
+    }
+
+    #[test]
+    fn an_upstream_sends_the_marker_first_and_holds_at_most_a_window() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut upstream = Upstream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut leader, _) = listener.accept().unwrap();
+        while !upstream.send().unwrap() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut marker = [0; 4];
+        leader.read_exact(&mut marker).unwrap();
+        assert_eq!(marker, FORWARD_MARKER);
+        // A client with far more to say than the window: only a window's worth is taken.
+        let mut client = &vec![7u8; 4 * WINDOW][..];
+        let (taken, eof) = upstream.take_from(&mut client).unwrap();
+        assert_eq!((taken, eof), (WINDOW, false));
+        assert!(!upstream.has_room());
+        leader.write_all(b"STORED\r\n").unwrap();
+        let mut out = b"local\r\n".to_vec();
+        while upstream.receive(&mut out, 5).unwrap() == 0 {
+            upstream.readable = true;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            out, b"local\r\nSTORE",
+            "at most the room asked for, after what was there"
+        );
+    }
+}
