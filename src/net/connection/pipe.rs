@@ -20,6 +20,10 @@ use crate::net::forward::{Upstream, CONNECT_WITHIN, WINDOW};
 use crate::net::Ctx;
 use crate::protocol::Command;
 
+/// Bytes one pipe moves (both ways together) in one drive before the loop's other connections
+/// have their turn (as `DRIVE_SHARE` for replies): it goes on in the loop's next pass.
+const PUMP_SHARE: usize = 256 << 10;
+
 impl Connection {
     /// Where `command` goes, if not to this node: the leader, when this is a queue command, this
     /// node does not serve, knows another member leads, and the connection did not arrive
@@ -93,6 +97,7 @@ impl Connection {
     /// Moves bytes both ways as far as the sockets and the windows allow. False if the pipe
     /// was dropped before it carried anything: the connection goes on as an ordinary one.
     pub(super) fn pump(&mut self, ctx: &mut Ctx) -> bool {
+        let mut moved = 0;
         loop {
             let Some(upstream) = self.upstream.as_deref_mut() else {
                 return true;
@@ -110,11 +115,13 @@ impl Connection {
                     let input = &self.input[self.input_start..self.input_end];
                     let n = upstream.send_direct(input)?;
                     self.input_start += n;
+                    moved += n;
                     progressed |= n > 0;
                 }
                 if self.input_start == self.input_end && !self.eof && self.readable {
                     let (n, eof) = upstream.take_from(&mut self.stream)?;
                     ctx.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                    moved += n;
                     self.eof |= eof;
                     if n > 0 || eof {
                         progressed = true;
@@ -133,6 +140,7 @@ impl Connection {
                 if unsent < WINDOW {
                     let out = self.output.append_after(SyncPoint::NONE);
                     let n = upstream.receive(out, WINDOW - unsent)?;
+                    moved += n;
                     progressed |= n > 0;
                 }
                 Ok(())
@@ -167,6 +175,11 @@ impl Connection {
                 self.closing = true;
             }
             if self.dead || !progressed {
+                return true;
+            }
+            if moved >= PUMP_SHARE {
+                // Its turn is over; the sockets' readiness is remembered for the next pass.
+                self.yielded = true;
                 return true;
             }
         }
