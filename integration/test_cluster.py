@@ -387,6 +387,8 @@ def test_a_killed_leader_closes_forwarded_connections_and_the_next_one_serves(ma
         for i in range(100):
             assert c.set("q", f"m{i}") == b"STORED\r\n"
             acked.append(f"m{i}".encode())
+    fresh = followers[1].mc()  # connected, no queue command yet: the follower's own
+    assert fresh.cmd(b"version").startswith(b"VERSION ")
     waiting = followers[0].mc()  # a blocking read in flight through the pipe
     waiting.send(b"get idle/t=60000\r\n")
     busy = followers[1].mc()  # a connection piped and idle
@@ -398,9 +400,20 @@ def test_a_killed_leader_closes_forwarded_connections_and_the_next_one_serves(ma
         assert waiting.closed_by_server(timeout=5), "a forwarded blocking read hangs"
         assert waiting.buf == b""
         assert busy.closed_by_server(timeout=5), "a forwarded connection stayed open"
+        # A queue command now, while the followers may still name the dead leader (its port
+        # refuses) or name none: `no leader` at once, not a closed connection nor a hang, and
+        # the same connection is served once a new leader is established.
+        assert fresh.set("q", "refused") == NO_LEADER
+        deadline = time.monotonic() + PATIENCE
+        while (reply := fresh.set("q", "after")) == NO_LEADER:
+            assert time.monotonic() < deadline, "no new leader served"
+            time.sleep(0.01)
+        assert reply == b"STORED\r\n", reply
+        acked.append(b"after")
     finally:
         waiting.close()
         busy.close()
+        fresh.close()
     # New connections to a survivor: `no leader` during the election, then served by the new
     # leader (forwarded or not), with nothing acknowledged lost.
     got = [until_served(followers[0], lambda c: take(c, b"q"))]
