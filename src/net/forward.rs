@@ -145,7 +145,7 @@ impl Upstream {
 
     /// The leader did not accept the connection in time.
     pub fn overdue(&self, now: Instant) -> bool {
-        !self.connected && now.saturating_duration_since(self.started) > CONNECT_WITHIN
+        !self.connected && now.saturating_duration_since(self.started) >= CONNECT_WITHIN
     }
 
     /// Reads from `client` into the bytes for the leader while there is room: the bytes read,
