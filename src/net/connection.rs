@@ -308,8 +308,12 @@ impl Connection {
         }
         loop {
             let stop = self.process(ctx);
-            if self.upstream.is_some() && self.pump(ctx) {
-                return;
+            if self.upstream.is_some() {
+                if self.pump(ctx) {
+                    return;
+                }
+                // The leader was not reached: the command runs here after all, now.
+                continue;
             }
             if stop == Stop::Yield {
                 self.yielded = true;
