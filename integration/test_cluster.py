@@ -396,6 +396,7 @@ def test_a_killed_leader_closes_forwarded_connections_and_the_next_one_serves(ma
     acked.append(b"last")
     try:
         primary.kill()
+        killed = time.monotonic()
         # Never a hang: both connections are closed as soon as the leader's side closes.
         assert waiting.closed_by_server(timeout=5), "a forwarded blocking read hangs"
         assert waiting.buf == b""
@@ -403,7 +404,12 @@ def test_a_killed_leader_closes_forwarded_connections_and_the_next_one_serves(ma
         # A queue command now, while the followers may still name the dead leader (its port
         # refuses) or name none: `no leader` at once, not a closed connection nor a hang, and
         # the same connection is served once a new leader is established.
+        # (An election takes 10 ticks at least: 0.5 s.)
+        asked = time.monotonic()
         assert fresh.set("q", "refused") == NO_LEADER
+        took = time.monotonic() - asked
+        print(f"'no leader' {took:.3f} s after asking, {time.monotonic() - killed:.3f} s after the kill")
+        assert took < 0.3, f"'no leader' took {took:.3f} s"
         deadline = time.monotonic() + PATIENCE
         while (reply := fresh.set("q", "after")) == NO_LEADER:
             assert time.monotonic() < deadline, "no new leader served"
