@@ -346,7 +346,7 @@ def test_a_follower_serves_its_clients_through_the_leader_in_order(make_server):
 
 
 @pytest.mark.event_loops
-def test_mqmq_and_the_binary_protocol_are_forwarded_too(make_server):
+def test_mqmq_binary_and_meta_commands_are_forwarded_too(make_server):
     primary, (one, two) = settled_cluster(make_server)
     with one.mq() as m:
         assert m.put(b"mq", b"first") == [b"OK"]
@@ -361,7 +361,12 @@ def test_mqmq_and_the_binary_protocol_are_forwarded_too(make_server):
         reply = b.read_response()
         assert (reply.status, reply.value) == (0, b"second"), reply
     with one.mc() as c:
+        # Meta commands, on a connection that starts with one.
+        c.send(b"ms mq 5 F3\r\nforth\r\n")
+        assert c.read_line() == b"HD\r\n"
         assert take(c, b"mq") == b"third"
+        c.send(b"mg mq v f\r\n")
+        c.expect(b"VA 5 f3\r\nforth\r\n")
 
 
 @pytest.mark.event_loops
