@@ -1,15 +1,21 @@
 """Three `mqd serve --node N --cluster ...` processes on loopback: they elect one leader and keep
 it with heartbeats, and when it is killed with SIGKILL the other two elect another within 2 s.
 Role, leader and term are read from `stats` (`cluster_*`, protocol-spec/memcache.md 7.1).
-The leader serves the queues, replicated: what it acknowledged, the next leader has; the
-others answer `SERVER_ERROR no leader` (protocol-spec/cluster.md)."""
+The leader serves the queues, replicated: what it acknowledged, the next leader has. The others
+serve their clients through it (forwarding), or answer `SERVER_ERROR no leader` while no leader
+is known (protocol-spec/cluster.md)."""
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import time
 
-from conftest import free_port, mqd_bin
+import pytest
+
+from abuse import rss_mb
+from conftest import BinaryConn, MemcacheConn, Op, free_port, mqd_bin, set_extras
 
 FAILOVER_LIMIT = 2.0
 PATIENCE = 15.0
@@ -153,16 +159,17 @@ def test_what_the_leader_acknowledged_the_next_leader_returns_in_order(make_serv
         for b in batch:
             assert c.read_line() == b"STORED\r\n"
             acked.append(b)
-    # Followers serve nothing (forwarding is a later step): a clear, retryable error.
+    # Followers serve through the leader (their own queue, so that q keeps what the leader
+    # acknowledged), and stay followers.
     for follower in followers:
         with follower.mc() as c:
-            assert c.cmd(b"get q") == NO_LEADER
-            assert c.set("q", "x") == NO_LEADER
-            assert c.cmd(b"delete q") == NO_LEADER
+            assert c.set("f", "x") == b"STORED\r\n"
+            assert take(c, b"f") == b"x"
+            assert c.cmd(b"delete f") == b"DELETED\r\n"
             assert view(follower)["role"] == "follower"
         with follower.mq() as m:
-            assert m.put(b"q", b"x") == [b"Error", b"SERVER_NO_LEADER"]
-            assert m.get(b"q") == [b"Error", b"SERVER_NO_LEADER"]
+            assert m.put(b"f", b"y") == [b"OK"]
+            assert m.get(b"f") == [b"OK", b"y"]
 
     # With both followers stopped nothing can be committed: the leader must not acknowledge.
     # (A leader that answered before its entry was committed fails here.)
@@ -191,10 +198,10 @@ def test_what_the_leader_acknowledged_the_next_leader_returns_in_order(make_serv
     # Past them, only writes never acknowledged (sent to the followers before the kill, they
     # may be committed by the next leader), in order.
     assert got[len(acked) :] == unacked[: len(got) - len(acked)], got[len(acked) :]
-    # The survivor that does not lead still refuses.
+    # The survivor that does not lead serves through the new leader: nothing is left.
     other = next(s for s in followers if s is not successor)
-    with other.mc() as c:
-        assert c.cmd(b"get q") == NO_LEADER
+    assert view(other)["role"] == "follower"
+    assert until_served(other, lambda c: take(c, b"q")) is None
 
 
 def test_a_follower_restarted_keeps_its_identity_and_the_leader_keeps_leading(make_server):
@@ -386,3 +393,232 @@ def test_a_leader_that_stepped_down_leads_again_and_serves_both_leaderships_in_o
     finally:
         resume(paused)
     wait_for_leader(servers)
+# Forwarding: any member serves every client through the leader (protocol-spec/cluster.md 4).
+
+
+def raft_port(server):
+    """The port of `server`'s replication address (its `--cluster` entry)."""
+    node = int(server.args[server.args.index("--node") + 1])
+    spec = server.args[server.args.index("--cluster") + 1]
+    members = dict(m.split("=", 1) for m in spec.split(","))
+    return int(members[str(node)].rsplit(":", 1)[1])
+
+
+def forwarded_stats(server):
+    with server.mc() as c:
+        stats = c.stats()
+    return {k: int(v) for k, v in stats.items() if "forwarded" in k}
+
+
+def http_get(server, path):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET %s HTTP/1.0\r\n\r\n" % path.encode())
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got.decode(errors="replace")
+
+
+def settled_cluster(make_server):
+    """A cluster whose leader serves and whose members all know it: (leader, followers)."""
+    servers = cluster_of(make_server)
+    leader, _ = wait_for_leader(servers)
+    primary = servers[leader - 1]
+    assert until_served(primary, lambda c: take(c, b"warm-up")) is None
+    return primary, [s for s in servers if s is not primary]
+
+
+@pytest.mark.event_loops
+def test_a_follower_serves_its_clients_through_the_leader_in_order(make_server):
+    primary, (one, two) = settled_cluster(make_server)
+    assert forwarded_stats(one) == {
+        "cluster_forwarded_connections": 0,
+        "cluster_total_forwarded_connections": 0,
+        "cluster_received_forwarded_connections": 0,
+    }
+    with one.mc() as c:
+        # Before its first queue command a connection is the follower's own: `stats` and
+        # `version` are answered by it.
+        stats = c.stats()
+        assert stats["cluster_role"] == "follower" and stats["cluster_node"] == str(view(one)["node"])
+        assert c.cmd(b"version").startswith(b"VERSION ")
+        # The first queue command makes it a pipe to the leader; replies keep their order.
+        assert c.set("q", "m0") == b"STORED\r\n"
+        assert forwarded_stats(one)["cluster_forwarded_connections"] == 1
+        assert forwarded_stats(primary)["cluster_received_forwarded_connections"] == 1
+        # From then on everything is the leader's, `stats` included.
+        assert c.stats()["cluster_role"] == "leader"
+        for i in range(1, 50):
+            assert c.set("q", f"m{i}") == b"STORED\r\n"
+        # Pipelined sets, in one send.
+        batch = [f"m{i}".encode() for i in range(50, 300)]
+        c.send(b"".join(b"set q 0 0 %d\r\n%s\r\n" % (len(b), b) for b in batch))
+        for _ in batch:
+            assert c.read_line() == b"STORED\r\n"
+        # The four verbs.
+        assert c.set("gone", "x") == b"STORED\r\n"
+        assert c.cmd(b"delete gone") == b"DELETED\r\n"
+        assert c.set("emptied", "x") == b"STORED\r\n"
+        assert c.cmd(b"flush emptied") == b"END\r\n"
+        assert take(c, b"emptied") is None
+    # What one follower stored, the other follower and the leader give back, in order.
+    got = []
+    with two.mc() as c:
+        for _ in range(150):
+            got.append(take(c, b"q"))
+    with primary.mc() as c:
+        while (body := take(c, b"q")) is not None:
+            got.append(body)
+    assert got == [f"m{i}".encode() for i in range(300)]
+    time.sleep(0.2)  # the closed connections are counted out as their loops see them close
+    assert forwarded_stats(one)["cluster_forwarded_connections"] == 0
+    assert forwarded_stats(one)["cluster_total_forwarded_connections"] == 1
+    assert forwarded_stats(two)["cluster_total_forwarded_connections"] == 1
+    assert forwarded_stats(primary)["cluster_received_forwarded_connections"] == 2
+    metrics = http_get(one, "/metrics")
+    assert "\nmqd_cluster_forwarded_connections_total 1\n" in metrics, metrics
+
+
+@pytest.mark.event_loops
+def test_mqmq_binary_and_meta_commands_are_forwarded_too(make_server):
+    primary, (one, two) = settled_cluster(make_server)
+    with one.mq() as m:
+        assert m.put(b"mq", b"first") == [b"OK"]
+        assert m.put(b"mq", b"second") == [b"OK"]
+    with two.mq() as m:
+        assert m.get(b"mq") == [b"OK", b"first"]
+    with two.mb() as b:
+        b.send_request(Op.SET, key=b"mq", extras=set_extras(), value=b"third", opaque=7)
+        reply = b.read_response()
+        assert (reply.opcode, reply.status, reply.opaque) == (Op.SET, 0, 7), reply
+        b.send_request(Op.GET, key=b"mq", opaque=8)
+        reply = b.read_response()
+        assert (reply.status, reply.value) == (0, b"second"), reply
+    with one.mc() as c:
+        # Meta commands, on a connection that starts with one.
+        c.send(b"ms mq 5 F3\r\nforth\r\n")
+        assert c.read_line() == b"HD\r\n"
+        assert take(c, b"mq") == b"third"
+        c.send(b"mg mq v f\r\n")
+        c.expect(b"VA 5 f3\r\nforth\r\n")
+
+
+@pytest.mark.event_loops
+def test_a_blocking_read_on_a_follower_is_served_by_a_set_on_another_member(make_server):
+    primary, (one, two) = settled_cluster(make_server)
+    with one.mc() as reader:
+        reader.send(b"get later/t=10000\r\n")
+        assert reader.nothing_pending(wait=0.5), "answered before any message"
+        with two.mc() as writer:
+            assert writer.set("later", "at last") == b"STORED\r\n"
+        assert reader.read_line(timeout=5) == b"VALUE later/t=10000 0 7\r\n"
+        assert reader.read_line() == b"at last\r\n"
+        assert reader.read_line() == b"END\r\n"
+        # A wait that times out is answered too, through the pipe.
+        reader.send(b"get later/t=200\r\n")
+        assert reader.read_line(timeout=5) == b"END\r\n"
+
+
+def test_a_killed_leader_closes_forwarded_connections_and_the_next_one_serves(make_server):
+    primary, followers = settled_cluster(make_server)
+    acked = []
+    with followers[0].mc() as c:
+        for i in range(100):
+            assert c.set("q", f"m{i}") == b"STORED\r\n"
+            acked.append(f"m{i}".encode())
+    fresh = followers[1].mc()  # connected, no queue command yet: the follower's own
+    assert fresh.cmd(b"version").startswith(b"VERSION ")
+    waiting = followers[0].mc()  # a blocking read in flight through the pipe
+    waiting.send(b"get idle/t=60000\r\n")
+    busy = followers[1].mc()  # a connection piped and idle
+    assert busy.set("q", "last") == b"STORED\r\n"
+    acked.append(b"last")
+    try:
+        primary.kill()
+        killed = time.monotonic()
+        # Never a hang: both connections are closed as soon as the leader's side closes.
+        assert waiting.closed_by_server(timeout=5), "a forwarded blocking read hangs"
+        assert waiting.buf == b""
+        assert busy.closed_by_server(timeout=5), "a forwarded connection stayed open"
+        # A queue command now, while the followers may still name the dead leader (its port
+        # refuses) or name none: `no leader` at once, not a closed connection nor a hang, and
+        # the same connection is served once a new leader is established.
+        # (An election takes 10 ticks at least: 0.5 s.)
+        asked = time.monotonic()
+        assert fresh.set("q", "refused") == NO_LEADER
+        took = time.monotonic() - asked
+        print(f"'no leader' {took:.3f} s after asking, {time.monotonic() - killed:.3f} s after the kill")
+        assert took < 0.3, f"'no leader' took {took:.3f} s"
+        deadline = time.monotonic() + PATIENCE
+        while (reply := fresh.set("q", "after")) == NO_LEADER:
+            assert time.monotonic() < deadline, "no new leader served"
+            time.sleep(0.01)
+        assert reply == b"STORED\r\n", reply
+        acked.append(b"after")
+    finally:
+        waiting.close()
+        busy.close()
+        fresh.close()
+    # New connections to a survivor: `no leader` during the election, then served by the new
+    # leader (forwarded or not), with nothing acknowledged lost.
+    got = [until_served(followers[0], lambda c: take(c, b"q"))]
+    assert got[0] == acked[0], got
+    with followers[1].mc() as c:
+        while (body := take(c, b"q")) is not None:
+            got.append(body)
+    assert got == acked
+
+
+def test_a_forwarded_connection_is_never_forwarded_again(make_server):
+    primary, (one, _) = settled_cluster(make_server)
+    # As a member that takes `one` for the leader would forward: the marker on its raft port.
+    with socket.create_connection(("127.0.0.1", raft_port(one)), timeout=10) as sock:
+        conn = MemcacheConn.__new__(MemcacheConn)
+        conn.sock, conn.timeout, conn.buf = sock, 10, bytearray()
+        conn.send(struct.pack(">I", 0xFFFF_FFFF))
+        assert conn.cmd(b"version").startswith(b"VERSION ")
+        assert conn.set("q", "x") == NO_LEADER
+        assert conn.cmd(b"get q") == NO_LEADER
+    assert forwarded_stats(one)["cluster_received_forwarded_connections"] == 1
+    # The leader takes one as an ordinary client.
+    with socket.create_connection(("127.0.0.1", raft_port(primary)), timeout=10) as sock:
+        conn = BinaryConn.__new__(BinaryConn)
+        conn.sock, conn.timeout, conn.buf = sock, 10, bytearray()
+        conn.send(struct.pack(">I", 0xFFFF_FFFF))
+        conn.send_request(Op.SET, key=b"q", extras=set_extras(), value=b"direct")
+        assert conn.read_response().status == 0
+    with primary.mc() as c:
+        assert take(c, b"q") == b"direct"
+
+
+@pytest.mark.event_loops
+def test_a_client_that_half_closes_gets_every_reply_through_the_pipe(make_server):
+    primary, (one, _) = settled_cluster(make_server)
+    with socket.create_connection(("127.0.0.1", one.port), timeout=10) as sock:
+        sock.sendall(b"set hc 0 0 2\r\nhi\r\nget hc\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    assert got == b"STORED\r\nVALUE hc 0 2\r\nhi\r\nEND\r\n"
+
+
+def test_a_follower_holds_little_of_what_a_client_that_does_not_read_is_sent(make_server):
+    primary, (one, _) = settled_cluster(make_server)
+    body = os.urandom(1 << 20)
+    with one.mc() as c:
+        assert c.set("big", body) == b"STORED\r\n"
+    time.sleep(0.5)
+    before = rss_mb(one.proc.pid)
+    peeks = 100
+    with one.mc(timeout=30) as c:
+        # 100 MB of replies asked for, none read yet.
+        c.send(b"get big/peek\r\n" * peeks)
+        time.sleep(3)
+        grown = rss_mb(one.proc.pid) - before
+        assert grown < 24, f"the follower grew {grown:.0f} MB for a client that does not read"
+        for _ in range(peeks):
+            assert c.read_line() == b"VALUE big/peek 0 %d\r\n" % len(body)
+            assert c.read_exactly(len(body) + 2)[:-2] == body
+            assert c.read_line() == b"END\r\n"
+    print(f"follower grew {grown:.1f} MB while 100 MB of replies waited")

@@ -11,6 +11,11 @@
 //! buffer, writes in flight, and replies beyond a small allowance (`FREE_OUTPUT`). A connection
 //! whose replies are past its allowance runs a command only while the output budget has room;
 //! a read takes a message only if the connection's allowance or the budget has room for it.
+//!
+//! Under `--cluster`, a connection on a member that does not serve becomes a pipe to the leader
+//! at its first queue command (`pipe`, `super::forward`).
+
+mod pipe;
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind as IoErrorKind, Read as _, Write as _};
@@ -21,6 +26,7 @@ use super::budget::{
     FREE_INPUT, FREE_OUTPUT, MAX_WRITES_PER_CONNECTION, MAX_WRITE_BYTES_PER_CONNECTION,
 };
 use super::commands::{self, Client};
+use super::forward::Upstream;
 use super::monitoring::body_stream::{self, BodyStream};
 use super::monitoring::http_service::{self, Answer};
 use super::output::Output;
@@ -151,10 +157,17 @@ pub struct Connection {
     commands: commands::State,
     /// The rest of an HTTP body rendered as its client reads it: later requests wait for it.
     body_stream: Option<Box<BodyStream>>,
+    /// Another member forwarded this connection here: it is never forwarded again.
+    forwarded: bool,
+    /// The leader this connection is a pipe to, once it is one (`pipe`).
+    upstream: Option<Box<Upstream>>,
+    /// The leader could not be reached: the next queue command is answered here.
+    answer_locally: bool,
 }
 
 impl Connection {
-    pub fn new(stream: Stream, id: u64) -> Connection {
+    /// `forwarded`: another member forwarded it here (`super::forward`).
+    pub fn new(stream: Stream, id: u64, forwarded: bool) -> Connection {
         Connection {
             stream,
             id,
@@ -188,6 +201,9 @@ impl Connection {
             last_active: Instant::now(),
             requests_this_drive: 0,
             commands: commands::State::default(),
+            forwarded,
+            upstream: None,
+            answer_locally: false,
         }
     }
 
@@ -304,8 +320,18 @@ impl Connection {
         self.turn_started = self.output.produced();
         self.requests_this_drive = 0;
         self.yielded = false;
+        if self.upstream.is_some() && self.pump(ctx) {
+            return;
+        }
         loop {
             let stop = self.process(ctx);
+            if self.upstream.is_some() {
+                if self.pump(ctx) {
+                    return;
+                }
+                // The leader was not reached: the command runs here after all, now.
+                continue;
+            }
             if stop == Stop::Yield {
                 self.yielded = true;
                 self.flush(ctx);
@@ -477,6 +503,15 @@ impl Connection {
                     command,
                     style,
                 } => {
+                    if let Some(leader) = self.forward_to(&command, ctx) {
+                        self.partial_since = None;
+                        if self.commands.writes_pending() {
+                            // Its earlier writes are answered here first.
+                            return Stop::Waiting;
+                        }
+                        self.start_forwarding(leader, ctx);
+                        return Stop::Input;
+                    }
                     if commands::is_write(&command) && !self.admit_write(&command, ctx) {
                         self.parked_on_writes = true;
                         return Stop::Waiting;
@@ -564,6 +599,10 @@ impl Connection {
     /// longer than `--request-timeout`, or no traffic for `--idle-timeout` while not waiting on
     /// the server.
     pub fn overdue(&self, now: Instant, ctx: &Ctx) -> Option<&'static str> {
+        if self.upstream.is_some() {
+            // A pipe to the leader: the leader applies the timeouts to what it is sent.
+            return None;
+        }
         let older = |since: Instant, limit: Option<Duration>| {
             limit.is_some_and(|limit| now.saturating_duration_since(since) > limit)
         };

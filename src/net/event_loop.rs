@@ -20,6 +20,8 @@ use crate::id_hash::IdSet;
 const WAKER: Token = Token(0);
 const FIRST_LISTENER: usize = 1;
 const FIRST_CONNECTION: usize = 1024;
+/// Tokens of the leader's sockets of forwarded connections (`forward`): this plus the slot.
+const FIRST_UPSTREAM: usize = 1 << (usize::BITS - 2);
 /// How long a stopping server waits for connections to finish their writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most commits one loop pass makes before it polls again: each commit answers writes, which
@@ -67,10 +69,18 @@ impl Wake for LoopWaker {
     }
 }
 
-/// Where loop 0 sends a connection it accepted for another loop.
+/// Where loop 0 sends a connection it accepted for another loop (and the server one that
+/// another member forwarded to this one).
 pub struct Peer {
-    pub handoff: Sender<Stream>,
+    pub handoff: Sender<Arrival>,
     pub waker: Arc<LoopWaker>,
+}
+
+/// A connection handed to a loop.
+pub struct Arrival {
+    pub stream: Stream,
+    /// Another member forwarded it (`forward`): it is never forwarded again.
+    pub forwarded: bool,
 }
 
 pub struct EventLoop {
@@ -80,7 +90,7 @@ pub struct EventLoop {
     pub listeners: Vec<Listener>,
     /// Every loop (this one included), for dealing out accepted connections.
     pub peers: Vec<Peer>,
-    pub handoffs: Receiver<Stream>,
+    pub handoffs: Receiver<Arrival>,
     pub mailbox: Receiver<Event>,
     pub shared: Arc<Shared>,
     pub stats: Arc<LoopStats>,
@@ -124,7 +134,7 @@ impl EventLoop {
         index: u32,
         poll: Poll,
         waker: Arc<LoopWaker>,
-        handoffs: Receiver<Stream>,
+        handoffs: Receiver<Arrival>,
         mailbox: Receiver<Event>,
         shared: Arc<Shared>,
         stats: Arc<LoopStats>,
@@ -226,6 +236,15 @@ impl EventLoop {
                 match event.token() {
                     WAKER => {}
                     Token(t) if t < FIRST_CONNECTION => self.accept(t - FIRST_LISTENER),
+                    Token(t) if t >= FIRST_UPSTREAM => {
+                        let slot = t - FIRST_UPSTREAM;
+                        if let Some(Some(conn)) = self.conns.get_mut(slot) {
+                            if event.is_readable() || event.is_read_closed() {
+                                conn.upstream_readable();
+                            }
+                            self.drive(slot);
+                        }
+                    }
                     Token(t) => {
                         let slot = t - FIRST_CONNECTION;
                         if let Some(Some(conn)) = self.conns.get_mut(slot) {
@@ -248,8 +267,8 @@ impl EventLoop {
                     self.drive(slot);
                 }
             }
-            while let Ok(stream) = self.handoffs.try_recv() {
-                self.adopt(stream);
+            while let Ok(arrival) = self.handoffs.try_recv() {
+                self.adopt(arrival.stream, arrival.forwarded);
             }
             while let Ok(event) = self.mailbox.try_recv() {
                 self.dispatch(event);
@@ -300,10 +319,14 @@ impl EventLoop {
                     let target = self.next_peer % self.peers.len().max(1);
                     self.next_peer += 1;
                     if target == self.index as usize || self.peers.is_empty() {
-                        self.adopt(stream);
+                        self.adopt(stream, false);
                     } else {
                         let peer = &self.peers[target];
-                        if peer.handoff.send(stream).is_ok() {
+                        let arrival = Arrival {
+                            stream,
+                            forwarded: false,
+                        };
+                        if peer.handoff.send(arrival).is_ok() {
                             peer.waker.wake();
                         }
                     }
@@ -320,7 +343,7 @@ impl EventLoop {
     }
 
     /// Takes a connection into this loop.
-    fn adopt(&mut self, mut stream: Stream) {
+    fn adopt(&mut self, mut stream: Stream, forwarded: bool) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.generations.push(0);
@@ -338,7 +361,7 @@ impl EventLoop {
             return;
         }
         let id = (u64::from(self.generations[slot]) << 32) | slot as u64;
-        self.conns[slot] = Some(Connection::new(stream, id));
+        self.conns[slot] = Some(Connection::new(stream, id, forwarded));
         self.drive(slot);
     }
 
@@ -383,12 +406,13 @@ impl EventLoop {
                 c.unflushed(),
                 c.yielded,
                 c.id,
+                c.upstream_unregistered(),
             )
         });
-        let Some((finished, parked, held, unflushed, yielded, id)) = state else {
+        let Some((finished, parked, held, unflushed, yielded, id, to_register)) = state else {
             return;
         };
-        if finished {
+        if finished || (to_register && !self.register_upstream(slot)) {
             self.close(slot);
             return;
         }
@@ -547,11 +571,42 @@ impl EventLoop {
         log::info!("this node stepped down: closed {closed} connections with requests in flight");
     }
 
+    /// Registers the leader's socket of a connection that just became a pipe to it
+    /// (`forward`); false if it cannot be.
+    fn register_upstream(&mut self, slot: usize) -> bool {
+        let Some(Some(conn)) = self.conns.get_mut(slot) else {
+            return true;
+        };
+        let Some(upstream) = conn.upstream() else {
+            return true;
+        };
+        let token = Token(FIRST_UPSTREAM + slot);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match self
+            .poll
+            .registry()
+            .register(&mut upstream.stream, token, interest)
+        {
+            Ok(()) => {
+                upstream.registered = true;
+                true
+            }
+            Err(e) => {
+                log::error!("cannot register a forwarded connection's upstream: {e}");
+                false
+            }
+        }
+    }
+
     pub(super) fn close(&mut self, slot: usize) {
-        let in_flight = self.with_conn(slot, |c, ctx| (c.id, c.discard(ctx)));
-        if let Some((id, weights)) = in_flight {
+        let in_flight =
+            self.with_conn(slot, |c, ctx| (c.id, c.discard(ctx), c.end_forwarding(ctx)));
+        if let Some((id, weights, upstream)) = in_flight {
             self.orphans.insert(id, weights);
             self.held.remove(&id);
+            if let Some(mut upstream) = upstream.filter(|u| u.registered) {
+                let _ = self.poll.registry().deregister(&mut upstream.stream);
+            }
         }
         if let Some(mut conn) = self.conns[slot].take() {
             let _ = self.poll.registry().deregister(&mut conn.stream);

@@ -12,6 +12,10 @@
 //! A connection whose first byte is an uppercase letter speaks HTTP instead: `monitoring`
 //! answers it from a snapshot of the counters.
 //!
+//! Under `--cluster`, a member that does not serve pipes a connection to the leader at its
+//! first queue command (`forward`); the leader's raft listener hands such connections to the
+//! loops (`server`), which serve them as any other, flagged as forwarded.
+//!
 //! The server's settings are its own (`ServerConfig`); the command line (`crate::cli`) builds
 //! them.
 
@@ -21,6 +25,7 @@ mod config;
 mod connection;
 mod event_loop;
 mod fd_limit;
+mod forward;
 mod housekeeping;
 mod identity;
 pub mod monitoring;
@@ -116,6 +121,8 @@ pub struct Shared {
     pub connection_counts: Arc<connection_counts::ConnectionCounts>,
     /// This node's place in its replicated group, under `--cluster`.
     pub cluster: Option<Arc<crate::replication::status::Status>>,
+    /// Under `--cluster`: where queue commands this node does not serve are forwarded.
+    pub(crate) forwarding: Option<forward::Forwarding>,
 }
 
 impl Shared {
@@ -147,6 +154,10 @@ impl Shared {
             loop_stats: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             connection_counts: Arc::default(),
+            forwarding: cluster
+                .as_ref()
+                .zip(config.cluster.as_ref())
+                .map(|(status, c)| forward::Forwarding::new(status.clone(), &c.peers)),
             cluster,
         }
     }

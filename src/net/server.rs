@@ -10,15 +10,15 @@ use mio::{Poll, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::event_loop::{EventLoop, LoopWaker, Peer};
+use super::event_loop::{Arrival, EventLoop, LoopWaker, Peer};
 use super::identity::{self, Identity};
 use super::stream::{self, Listener, SocketFile};
 use super::ServerConfig;
 use super::{systemd, LoopStats, Shared};
 use crate::engine::MemoryBudget;
-use crate::engine::{Engine, EngineConfig, Mailbox};
+use crate::engine::{Engine, EngineConfig, Mailbox, Wake as _};
 
-use crate::replication::Replica;
+use crate::replication::{ClientHandoff, Replica};
 
 /// Serves until SIGTERM or SIGINT.
 pub fn serve(config: ServerConfig) -> Result<(), String> {
@@ -83,11 +83,13 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         },
         mailboxes,
     )?;
-    // Under --cluster: elections and heartbeats with the group (no queue is replicated yet).
+    // Under --cluster: the replicated group. Client connections other members forward here
+    // arrive on the raft port and go to the loops (`forwarded_clients`, once they exist).
+    let clients = ClientHandoff::default();
     let mut replica = match &config.cluster {
         Some(cluster) => {
             engine.check_column_family_ids()?;
-            Some(Replica::start(cluster, &engine)?)
+            Some(Replica::start(cluster, &engine, clients.clone())?)
         }
         None => None,
     };
@@ -117,6 +119,13 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         })
         .collect();
     loops[0].listen(listeners).map_err(|e| e.to_string())?;
+    if replica.is_some() {
+        let peers = (handoffs.iter().map(|(sender, _)| sender.clone()))
+            .zip(wakers.iter().cloned())
+            .map(|(handoff, waker)| Peer { handoff, waker })
+            .collect();
+        let _ = clients.set(forwarded_clients(shared.clone(), peers));
+    }
 
     if let Some(path) = &config.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
@@ -177,6 +186,46 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
     drop(socket_file);
     log::info!("stopped");
     Ok(())
+}
+
+/// Takes the client connections other members forward to this one (on the raft listener's
+/// thread): each counts against `--max-connections`, and goes to the loops in turn, flagged as
+/// forwarded.
+fn forwarded_clients(
+    shared: Arc<Shared>,
+    peers: Vec<Peer>,
+) -> Box<dyn Fn(std::net::TcpStream) + Send + Sync> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    Box::new(move |stream| {
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        if shared.curr_connections.load(Ordering::Relaxed) >= shared.max_connections {
+            log::warn!("refusing a forwarded connection: --max-connections reached");
+            return;
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("a forwarded connection: {e}");
+            return;
+        }
+        let _ = stream.set_read_timeout(None);
+        shared.curr_connections.fetch_add(1, Ordering::Relaxed);
+        shared.total_connections.fetch_add(1, Ordering::Relaxed);
+        super::forward::received(shared.forwarding.as_ref());
+        let Some(peer) = peers.get(next.fetch_add(1, Ordering::Relaxed) % peers.len().max(1))
+        else {
+            return;
+        };
+        let arrival = Arrival {
+            stream: stream::Stream::Tcp(mio::net::TcpStream::from_std(stream)),
+            forwarded: true,
+        };
+        if peer.handoff.send(arrival).is_ok() {
+            peer.waker.wake();
+        } else {
+            shared.curr_connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    })
 }
 
 /// Hands the data directory (and the unix socket, so it can remove it on stop) to `identity`,

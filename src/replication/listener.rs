@@ -1,15 +1,23 @@
-//! Incoming raft connections: a thread accepts on this node's `--cluster` address, and each
-//! connection gets a reader thread that decodes frames and hands the messages to the raft
-//! thread. A frame that does not decode, or a message not from a member to this node, closes
-//! its connection. Few connections are expected (one per peer, and one more while a peer
-//! reconnects), so past a small limit new ones are closed at once.
+//! Incoming connections on this node's `--cluster` address: a thread accepts, and each
+//! connection gets a thread that reads its first four bytes. Most are raft peers: the thread
+//! goes on decoding frames and hands the messages to the raft thread; a frame that does not
+//! decode, or a message not from a member to this node, closes its connection. Few are expected
+//! (one per peer, and one more while a peer reconnects), so past a small limit new ones are
+//! closed at once.
+//!
+//! A connection that opens with [`FORWARD_MARKER`] (a frame length no raft frame can have) is a
+//! client connection another member forwards to this one (`crate::net::forward`): it is handed,
+//! as it is, to whoever [`ClientHandoff`] names (the event loops), and counts against none of
+//! the raft limits. The replication does not know the network layer: the server plugs it in.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
@@ -19,7 +27,19 @@ use super::frame;
 /// Incoming connections open at once, per peer.
 const CONNECTIONS_PER_PEER: usize = 4;
 /// An incoming connection silent this long is closed (its peer reconnects when it next sends).
-const READ_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+const READ_IDLE: Duration = Duration::from_secs(60);
+/// A connection must say what it is (its first four bytes) this soon.
+const IDENTIFY_WITHIN: Duration = Duration::from_secs(5);
+/// Connections accepted and not yet identified, at most: each has a thread.
+const MOST_UNIDENTIFIED: usize = 256;
+
+/// The first four bytes of a client connection forwarded by another member: as a raft frame's
+/// length it would be over `frame::MAX_FRAME`, so no raft peer sends it.
+pub const FORWARD_MARKER: [u8; 4] = [0xff; 4];
+
+/// Takes a forwarded client connection (set by the server once its event loops exist; until
+/// then such connections are closed).
+pub type ClientHandoff = Arc<OnceLock<Box<dyn Fn(TcpStream) + Send + Sync>>>;
 
 /// The incoming connections open, by a number of their own, to close them on stop.
 type Open = Arc<Mutex<HashMap<u64, TcpStream>>>;
@@ -44,6 +64,7 @@ impl RaftListener {
         me: u64,
         peers: BTreeSet<u64>,
         inputs: Sender<Input>,
+        clients: ClientHandoff,
     ) -> Result<RaftListener, String> {
         let listener = TcpListener::bind(address)
             .map_err(|e| format!("cannot listen for raft peers on {address}: {e}"))?;
@@ -55,9 +76,17 @@ impl RaftListener {
         let thread = {
             let stop = stop.clone();
             let open = open.clone();
+            let accepting = Accepting {
+                open,
+                most,
+                members,
+                inputs,
+                clients,
+                unidentified: Arc::default(),
+            };
             std::thread::Builder::new()
                 .name("raft-accept".into())
-                .spawn(move || accept(listener, &stop, &open, most, members, inputs))
+                .spawn(move || accept(listener, &stop, accepting))
                 .map_err(|e| format!("cannot start the raft listener: {e}"))?
         };
         log::info!("raft node {me} listening for peers on {bound}");
@@ -94,14 +123,19 @@ impl Drop for RaftListener {
     }
 }
 
-fn accept(
-    listener: TcpListener,
-    stop: &AtomicBool,
-    open: &Open,
+/// What the accepting thread shares with the connections' threads.
+#[derive(Clone)]
+struct Accepting {
+    open: Open,
     most: usize,
     members: Arc<Members>,
     inputs: Sender<Input>,
-) {
+    clients: ClientHandoff,
+    /// Connections whose first bytes have not arrived yet.
+    unidentified: Arc<AtomicUsize>,
+}
+
+fn accept(listener: TcpListener, stop: &AtomicBool, accepting: Accepting) {
     let mut next = 0u64;
     for stream in listener.incoming() {
         if stop.load(Ordering::Acquire) {
@@ -111,7 +145,7 @@ fn accept(
             Ok(stream) => stream,
             Err(e) => {
                 log::warn!("raft listener: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
@@ -119,38 +153,69 @@ fn accept(
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let Ok(clone) = stream.try_clone() else {
+        if accepting.unidentified.fetch_add(1, Ordering::AcqRel) >= MOST_UNIDENTIFIED {
+            accepting.unidentified.fetch_sub(1, Ordering::AcqRel);
+            log::warn!("connection from {peer} refused: {MOST_UNIDENTIFIED} still silent");
             continue;
-        };
-        {
-            let mut open = open.lock().unwrap();
-            if open.len() >= most {
-                log::warn!("raft connection from {peer} refused: {most} already open");
-                continue;
-            }
-            next += 1;
-            open.insert(next, clone);
         }
-        let _ = stream.set_nodelay(true);
-        // A peer whose machine died never closes its end: its connection ends after a silence.
-        let _ = stream.set_read_timeout(Some(READ_IDLE));
-        let (key, open, members, inputs) = (next, open.clone(), members.clone(), inputs.clone());
+        next += 1;
+        let (key, accepting) = (next, accepting.clone());
         let spawned = std::thread::Builder::new()
             .name("raft-from-peer".into())
-            .spawn(move || {
-                if let Err(e) = read(stream, &members, &inputs) {
-                    log::warn!("raft connection from {peer} closed: {e}");
-                }
-                open.lock().unwrap().remove(&key);
-            });
+            .spawn(move || serve(stream, key, &peer, &accepting));
         if let Err(e) = spawned {
             log::error!("cannot start a raft reader thread: {e}");
         }
     }
 }
 
+/// Reads what a connection is, then hands it to the event loops (a forwarded client) or reads
+/// its raft messages until it closes.
+fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(IDENTIFY_WITHIN));
+    let mut first = [0; 4];
+    let identified = stream.read_exact(&mut first);
+    accepting.unidentified.fetch_sub(1, Ordering::AcqRel);
+    if let Err(e) = identified {
+        log::debug!("connection from {peer} closed before it said what it is: {e}");
+        return;
+    }
+    if first == FORWARD_MARKER {
+        match accepting.clients.get() {
+            Some(hand) => hand(stream),
+            None => log::info!("forwarded connection from {peer} closed: not serving yet"),
+        }
+        return;
+    }
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    {
+        let mut open = accepting.open.lock().unwrap();
+        if open.len() >= accepting.most {
+            log::warn!(
+                "raft connection from {peer} refused: {} already open",
+                accepting.most
+            );
+            return;
+        }
+        open.insert(key, clone);
+    }
+    // A peer whose machine died never closes its end: its connection ends after a silence.
+    let _ = stream.set_read_timeout(Some(READ_IDLE));
+    if let Err(e) = read(
+        (&first[..]).chain(stream),
+        &accepting.members,
+        &accepting.inputs,
+    ) {
+        log::warn!("raft connection from {peer} closed: {e}");
+    }
+    accepting.open.lock().unwrap().remove(&key);
+}
+
 /// Until the peer closes, or the node stops.
-fn read(stream: TcpStream, members: &Members, inputs: &Sender<Input>) -> Result<(), String> {
+fn read(stream: impl Read, members: &Members, inputs: &Sender<Input>) -> Result<(), String> {
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     while let Some(message) = frame::read(&mut reader).map_err(|e| e.to_string())? {
         if message.to != members.me || !members.peers.contains(&message.from) {
@@ -198,7 +263,14 @@ mod tests {
     #[test]
     fn messages_cross_loopback_past_a_bad_peer_and_a_restarted_one() {
         let (to_node_2, node_2) = crossbeam_channel::bounded(64);
-        let mut listener = RaftListener::start("127.0.0.1:0", 2, [1, 3].into(), to_node_2).unwrap();
+        let mut listener = RaftListener::start(
+            "127.0.0.1:0",
+            2,
+            [1, 3].into(),
+            to_node_2,
+            ClientHandoff::default(),
+        )
+        .unwrap();
         let addr = listener.address().to_string();
         let peers = [(1, "127.0.0.1:1".to_string()), (2, addr.clone())].into();
         let (to_node_1, _node_1) = crossbeam_channel::bounded(64);
@@ -233,7 +305,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         let (to_node_2, node_2) = crossbeam_channel::bounded(64);
-        let _listener = RaftListener::start(&addr, 2, [1, 3].into(), to_node_2).unwrap();
+        let _listener =
+            RaftListener::start(&addr, 2, [1, 3].into(), to_node_2, ClientHandoff::default())
+                .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             transport.send(vec![heartbeat(1, 2, 10)]);
@@ -243,5 +317,40 @@ mod tests {
             }
             assert!(std::time::Instant::now() < deadline, "never reconnected");
         }
+    }
+
+    #[test]
+    fn a_forwarded_client_is_handed_over_with_its_bytes_and_takes_no_peer_slot() {
+        let (to_node_2, node_2) = crossbeam_channel::bounded(64);
+        let (handed, clients_in) = crossbeam_channel::unbounded();
+        let clients = ClientHandoff::default();
+        let _ = clients.set(Box::new(move |stream| {
+            let _ = handed.send(stream);
+        }));
+        let listener =
+            RaftListener::start("127.0.0.1:0", 2, [1, 3].into(), to_node_2, clients).unwrap();
+        let addr = listener.address();
+        // More forwarded clients than the raft peers may have connections.
+        let mut sent = Vec::new();
+        for i in 0..CONNECTIONS_PER_PEER * 2 + 3 {
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            client.write_all(&FORWARD_MARKER).unwrap();
+            client
+                .write_all(format!("get q{i}\r\n").as_bytes())
+                .unwrap();
+            sent.push(client);
+        }
+        for _ in 0..sent.len() {
+            let mut stream = clients_in.recv_timeout(Duration::from_secs(10)).unwrap();
+            let mut line = [0; 5];
+            std::io::Read::read_exact(&mut stream, &mut line).unwrap();
+            assert_eq!(&line, b"get q");
+        }
+        // A raft peer still gets in, its first frame read in full.
+        let peers = [(1, "127.0.0.1:1".to_string()), (2, addr.to_string())].into();
+        let (to_node_1, _node_1) = crossbeam_channel::bounded(64);
+        let mut transport = TcpTransport::start(1, &peers, to_node_1).unwrap();
+        transport.send(vec![heartbeat(1, 2, 4)]);
+        assert_eq!(next_message(&node_2).map(|m| m.term), Some(4));
     }
 }

@@ -3,7 +3,9 @@
 //! storage on RocksDB (`storage`, laid out as `keys` says), the raft thread that drives a
 //! `RawNode` and persists each `Ready` before it sends or applies what depends on it (`driver`,
 //! `ready`, `apply`; the fsync is the engine's, through `WalSync`), and the transport between processes (`tcp` out,
-//! `listener` in, `frame` on the wire) behind the `Transport` it sends through. The queue
+//! `listener` in, `frame` on the wire) behind the `Transport` it sends through; the
+//! `listener` also takes the client connections other members forward to this one
+//! (`FORWARD_MARKER`) and hands them to the server (`ClientHandoff`). The queue
 //! engine is not wired in yet: a node replicates opaque entries (plan step 4 makes them the
 //! engine's write batches). `mqd serve --node --cluster` runs a `Replica`: elections and
 //! heartbeats, its role and term in `stats`. Nothing here runs without `--cluster`.
@@ -32,5 +34,6 @@ pub mod transport;
 
 pub use apply::{Applier, Outcome};
 pub use driver::{Input, Mailbox, Node, NodeConfig, Synced, Timing, WalSync};
+pub use listener::{ClientHandoff, FORWARD_MARKER};
 pub use peers::ClusterConfig;
 pub use replica::Replica;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use raft::prelude::Entry;
 use rocksdb::{WriteBatch, DB};
 
-use super::listener::RaftListener;
+use super::listener::{ClientHandoff, RaftListener};
 use super::peers::ClusterConfig;
 use super::status::Status;
 use super::tcp::TcpTransport;
@@ -84,8 +84,12 @@ impl WalSync for EngineSync {
 
 impl Replica {
     /// Starts node `config.node` with its raft state in the engine's database, fsynced by the
-    /// engine's syncer.
-    pub fn start(config: &ClusterConfig, engine: &Arc<Engine>) -> Result<Replica, String> {
+    /// engine's syncer. Client connections other members forward here go to `clients`.
+    pub fn start(
+        config: &ClusterConfig,
+        engine: &Arc<Engine>,
+        clients: ClientHandoff,
+    ) -> Result<Replica, String> {
         let db: Arc<DB> = engine.database();
         let mailbox = Mailbox::new();
         let inputs = mailbox.sender();
@@ -120,7 +124,8 @@ impl Replica {
             .into_iter()
             .filter(|&id| id != config.node)
             .collect();
-        let listener = RaftListener::start(config.own_address(), config.node, peers, inputs)?;
+        let listener =
+            RaftListener::start(config.own_address(), config.node, peers, inputs, clients)?;
         Ok(Replica { node, listener })
     }
 

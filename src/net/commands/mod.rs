@@ -75,6 +75,12 @@ pub(super) fn is_write(command: &Command) -> bool {
     )
 }
 
+/// Commands on the queues, which a member that does not serve forwards to the leader
+/// (`super::forward`); the rest are answered by every member.
+pub(super) fn is_queue_command(command: &Command) -> bool {
+    matches!(command, Command::Get(_)) || is_write(command)
+}
+
 /// Body bytes a write takes from the server's write budget while in flight.
 pub(super) fn write_weight(command: &Command, ctx: &Ctx) -> usize {
     match command {

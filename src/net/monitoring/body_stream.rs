@@ -188,6 +188,7 @@ mod tests {
                 queues_loaded: 0,
             },
             budgets: [("input", 0, 1), ("output", 0, 1), ("write", 0, 1)],
+            forwarded: None,
         }
     }
 

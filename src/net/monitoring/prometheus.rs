@@ -100,6 +100,31 @@ fn render_server(s: &Snapshot, out: &mut Exposition) {
         "Connections accepted, whatever they sent.",
     );
     out.sample("mqd_connections_accepted_total", &[], s.total_connections);
+    if let Some([current, total, received]) = s.forwarded {
+        for (name, kind, help, value) in [
+            (
+                "mqd_cluster_forwarded_connections",
+                "gauge",
+                "Client connections this member forwards to the leader now.",
+                current,
+            ),
+            (
+                "mqd_cluster_forwarded_connections_total",
+                "counter",
+                "Client connections this member forwarded to a leader.",
+                total,
+            ),
+            (
+                "mqd_cluster_received_forwarded_connections_total",
+                "counter",
+                "Client connections other members forwarded to this one.",
+                received,
+            ),
+        ] {
+            out.family(name, kind, help);
+            out.sample(name, &[], value);
+        }
+    }
 
     out.family(
         "mqd_commands_total",

@@ -67,6 +67,23 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
     if let Some(cluster) = &shared.cluster {
         stats.extend(cluster_stats(&cluster.view()));
     }
+    if let Some(forwarding) = &shared.forwarding {
+        let count = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed).to_string();
+        stats.extend([
+            (
+                "cluster_forwarded_connections".into(),
+                count(&forwarding.current),
+            ),
+            (
+                "cluster_total_forwarded_connections".into(),
+                count(&forwarding.total),
+            ),
+            (
+                "cluster_received_forwarded_connections".into(),
+                count(&forwarding.received),
+            ),
+        ]);
+    }
     let many = queues.len() > MOST_QUEUES_IN_STATS;
     let listed = queues
         .iter()

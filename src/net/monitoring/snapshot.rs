@@ -33,6 +33,9 @@ pub struct Snapshot {
     pub engine: EngineSnapshot,
     /// The server-wide budgets of clients' memory (`budget`): (name, bytes used, limit).
     pub budgets: [(&'static str, u64, u64); 3],
+    /// Under `--cluster`: connections forwarded to the leader now, since start, and received
+    /// forwarded since start (`net::forward`).
+    pub forwarded: Option<[u64; 3]>,
 }
 
 impl Snapshot {
@@ -62,6 +65,10 @@ impl Snapshot {
                 ("write", &shared.writes.bytes),
             ]
             .map(|(name, b)| (name, b.used() as u64, b.limit() as u64)),
+            forwarded: shared
+                .forwarding
+                .as_ref()
+                .map(|f| [&f.current, &f.total, &f.received].map(|n| n.load(Ordering::Relaxed))),
         }
     }
 
