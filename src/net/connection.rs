@@ -320,13 +320,13 @@ impl Connection {
         self.turn_started = self.output.produced();
         self.requests_this_drive = 0;
         self.yielded = false;
-        if self.upstream.is_some() && self.pump(ctx) {
+        if self.upstream.is_some() && pipe::pump(self, ctx) {
             return;
         }
         loop {
             let stop = self.process(ctx);
             if self.upstream.is_some() {
-                if self.pump(ctx) {
+                if pipe::pump(self, ctx) {
                     return;
                 }
                 // The leader was not reached: the command runs here after all, now.
@@ -503,13 +503,13 @@ impl Connection {
                     command,
                     style,
                 } => {
-                    if let Some(leader) = self.forward_to(&command, ctx) {
+                    if let Some(leader) = pipe::forward_to(self, &command, ctx) {
                         self.partial_since = None;
                         if self.commands.writes_pending() {
                             // Its earlier writes are answered here first.
                             return Stop::Waiting;
                         }
-                        self.start_forwarding(leader, ctx);
+                        pipe::start(self, leader, ctx);
                         return Stop::Input;
                     }
                     if commands::is_write(&command) && !self.admit_write(&command, ctx) {
@@ -748,6 +748,32 @@ impl Connection {
         }
         if self.output_charged > 0 {
             self.charge_output(self.pending_output(), ctx);
+        }
+    }
+
+    /// Whether its pipe's upstream socket waits to be registered with the loop's poll.
+    pub fn upstream_unregistered(&self) -> bool {
+        self.upstream.as_ref().is_some_and(|u| !u.registered)
+    }
+
+    /// Its pipe's upstream socket, to register or deregister.
+    pub fn upstream(&mut self) -> Option<&mut Upstream> {
+        self.upstream.as_deref_mut()
+    }
+
+    /// The connection closes: its pipe (if any) is no longer counted.
+    pub fn end_forwarding(&mut self, ctx: &Ctx) -> Option<Box<Upstream>> {
+        let upstream = self.upstream.take()?;
+        if let Some(f) = &ctx.shared.forwarding {
+            f.current.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(upstream)
+    }
+
+    /// The leader's socket may have more to read.
+    pub fn upstream_readable(&mut self) {
+        if let Some(upstream) = &mut self.upstream {
+            upstream.readable = true;
         }
     }
 }
