@@ -114,6 +114,9 @@ pub struct EventLoop {
     seen_synced: SyncPoint,
     /// The engine's step-down count last seen (`release_held`).
     seen_step_downs: u64,
+    /// The point its connections are told is durable (`Ctx::synced`): the engine's, read at
+    /// each `with_conn`, fenced against a step-down.
+    synced_now: SyncPoint,
     /// Connections with replies to write at the end of this pass (`flush_pending`), and since
     /// when the first of them waits.
     unflushed: Vec<u64>,
@@ -163,6 +166,7 @@ impl EventLoop {
             held: IdSet::default(),
             seen_synced: SyncPoint::NONE,
             seen_step_downs: 0,
+            synced_now: SyncPoint::NONE,
             unflushed: Vec::new(),
             unflushed_since: Instant::now(),
             deferred_since: None,
@@ -381,6 +385,14 @@ impl EventLoop {
         f: impl FnOnce(&mut Connection, &mut Ctx) -> R,
     ) -> Option<R> {
         let conn = self.conns.get_mut(slot)?.as_mut()?;
+        // The engine's point as it is now, unless this node stepped down since the loop last
+        // looked: then the point from before stands until `release_held` has closed what the
+        // step-down voids (read in the order `release_held` explains).
+        let engine = &self.shared.engine;
+        let synced = engine.synced();
+        if engine.step_downs() == self.seen_step_downs {
+            self.synced_now = synced;
+        }
         let mut ctx = Ctx {
             shared: &self.shared,
             stats: &self.stats,
@@ -388,7 +400,7 @@ impl EventLoop {
             timers: &mut self.timers,
             open_timers: &mut self.open_timers,
             mailbox: self.index,
-            synced: self.seen_synced,
+            synced: self.synced_now,
             next_wait_id: &mut self.next_wait_id,
             spare_inputs: &mut self.spare_inputs,
         };
@@ -542,8 +554,10 @@ impl EventLoop {
         let synced = engine.synced();
         let step_downs = engine.step_downs();
         if step_downs != self.seen_step_downs {
-            self.seen_step_downs = step_downs;
+            // Closed with the point from before the step-down (`with_conn` keeps it until the
+            // count is taken in).
             self.close_in_flight();
+            self.seen_step_downs = step_downs;
         }
         if synced == self.seen_synced {
             return;

@@ -193,9 +193,9 @@ pub struct Ctx<'a> {
     pub open_timers: &'a mut Timers,
     /// This loop's mailbox index, for `ConnRef`s.
     pub mailbox: u32,
-    /// Every write up to this point is durable, as the loop last read it: replies held for
-    /// it may go out. Fenced against a step-down (`event_loop::EventLoop::release_held`), so
-    /// connections never read the engine's point themselves.
+    /// Every write up to this point is durable, as the loop read it for this call: replies
+    /// held for it may go out. Fenced against a step-down (`event_loop::EventLoop::with_conn`,
+    /// `release_held`), so connections never read the engine's point themselves.
     pub synced: SyncPoint,
     pub next_wait_id: &'a mut u64,
     /// Input buffers of connections that went idle, kept for the next connection that reads
