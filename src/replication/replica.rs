@@ -15,6 +15,7 @@ use rocksdb::{WriteBatch, DB};
 use super::listener::{ClientHandoff, RaftListener};
 use super::peers::ClusterConfig;
 use super::status::Status;
+use super::storage;
 use super::tcp::TcpTransport;
 use super::{Applier, Input, Mailbox, Node, NodeConfig, Outcome, Synced, WalSync};
 use crate::engine::{Engine, SyncPoint};
@@ -91,6 +92,7 @@ impl Replica {
         clients: ClientHandoff,
     ) -> Result<Replica, String> {
         let db: Arc<DB> = engine.database();
+        refuse_single_server_data(&db, engine)?;
         let mailbox = Mailbox::new();
         let inputs = mailbox.sender();
         {
@@ -137,6 +139,23 @@ impl Replica {
         self.listener.stop();
         self.node.stop();
     }
+}
+
+/// A data directory with queues and no raft state was a single server's. Its messages are in
+/// no log entry, so the other members would never get them, and a failover would lose them
+/// (snapshots, which would carry them to the others, are a later step of issue 22). Refused,
+/// rather than a group whose members silently differ.
+fn refuse_single_server_data(db: &DB, engine: &Engine) -> Result<(), String> {
+    let has_state = storage::exists(db).map_err(|e| format!("cannot read the raft state: {e}"))?;
+    let queues = engine.queue_count();
+    if has_state || queues == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "this data directory holds {queues} queues of a single server and no cluster state: \
+         a node starts a cluster on an empty directory (moving a single server's queues into a \
+         cluster is not supported yet: protocol-spec/cluster.md)"
+    ))
 }
 
 #[cfg(test)]

@@ -88,6 +88,11 @@ fn encode(message: &impl protobuf::Message) -> Vec<u8> {
     message.write_to_bytes().unwrap_or_default()
 }
 
+/// Whether `db` holds a node's raft state (it was started under `--cluster` before).
+pub fn exists(db: &DB) -> Result<bool, StoreError> {
+    Ok(db.get_cf(log_cf(db), NODE_ID_KEY)?.is_some())
+}
+
 impl RaftStorage {
     /// Opens node `node_id`'s raft state in `db`. A database with none is bootstrapped as a
     /// founder of a group whose voters are `founders` (durably, before this returns); one with
