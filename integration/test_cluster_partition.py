@@ -14,7 +14,8 @@ the link is back the old leader follows the new one, in its term. Then a checker
 back through the leader: every acknowledged write is there (an acknowledgement the log does not
 hold is a split-brain acknowledgement, listed), each producer's messages in the order it sent
 them, duplicates only of writes whose outcome the producer could not know, and nothing that was
-only ever refused with `no leader`.
+only ever refused with `no leader`. A second test feeds the checker made-up histories (a
+split-brain acknowledgement, a lost one, reordering, a duplicate) to show it fails on each.
 
 No firewall is needed: the partition is `ip link set down` on the leader's peer veth, inside its
 namespace. The test skips where it cannot build namespaces (not root, no `ip`, no netns).
