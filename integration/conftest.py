@@ -49,8 +49,12 @@ class Server:
     """One `mqd serve` process. Ports and data directory stay the same across restarts."""
 
     def __init__(self, tmp_path, args=(), listeners=1, name="mqd", env=None, prime_wal=True,
-                 loops=None):
+                 loops=None, host="127.0.0.1", wrapper=()):
         self.bin = mqd_bin()
+        # The address its listeners bind and clients connect to, and a command the server runs
+        # under (`ip netns exec NS`: in a network namespace, whose address `host` is).
+        self.host = host
+        self.wrapper = list(wrapper)
         # The server runs as `scripts/run` starts it: one event loop per core but one, and under
         # `--sync always` a primed WAL. `loops` (an int) asks for more event loops, as the
         # `event_loops` variants do; `prime_wal=False` skips priming (a test that starts
@@ -75,12 +79,12 @@ class Server:
 
     @property
     def addr(self):
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     def command(self):
-        cmd = [self.bin, "serve", "--data-dir", str(self.data_dir)]
+        cmd = [*self.wrapper, self.bin, "serve", "--data-dir", str(self.data_dir)]
         for port in self.ports:
-            cmd += ["--listen", f"127.0.0.1:{port}"]
+            cmd += ["--listen", f"{self.host}:{port}"]
         if self.loops is not None and not any(arg in ("--threads", "-t") for arg in self.args):
             cmd += ["--threads", str(self.loops)]
         if not self.prime_wal:
@@ -121,7 +125,7 @@ class Server:
         while pending or not answered:
             if not pending:
                 try:
-                    with socket.create_connection(("127.0.0.1", self.ports[0]), timeout=0.5) as s:
+                    with socket.create_connection((self.host, self.ports[0]), timeout=0.5) as s:
                         s.sendall(b"version\r\n")
                         answered = s.recv(64).startswith(b"VERSION")
                 except OSError:
@@ -144,7 +148,7 @@ class Server:
                     f"mqd exited with {self.proc.returncode} while starting\n{self.log_tail()}"
                 )
             try:
-                with socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5):
+                with socket.create_connection((self.host, pending[0]), timeout=0.5):
                     pass
                 pending.pop(0)
                 continue
@@ -204,13 +208,13 @@ class Server:
 
     # Clients bound to this server.
     def mc(self, port=None, timeout=IO_TIMEOUT):
-        return MemcacheConn(port or self.port, timeout)
+        return MemcacheConn(port or self.port, timeout, self.host)
 
     def mq(self, port=None, timeout=IO_TIMEOUT):
-        return MqmqConn(port or self.port, timeout)
+        return MqmqConn(port or self.port, timeout, self.host)
 
     def mb(self, port=None, timeout=IO_TIMEOUT):
-        return BinaryConn(port or self.port, timeout)
+        return BinaryConn(port or self.port, timeout, self.host)
 
 
 # Event-loop variants: test files marked `pytestmark = pytest.mark.event_loops` run every test
@@ -238,12 +242,13 @@ def loops(request):
 
 @pytest.fixture
 def make_server(tmp_path, loops, request):
-    """Factory: `make_server(args=[...], listeners=N, prime_wal=True)` starts a server; all
+    """Factory: `make_server(args=[...], listeners=N, prime_wal=True)` starts a server (`host=`
+    and `wrapper=` as Server takes them place it elsewhere, e.g. in a network namespace); all
     are stopped after, and their data directories removed if the test passed (each start under
     `--sync always` primes 128 MB of WAL)."""
     servers = []
 
-    def make(args=(), listeners=1, start=True, prime_wal=True):
+    def make(args=(), listeners=1, start=True, prime_wal=True, **where):
         server = Server(
             tmp_path,
             args=args,
@@ -251,6 +256,7 @@ def make_server(tmp_path, loops, request):
             name=f"mqd{len(servers)}",
             prime_wal=prime_wal,
             loops=loops,
+            **where,
         )
         servers.append(server)
         if start:
@@ -306,8 +312,8 @@ def pytest_runtest_makereport(item, call):
 class Conn:
     """A TCP connection with a read buffer and timeouts on every read."""
 
-    def __init__(self, port, timeout=IO_TIMEOUT):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=IO_TIMEOUT, host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
         self.buf = bytearray()
