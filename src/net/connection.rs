@@ -19,6 +19,7 @@ mod pipe;
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind as IoErrorKind, Read as _, Write as _};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -768,6 +769,11 @@ impl Connection {
             f.current.fetch_sub(1, Ordering::Relaxed);
         }
         Some(upstream)
+    }
+
+    /// The leader its pipe goes to, if it is one (`forward`).
+    pub fn forwarded_to(&self) -> Option<SocketAddr> {
+        self.upstream.as_ref().map(|u| u.to)
     }
 
     /// The leader's socket may have more to read.

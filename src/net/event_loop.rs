@@ -114,6 +114,9 @@ pub struct EventLoop {
     seen_synced: SyncPoint,
     /// The engine's step-down count last seen (`release_held`).
     seen_step_downs: u64,
+    /// Under `--cluster`, the leader this node knew when the loop last looked
+    /// (`drop_stale_pipes`).
+    seen_leader: u64,
     /// The point its connections are told is durable (`Ctx::synced`): the engine's, read at
     /// each `with_conn`, fenced against a step-down.
     synced_now: SyncPoint,
@@ -166,6 +169,7 @@ impl EventLoop {
             held: IdSet::default(),
             seen_synced: SyncPoint::NONE,
             seen_step_downs: 0,
+            seen_leader: 0,
             synced_now: SyncPoint::NONE,
             unflushed: Vec::new(),
             unflushed_since: Instant::now(),
@@ -235,6 +239,7 @@ impl EventLoop {
             let yielded = std::mem::take(&mut self.yielded);
             // Replies the last sync released go out first, before this pass's new work.
             self.release_held();
+            self.drop_stale_pipes();
             self.flush_pending();
             for event in events.iter() {
                 match event.token() {
@@ -568,6 +573,40 @@ impl EventLoop {
                 self.drive(slot);
             }
         }
+    }
+
+    /// Closes the connections piped to a member that no longer leads, once this node knows
+    /// the next leader (or leads itself): a leader cut off from the others cannot tell the
+    /// members that forwarded to it, and their clients would wait on it until the kernel gave
+    /// up. As when a leader fails (protocol-spec/cluster.md 4), what such a client sent and
+    /// was not answered may or may not have been committed; it reconnects and is forwarded to
+    /// the new leader. Looked at only when the leader changes.
+    fn drop_stale_pipes(&mut self) {
+        let Some(forwarding) = self.shared.forwarding.as_ref() else {
+            return;
+        };
+        let leader = forwarding.leader();
+        if leader == self.seen_leader {
+            return;
+        }
+        self.seen_leader = leader;
+        if leader == 0 || forwarding.current.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let target = forwarding.route(false);
+        let stale: Vec<usize> = (0..self.conns.len())
+            .filter(|&slot| {
+                let to = self.conns[slot].as_ref().and_then(Connection::forwarded_to);
+                to.is_some() && to != target
+            })
+            .collect();
+        for slot in stale.iter().copied() {
+            self.close(slot);
+        }
+        log::info!(
+            "node {leader} leads now: closed {} connections forwarded to the leader before",
+            stale.len()
+        );
     }
 
     /// This node stepped down: closes the connections whose state rests on the engine's state

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use crate::replication::status::Status;
+use crate::replication::tcp;
 use crate::replication::FORWARD_MARKER;
 
 /// Most bytes held on their way in each direction, per forwarded connection.
@@ -83,6 +84,11 @@ impl Forwarding {
         }
     }
 
+    /// The leader this node knows (0: none).
+    pub fn leader(&self) -> u64 {
+        self.status.view().leader
+    }
+
     /// Where a queue command this node does not serve goes: the leader's address, if another
     /// member is known to lead and the connection did not arrive forwarded.
     pub fn route(&self, forwarded: bool) -> Option<SocketAddr> {
@@ -100,6 +106,8 @@ impl Forwarding {
 /// The leader's end of a forwarded connection.
 pub struct Upstream {
     pub stream: TcpStream,
+    /// The leader it goes to (its raft address).
+    pub to: SocketAddr,
     /// Registered with the loop's poll.
     pub registered: bool,
     /// Bytes for the leader not sent yet: the marker, then the client's.
@@ -120,9 +128,11 @@ impl Upstream {
     pub fn connect(address: SocketAddr) -> io::Result<Upstream> {
         let stream = TcpStream::connect(address)?;
         let _ = stream.set_nodelay(true);
-        notice_a_vanished_peer(&stream);
+        // A blocking read forwarded to a leader whose machine died must not wait forever.
+        tcp::give_up_on_a_silent_peer(&stream, LEADER_SILENT_FOR);
         Ok(Upstream {
             stream,
+            to: address,
             registered: false,
             to_leader: FORWARD_MARKER.to_vec(),
             readable: true,
@@ -232,32 +242,6 @@ impl Upstream {
             }
         }
         Ok(received)
-    }
-}
-
-/// Has the kernel close `stream` when its peer stops answering (`LEADER_SILENT_FOR`), so that a
-/// blocking read forwarded to a leader whose machine died does not wait forever. Best effort.
-fn notice_a_vanished_peer(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let secs = LEADER_SILENT_FOR.as_secs() as libc::c_int;
-    let fd = stream.as_raw_fd();
-    for (level, option, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
-        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, secs * 1000),
-    ] {
-        // SAFETY: setsockopt reads one c_int from `value`, whose size is passed.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                option,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
     }
 }
 
