@@ -107,7 +107,7 @@ pub struct Serve {
     #[argh(option)]
     node: Option<u64>,
     /// the replicated group, every member as ID=HOST:PORT (its replication address),
-    /// comma-separated; this node listens on its own (not yet replicating queues)
+    /// comma-separated; this node listens on its own (protocol-spec/cluster.md)
     #[argh(option)]
     cluster: Option<String>,
     /// with --cluster, the raft tick in milliseconds (default 50): heartbeats every 2 ticks,
