@@ -316,13 +316,21 @@ def acknowledged(server, queue, bodies):
     return list(bodies)
 
 
-def test_a_leader_cut_off_steps_down_keeps_running_and_rejoins_as_a_follower(make_server):
+def leader_with_messages(make_server, prefix, count):
+    """A new cluster whose leader acknowledged `count` messages `<prefix>0`, `<prefix>1`, ... on
+    queue `q`: (servers, leader id, leader, the others, the messages)."""
     servers = cluster_of(make_server)
     leader, _ = wait_for_leader(servers)
     primary = servers[leader - 1]
-    followers = [s for s in servers if s is not primary]
-    assert until_served(primary, lambda c: c.set("q", "m0")) == b"STORED\r\n"
-    acked = [b"m0"] + acknowledged(primary, b"q", [f"m{i}".encode() for i in range(1, 100)])
+    others = [s for s in servers if s is not primary]
+    first = f"{prefix}0"
+    assert until_served(primary, lambda c: c.set("q", first)) == b"STORED\r\n"
+    rest = [f"{prefix}{i}".encode() for i in range(1, count)]
+    return servers, leader, primary, others, [first.encode()] + acknowledged(primary, b"q", rest)
+
+
+def test_a_leader_cut_off_steps_down_keeps_running_and_rejoins_as_a_follower(make_server):
+    servers, leader, primary, followers, acked = leader_with_messages(make_server, "m", 100)
 
     unacked = [f"u{i}".encode() for i in range(20)]
     idle = primary.mc()
@@ -368,12 +376,7 @@ def test_a_leader_cut_off_steps_down_keeps_running_and_rejoins_as_a_follower(mak
 
 
 def test_a_leader_that_stepped_down_leads_again_and_serves_both_leaderships_in_order(make_server):
-    servers = cluster_of(make_server)
-    first, _ = wait_for_leader(servers)
-    node = servers[first - 1]
-    others = [s for s in servers if s is not node]
-    assert until_served(node, lambda c: c.set("q", "a0")) == b"STORED\r\n"
-    acked = [b"a0"] + acknowledged(node, b"q", [f"a{i}".encode() for i in range(1, 50)])
+    servers, first, node, others, acked = leader_with_messages(make_server, "a", 50)
     with node.mc() as opener:
         opener.send(b"get q/open\r\n")
         assert opener.read_line() == b"VALUE q/open 0 2\r\n"
