@@ -82,11 +82,14 @@ impl CommitRounds<'_> {
         into.append(&mut self.state.completed);
     }
 
-    /// Writes what was published ahead of its write, and lets go of the commit lock.
-    pub(in crate::engine) fn finish(self) {}
+    /// Writes what was published ahead of its write, and lets go of the commit lock (the drop
+    /// finds nothing left to do).
+    pub(in crate::engine) fn finish(mut self) {
+        self.end();
+    }
 
     /// Writes what the rounds published ahead of their write; the own loop's events not taken
-    /// go to its mailbox, as everyone else's do.
+    /// go to its mailbox, as everyone else's do. Does nothing the second time.
     fn end(&mut self) {
         write_unwritten(&mut Committer {
             engine: self.engine,
@@ -98,7 +101,7 @@ impl CommitRounds<'_> {
     }
 }
 
-/// The rounds end when dropped (`finish` or a panic unwinding): what they published is written.
+/// Rounds dropped without `finish` (a panic unwinding, say) still write what they published.
 impl Drop for CommitRounds<'_> {
     fn drop(&mut self) {
         self.end();
