@@ -414,15 +414,18 @@ class Conn:
                 return True
             self.buf += chunk
 
-    def nothing_pending(self, wait=0.2):
-        """True if no bytes arrive within `wait` seconds (and the connection stays open)."""
+    def nothing_pending(self, wait=0.2, close_allowed=False):
+        """True if no bytes arrive within `wait` seconds and the connection stays open; with
+        `close_allowed`, a close by the server without a byte counts as nothing too."""
         self.sock.settimeout(wait)
         try:
             chunk = self.sock.recv(65536)
         except socket.timeout:
             return self.buf == b""
+        except ConnectionError:
+            return close_allowed and self.buf == b""
         self.buf += chunk
-        return False
+        return close_allowed and chunk == b"" and self.buf == b""
 
 
 def _clip(data, at, context=60):
