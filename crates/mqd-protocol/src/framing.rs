@@ -88,7 +88,12 @@ impl Framer {
         if self.skipping() {
             return None;
         }
-        match self.protocol? {
+        // The first request counts too: its first byte says the protocol before `parse` fixes it.
+        let protocol = match self.protocol {
+            Some(protocol) => protocol,
+            None => sniff(*buf.first()?)?,
+        };
+        match protocol {
             Protocol::Memcache => memcache::request_len(buf),
             Protocol::MemcacheBinary => binary::request_len(buf),
             Protocol::Mqmq => mqmq::request_len(buf),
@@ -143,9 +148,12 @@ mod tests {
         let mut framer = Framer::new();
         assert_eq!(
             framer.request_len(b"set q 0 0 5\r\nhe"),
-            None,
-            "no protocol yet"
+            Some(20),
+            "the first request, before the protocol is fixed"
         );
+        assert_eq!(framer.protocol(), None, "asking fixes nothing");
+        assert_eq!(framer.request_len(b""), None);
+        assert_eq!(framer.request_len(b" x"), None, "no protocol starts so");
         framer.sniff(b"s").unwrap();
         assert_eq!(framer.request_len(b"set q 0 0 5\r\nhe"), Some(20));
         assert_eq!(framer.request_len(b"set q 0 0 5 noreply\r\n"), Some(28));
