@@ -126,13 +126,17 @@ pub(super) fn take_locked(
             // Published ahead of its write and no longer in memory: not readable until the
             // write (it must not be skipped as gone).
             None if seq >= q.written_end() => return Ok(None),
-            None if seq == q.next_unclaimed() => match read_ahead(engine, q, seq, max_body)? {
-                Some((header, len, body)) => (header, len, Ok(body)),
-                None => {
-                    q.pop_front();
-                    continue;
+            // A backlog of one (the common case with many small queues) is a point lookup:
+            // an iterator costs a seek in every table file, a lookup mostly a bloom filter each.
+            None if seq == q.next_unclaimed() && q.written_end() - seq > 1 => {
+                match read_ahead(engine, q, seq, max_body)? {
+                    Some((header, len, body)) => (header, len, Ok(body)),
+                    None => {
+                        q.pop_front();
+                        continue;
+                    }
                 }
-            },
+            }
             None => match read(engine, q, seq)?.as_deref().and_then(message::decode) {
                 Some((header, body)) => {
                     let (header, len, body) = copy_body(header, body, max_body);
