@@ -231,16 +231,6 @@ def test_the_units_system_call_filter_allows_what_mqd_uses(tmp_path):
     stats, a clean stop and a restart that recovers the log) must be in the set the unit allows."""
     if shutil.which("strace") is None or shutil.which("systemd-analyze") is None:
         pytest.skip("needs strace and systemd-analyze")
-    with open(os.path.join(UNIT_DIR, "mqd.service")) as f:
-        filters = [line.split("=", 1)[1].split() for line in f
-                   if line.startswith("SystemCallFilter=")]
-    allowed = set()
-    for words in filters:
-        if words[0].startswith("~"):
-            words[0] = words[0][1:]
-            allowed -= set().union(*(filter_set(w) for w in words))
-        else:
-            allowed |= set().union(*(filter_set(w) for w in words))
     trace = tmp_path / "trace"
     for round_ in range(2):
         port = free_port()
@@ -278,12 +268,120 @@ def test_the_units_system_call_filter_allows_what_mqd_uses(tmp_path):
                     except ProcessLookupError:
                         pass
                 proc.kill()
+    assert_allowed_by_the_unit([str(trace) + str(round_) for round_ in range(2)])
+
+
+def allowed_by_the_unit():
+    """The system calls mqd.service's SystemCallFilter= lines allow."""
+    with open(os.path.join(UNIT_DIR, "mqd.service")) as f:
+        filters = [line.split("=", 1)[1].split() for line in f
+                   if line.startswith("SystemCallFilter=")]
+    allowed = set()
+    for words in filters:
+        if words[0].startswith("~"):
+            words[0] = words[0][1:]
+            allowed -= set().union(*(filter_set(w) for w in words))
+        else:
+            allowed |= set().union(*(filter_set(w) for w in words))
+    return allowed
+
+
+def assert_allowed_by_the_unit(traces):
+    """Every system call in the strace output files `traces` is one the unit allows."""
     used = set()
-    for round_ in range(2):
-        for line in open(str(trace) + str(round_)):
+    for trace in traces:
+        for line in open(trace):
             match = re.match(r"\d+ +([a-z0-9_]+)\(", line)
             if match:
                 used.add(match.group(1))
     used -= {"execve"}  # the exec that starts mqd happens before the filter applies
     assert "fdatasync" in used or "fsync" in used, sorted(used)  # the trace saw real work
+    allowed = allowed_by_the_unit()
     assert used <= allowed, f"mqd uses system calls the unit forbids: {sorted(used - allowed)}"
+
+
+CLUSTER = "1=10.0.0.1:7701,2=10.0.0.2:7701,3=10.0.0.3:7701"
+
+
+def cluster_drop_in(node, cluster):
+    """The drop-in scripts/install-systemd writes for member `node` of `cluster`."""
+    script = os.path.join(UNIT_DIR, "..", "install-systemd")
+    env = dict(os.environ, MQD_NODE=str(node), MQD_CLUSTER=cluster)
+    return subprocess.run([script, "--print-cluster-drop-in"], env=env, capture_output=True,
+                          timeout=60, check=True).stdout.decode()
+
+
+def test_the_cluster_drop_in_opens_the_network_to_the_members_only(tmp_path):
+    """A member's unit (mqd.service with the drop-in install-systemd writes) keeps its sandbox
+    but for the network: the host's, IPv4/IPv6 sockets, and IP traffic with the members only."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    drop_in = cluster_drop_in(2, CLUSTER)
+    with open(os.path.join(UNIT_DIR, "mqd.service")) as f:
+        unit = f.read() + "\n" + drop_in
+    # systemd reads a drop-in's [Service] as more lines of the unit's: one file says the same.
+    (tmp_path / "mqd.service").write_text(unit)
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                             str(tmp_path / "mqd.service")], capture_output=True, timeout=60)
+    out = result.stdout.decode() + result.stderr.decode()
+    match = re.search(r"Overall exposure level for mqd\.service: (\d+\.\d+)", out)
+    assert match, out
+    assert float(match.group(1)) <= 1.2, out
+    settings = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            # Every assignment, in order; an empty one resets a list, as systemd reads it (a
+            # setting that is not a list takes the last).
+            settings[key] = [] if not value else settings.get(key, []) + [value]
+    assert settings["ExecStart"] == [
+        f"/usr/local/bin/mqd serve --data-dir /var/lib/mqd --node 2 --cluster {CLUSTER}"]
+    assert settings["PrivateNetwork"][-1] == "no"
+    assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    assert settings["IPAddressDeny"] == ["any"]
+    assert settings["IPAddressAllow"] == ["10.0.0.1 10.0.0.2 10.0.0.3"]
+    ipv6 = cluster_drop_in(1, "1=[fd00::1]:7701,2=[fd00::2]:7701,3=[fd00::3]:7701")
+    assert "IPAddressAllow=fd00::1 fd00::2 fd00::3\n" in ipv6
+
+
+def test_a_cluster_members_system_calls_are_allowed_by_the_unit(tmp_path, make_server):
+    """A member of a three-node group traced through an election, writes and reads through it
+    and through the others (so it forwards, or is forwarded to), a blocking read, a clean stop
+    (a step-down if it leads) and a restart that recovers its raft log: every system call is
+    one the unit's filter allows (the cluster drop-in changes the network, not the filter)."""
+    if shutil.which("strace") is None or shutil.which("systemd-analyze") is None:
+        pytest.skip("needs strace and systemd-analyze")
+    from test_cluster import wait_for_leader
+
+    ports = [free_port() for _ in range(3)]
+    spec = ",".join(f"{i}=127.0.0.1:{port}" for i, port in enumerate(ports, 1))
+    traces = [str(tmp_path / f"trace{round_}") for round_ in range(2)]
+    traced = make_server(args=["--node", "1", "--cluster", spec], start=False,
+                         wrapper=["strace", "-f", "-qq", "-o", traces[0]])
+    others = [make_server(args=["--node", str(i), "--cluster", spec]) for i in (2, 3)]
+    for round_, trace in enumerate(traces):
+        traced.wrapper[-1] = trace
+        traced.start()
+        try:
+            wait_for_leader([traced, *others])
+            for server in (traced, *others):
+                with server.mc() as mc:
+                    for _ in range(50):
+                        assert mc.set(b"q", b"x" * 1000) == b"STORED\r\n"
+                    for _ in range(20):
+                        assert mc.get_one(b"q") == b"x" * 1000
+            with traced.mc() as mc:
+                mc.send(b"get empty/t=200\r\n")
+                assert mc.read_values() == []
+                assert "cluster_role" in mc.stats()
+            with traced.mq() as mq:
+                assert mq.put(b"m", b"y") == [b"OK"]
+                assert mq.get(b"m", 100) == [b"OK", b"y"]
+        finally:
+            # SIGTERM to mqd itself (strace's child): strace exits with mqd's status.
+            children = wait_for(lambda: traced_children(traced.proc.pid), timeout=10) or []
+            for pid in children:
+                os.kill(pid, signal.SIGTERM)
+            traced.proc.wait(timeout=30)
+            assert traced.stop() == 0
+    assert_allowed_by_the_unit(traces)
