@@ -125,3 +125,12 @@ def test_the_test_suite_needs_ruby_with_dalli_and_node_with_npm(tmp_path):
     assert "ruby" not in wanted and "nodejs" not in wanted and "npm" in wanted
     touch(tmp_path, "/usr/bin/npm")
     assert "npm" not in missing(tmp_path, "--tests")
+
+
+def test_the_test_suite_needs_ip_strace_and_systemd_analyze(tmp_path):
+    touch(tmp_path, *FRESH_DEBIAN, *LIBCLANG_DEV)
+    wanted = missing(tmp_path, "--tests")
+    assert {"iproute2", "strace", "systemd"} <= set(wanted)
+    assert not {"iproute2", "strace", "systemd"} & set(missing(tmp_path))
+    touch(tmp_path, "/usr/bin/ip", "/usr/bin/strace", "/usr/bin/systemd-analyze")
+    assert not {"iproute2", "strace", "systemd"} & set(missing(tmp_path, "--tests"))
