@@ -15,18 +15,18 @@ import time
 import pytest
 
 from abuse import rss_mb
-from conftest import BinaryConn, MemcacheConn, Op, free_port, mqd_bin, set_extras
+from conftest import BinaryConn, MemcacheConn, Op, free_port, mqd_bin, set_extras, wait_for
 
 FAILOVER_LIMIT = 2.0
 PATIENCE = 15.0
 
 
-def cluster_of(make_server, size=3, tick_ms=None):
+def cluster_of(make_server, size=3, tick_ms=None, extra=()):
     raft_ports = [free_port() for _ in range(size)]
     spec = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(raft_ports))
     servers = []
     for i in range(size):
-        args = ["--node", str(i + 1), "--cluster", spec]
+        args = ["--node", str(i + 1), "--cluster", spec, *extra]
         if tick_ms is not None:
             args += ["--raft-tick-ms", str(tick_ms)]
         servers.append(make_server(args=args, prime_wal=False))
@@ -629,3 +629,44 @@ def test_a_follower_holds_little_of_what_a_client_that_does_not_read_is_sent(mak
             assert c.read_exactly(len(body) + 2)[:-2] == body
             assert c.read_line() == b"END\r\n"
     print(f"follower grew {grown:.1f} MB while 100 MB of replies waited")
+
+
+def test_idle_queues_leave_the_leaders_memory_and_come_back_whole(make_server):
+    """Under --cluster too, idle queues leave memory once the record last proposed for each is
+    applied, and load again from it: on this leader, and on the next one."""
+    from test_many_queues import metric, set_many
+
+    servers = cluster_of(make_server, extra=["--queue-memory", "1k"])
+    leader, _ = wait_for_leader(servers)
+    primary = servers[leader - 1]
+    assert until_served(primary, lambda c: take(c, b"probe")) is None
+    names = [b"u%02d" % i for i in range(40)]
+    with primary.mc() as mc:
+        set_many(mc, [(q, b"%s-%d" % (q, n), 0) for q in names for n in range(3)])
+        for q in names[:20]:
+            assert mc.get_one(q) == q + b"-0"
+    assert wait_for(lambda: metric(primary, "mqd_queues_loaded") <= 2, timeout=20), (
+        f"idle queues stayed loaded: {metric(primary, 'mqd_queues_loaded')}")
+    with primary.mc() as mc:
+        # Loaded again from their records: the messages after the ones read.
+        for q in names[:10]:
+            assert mc.get_one(q) == q + b"-1"
+        for q in names[20:30]:
+            assert mc.get_one(q) == q + b"-0"
+        # Commits are ordered: once this is acknowledged, so are the removals before it.
+        assert mc.set(b"last", b"x") == b"STORED\r\n"
+    primary.kill()
+    rest = [s for s in servers if s is not primary]
+    leader, _ = wait_for_leader(rest)
+    successor = servers[leader - 1]
+    # Served once it has applied the entries of the terms before its own.
+    assert until_served(successor, lambda c: take(c, b"probe")) is None
+    with successor.mc() as mc:
+        def drain(q):
+            return [mc.get_one(q) for _ in range(4)]
+        for q in names[:10]:
+            assert drain(q) == [q + b"-2", None, None, None]
+        for q in names[10:30]:
+            assert drain(q) == [q + b"-1", q + b"-2", None, None]
+        for q in names[30:]:
+            assert drain(q) == [q + b"-0", q + b"-1", q + b"-2", None]

@@ -299,6 +299,7 @@ impl<'a> Committer<'a> {
         outbox: &mut Outbox,
     ) {
         let next_unclaimed = touched.next_unclaimed_after(q);
+        q.record_written_at(point);
         q.publish(
             next_unclaimed,
             written,

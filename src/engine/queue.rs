@@ -117,6 +117,10 @@ pub struct QueueState {
     /// Messages written but maybe not synced yet: (end of the write's messages, exclusive; the
     /// write's point), oldest first. A reply showing one of them waits for that point.
     unsynced: VecDeque<(u64, SyncPoint)>,
+    /// The point of the last write that held its record. Under `--cluster` a write is a
+    /// proposal, in RocksDB only once applied: the queue may leave memory only after that, or
+    /// loading it again would read an older record (`unload`).
+    record_point: SyncPoint,
 }
 
 /// Where the sweep of a queue's messages behind its head stands. It reads a bounded number per
@@ -167,6 +171,7 @@ impl QueueState {
             reclaim_watched: false,
             compacted_below: 0,
             unsynced: VecDeque::new(),
+            record_point: SyncPoint::NONE,
         }
     }
 
@@ -563,6 +568,16 @@ impl QueueState {
         if point > synced {
             self.unsynced.push_back((self.tail, point));
         }
+    }
+
+    /// Its record was in the write made (or proposed) at `point`.
+    pub fn record_written_at(&mut self, point: SyncPoint) {
+        self.record_point = self.record_point.max(point);
+    }
+
+    /// Whether the last write of its record is made and applied as of `synced`.
+    pub fn record_applied(&self, synced: SyncPoint) -> bool {
+        self.record_point <= synced
     }
 
     /// The point a reply showing message `seq` waits for.
