@@ -59,12 +59,8 @@ fn of_record(
     with_age: bool,
     now: u64,
 ) -> QueueStats {
-    // The record's pending messages were given back (nothing is open in a queue not loaded).
     let items = record.items();
-    let front = match record.pending.first() {
-        Some(&seq) => Some(seq),
-        None => (record.next_unclaimed < record.tail).then_some(record.next_unclaimed),
-    };
+    let front = front_of(record);
     QueueStats {
         name,
         items,
@@ -80,6 +76,32 @@ fn of_record(
             (true, Some(seq)) => age_of(engine, record.id, seq, now),
             _ => 0,
         },
+    }
+}
+
+/// Milliseconds the head message of queue `name` has waited: 0 if it is empty or gone. For a
+/// few queues (`stats` prints at most a thousand): a lookup, and a read of the head message.
+pub(super) fn age(engine: &Engine, name: &[u8]) -> u64 {
+    let now = message::now_ms();
+    let (id, front) = match engine.registry.lookup_loaded(name) {
+        Some(state) => {
+            let q = state.lock();
+            (q.id(), q.front())
+        }
+        None => match store::read_record(&engine.db, name) {
+            Ok(Some(record)) => (record.id, front_of(&record)),
+            _ => return 0,
+        },
+    };
+    front.map_or(0, |seq| age_of(engine, id, seq, now))
+}
+
+/// The first message a read of an unloaded queue would get.
+fn front_of(record: &QueueMeta) -> Option<u64> {
+    // The record's pending messages were given back (nothing is open in a queue not loaded).
+    match record.pending.first() {
+        Some(&seq) => Some(seq),
+        None => (record.next_unclaimed < record.tail).then_some(record.next_unclaimed),
     }
 }
 

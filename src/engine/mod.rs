@@ -631,6 +631,12 @@ impl Engine {
         listing::stats(self, with_age)
     }
 
+    /// Milliseconds the head message of `queue` has waited (0 if empty or no such queue), for
+    /// a listing made without ages (`stats(false)`) that shows a few queues.
+    pub fn head_age(&self, queue: &[u8]) -> u64 {
+        listing::age(self, queue)
+    }
+
     /// How many queues exist, loaded or not.
     pub fn queue_count(&self) -> u64 {
         self.registry.count()

@@ -15,7 +15,9 @@ const MOST_QUEUES_IN_STATS: usize = 1000;
 /// `stats`: MemcacheQ's keys, memcached's and Kestrel's totals, then Kestrel's per-queue lines.
 pub fn general(shared: &Shared) -> Vec<(String, String)> {
     let totals = shared.loop_totals();
-    let queues = shared.engine.stats(true);
+    // Ages only for the queues listed below: reading every queue's head message made `stats`
+    // take seconds with a few hundred thousand queues, holding its event loop.
+    let queues = shared.engine.stats(false);
     let (user, system) = rusage();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -96,7 +98,7 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
             ("bytes", q.bytes),
             ("total_items", q.enqueued),
             ("expired_items", q.expired),
-            ("age", q.age_ms),
+            ("age", shared.engine.head_age(&q.name)),
             ("discarded", q.discarded),
             ("waiters", q.waiters),
             ("open_transactions", q.open),
