@@ -21,7 +21,7 @@ FAILOVER_LIMIT = 2.0
 PATIENCE = 15.0
 
 
-def cluster_of(make_server, size=3, tick_ms=None):
+def cluster_of(make_server, size=3, tick_ms=None, log_entries=None):
     raft_ports = [free_port() for _ in range(size)]
     spec = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(raft_ports))
     servers = []
@@ -29,6 +29,8 @@ def cluster_of(make_server, size=3, tick_ms=None):
         args = ["--node", str(i + 1), "--cluster", spec]
         if tick_ms is not None:
             args += ["--raft-tick-ms", str(tick_ms)]
+        if log_entries is not None:
+            args += ["--raft-log-entries", str(log_entries)]
         servers.append(make_server(args=args, prime_wal=False))
     return servers
 
@@ -303,10 +305,10 @@ def acknowledged(server, queue, bodies):
     return list(bodies)
 
 
-def leader_with_messages(make_server, prefix, count):
+def leader_with_messages(make_server, prefix, count, log_entries=None):
     """A new cluster whose leader acknowledged `count` messages `<prefix>0`, `<prefix>1`, ... on
     queue `q`: (servers, leader id, leader, the others, the messages)."""
-    servers = cluster_of(make_server)
+    servers = cluster_of(make_server, log_entries=log_entries)
     leader, _ = wait_for_leader(servers)
     primary = servers[leader - 1]
     others = [s for s in servers if s is not primary]
@@ -629,3 +631,39 @@ def test_a_follower_holds_little_of_what_a_client_that_does_not_read_is_sent(mak
             assert c.read_exactly(len(body) + 2)[:-2] == body
             assert c.read_line() == b"END\r\n"
     print(f"follower grew {grown:.1f} MB while 100 MB of replies waited")
+
+
+# Log compaction and snapshots (protocol-spec/cluster.md 6).
+
+
+def log_stats(server):
+    with server.mc() as c:
+        stats = c.stats()
+    return {k: int(stats[f"cluster_log_{k}"]) for k in ("first_index", "entries", "bytes")}
+
+
+def one_by_one(server, queue, bodies):
+    """Sets each of `bodies` after the previous one was acknowledged: a log entry each."""
+    with server.mc() as c:
+        for b in bodies:
+            assert c.set(queue, b) == b"STORED\r\n", b
+    return list(bodies)
+
+
+def test_every_members_raft_log_stays_bounded(make_server):
+    servers, leader, primary, _, acked = leader_with_messages(make_server, "m", 10, log_entries=32)
+    acked += one_by_one(primary, "q", [f"n{i}".encode() for i in range(300)])
+    commit = view(primary)["commit"]
+    deadline = time.monotonic() + PATIENCE
+    while not all(view(s)["commit"] >= commit for s in servers):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    acked += one_by_one(primary, "q", [b"last"])
+    time.sleep(0.3)
+    for s in servers:
+        log = log_stats(s)
+        print(view(s)["node"], log)
+        assert log["first_index"] > 250, log
+        # 32 entries, and what one pass of the raft thread adds before it compacts.
+        assert log["entries"] <= 40, log
+    assert drain(primary, b"q") == [a.encode() if isinstance(a, str) else a for a in acked]

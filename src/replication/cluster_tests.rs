@@ -16,7 +16,7 @@ use super::keys::STATE_CF;
 use super::status::Role;
 use super::test_support::{FsyncStage, PowerCut, Syncer, TempDir};
 use super::transport::Transport;
-use super::{db, Applier, Input, Mailbox, Node, NodeConfig, Outcome, Timing};
+use super::{db, Applier, Input, LogLimits, Mailbox, Node, NodeConfig, Outcome, Timing};
 
 /// Prefix of the test state machine's keys in `meta`: `V` + index -> the entry's data.
 const VALUE_PREFIX: u8 = b'V';
@@ -107,6 +107,7 @@ struct Cluster {
     network: Network,
     settled_tx: Sender<(u64, u64, Outcome)>,
     settled: Receiver<(u64, u64, Outcome)>,
+    log: LogLimits,
 }
 
 /// Long enough for an election on a busy 2-core machine shared with other builds.
@@ -114,6 +115,10 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 impl Cluster {
     fn start(ids: &[u64]) -> Cluster {
+        Cluster::with_log(ids, LogLimits::default())
+    }
+
+    fn with_log(ids: &[u64], log: LogLimits) -> Cluster {
         let (settled_tx, settled) = crossbeam_channel::unbounded();
         let mut cluster = Cluster {
             ids: ids.to_vec(),
@@ -121,6 +126,7 @@ impl Cluster {
             network: Network::default(),
             settled_tx,
             settled,
+            log,
         };
         for &id in ids {
             let dir = TempDir::new("cluster");
@@ -152,6 +158,7 @@ impl Cluster {
             id,
             founders: self.ids.clone(),
             timing: Timing::default(),
+            log: self.log,
         };
         member.disk.set(Disk::Open);
         let (power, disk) = (member.power.clone(), member.disk.clone());
@@ -473,4 +480,59 @@ fn losing_the_leader_elects_another_and_the_old_one_rejoins() {
     let values = cluster.converged();
     exactly_once(&values, 1..=450);
     assert_eq!(cluster.values(old), values);
+}
+
+/// Entries each node's log holds now.
+fn log_entries(cluster: &Cluster, id: u64) -> u64 {
+    let view = cluster.node(id).status().view();
+    view.last_index + 1 - view.first_index
+}
+
+#[test]
+fn logs_stay_bounded_and_a_follower_down_a_while_catches_up_from_the_leaders_log() {
+    let limits = LogLimits {
+        max_entries: 50,
+        max_bytes: 1 << 30,
+        keep: 10,
+    };
+    let mut cluster = Cluster::with_log(&[1, 2, 3], limits);
+    let leader = cluster.wait_for_leader();
+    for round in 0..5 {
+        cluster.commit_all(round * 100 + 1..=round * 100 + 100);
+        cluster.converged();
+        for id in cluster.running() {
+            // A pass adds at most the 100 proposals of a round before it compacts.
+            let held = log_entries(&cluster, id);
+            assert!(held <= 150, "node {id} holds {held} entries");
+        }
+    }
+    for id in cluster.running() {
+        let view = cluster.node(id).status().view();
+        assert!(view.first_index > 300, "node {id}: {view:?}");
+    }
+    // A follower down for a while: the leader keeps every entry it lacks (no snapshot can
+    // replace them), the other follower does not need to.
+    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    let had = cluster.node(follower).status().view().applied;
+    cluster.kill(follower);
+    cluster.commit_all(501..=700);
+    let view = cluster.node(leader).status().view();
+    assert!(
+        view.first_index <= had + 1,
+        "{view:?}, the follower had {had}"
+    );
+    cluster.run(follower);
+    cluster.commit_all(701..=750);
+    let values = cluster.converged();
+    assert_eq!(values.len(), 750);
+    exactly_once(&values, 1..=750);
+    cluster.commit_all(751..=800);
+    cluster.converged();
+    for id in cluster.running() {
+        let held = log_entries(&cluster, id);
+        assert!(
+            held <= 150,
+            "node {id} holds {held} entries after the catch-up"
+        );
+    }
 }

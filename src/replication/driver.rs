@@ -16,6 +16,7 @@ use raft::{RawNode, StateRole};
 use rocksdb::DB;
 
 use super::apply::{Applier, Outcome, Pending};
+use super::compaction::{self, LogLimits, LogState};
 use super::slog_bridge;
 use super::status::{Role, Status, StatusView};
 use super::storage::RaftStorage;
@@ -49,6 +50,8 @@ pub struct NodeConfig {
     /// state: its membership is in it.
     pub founders: Vec<u64>,
     pub timing: Timing,
+    /// How large the raft log may grow before it is compacted.
+    pub log: LogLimits,
 }
 
 /// What makes the raft thread's writes durable: the engine's WAL fsync under `mqd serve`, so
@@ -139,6 +142,7 @@ pub(super) struct Driver {
     published: Option<StatusView>,
     /// Whether the applier was last told this node is the established leader.
     established: bool,
+    log_limits: LogLimits,
 }
 
 impl Node {
@@ -176,6 +180,7 @@ impl Node {
             status: status.clone(),
             published: None,
             established: false,
+            log_limits: config.log,
         };
         driver.publish();
         let tick = config.timing.tick;
@@ -286,6 +291,7 @@ impl Driver {
             while self.raw.has_ready() {
                 super::ready::handle_ready(self)?;
             }
+            self.compact()?;
             self.publish();
         }
     }
@@ -347,6 +353,36 @@ impl Driver {
         self.transport.send(messages);
     }
 
+    /// Compacts the log when it is over its limits (`compaction` says how far).
+    fn compact(&mut self) -> Result<(), String> {
+        let store = self.raw.store();
+        let (entries, bytes) = store.log_size();
+        let raft = &self.raw.raft;
+        let followers_have = (raft.state == StateRole::Leader).then(|| {
+            raft.prs()
+                .iter()
+                .filter(|(&id, _)| id != raft.id)
+                .map(|(_, progress)| progress.matched)
+                .min()
+                .unwrap_or(u64::MAX)
+        });
+        let state = LogState {
+            truncated: store.bounds().0 - 1,
+            applied: store.applied().0,
+            entries,
+            bytes,
+            followers_have,
+            can_snapshot: false,
+        };
+        if let Some(to) = compaction::compact_to(&state, &self.log_limits) {
+            self.raw
+                .mut_store()
+                .compact(to)
+                .map_err(|e| format!("raft log compaction failed: {e}"))?;
+        }
+        Ok(())
+    }
+
     fn publish(&mut self) {
         // Established: the leader applied an entry of its own term, so every entry before it
         // (all that any earlier leader committed) is applied here.
@@ -366,6 +402,8 @@ impl Driver {
             // raft-rs's own idea (`advance_apply_to`), which the stored one must match.
             applied: raft.raft_log.applied,
             last_index: raft.raft_log.last_index(),
+            first_index: self.raw.store().bounds().0,
+            log_bytes: self.raw.store().log_size().1,
         };
         let before = self.published.replace(view);
         if before.is_none_or(|b| (b.role, b.term, b.leader) != (view.role, view.term, view.leader))

@@ -15,6 +15,7 @@
 mod apply;
 #[cfg(test)]
 mod cluster_tests;
+pub mod compaction;
 #[cfg(test)]
 pub mod db;
 pub mod driver;
@@ -33,6 +34,7 @@ mod test_support;
 pub mod transport;
 
 pub use apply::{Applier, Outcome};
+pub use compaction::LogLimits;
 pub use driver::{Input, Mailbox, Node, NodeConfig, Synced, Timing, WalSync};
 pub use listener::{ClientHandoff, FORWARD_MARKER};
 pub use peers::ClusterConfig;

@@ -114,6 +114,7 @@ impl Replica {
                 id: config.node,
                 founders: config.ids(),
                 timing: config.timing,
+                log: config.log,
             },
             db,
             mailbox,

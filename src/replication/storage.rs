@@ -14,6 +14,7 @@
 //! log entry, so a node added later must start from a snapshot, never replay conf changes from
 //! index 1 onto an empty membership (notes P2).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -77,6 +78,10 @@ pub struct RaftStorage {
     last_index: u64,
     /// Index and term of the last entry applied.
     applied: (u64, u64),
+    /// The encoded size of each entry in the log, first to last, and their sum: what
+    /// compaction bounds (`super::compaction`).
+    sizes: VecDeque<u64>,
+    log_bytes: u64,
 }
 
 fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
@@ -150,7 +155,7 @@ impl RaftStorage {
         if let Some(index) = last_key.and_then(|(key, _)| entry_index(&key)) {
             last_index = last_index.max(index);
         }
-        Ok(RaftStorage {
+        let mut storage = RaftStorage {
             db,
             node_id,
             hard_state,
@@ -158,7 +163,36 @@ impl RaftStorage {
             truncated,
             last_index,
             applied,
-        })
+            sizes: VecDeque::new(),
+            log_bytes: 0,
+        };
+        storage.measure()?;
+        Ok(storage)
+    }
+
+    /// Reads the size of every entry in the log (bounded by compaction).
+    fn measure(&mut self) -> Result<(), StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(entry_key(self.last_index + 1));
+        let from = entry_key(self.truncated.0 + 1);
+        let iter = self.db.iterator_cf_opt(
+            log_cf(&self.db),
+            read,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        self.sizes.clear();
+        self.log_bytes = 0;
+        for item in iter {
+            let (_, value) = item?;
+            self.sizes.push_back(value.len() as u64);
+            self.log_bytes += value.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// How many entries the log holds, and their encoded size in bytes.
+    pub fn log_size(&self) -> (u64, u64) {
+        (self.last_index - self.truncated.0, self.log_bytes)
     }
 
     pub fn node_id(&self) -> u64 {
@@ -199,6 +233,7 @@ impl RaftStorage {
         let log = log_cf(&self.db);
         let mut batch = WriteBatch::default();
         let mut last_index = self.last_index;
+        let mut sizes = Vec::with_capacity(entries.len());
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             if first.index <= self.truncated.0 || first.index > self.last_index + 1 {
                 return Err(StoreError::Refused(format!(
@@ -212,7 +247,9 @@ impl RaftStorage {
                 if entry.index != first.index + i as u64 {
                     return Err(StoreError::Refused("entries out of order".into()));
                 }
-                batch.put_cf(log, entry_key(entry.index), encode(entry));
+                let encoded = encode(entry);
+                sizes.push(encoded.len() as u64);
+                batch.put_cf(log, entry_key(entry.index), encoded);
             }
             if self.last_index > last.index {
                 batch.delete_range_cf(
@@ -230,6 +267,15 @@ impl RaftStorage {
             return Ok(());
         }
         self.db.write(batch)?;
+        if let Some(first) = entries.first() {
+            // The entries from `first` on are replaced.
+            let kept = (first.index - self.truncated.0 - 1) as usize;
+            for size in self.sizes.drain(kept..) {
+                self.log_bytes -= size;
+            }
+            self.log_bytes += sizes.iter().sum::<u64>();
+            self.sizes.extend(sizes);
+        }
         self.last_index = last_index;
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
@@ -283,6 +329,9 @@ impl RaftStorage {
         batch.delete_range_cf(log, entry_key(self.truncated.0 + 1), entry_key(index + 1));
         batch.put_cf(log, TRUNCATED_KEY, encode_position(index, term));
         self.db.write(batch)?;
+        for size in self.sizes.drain(..(index - self.truncated.0) as usize) {
+            self.log_bytes -= size;
+        }
         self.truncated = (index, term);
         Ok(())
     }
