@@ -6,6 +6,7 @@ serve their clients through it (forwarding), or answer `SERVER_ERROR no leader` 
 is known (protocol-spec/cluster.md)."""
 
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -667,3 +668,53 @@ def test_every_members_raft_log_stays_bounded(make_server):
         # 32 entries, and what one pass of the raft thread adds before it compacts.
         assert log["entries"] <= 40, log
     assert drain(primary, b"q") == [a.encode() if isinstance(a, str) else a for a in acked]
+
+
+def snapshot_stats(server):
+    with server.mc() as c:
+        stats = c.stats()
+    return {k: int(stats[f"cluster_snapshots_{k}"]) for k in ("made", "installed")}
+
+
+def wait_for_commit(server, commit, timeout=PATIENCE):
+    """Seconds until `server` knows `commit` is committed."""
+    started = time.monotonic()
+    while view(server)["commit"] < commit:
+        assert server.proc.poll() is None, f"exited\n{server.log_tail()}"
+        assert time.monotonic() - started < timeout, f"still at {view(server)}"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_a_wiped_follower_catches_up_from_a_snapshot_and_can_lead_with_every_message(make_server):
+    servers, leader, primary, others, acked = leader_with_messages(
+        make_server, "a", 10, log_entries=32)
+    acked += one_by_one(primary, "q", [f"b{i}".encode() for i in range(50)])
+    wiped, other = others
+    wiped.kill()
+    shutil.rmtree(wiped.data_dir)
+    wiped.data_dir.mkdir()
+    # Past what the leader keeps for a follower that is down (4 x 32 entries).
+    acked += one_by_one(primary, "q", [f"c{i}".encode() for i in range(200)])
+    assert log_stats(primary)["first_index"] > 60, log_stats(primary)
+    started = time.monotonic()
+    wiped.start()
+    caught_up = wait_for_commit(wiped, view(primary)["commit"])
+    print(f"the wiped follower caught up {time.monotonic() - started:.2f} s after its start "
+          f"({caught_up:.2f} s after it answered)")
+    assert snapshot_stats(wiped)["installed"] >= 1
+    assert snapshot_stats(primary)["made"] >= 1
+    # More through the log, then the wiped node is the only one that can lead: the other
+    # follower misses the last writes (killed: stopped, it would read them from its socket on
+    # waking), and the old leader dies.
+    acked += one_by_one(primary, "q", [f"d{i}".encode() for i in range(20)])
+    other.kill()
+    acked += one_by_one(primary, "q", [f"e{i}".encode() for i in range(20)])
+    wait_for_commit(wiped, view(primary)["commit"])
+    primary.kill()
+    other.start()
+    new_leader, _ = wait_for_leader([wiped, other])
+    assert servers[new_leader - 1] is wiped
+    got = drain(wiped, b"q")
+    acked = [a.encode() if isinstance(a, str) else a for a in acked]
+    assert got == acked, f"{len(got)} back, of {len(acked)} acknowledged"

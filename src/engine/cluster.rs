@@ -182,6 +182,22 @@ fn establish(engine: &Engine) {
     log::info!("serving as the established leader");
 }
 
+/// Under `--cluster`: the state was replaced by a snapshot's (only a follower installs one).
+/// Forgets what memory holds, as a step-down does, and counts the queues again, as start-up
+/// does; a node serving (it cannot be, raft-rs installs only on followers) steps down first.
+pub(super) fn restored(engine: &Engine) {
+    let Some(cluster) = &engine.cluster else {
+        return;
+    };
+    step_down(engine, "a snapshot replaced the state");
+    let mut commit = engine.committer.lock();
+    forget_state(engine, cluster, &mut commit);
+    if let Err(e) = recount_queues(engine) {
+        log::error!("cannot read the queues after installing a snapshot: {e}; stopping");
+        std::process::exit(1);
+    }
+}
+
 /// Stops serving and forgets every state RocksDB's applied one does not have (see the module
 /// doc); nothing if this node does not serve.
 fn step_down(engine: &Engine, why: &str) {

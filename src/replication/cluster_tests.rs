@@ -5,14 +5,16 @@
 //! database closed, and their WAL cut back to what the last fsync covered.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use raft::prelude::{Entry, Message};
+use raft::prelude::{Entry, Message, MessageType};
 use rocksdb::{WriteBatch, DB};
 
 use super::keys::STATE_CF;
+use super::snapshot;
 use super::status::Role;
 use super::test_support::{FsyncStage, PowerCut, Syncer, TempDir};
 use super::transport::Transport;
@@ -21,17 +23,40 @@ use super::{db, Applier, Input, LogLimits, Mailbox, Node, NodeConfig, Outcome, T
 /// Prefix of the test state machine's keys in `meta`: `V` + index -> the entry's data.
 const VALUE_PREFIX: u8 = b'V';
 
-/// Channels between the nodes; a node not connected (killed) loses what is sent to it.
+/// Channels between the nodes; a node not connected (killed) loses what is sent to it. A
+/// snapshot's file is copied from the sender's snapshot directory to the receiver's, as
+/// `snapshot::receive` leaves it, before the message is delivered (node id -> directory in
+/// `dirs`).
 #[derive(Clone, Default)]
-struct Network(Arc<Mutex<HashMap<u64, Sender<Input>>>>);
+struct Network(
+    Arc<Mutex<HashMap<u64, Sender<Input>>>>,
+    Arc<Mutex<HashMap<u64, PathBuf>>>,
+);
 
 impl Transport for Network {
     fn send(&mut self, messages: Vec<Message>) {
         let peers = self.0.lock().unwrap();
         for message in messages {
-            if let Some(peer) = peers.get(&message.to) {
-                let _ = peer.try_send(Input::Message(Box::new(message)));
+            let Some(peer) = peers.get(&message.to) else {
+                continue;
+            };
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                let dirs = self.1.lock().unwrap();
+                let meta = message.get_snapshot().get_metadata();
+                let from = snapshot::generated_path(&dirs[&message.from], meta.index, meta.term);
+                let to = snapshot::received_path(&dirs[&message.to], meta.index, meta.term);
+                std::fs::create_dir_all(&dirs[&message.to]).unwrap();
+                let done = std::fs::copy(from, to).is_ok();
+                if let Some(leader) = peers.get(&message.from) {
+                    let to = message.to;
+                    if done {
+                        let _ = peer.try_send(Input::Message(Box::new(message)));
+                    }
+                    let _ = leader.try_send(Input::SnapshotSent { to, done });
+                }
+                continue;
             }
+            let _ = peer.try_send(Input::Message(Box::new(message)));
         }
     }
 }
@@ -164,6 +189,11 @@ impl Cluster {
         let (power, disk) = (member.power.clone(), member.disk.clone());
         let mailbox = Mailbox::new();
         self.network.0.lock().unwrap().insert(id, mailbox.sender());
+        self.network
+            .1
+            .lock()
+            .unwrap()
+            .insert(id, snapshot::dir(&db));
         let inputs = mailbox.sender();
         let syncer = Syncer::start(
             db.clone(),
@@ -206,6 +236,15 @@ impl Cluster {
         assert_eq!(Arc::strong_count(&db), 1, "the database is still in use");
         drop(db);
         member.power.cut()
+    }
+
+    /// Kills node `id` and empties its data directory, as an operator replacing its disk.
+    fn wipe(&mut self, id: u64) {
+        self.kill(id);
+        let member = self.members.get_mut(&id).unwrap();
+        std::fs::remove_dir_all(member.dir.path()).unwrap();
+        std::fs::create_dir_all(member.dir.path()).unwrap();
+        member.power = PowerCut::new(member.dir.path());
     }
 
     /// From now on node `id`'s fsyncs never complete, as far as it can tell.
@@ -535,4 +574,33 @@ fn logs_stay_bounded_and_a_follower_down_a_while_catches_up_from_the_leaders_log
             "node {id} holds {held} entries after the catch-up"
         );
     }
+}
+
+#[test]
+fn a_wiped_follower_catches_up_from_a_snapshot_and_the_logs_stay_bounded() {
+    let limits = LogLimits {
+        max_entries: 50,
+        max_bytes: 1 << 30,
+        keep: 10,
+    };
+    let mut cluster = Cluster::with_log(&[1, 2, 3], limits);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=300);
+    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    cluster.wipe(follower);
+    // Past four times the limit: the leader cuts what the wiped follower lacks.
+    cluster.commit_all(301..=700);
+    assert!(cluster.node(leader).status().view().first_index > 300);
+    cluster.run(follower);
+    cluster.commit_all(701..=750);
+    let values = cluster.converged();
+    assert_eq!(cluster.values(follower), values);
+    assert_eq!(values.len(), 750);
+    exactly_once(&values, 1..=750);
+    let view = cluster.node(follower).status().view();
+    assert_eq!(view.snapshots_installed, 1, "{view:?}");
+    // It goes on from the log after the snapshot, and compacts it.
+    cluster.commit_all(751..=900);
+    cluster.converged();
+    assert!(log_entries(&cluster, follower) <= 150);
 }

@@ -18,6 +18,7 @@ use rocksdb::DB;
 use super::apply::{Applier, Outcome, Pending};
 use super::compaction::{self, LogLimits, LogState};
 use super::slog_bridge;
+use super::snapshot::{self, Snapshots};
 use super::status::{Role, Status, StatusView};
 use super::storage::RaftStorage;
 use super::transport::Transport;
@@ -84,6 +85,11 @@ pub enum Input {
     Unreachable(u64),
     /// From the fsync (`WalSync`).
     Synced(Synced),
+    /// A snapshot transfer to `to` ended: the follower has the file (`done`), or not.
+    SnapshotSent {
+        to: u64,
+        done: bool,
+    },
     Stop,
 }
 
@@ -127,6 +133,8 @@ pub(super) struct Unsynced {
     /// The latest Ready persisted by that fsync (later Readies with nothing to sync ride on it).
     pub number: u64,
     pub messages: Vec<Message>,
+    /// A snapshot installed by this Ready: applied once raft-rs knows it persisted.
+    pub snapshot: Option<u64>,
 }
 
 /// The raft thread's state.
@@ -143,6 +151,8 @@ pub(super) struct Driver {
     /// Whether the applier was last told this node is the established leader.
     established: bool,
     log_limits: LogLimits,
+    /// Snapshots installed since start.
+    pub snapshots_installed: u64,
 }
 
 impl Node {
@@ -161,8 +171,10 @@ impl Node {
             sender: inputs,
             receiver,
         } = mailbox;
+        let snapshots = Snapshots::new(db.clone(), snapshot::dir(&db));
         let storage = RaftStorage::open(db.clone(), config.id, &config.founders)
-            .map_err(|e| format!("raft state of node {}: {e}", config.id))?;
+            .map_err(|e| format!("raft state of node {}: {e}", config.id))?
+            .with_snapshots(snapshots);
         let raft_config = raft_config(config.id, storage.applied().0, config.timing);
         raft_config
             .validate()
@@ -181,6 +193,7 @@ impl Node {
             published: None,
             established: false,
             log_limits: config.log,
+            snapshots_installed: 0,
         };
         driver.publish();
         let tick = config.timing.tick;
@@ -299,10 +312,19 @@ impl Driver {
     /// Handles one input; false to stop.
     fn take(&mut self, input: Input) -> Result<bool, String> {
         match input {
-            Input::Message(message) => {
+            Input::Message(mut message) => {
+                self.clamp_heartbeat(&mut message);
                 if let Err(e) = self.raw.step(*message) {
                     log::debug!("raft message ignored: {e}");
                 }
+            }
+            Input::SnapshotSent { to, done } => {
+                let status = if done {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
             }
             Input::Propose { id, data } => self.propose(id, data),
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
@@ -311,6 +333,25 @@ impl Driver {
             Input::Stop => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// A heartbeat carries the commit index the leader believes this node has (the smallest of
+    /// its commit and this node's `matched`). A node whose data directory was wiped has lost
+    /// what it had matched, and raft-rs would panic committing past its last entry (notes P1):
+    /// such a heartbeat commits nothing here. The append that follows finds the log's real end
+    /// (or sends a snapshot), and commits then.
+    fn clamp_heartbeat(&self, message: &mut Message) {
+        let log = &self.raw.raft.raft_log;
+        if message.get_msg_type() == raft::prelude::MessageType::MsgHeartbeat
+            && message.commit > log.last_index()
+        {
+            log::debug!(
+                "heartbeat commit {} past this log's end {}: a wiped node catching up",
+                message.commit,
+                log.last_index()
+            );
+            message.commit = log.committed;
+        }
     }
 
     fn propose(&mut self, id: u64, data: Vec<u8>) {
@@ -338,6 +379,7 @@ impl Driver {
     fn synced(&mut self, requested: u64) {
         let mut persisted = None;
         let mut messages = Vec::new();
+        let mut snapshot = None;
         while self
             .unsynced
             .front()
@@ -346,9 +388,15 @@ impl Driver {
             let done = self.unsynced.pop_front().expect("checked");
             persisted = Some(done.number);
             messages.extend(done.messages);
+            snapshot = done.snapshot.or(snapshot);
         }
         if let Some(number) = persisted {
             self.raw.on_persist_ready(number);
+        }
+        if let Some(index) = snapshot {
+            // The installed state is applied up to it; raft-rs allows saying so once it knows
+            // the snapshot persisted (applied <= persisted).
+            self.raw.advance_apply_to(index);
         }
         self.transport.send(messages);
     }
@@ -372,7 +420,7 @@ impl Driver {
             entries,
             bytes,
             followers_have,
-            can_snapshot: false,
+            can_snapshot: store.can_snapshot(),
         };
         if let Some(to) = compaction::compact_to(&state, &self.log_limits) {
             self.raw
@@ -404,6 +452,8 @@ impl Driver {
             last_index: raft.raft_log.last_index(),
             first_index: self.raw.store().bounds().0,
             log_bytes: self.raw.store().log_size().1,
+            snapshots_made: self.raw.store().snapshots_made(),
+            snapshots_installed: self.snapshots_installed,
         };
         let before = self.published.replace(view);
         if before.is_none_or(|b| (b.role, b.term, b.leader) != (view.role, view.term, view.leader))

@@ -26,6 +26,7 @@ pub mod peers;
 mod ready;
 pub mod replica;
 pub mod slog_bridge;
+pub mod snapshot;
 pub mod status;
 pub mod storage;
 pub mod tcp;

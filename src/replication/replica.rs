@@ -14,6 +14,7 @@ use rocksdb::{WriteBatch, DB};
 
 use super::listener::{ClientHandoff, RaftListener};
 use super::peers::ClusterConfig;
+use super::snapshot::{self, send::SnapshotSender};
 use super::status::Status;
 use super::storage;
 use super::tcp::TcpTransport;
@@ -72,6 +73,10 @@ impl Applier for EngineApplier {
     fn leading(&mut self, established: bool) {
         self.0.leading(established);
     }
+
+    fn restored(&mut self) {
+        self.0.restored();
+    }
 }
 
 /// The raft thread's writes are fsynced by the engine's syncer: one WAL, one fsync.
@@ -107,7 +112,11 @@ impl Replica {
                 let _ = inputs.send(Input::Synced(Synced::UpTo(number)));
             });
         }
-        let transport = TcpTransport::start(config.node, &config.peers, inputs.clone())?;
+        let snapshot_dir = snapshot::dir(&db);
+        let transport =
+            TcpTransport::start(config.node, &config.peers, inputs.clone())?.with_snapshots(
+                SnapshotSender::new(config.peers.clone(), snapshot_dir.clone(), inputs.clone()),
+            );
         // The node first: a directory of another node is refused before anything listens.
         let node = Node::start(
             NodeConfig {
@@ -127,8 +136,14 @@ impl Replica {
             .into_iter()
             .filter(|&id| id != config.node)
             .collect();
-        let listener =
-            RaftListener::start(config.own_address(), config.node, peers, inputs, clients)?;
+        let listener = RaftListener::start(
+            config.own_address(),
+            config.node,
+            peers,
+            inputs,
+            clients,
+            Some(snapshot_dir),
+        )?;
         Ok(Replica { node, listener })
     }
 

@@ -64,6 +64,8 @@ pub struct Status {
     last_index: AtomicU64,
     first_index: AtomicU64,
     log_bytes: AtomicU64,
+    snapshots_made: AtomicU64,
+    snapshots_installed: AtomicU64,
 }
 
 /// A copy of a `Status` at one moment.
@@ -80,6 +82,9 @@ pub struct StatusView {
     pub first_index: u64,
     /// The log's entries' size as stored.
     pub log_bytes: u64,
+    /// Snapshot files this node made for followers, and snapshots it installed, since start.
+    pub snapshots_made: u64,
+    pub snapshots_installed: u64,
 }
 
 impl Status {
@@ -99,6 +104,10 @@ impl Status {
         self.last_index.store(view.last_index, Ordering::Relaxed);
         self.first_index.store(view.first_index, Ordering::Relaxed);
         self.log_bytes.store(view.log_bytes, Ordering::Relaxed);
+        self.snapshots_made
+            .store(view.snapshots_made, Ordering::Relaxed);
+        self.snapshots_installed
+            .store(view.snapshots_installed, Ordering::Relaxed);
     }
 
     pub fn stopped(&self) {
@@ -117,6 +126,8 @@ impl Status {
             last_index: self.last_index.load(Ordering::Relaxed),
             first_index: self.first_index.load(Ordering::Relaxed),
             log_bytes: self.log_bytes.load(Ordering::Relaxed),
+            snapshots_made: self.snapshots_made.load(Ordering::Relaxed),
+            snapshots_installed: self.snapshots_installed.load(Ordering::Relaxed),
         }
     }
 }

@@ -24,8 +24,9 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB
 
 use super::keys::{
     decode_position, encode_position, entry_index, entry_key, APPLIED_KEY, CONF_STATE_KEY,
-    HARD_STATE_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF, TRUNCATED_KEY,
+    HARD_STATE_KEY, INSTALLING_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF, TRUNCATED_KEY,
 };
+use super::snapshot::{self, install, Snapshots};
 
 /// Index and term of the entry the founders start after.
 pub const BOOTSTRAP_INDEX: u64 = 1;
@@ -82,6 +83,8 @@ pub struct RaftStorage {
     /// compaction bounds (`super::compaction`).
     sizes: VecDeque<u64>,
     log_bytes: u64,
+    /// Snapshots this node makes for its followers (`None`: it cannot send any).
+    snapshots: Option<Snapshots>,
 }
 
 fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
@@ -122,7 +125,107 @@ impl RaftStorage {
             }
             None => bootstrap(&db, node_id, founders)?,
         }
+        if let Some(bytes) = db.get_cf(log, INSTALLING_KEY)? {
+            let (index, term) = decode_position(&bytes)
+                .ok_or_else(|| StoreError::Corrupt("snapshot being installed".into()))?;
+            log::warn!("installing snapshot {index} (term {term}) again: a crash cut it short");
+            // The state first: until then `A` and `C` may be anything.
+            let path = snapshot::received_path(&snapshot::dir(&db), index, term);
+            let records = install::replace_state(&db, &path).map_err(StoreError::Corrupt)?;
+            let mut storage = Self::load(db, node_id)?;
+            storage.finish_install(index, term, records)?;
+            return Ok(storage);
+        }
         Self::load(db, node_id)
+    }
+
+    /// Lets this node send snapshots, made in `snapshots.dir()`.
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> RaftStorage {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    pub fn can_snapshot(&self) -> bool {
+        self.snapshots.is_some()
+    }
+
+    /// Snapshot files made here since start.
+    pub fn snapshots_made(&self) -> u64 {
+        self.snapshots.as_ref().map_or(0, Snapshots::made)
+    }
+
+    /// Replaces the state and the log by the received snapshot `snap` (its file is whole on
+    /// disk), in the order `snapshot::install` describes; durable when this returns.
+    pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        if snapshot::decode_snapshot_data(&snap.data) != Some((index, term)) {
+            return Err(StoreError::Refused(format!(
+                "snapshot {index} names no file of its own"
+            )));
+        }
+        let path = snapshot::received_path(&snapshot::dir(&self.db), index, term);
+        if !path.exists() {
+            return Err(StoreError::Refused(format!(
+                "snapshot {index} (term {term}) was never received: {}",
+                path.display()
+            )));
+        }
+        let mut marker = WriteBatch::default();
+        marker.put_cf(
+            log_cf(&self.db),
+            INSTALLING_KEY,
+            encode_position(index, term),
+        );
+        install::write_durably(&self.db, marker)?;
+        let started = std::time::Instant::now();
+        let records = install::replace_state(&self.db, &path).map_err(StoreError::Corrupt)?;
+        self.finish_install(index, term, records)?;
+        log::info!(
+            "snapshot {index} (term {term}) installed: {records} records in {:?}",
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    /// Steps 4-5 of `snapshot::install`, the state replaced.
+    fn finish_install(&mut self, index: u64, term: u64, records: u64) -> Result<(), StoreError> {
+        let path = snapshot::received_path(&snapshot::dir(&self.db), index, term);
+        let state = state_cf(&self.db);
+        let applied = self
+            .db
+            .get_cf(state, APPLIED_KEY)?
+            .and_then(|v| decode_position(&v));
+        if applied != Some((index, term)) {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot {index} (term {term}) holds the state at {applied:?}"
+            )));
+        }
+        let conf_state: ConfState = match self.db.get_cf(state, CONF_STATE_KEY)? {
+            Some(bytes) => decode("membership", &bytes)?,
+            None => return Err(StoreError::Corrupt("a snapshot with no membership".into())),
+        };
+        let mut hard_state = self.hard_state.clone();
+        hard_state.term = hard_state.term.max(term);
+        hard_state.commit = hard_state.commit.max(index);
+        let log = log_cf(&self.db);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(log, entry_key(0), entry_key(u64::MAX));
+        batch.delete_cf(log, entry_key(u64::MAX));
+        batch.put_cf(log, TRUNCATED_KEY, encode_position(index, term));
+        batch.put_cf(log, HARD_STATE_KEY, encode(&hard_state));
+        batch.delete_cf(log, INSTALLING_KEY);
+        install::write_durably(&self.db, batch)?;
+        self.hard_state = hard_state;
+        self.conf_state = conf_state;
+        self.truncated = (index, term);
+        self.last_index = index;
+        self.applied = (index, term);
+        self.sizes.clear();
+        self.log_bytes = 0;
+        let _ = std::fs::remove_file(&path);
+        log::debug!("snapshot {index}: {records} records");
+        Ok(())
     }
 
     /// Reads the stored state (the node id already checked).
@@ -165,6 +268,7 @@ impl RaftStorage {
             applied,
             sizes: VecDeque::new(),
             log_bytes: 0,
+            snapshots: None,
         };
         storage.measure()?;
         Ok(storage)
@@ -465,13 +569,16 @@ impl raft::Storage for RaftStorage {
         Ok(self.last_index)
     }
 
-    /// Snapshots come with plan step 6 (RocksDB checkpoints). Until then the log is never
-    /// compacted past a peer that still needs it, and raft asks again later.
+    /// A snapshot for follower `to`, at `request_index` or later and not older than the log's
+    /// start (the follower continues from the log after it); made in the background
+    /// (`snapshot::generate`): until it is ready raft-rs hears "temporarily unavailable" and
+    /// asks again later.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        log::warn!(
-            "node {to} needs a snapshot at index {request_index} or later, which this version cannot send"
-        );
-        Err(raft::Error::Store(
+        let ready = self
+            .snapshots
+            .as_ref()
+            .and_then(|s| s.get(request_index.max(self.truncated.0), to));
+        ready.ok_or(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
     }

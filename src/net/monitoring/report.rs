@@ -110,7 +110,7 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
 
 /// Under `--cluster`: this node's id and role, the leader it knows (0: none), the term, the
 /// commit index, and what its raft log holds (compaction bounds it).
-fn cluster_stats(view: &StatusView) -> [(String, String); 8] {
+fn cluster_stats(view: &StatusView) -> [(String, String); 10] {
     let entries = (view.last_index + 1).saturating_sub(view.first_index);
     [
         ("cluster_node".into(), view.node.to_string()),
@@ -124,6 +124,14 @@ fn cluster_stats(view: &StatusView) -> [(String, String); 8] {
         ),
         ("cluster_log_entries".into(), entries.to_string()),
         ("cluster_log_bytes".into(), view.log_bytes.to_string()),
+        (
+            "cluster_snapshots_made".into(),
+            view.snapshots_made.to_string(),
+        ),
+        (
+            "cluster_snapshots_installed".into(),
+            view.snapshots_installed.to_string(),
+        ),
     ]
 }
 
