@@ -604,3 +604,39 @@ fn a_wiped_follower_catches_up_from_a_snapshot_and_the_logs_stay_bounded() {
     cluster.converged();
     assert!(log_entries(&cluster, follower) <= 150);
 }
+
+#[test]
+fn a_wiped_follower_does_not_elect_a_node_missing_what_was_committed_with_its_lost_copy() {
+    let mut cluster = Cluster::start(&[1, 2, 3]);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=100);
+    let followers: Vec<u64> = cluster
+        .ids
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    let (lagging, wiped) = (followers[0], followers[1]);
+    // Committed by the leader and `wiped` alone; `lagging` never makes them durable.
+    cluster.stall_disk(lagging);
+    cluster.commit_all(101..=200);
+    cluster.kill(lagging);
+    cluster.wipe(wiped);
+    cluster.kill(leader);
+    cluster.run(lagging);
+    cluster.run(wiped);
+    // `lagging` misses 101..=200, and only the wiped node's vote could elect it.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for id in cluster.running() {
+            let view = cluster.node(id).status().view();
+            assert_ne!(view.role, Role::Leader, "node {id} was elected: {view:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.run(leader);
+    cluster.commit_all(201..=250);
+    let values = cluster.converged();
+    assert_eq!(values.len(), 250);
+    exactly_once(&values, 1..=250);
+}

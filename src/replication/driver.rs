@@ -20,7 +20,7 @@ use super::compaction::{self, LogLimits, LogState};
 use super::slog_bridge;
 use super::snapshot::{self, Snapshots};
 use super::status::{Role, Status, StatusView};
-use super::storage::RaftStorage;
+use super::storage::{RaftStorage, BOOTSTRAP_INDEX};
 use super::transport::Transport;
 
 /// Timing of a node (notes §6: failover median 0.63 s, p99 0.96 s with these).
@@ -313,6 +313,9 @@ impl Driver {
     fn take(&mut self, input: Input) -> Result<bool, String> {
         match input {
             Input::Message(mut message) => {
+                if self.abstains(&message) {
+                    return Ok(true);
+                }
                 self.clamp_heartbeat(&mut message);
                 if let Err(e) = self.raw.step(*message) {
                     log::debug!("raft message ignored: {e}");
@@ -352,6 +355,28 @@ impl Driver {
             );
             message.commit = log.committed;
         }
+    }
+
+    /// A node whose log never got past the founders' starting point votes only for candidates
+    /// at that point too (a new group's first election). Past it, such a node is one whose
+    /// data directory was wiped: it has forgotten what it acknowledged and whom it voted for,
+    /// and its vote could elect a candidate missing entries that were committed with its own
+    /// lost copy (two failures, which a group of three does not survive without losing what
+    /// was acknowledged). It waits for a leader's snapshot, which only the group's other
+    /// members can elect.
+    fn abstains(&self, message: &Message) -> bool {
+        use raft::prelude::MessageType::{MsgRequestPreVote, MsgRequestVote};
+        let vote = matches!(message.get_msg_type(), MsgRequestVote | MsgRequestPreVote);
+        let fresh = self.raw.raft.raft_log.last_index() == BOOTSTRAP_INDEX;
+        if vote && fresh && message.index > BOOTSTRAP_INDEX {
+            log::info!(
+                "no vote for node {}: this node holds nothing of the log yet (a wiped data \
+                 directory waits for a leader's snapshot)",
+                message.from
+            );
+            return true;
+        }
+        false
     }
 
     fn propose(&mut self, id: u64, data: Vec<u8>) {
