@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,10 +28,12 @@ const VALUE_PREFIX: u8 = b'V';
 /// snapshot's file is copied from the sender's snapshot directory to the receiver's, as
 /// `snapshot::receive` leaves it, before the message is delivered (node id -> directory in
 /// `dirs`).
+/// The next `.2` snapshot transfers fail (the follower never gets the file).
 #[derive(Clone, Default)]
 struct Network(
     Arc<Mutex<HashMap<u64, Sender<Input>>>>,
     Arc<Mutex<HashMap<u64, PathBuf>>>,
+    Arc<AtomicUsize>,
 );
 
 impl Transport for Network {
@@ -46,7 +49,11 @@ impl Transport for Network {
                 let from = snapshot::generated_path(&dirs[&message.from], meta.index, meta.term);
                 let to = snapshot::received_path(&dirs[&message.to], meta.index, meta.term);
                 std::fs::create_dir_all(&dirs[&message.to]).unwrap();
-                let done = std::fs::copy(from, to).is_ok();
+                let fail = self
+                    .2
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok();
+                let done = !fail && std::fs::copy(from, to).is_ok();
                 if let Some(leader) = peers.get(&message.from) {
                     let to = message.to;
                     if done {
@@ -590,6 +597,8 @@ fn a_wiped_follower_catches_up_from_a_snapshot_and_the_logs_stay_bounded() {
     cluster.wipe(follower);
     // Past four times the limit: the leader cuts what the wiped follower lacks.
     cluster.commit_all(301..=700);
+    // The first two transfers fail: raft-rs hears it and sends again.
+    cluster.network.2.store(2, Ordering::Release);
     assert!(cluster.node(leader).status().view().first_index > 300);
     cluster.run(follower);
     cluster.commit_all(701..=750);
@@ -599,6 +608,11 @@ fn a_wiped_follower_catches_up_from_a_snapshot_and_the_logs_stay_bounded() {
     exactly_once(&values, 1..=750);
     let view = cluster.node(follower).status().view();
     assert_eq!(view.snapshots_installed, 1, "{view:?}");
+    assert_eq!(
+        cluster.network.2.load(Ordering::Acquire),
+        0,
+        "no transfer failed"
+    );
     // It goes on from the log after the snapshot, and compacts it.
     cluster.commit_all(751..=900);
     cluster.converged();

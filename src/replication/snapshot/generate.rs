@@ -62,7 +62,20 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
+    /// The files an earlier run made in `dir` are removed (not the received ones: an install
+    /// cut short by a crash is redone from its file).
     pub fn new(db: Arc<DB>, dir: PathBuf) -> Snapshots {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let made = name.starts_with("make-")
+                    || (name.ends_with(".snap") && !name.starts_with("received-"));
+                if made {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Snapshots {
             db,
             dir,
@@ -99,17 +112,19 @@ impl Snapshots {
             let spawned = std::thread::Builder::new()
                 .name("raft-snapshot".into())
                 .spawn(move || {
+                    let started = std::time::Instant::now();
                     let made = generate(&db, &dir);
                     let mut state = shared.lock();
                     state.generating = false;
                     match made {
                         Ok(generated) => {
                             log::info!(
-                                "raft snapshot at {} (term {}) made: {} records, {} bytes",
+                                "raft snapshot at {} (term {}) made: {} records, {} bytes in {:?}",
                                 generated.index,
                                 generated.term,
                                 generated.records,
-                                generated.bytes
+                                generated.bytes,
+                                started.elapsed()
                             );
                             if let Some(old) = state.latest.replace(generated) {
                                 // A sender still reading it keeps its open file.

@@ -137,7 +137,18 @@ fn an_install_cut_short_by_a_crash_is_done_again_at_the_next_start() {
 fn a_snapshot_is_made_in_the_background_and_handed_out_once_ready() {
     let a = TempDir::new("snap-a");
     let (db, _s) = leader(&a, 50);
+    // What an earlier run left: its own files go, a received one (an install to redo) stays.
+    std::fs::create_dir_all(dir(&db)).unwrap();
+    for name in ["make-9-1.tmp", "9-1.snap", "received-5-1.snap"] {
+        std::fs::write(dir(&db).join(name), b"").unwrap();
+    }
     let snapshots = Snapshots::new(db.clone(), dir(&db));
+    let mut left: Vec<_> = std::fs::read_dir(dir(&db))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["received-5-1.snap"]);
     assert!(snapshots.get(10, 2).is_none(), "made at once");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let snapshot = loop {
