@@ -168,10 +168,17 @@ pub fn generate(db: &DB, dir: &Path) -> Result<Generated, String> {
         let Some(cf) = db.cf_handle(name) else {
             continue;
         };
-        for item in view.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-            let (key, value) = item.map_err(|e| e.to_string())?;
-            writer.record(family, &key, &value).map_err(io)?;
+        // A raw iterator copies nothing; a one-off scan should not evict the block cache.
+        let mut read = rocksdb::ReadOptions::default();
+        read.fill_cache(false);
+        read.set_readahead_size(2 << 20);
+        let mut iter = view.raw_iterator_cf_opt(cf, read);
+        iter.seek_to_first();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            writer.record(family, key, value).map_err(io)?;
+            iter.next();
         }
+        iter.status().map_err(|e| e.to_string())?;
     }
     let (out, records) = writer.finish().map_err(io)?;
     let file = out.into_inner().map_err(|e| e.to_string())?;

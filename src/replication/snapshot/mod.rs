@@ -21,6 +21,8 @@ pub mod receive;
 pub mod send;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transfer_tests;
 
 use std::path::{Path, PathBuf};
 
