@@ -718,3 +718,43 @@ def test_a_wiped_follower_catches_up_from_a_snapshot_and_can_lead_with_every_mes
     got = drain(wiped, b"q")
     acked = [a.encode() if isinstance(a, str) else a for a in acked]
     assert got == acked, f"{len(got)} back, of {len(acked)} acknowledged"
+
+
+def test_a_single_servers_queues_seed_a_group_whose_other_members_join(make_server):
+    seed = make_server(prime_wal=False)
+    acked = acknowledged(seed, b"q", [f"s{i}".encode() for i in range(200)])
+    with seed.mc() as c:
+        assert c.set("other", "o0") == b"STORED\r\n"
+    seed.stop()
+    spec = ",".join(f"{i}=127.0.0.1:{free_port()}" for i in (1, 2, 3))
+    seed.args = ["--node", "1", "--cluster", spec]
+    seed.start()
+    joiners = [make_server(args=["--node", str(i), "--cluster", spec, "--join"], prime_wal=False)
+               for i in (2, 3)]
+    leader, _ = wait_for_leader([seed] + joiners)
+    assert leader == 1, "a joiner campaigned"
+    assert until_served(seed, lambda c: c.set("q", "t0")) == b"STORED\r\n"
+    acked += [b"t0"] + one_by_one(seed, "q", [f"t{i}".encode() for i in range(1, 10)])
+    for j in joiners:
+        wait_for_commit(j, view(seed)["commit"])
+        assert snapshot_stats(j)["installed"] == 1, snapshot_stats(j)
+    # The seed dies: a joiner leads, with the single server's messages and the later ones.
+    seed.kill()
+    new_leader, _ = wait_for_leader(joiners)
+    successor = joiners[new_leader - 2]
+    assert drain(successor, b"q") == acked
+    assert drain(successor, b"other") == [b"o0"]
+
+
+def test_a_joining_member_must_start_empty(make_server, tmp_path):
+    single = make_server(prime_wal=False)
+    with single.mc() as c:
+        assert c.set("q", "x") == b"STORED\r\n"
+    single.stop()
+    spec = f"1=127.0.0.1:{free_port()},2=127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        single.command() + ["--node", "2", "--cluster", spec, "--join"],
+        capture_output=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "--join starts on an empty directory" in result.stderr.decode(errors="replace")

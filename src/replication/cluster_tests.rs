@@ -191,6 +191,7 @@ impl Cluster {
             founders: self.ids.clone(),
             timing: Timing::default(),
             log: self.log,
+            join: false,
         };
         member.disk.set(Disk::Open);
         let (power, disk) = (member.power.clone(), member.disk.clone());

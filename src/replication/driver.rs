@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// How large the raft log may grow before it is compacted.
     pub log: LogLimits,
+    /// A new member joining a seeded group: no membership until a snapshot brings it.
+    pub join: bool,
 }
 
 /// What makes the raft thread's writes durable: the engine's WAL fsync under `mqd serve`, so
@@ -172,7 +174,8 @@ impl Node {
             receiver,
         } = mailbox;
         let snapshots = Snapshots::new(db.clone(), snapshot::dir(&db));
-        let storage = RaftStorage::open(db.clone(), config.id, &config.founders)
+        let founders: &[u64] = if config.join { &[] } else { &config.founders };
+        let storage = RaftStorage::open(db.clone(), config.id, founders)
             .map_err(|e| format!("raft state of node {}: {e}", config.id))?
             .with_snapshots(snapshots);
         let raft_config = raft_config(config.id, storage.applied().0, config.timing);

@@ -97,7 +97,7 @@ impl Replica {
         clients: ClientHandoff,
     ) -> Result<Replica, String> {
         let db: Arc<DB> = engine.database();
-        refuse_single_server_data(&db, engine)?;
+        refuse_single_server_data(&db, engine, config.join)?;
         let mailbox = Mailbox::new();
         let inputs = mailbox.sender();
         {
@@ -124,6 +124,7 @@ impl Replica {
                 founders: config.ids(),
                 timing: config.timing,
                 log: config.log,
+                join: config.join,
             },
             db,
             mailbox,
@@ -157,21 +158,28 @@ impl Replica {
     }
 }
 
-/// A data directory with queues and no raft state was a single server's. Its messages are in
-/// no log entry, so the other members would never get them, and a failover would lose them
-/// (snapshots, which would carry them to the others, are a later step of issue 22). Refused,
-/// rather than a group whose members silently differ.
-fn refuse_single_server_data(db: &DB, engine: &Engine) -> Result<(), String> {
+/// A data directory with queues and no raft state was a single server's. As a founder it
+/// seeds the group: its queues are the state at the founders' starting point, and reach the
+/// other members by snapshot, which they must take from it: they start with `--join` (a
+/// founder started empty would hold another state at the same index). A joiner's directory
+/// must be empty: its queues would be replaced by the snapshot.
+fn refuse_single_server_data(db: &DB, engine: &Engine, join: bool) -> Result<(), String> {
     let has_state = storage::exists(db).map_err(|e| format!("cannot read the raft state: {e}"))?;
     let queues = engine.queue_count();
     if has_state || queues == 0 {
         return Ok(());
     }
-    Err(format!(
-        "this data directory holds {queues} queues of a single server and no cluster state: \
-         a node starts a cluster on an empty directory (moving a single server's queues into a \
-         cluster is not supported yet: protocol-spec/cluster.md)"
-    ))
+    if join {
+        return Err(format!(
+            "this data directory holds {queues} queues of a single server: a member started \
+             with --join starts on an empty directory (protocol-spec/cluster.md 5)"
+        ));
+    }
+    log::warn!(
+        "seeding the group with the {queues} queues of a single server in this directory: \
+         start every other member with --join on an empty directory (protocol-spec/cluster.md 5)"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -103,9 +103,10 @@ pub fn exists(db: &DB) -> Result<bool, StoreError> {
 
 impl RaftStorage {
     /// Opens node `node_id`'s raft state in `db`. A database with none is bootstrapped as a
-    /// founder of a group whose voters are `founders` (durably, before this returns); one with
-    /// state keeps it (its membership is in the state, `founders` is not looked at) and must
-    /// belong to `node_id`.
+    /// founder of a group whose voters are `founders` (durably, before this returns), or, with
+    /// no founders, as a joiner (`--join`: an empty log at 0 and no membership, so it never
+    /// campaigns, until a snapshot brings both); one with state keeps it (its membership is in
+    /// the state, `founders` is not looked at) and must belong to `node_id`.
     pub fn open(db: Arc<DB>, node_id: u64, founders: &[u64]) -> Result<RaftStorage, StoreError> {
         if node_id == 0 {
             return Err(StoreError::Refused("node id 0 is not allowed".into()));
@@ -123,6 +124,7 @@ impl RaftStorage {
                     )));
                 }
             }
+            None if founders.is_empty() => bootstrap_joiner(&db, node_id)?,
             None => bootstrap(&db, node_id, founders)?,
         }
         if let Some(bytes) = db.get_cf(log, INSTALLING_KEY)? {
@@ -510,6 +512,22 @@ fn bootstrap(db: &DB, node_id: u64, founders: &[u64]) -> Result<(), StoreError> 
     db.write_opt(batch, &sync)?;
     // Under `manual_wal_flush` a synced write still waits in the buffer for a flush.
     db.flush_wal(true)?;
+    Ok(())
+}
+
+/// Writes the state of a joiner: nothing applied, no membership, the log empty from index 1
+/// (any leader's log starts later, so it is sent a snapshot); one synced write.
+fn bootstrap_joiner(db: &DB, node_id: u64) -> Result<(), StoreError> {
+    let log = log_cf(db);
+    let state = state_cf(db);
+    let position = encode_position(0, 0);
+    let mut batch = WriteBatch::default();
+    batch.put_cf(log, HARD_STATE_KEY, encode(&HardState::default()));
+    batch.put_cf(log, TRUNCATED_KEY, position);
+    batch.put_cf(state, APPLIED_KEY, position);
+    batch.put_cf(state, CONF_STATE_KEY, encode(&ConfState::default()));
+    batch.put_cf(log, NODE_ID_KEY, node_id.to_be_bytes());
+    install::write_durably(db, batch)?;
     Ok(())
 }
 
