@@ -114,6 +114,15 @@ pub struct Serve {
     /// elections after 10 to 20 ticks without a leader
     #[argh(option)]
     raft_tick_ms: Option<u64>,
+    /// with --cluster, join a group whose first member seeds it with a single server's queues:
+    /// start empty, never campaign, and take the state from that member's snapshot
+    /// (protocol-spec/cluster.md 5)
+    #[argh(switch)]
+    join: bool,
+    /// with --cluster, compact the raft log once it holds more entries than this (default
+    /// 10000; a quarter is kept behind the applied index)
+    #[argh(option)]
+    raft_log_entries: Option<u64>,
     /// block cache of RocksDB in MB (MemcacheQ's -m; default 64)
     #[argh(option, short = 'm')]
     cache_mb: Option<usize>,
@@ -323,6 +332,8 @@ impl Serve {
             self.node,
             self.cluster.as_deref(),
             self.raft_tick_ms,
+            self.raft_log_entries,
+            self.join,
         )?;
         config::validate(&config)?;
         Ok(config)

@@ -174,12 +174,28 @@ fn establish(engine: &Engine) {
     // Whatever was loaded while not serving (a command racing the step-down) predates
     // entries applied since.
     forget_state(engine, cluster, &mut commit);
-    if let Err(e) = recount_queues(engine) {
+    if let Err(e) = recount_queues(engine, "at the start of this leadership") {
         log::error!("cannot read the queues after becoming the leader: {e}; stopping");
         std::process::exit(1);
     }
     cluster.serving.store(true, Ordering::Release);
     log::info!("serving as the established leader");
+}
+
+/// Under `--cluster`: the state was replaced by a snapshot's (only a follower installs one).
+/// Forgets what memory holds, as a step-down does, and counts the queues again, as start-up
+/// does; a node serving (it cannot be, raft-rs installs only on followers) steps down first.
+pub(super) fn restored(engine: &Engine) {
+    let Some(cluster) = &engine.cluster else {
+        return;
+    };
+    step_down(engine, "a snapshot replaced the state");
+    let mut commit = engine.committer.lock();
+    forget_state(engine, cluster, &mut commit);
+    if let Err(e) = recount_queues(engine, "in the installed snapshot") {
+        log::error!("cannot read the queues after installing a snapshot: {e}; stopping");
+        std::process::exit(1);
+    }
 }
 
 /// Stops serving and forgets every state RocksDB's applied one does not have (see the module
@@ -221,11 +237,11 @@ fn forget_state(engine: &Engine, cluster: &Cluster, commit: &mut CommitState) {
 /// Counts the queues on disk again, as start-up does (the followers' applied entries
 /// created and deleted some), for a node about to serve, under the commit lock. None is
 /// loaded (`forget_state`).
-fn recount_queues(engine: &Engine) -> Result<(), rocksdb::Error> {
+fn recount_queues(engine: &Engine, when: &str) -> Result<(), rocksdb::Error> {
     let found = super::store::scan(&engine.db)?;
     engine
         .registry
         .recount(found.queues, found.next_queue_id, found.fanout);
-    log::info!("{} queues at the start of this leadership", found.queues);
+    log::info!("{} queues {when}", found.queues);
     Ok(())
 }

@@ -86,6 +86,7 @@ pub use queue::TakeMode;
 use queue::{QueueState, Waiter};
 use recent::CacheBudgets;
 use registry::Registry;
+pub use space::free_bytes;
 use store::{Db, StoreOptions};
 pub use store::{MemoryBudget, RAFT_LOG_CF};
 
@@ -461,6 +462,12 @@ impl Engine {
     /// it and steps down (see `cluster`). Becoming it again later serves again.
     pub fn leading(&self, established: bool) {
         cluster::leading(self, established);
+    }
+
+    /// Under `--cluster`: RocksDB's state was replaced by a snapshot's (on a follower): what
+    /// memory holds of the queues is read again, as after a restart.
+    pub fn restored(&self) {
+        cluster::restored(self);
     }
 
     /// Commits now, deferred removals included (for tests, which look at what is on disk).

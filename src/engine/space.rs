@@ -53,7 +53,7 @@ impl FreeSpace {
 const FREE_SPACE_RECHECK: Duration = Duration::from_millis(100);
 
 /// Bytes available to this process on the file system holding `dir`.
-pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
+pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes only into the struct we pass, and reads the NUL-terminated path.

@@ -269,6 +269,10 @@ mod tests {
             commit: 1,
             applied: 1,
             last_index: 1,
+            first_index: 2,
+            log_bytes: 0,
+            snapshots_made: 0,
+            snapshots_installed: 0,
         });
         let peers = [
             (1, "127.0.0.1:7001"),

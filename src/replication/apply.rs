@@ -37,6 +37,10 @@ pub trait Applier: Send + 'static {
     /// This node became the established leader (it applied an entry of its own term, so every
     /// committed entry before it is applied), or stopped being the leader.
     fn leading(&mut self, _established: bool) {}
+
+    /// The state was replaced by a snapshot's (on a follower): whatever the state machine
+    /// keeps in memory must be read again, as after a restart.
+    fn restored(&mut self) {}
 }
 
 /// A proposal of this node awaiting its entry's commit.

@@ -5,33 +5,65 @@
 //! database closed, and their WAL cut back to what the last fsync covered.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use raft::prelude::{Entry, Message};
+use raft::prelude::{Entry, Message, MessageType};
 use rocksdb::{WriteBatch, DB};
 
 use super::keys::STATE_CF;
+use super::snapshot;
 use super::status::Role;
 use super::test_support::{FsyncStage, PowerCut, Syncer, TempDir};
 use super::transport::Transport;
-use super::{db, Applier, Input, Mailbox, Node, NodeConfig, Outcome, Timing};
+use super::{db, Applier, Input, LogLimits, Mailbox, Node, NodeConfig, Outcome, Timing};
 
 /// Prefix of the test state machine's keys in `meta`: `V` + index -> the entry's data.
 const VALUE_PREFIX: u8 = b'V';
 
-/// Channels between the nodes; a node not connected (killed) loses what is sent to it.
+/// Channels between the nodes; a node not connected (killed) loses what is sent to it. A
+/// snapshot's file is copied from the sender's snapshot directory to the receiver's, as
+/// `snapshot::receive` leaves it, before the message is delivered (node id -> directory in
+/// `dirs`).
+/// The next `.2` snapshot transfers fail (the follower never gets the file).
 #[derive(Clone, Default)]
-struct Network(Arc<Mutex<HashMap<u64, Sender<Input>>>>);
+struct Network(
+    Arc<Mutex<HashMap<u64, Sender<Input>>>>,
+    Arc<Mutex<HashMap<u64, PathBuf>>>,
+    Arc<AtomicUsize>,
+);
 
 impl Transport for Network {
     fn send(&mut self, messages: Vec<Message>) {
         let peers = self.0.lock().unwrap();
         for message in messages {
-            if let Some(peer) = peers.get(&message.to) {
-                let _ = peer.try_send(Input::Message(Box::new(message)));
+            let Some(peer) = peers.get(&message.to) else {
+                continue;
+            };
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                let dirs = self.1.lock().unwrap();
+                let meta = message.get_snapshot().get_metadata();
+                let from = snapshot::generated_path(&dirs[&message.from], meta.index, meta.term);
+                let to = snapshot::received_path(&dirs[&message.to], meta.index, meta.term);
+                std::fs::create_dir_all(&dirs[&message.to]).unwrap();
+                let fail = self
+                    .2
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok();
+                let done = !fail && std::fs::copy(from, to).is_ok();
+                if let Some(leader) = peers.get(&message.from) {
+                    let to = message.to;
+                    if done {
+                        let _ = peer.try_send(Input::Message(Box::new(message)));
+                    }
+                    let _ = leader.try_send(Input::SnapshotSent { to, done });
+                }
+                continue;
             }
+            let _ = peer.try_send(Input::Message(Box::new(message)));
         }
     }
 }
@@ -107,6 +139,7 @@ struct Cluster {
     network: Network,
     settled_tx: Sender<(u64, u64, Outcome)>,
     settled: Receiver<(u64, u64, Outcome)>,
+    log: LogLimits,
 }
 
 /// Long enough for an election on a busy 2-core machine shared with other builds.
@@ -114,6 +147,10 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 impl Cluster {
     fn start(ids: &[u64]) -> Cluster {
+        Cluster::with_log(ids, LogLimits::default())
+    }
+
+    fn with_log(ids: &[u64], log: LogLimits) -> Cluster {
         let (settled_tx, settled) = crossbeam_channel::unbounded();
         let mut cluster = Cluster {
             ids: ids.to_vec(),
@@ -121,6 +158,7 @@ impl Cluster {
             network: Network::default(),
             settled_tx,
             settled,
+            log,
         };
         for &id in ids {
             let dir = TempDir::new("cluster");
@@ -152,11 +190,18 @@ impl Cluster {
             id,
             founders: self.ids.clone(),
             timing: Timing::default(),
+            log: self.log,
+            join: false,
         };
         member.disk.set(Disk::Open);
         let (power, disk) = (member.power.clone(), member.disk.clone());
         let mailbox = Mailbox::new();
         self.network.0.lock().unwrap().insert(id, mailbox.sender());
+        self.network
+            .1
+            .lock()
+            .unwrap()
+            .insert(id, snapshot::dir(&db));
         let inputs = mailbox.sender();
         let syncer = Syncer::start(
             db.clone(),
@@ -199,6 +244,15 @@ impl Cluster {
         assert_eq!(Arc::strong_count(&db), 1, "the database is still in use");
         drop(db);
         member.power.cut()
+    }
+
+    /// Kills node `id` and empties its data directory, as an operator replacing its disk.
+    fn wipe(&mut self, id: u64) {
+        self.kill(id);
+        let member = self.members.get_mut(&id).unwrap();
+        std::fs::remove_dir_all(member.dir.path()).unwrap();
+        std::fs::create_dir_all(member.dir.path()).unwrap();
+        member.power = PowerCut::new(member.dir.path());
     }
 
     /// From now on node `id`'s fsyncs never complete, as far as it can tell.
@@ -304,12 +358,14 @@ impl Cluster {
     /// Waits until every running node applied as far as the leader committed, then checks
     /// they recorded the same values in the same order; returns them.
     fn converged(&self) -> Vec<u64> {
+        // Up to the leader's last entry: a view is published after the pass that applied,
+        // so the leader's commit index may lag what its proposals' settling already showed.
         self.wait_for("every node to apply the leader's log", |c| {
             let leader = c.leader()?;
-            let commit = c.node(leader).status().view().commit;
+            let last = c.node(leader).status().view().last_index;
             c.running()
                 .iter()
-                .all(|&id| c.node(id).status().view().applied >= commit)
+                .all(|&id| c.node(id).status().view().applied >= last)
                 .then_some(())
         });
         let running = self.running();
@@ -473,4 +529,164 @@ fn losing_the_leader_elects_another_and_the_old_one_rejoins() {
     let values = cluster.converged();
     exactly_once(&values, 1..=450);
     assert_eq!(cluster.values(old), values);
+}
+
+/// Entries each node's log holds now.
+fn log_entries(cluster: &Cluster, id: u64) -> u64 {
+    let view = cluster.node(id).status().view();
+    view.last_index + 1 - view.first_index
+}
+
+#[test]
+fn logs_stay_bounded_and_a_follower_down_a_while_catches_up_from_the_leaders_log() {
+    let limits = LogLimits {
+        max_entries: 50,
+        max_bytes: 1 << 30,
+        keep: 10,
+    };
+    let mut cluster = Cluster::with_log(&[1, 2, 3], limits);
+    let leader = cluster.wait_for_leader();
+    for round in 0..5 {
+        cluster.commit_all(round * 100 + 1..=round * 100 + 100);
+        cluster.converged();
+        for id in cluster.running() {
+            // A pass adds at most the 100 proposals of a round before it compacts.
+            let held = log_entries(&cluster, id);
+            assert!(held <= 150, "node {id} holds {held} entries");
+        }
+    }
+    for id in cluster.running() {
+        let view = cluster.node(id).status().view();
+        assert!(view.first_index > 300, "node {id}: {view:?}");
+    }
+    // A follower down for a while: the leader keeps every entry it lacks (no snapshot can
+    // replace them), the other follower does not need to.
+    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    let had = cluster.node(follower).status().view().applied;
+    cluster.kill(follower);
+    cluster.commit_all(501..=700);
+    let view = cluster.node(leader).status().view();
+    assert!(
+        view.first_index <= had + 1,
+        "{view:?}, the follower had {had}"
+    );
+    cluster.run(follower);
+    cluster.commit_all(701..=750);
+    let values = cluster.converged();
+    assert_eq!(values.len(), 750);
+    exactly_once(&values, 1..=750);
+    cluster.commit_all(751..=800);
+    cluster.converged();
+    for id in cluster.running() {
+        let held = log_entries(&cluster, id);
+        assert!(
+            held <= 150,
+            "node {id} holds {held} entries after the catch-up"
+        );
+    }
+}
+
+#[test]
+fn a_wiped_follower_catches_up_from_a_snapshot_and_the_logs_stay_bounded() {
+    let limits = LogLimits {
+        max_entries: 50,
+        max_bytes: 1 << 30,
+        keep: 10,
+    };
+    let mut cluster = Cluster::with_log(&[1, 2, 3], limits);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=300);
+    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    cluster.wipe(follower);
+    // Past four times the limit: the leader cuts what the wiped follower lacks.
+    cluster.commit_all(301..=700);
+    // The first two transfers fail: raft-rs hears it and sends again.
+    cluster.network.2.store(2, Ordering::Release);
+    assert!(cluster.node(leader).status().view().first_index > 300);
+    cluster.run(follower);
+    cluster.commit_all(701..=750);
+    let values = cluster.converged();
+    assert_eq!(cluster.values(follower), values);
+    assert_eq!(values.len(), 750);
+    exactly_once(&values, 1..=750);
+    let view = cluster.node(follower).status().view();
+    assert_eq!(view.snapshots_installed, 1, "{view:?}");
+    assert_eq!(
+        cluster.network.2.load(Ordering::Acquire),
+        0,
+        "no transfer failed"
+    );
+    // It goes on from the log after the snapshot, and compacts it.
+    cluster.commit_all(751..=900);
+    cluster.converged();
+    assert!(log_entries(&cluster, follower) <= 150);
+}
+
+#[test]
+fn a_wiped_follower_does_not_elect_a_node_missing_what_was_committed_with_its_lost_copy() {
+    let mut cluster = Cluster::start(&[1, 2, 3]);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=100);
+    let followers: Vec<u64> = cluster
+        .ids
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    let (lagging, wiped) = (followers[0], followers[1]);
+    // Committed by the leader and `wiped` alone; `lagging` never makes them durable.
+    cluster.stall_disk(lagging);
+    cluster.commit_all(101..=200);
+    cluster.kill(lagging);
+    cluster.wipe(wiped);
+    cluster.kill(leader);
+    cluster.run(lagging);
+    cluster.run(wiped);
+    // `lagging` misses 101..=200, and only the wiped node's vote could elect it.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for id in cluster.running() {
+            let view = cluster.node(id).status().view();
+            assert_ne!(view.role, Role::Leader, "node {id} was elected: {view:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.run(leader);
+    cluster.commit_all(201..=250);
+    let values = cluster.converged();
+    assert_eq!(values.len(), 250);
+    exactly_once(&values, 1..=250);
+}
+
+#[test]
+fn a_follower_down_past_the_leaders_compaction_gets_a_snapshot_over_its_old_log() {
+    let limits = LogLimits {
+        max_entries: 50,
+        max_bytes: 1 << 30,
+        keep: 10,
+    };
+    let mut cluster = Cluster::with_log(&[1, 2, 3], limits);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=100);
+    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    cluster.kill(follower);
+    cluster.commit_all(101..=500);
+    let had = cluster.node(leader).status().view().first_index;
+    cluster.run(follower);
+    cluster.commit_all(501..=550);
+    let values = cluster.converged();
+    assert_eq!(cluster.values(follower), values);
+    exactly_once(&values, 1..=550);
+    assert_eq!(values.len(), 550);
+    let view = cluster.node(follower).status().view();
+    assert_eq!(
+        view.snapshots_installed, 1,
+        "{view:?}, the leader's log began at {had}"
+    );
+    // Restarted after the install: its state and log are the snapshot's and what followed.
+    cluster.kill(follower);
+    cluster.run(follower);
+    cluster.commit_all(551..=600);
+    let values = cluster.converged();
+    exactly_once(&values, 1..=600);
 }

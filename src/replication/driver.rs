@@ -16,9 +16,11 @@ use raft::{RawNode, StateRole};
 use rocksdb::DB;
 
 use super::apply::{Applier, Outcome, Pending};
+use super::compaction::{self, LogLimits, LogState};
 use super::slog_bridge;
+use super::snapshot::{self, Snapshots};
 use super::status::{Role, Status, StatusView};
-use super::storage::RaftStorage;
+use super::storage::{RaftStorage, BOOTSTRAP_INDEX};
 use super::transport::Transport;
 
 /// Timing of a node (notes §6: failover median 0.63 s, p99 0.96 s with these).
@@ -49,6 +51,10 @@ pub struct NodeConfig {
     /// state: its membership is in it.
     pub founders: Vec<u64>,
     pub timing: Timing,
+    /// How large the raft log may grow before it is compacted.
+    pub log: LogLimits,
+    /// A new member joining a seeded group: no membership until a snapshot brings it.
+    pub join: bool,
 }
 
 /// What makes the raft thread's writes durable: the engine's WAL fsync under `mqd serve`, so
@@ -81,6 +87,11 @@ pub enum Input {
     Unreachable(u64),
     /// From the fsync (`WalSync`).
     Synced(Synced),
+    /// A snapshot transfer to `to` ended: the follower has the file (`done`), or not.
+    SnapshotSent {
+        to: u64,
+        done: bool,
+    },
     Stop,
 }
 
@@ -124,6 +135,8 @@ pub(super) struct Unsynced {
     /// The latest Ready persisted by that fsync (later Readies with nothing to sync ride on it).
     pub number: u64,
     pub messages: Vec<Message>,
+    /// A snapshot installed by this Ready: applied once raft-rs knows it persisted.
+    pub snapshot: Option<u64>,
 }
 
 /// The raft thread's state.
@@ -139,6 +152,9 @@ pub(super) struct Driver {
     published: Option<StatusView>,
     /// Whether the applier was last told this node is the established leader.
     established: bool,
+    log_limits: LogLimits,
+    /// Snapshots installed since start.
+    pub snapshots_installed: u64,
 }
 
 impl Node {
@@ -157,8 +173,11 @@ impl Node {
             sender: inputs,
             receiver,
         } = mailbox;
-        let storage = RaftStorage::open(db.clone(), config.id, &config.founders)
-            .map_err(|e| format!("raft state of node {}: {e}", config.id))?;
+        let snapshots = Snapshots::new(db.clone(), snapshot::dir(&db));
+        let founders: &[u64] = if config.join { &[] } else { &config.founders };
+        let storage = RaftStorage::open(db.clone(), config.id, founders)
+            .map_err(|e| format!("raft state of node {}: {e}", config.id))?
+            .with_snapshots(snapshots);
         let raft_config = raft_config(config.id, storage.applied().0, config.timing);
         raft_config
             .validate()
@@ -176,6 +195,8 @@ impl Node {
             status: status.clone(),
             published: None,
             established: false,
+            log_limits: config.log,
+            snapshots_installed: 0,
         };
         driver.publish();
         let tick = config.timing.tick;
@@ -286,6 +307,7 @@ impl Driver {
             while self.raw.has_ready() {
                 super::ready::handle_ready(self)?;
             }
+            self.compact()?;
             self.publish();
         }
     }
@@ -293,10 +315,22 @@ impl Driver {
     /// Handles one input; false to stop.
     fn take(&mut self, input: Input) -> Result<bool, String> {
         match input {
-            Input::Message(message) => {
+            Input::Message(mut message) => {
+                if self.abstains(&message) {
+                    return Ok(true);
+                }
+                self.clamp_heartbeat(&mut message);
                 if let Err(e) = self.raw.step(*message) {
                     log::debug!("raft message ignored: {e}");
                 }
+            }
+            Input::SnapshotSent { to, done } => {
+                let status = if done {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
             }
             Input::Propose { id, data } => self.propose(id, data),
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
@@ -305,6 +339,47 @@ impl Driver {
             Input::Stop => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// A heartbeat carries the commit index the leader believes this node has (the smallest of
+    /// its commit and this node's `matched`). A node whose data directory was wiped has lost
+    /// what it had matched, and raft-rs would panic committing past its last entry (notes P1):
+    /// such a heartbeat commits nothing here. The append that follows finds the log's real end
+    /// (or sends a snapshot), and commits then.
+    fn clamp_heartbeat(&self, message: &mut Message) {
+        let log = &self.raw.raft.raft_log;
+        if message.get_msg_type() == raft::prelude::MessageType::MsgHeartbeat
+            && message.commit > log.last_index()
+        {
+            log::debug!(
+                "heartbeat commit {} past this log's end {}: a wiped node catching up",
+                message.commit,
+                log.last_index()
+            );
+            message.commit = log.committed;
+        }
+    }
+
+    /// A node whose log never got past the founders' starting point votes only for candidates
+    /// at that point too (a new group's first election). Past it, such a node is one whose
+    /// data directory was wiped: it has forgotten what it acknowledged and whom it voted for,
+    /// and its vote could elect a candidate missing entries that were committed with its own
+    /// lost copy (two failures, which a group of three does not survive without losing what
+    /// was acknowledged). It waits for a leader's snapshot, which only the group's other
+    /// members can elect.
+    fn abstains(&self, message: &Message) -> bool {
+        use raft::prelude::MessageType::{MsgRequestPreVote, MsgRequestVote};
+        let vote = matches!(message.get_msg_type(), MsgRequestVote | MsgRequestPreVote);
+        let fresh = self.raw.raft.raft_log.last_index() == BOOTSTRAP_INDEX;
+        if vote && fresh && message.index > BOOTSTRAP_INDEX {
+            log::info!(
+                "no vote for node {}: this node holds nothing of the log yet (a wiped data \
+                 directory waits for a leader's snapshot)",
+                message.from
+            );
+            return true;
+        }
+        false
     }
 
     fn propose(&mut self, id: u64, data: Vec<u8>) {
@@ -332,6 +407,7 @@ impl Driver {
     fn synced(&mut self, requested: u64) {
         let mut persisted = None;
         let mut messages = Vec::new();
+        let mut snapshot = None;
         while self
             .unsynced
             .front()
@@ -340,11 +416,47 @@ impl Driver {
             let done = self.unsynced.pop_front().expect("checked");
             persisted = Some(done.number);
             messages.extend(done.messages);
+            snapshot = done.snapshot.or(snapshot);
         }
         if let Some(number) = persisted {
             self.raw.on_persist_ready(number);
         }
+        if let Some(index) = snapshot {
+            // The installed state is applied up to it; raft-rs allows saying so once it knows
+            // the snapshot persisted (applied <= persisted).
+            self.raw.advance_apply_to(index);
+        }
         self.transport.send(messages);
+    }
+
+    /// Compacts the log when it is over its limits (`compaction` says how far).
+    fn compact(&mut self) -> Result<(), String> {
+        let store = self.raw.store();
+        let (entries, bytes) = store.log_size();
+        let raft = &self.raw.raft;
+        let followers_have = (raft.state == StateRole::Leader).then(|| {
+            raft.prs()
+                .iter()
+                .filter(|(&id, _)| id != raft.id)
+                .map(|(_, progress)| progress.matched)
+                .min()
+                .unwrap_or(u64::MAX)
+        });
+        let state = LogState {
+            truncated: store.bounds().0 - 1,
+            applied: store.applied().0,
+            entries,
+            bytes,
+            followers_have,
+            can_snapshot: store.can_snapshot(),
+        };
+        if let Some(to) = compaction::compact_to(&state, &self.log_limits) {
+            self.raw
+                .mut_store()
+                .compact(to)
+                .map_err(|e| format!("raft log compaction failed: {e}"))?;
+        }
+        Ok(())
     }
 
     fn publish(&mut self) {
@@ -366,6 +478,10 @@ impl Driver {
             // raft-rs's own idea (`advance_apply_to`), which the stored one must match.
             applied: raft.raft_log.applied,
             last_index: raft.raft_log.last_index(),
+            first_index: self.raw.store().bounds().0,
+            log_bytes: self.raw.store().log_size().1,
+            snapshots_made: self.raw.store().snapshots_made(),
+            snapshots_installed: self.snapshots_installed,
         };
         let before = self.published.replace(view);
         if before.is_none_or(|b| (b.role, b.term, b.leader) != (view.role, view.term, view.leader))

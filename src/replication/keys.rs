@@ -5,7 +5,9 @@
 //! - `H` -> the `HardState` (term, vote, commit);
 //! - `T` -> the last entry compacted away: index and term (big-endian u64s); the log starts
 //!   after it;
-//! - `I` -> this data directory's node id, so a directory is never started as another node.
+//! - `I` -> this data directory's node id, so a directory is never started as another node;
+//! - `S` -> while a snapshot is installed: its index and term (the state column families are
+//!   then being replaced; a start-up finds it and installs the file again).
 //!
 //! `meta` column family (the engine's; its own keys are `Q…`, `E…`, `N`, `W`), written with the
 //! state-machine writes of each applied batch, so a crash never separates them:
@@ -21,6 +23,7 @@ const ENTRY_PREFIX: u8 = b'L';
 pub const HARD_STATE_KEY: &[u8] = b"H";
 pub const TRUNCATED_KEY: &[u8] = b"T";
 pub const NODE_ID_KEY: &[u8] = b"I";
+pub const INSTALLING_KEY: &[u8] = b"S";
 pub const APPLIED_KEY: &[u8] = b"A";
 pub const CONF_STATE_KEY: &[u8] = b"C";
 

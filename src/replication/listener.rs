@@ -5,6 +5,9 @@
 //! (one per peer, and one more while a peer reconnects), so past a small limit new ones are
 //! closed at once.
 //!
+//! A connection that opens with `SNAPSHOT_MARKER` carries a snapshot file from a member
+//! (`snapshot::receive`), one at a time.
+//!
 //! A connection that opens with [`FORWARD_MARKER`] (a frame length no raft frame can have) is a
 //! client connection another member forwards to this one (`crate::net::forward`): it is handed,
 //! as it is, to whoever [`ClientHandoff`] names (the event loops), and counts against none of
@@ -13,6 +16,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufReader, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,6 +27,7 @@ use crossbeam_channel::Sender;
 
 use super::driver::Input;
 use super::frame;
+use super::snapshot::{receive, SNAPSHOT_MARKER};
 
 /// Incoming connections open at once, per peer.
 const CONNECTIONS_PER_PEER: usize = 4;
@@ -58,13 +63,15 @@ struct Members {
 }
 
 impl RaftListener {
-    /// Listens on `address` for node `me`, whose peers are `peers`.
+    /// Listens on `address` for node `me`, whose peers are `peers`; snapshots are received
+    /// into `snapshots` (refused without it).
     pub fn start(
         address: &str,
         me: u64,
         peers: BTreeSet<u64>,
         inputs: Sender<Input>,
         clients: ClientHandoff,
+        snapshots: Option<PathBuf>,
     ) -> Result<RaftListener, String> {
         let listener = TcpListener::bind(address)
             .map_err(|e| format!("cannot listen for raft peers on {address}: {e}"))?;
@@ -83,6 +90,8 @@ impl RaftListener {
                 inputs,
                 clients,
                 unidentified: Arc::default(),
+                snapshots: snapshots.map(Arc::new),
+                receiving: Arc::default(),
             };
             std::thread::Builder::new()
                 .name("raft-accept".into())
@@ -133,6 +142,10 @@ struct Accepting {
     clients: ClientHandoff,
     /// Connections whose first bytes have not arrived yet.
     unidentified: Arc<AtomicUsize>,
+    /// Where snapshot files go.
+    snapshots: Option<Arc<PathBuf>>,
+    /// A snapshot is being received.
+    receiving: Arc<AtomicBool>,
 }
 
 fn accept(listener: TcpListener, stop: &AtomicBool, accepting: Accepting) {
@@ -179,6 +192,24 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     accepting.unidentified.fetch_sub(1, Ordering::AcqRel);
     if let Err(e) = identified {
         log::debug!("connection from {peer} closed before it said what it is: {e}");
+        return;
+    }
+    if first == SNAPSHOT_MARKER {
+        let Some(dir) = &accepting.snapshots else {
+            log::warn!("snapshot from {peer} refused: this node takes none");
+            return;
+        };
+        let members = &accepting.members;
+        if let Err(e) = receive::receive(
+            stream,
+            members.me,
+            &members.peers,
+            &accepting.inputs,
+            dir,
+            &accepting.receiving,
+        ) {
+            log::warn!("snapshot from {peer} not received: {e}");
+        }
         return;
     }
     if first == FORWARD_MARKER {
@@ -269,6 +300,7 @@ mod tests {
             [1, 3].into(),
             to_node_2,
             ClientHandoff::default(),
+            None,
         )
         .unwrap();
         let addr = listener.address().to_string();
@@ -305,9 +337,15 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         let (to_node_2, node_2) = crossbeam_channel::bounded(64);
-        let _listener =
-            RaftListener::start(&addr, 2, [1, 3].into(), to_node_2, ClientHandoff::default())
-                .unwrap();
+        let _listener = RaftListener::start(
+            &addr,
+            2,
+            [1, 3].into(),
+            to_node_2,
+            ClientHandoff::default(),
+            None,
+        )
+        .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             transport.send(vec![heartbeat(1, 2, 10)]);
@@ -328,7 +366,7 @@ mod tests {
             let _ = handed.send(stream);
         }));
         let listener =
-            RaftListener::start("127.0.0.1:0", 2, [1, 3].into(), to_node_2, clients).unwrap();
+            RaftListener::start("127.0.0.1:0", 2, [1, 3].into(), to_node_2, clients, None).unwrap();
         let addr = listener.address();
         // More forwarded clients than the raft peers may have connections.
         let mut sent = Vec::new();

@@ -5,7 +5,9 @@
 //! `ready`, `apply`; the fsync is the engine's, through `WalSync`), and the transport between processes (`tcp` out,
 //! `listener` in, `frame` on the wire) behind the `Transport` it sends through; the
 //! `listener` also takes the client connections other members forward to this one
-//! (`FORWARD_MARKER`) and hands them to the server (`ClientHandoff`). The queue
+//! (`FORWARD_MARKER`) and hands them to the server (`ClientHandoff`), and snapshot transfers
+//! (`snapshot`: made, sent, received and installed when a follower needs entries the leader
+//! compacted away; `compaction` decides when a node drops the head of its log). The queue
 //! engine is not wired in yet: a node replicates opaque entries (plan step 4 makes them the
 //! engine's write batches). `mqd serve --node --cluster` runs a `Replica`: elections and
 //! heartbeats, its role and term in `stats`. Nothing here runs without `--cluster`.
@@ -15,6 +17,7 @@
 mod apply;
 #[cfg(test)]
 mod cluster_tests;
+pub mod compaction;
 #[cfg(test)]
 pub mod db;
 pub mod driver;
@@ -25,6 +28,7 @@ pub mod peers;
 mod ready;
 pub mod replica;
 pub mod slog_bridge;
+pub mod snapshot;
 pub mod status;
 pub mod storage;
 pub mod tcp;
@@ -33,6 +37,7 @@ mod test_support;
 pub mod transport;
 
 pub use apply::{Applier, Outcome};
+pub use compaction::LogLimits;
 pub use driver::{Input, Mailbox, Node, NodeConfig, Synced, Timing, WalSync};
 pub use listener::{ClientHandoff, FORWARD_MARKER};
 pub use peers::ClusterConfig;

@@ -3,6 +3,7 @@
 //!
 //! 1. the leader's messages (appends, heartbeats) leave at once: it counts itself towards a
 //!    commit only once its own copy is persisted (raft thesis 10.2.1);
+//!    a snapshot (on a follower) is installed, durably, before anything else of the Ready;
 //! 2. new entries and the hard state are written (no fsync), replacing any conflicting tail;
 //! 3. messages that promise what is on disk (votes, append acknowledgements) wait for the
 //!    fsync covering that write: a vote or an acknowledgement a power cut takes back could
@@ -17,9 +18,17 @@ use super::driver::{Driver, Unsynced};
 pub(super) fn handle_ready(driver: &mut Driver) -> Result<(), String> {
     let mut ready = driver.raw.ready();
     driver.transport.send(ready.take_messages());
+    let mut snapshot = None;
     if !ready.snapshot().is_empty() {
-        // Plan step 6. Never sent today: no log is compacted past a peer that needs it.
-        return Err("received a snapshot, which this version cannot install".into());
+        // Installed (durably) before anything of this Ready is written or acknowledged.
+        driver
+            .raw
+            .mut_store()
+            .install_snapshot(ready.snapshot())
+            .map_err(|e| format!("installing a snapshot failed: {e}"))?;
+        driver.applier.restored();
+        driver.snapshots_installed += 1;
+        snapshot = Some(ready.snapshot().get_metadata().index);
     }
     driver
         .raw
@@ -34,6 +43,7 @@ pub(super) fn handle_ready(driver: &mut Driver) -> Result<(), String> {
             requested: number,
             number,
             messages: after_sync,
+            snapshot,
         });
         driver.raw.advance_append_async(ready);
         driver.syncer.request(number);

@@ -14,6 +14,7 @@ use rocksdb::{WriteBatch, DB};
 
 use super::listener::{ClientHandoff, RaftListener};
 use super::peers::ClusterConfig;
+use super::snapshot::{self, send::SnapshotSender};
 use super::status::Status;
 use super::storage;
 use super::tcp::TcpTransport;
@@ -72,6 +73,10 @@ impl Applier for EngineApplier {
     fn leading(&mut self, established: bool) {
         self.0.leading(established);
     }
+
+    fn restored(&mut self) {
+        self.0.restored();
+    }
 }
 
 /// The raft thread's writes are fsynced by the engine's syncer: one WAL, one fsync.
@@ -92,7 +97,7 @@ impl Replica {
         clients: ClientHandoff,
     ) -> Result<Replica, String> {
         let db: Arc<DB> = engine.database();
-        refuse_single_server_data(&db, engine)?;
+        refuse_single_server_data(&db, engine, config.join)?;
         let mailbox = Mailbox::new();
         let inputs = mailbox.sender();
         {
@@ -107,13 +112,19 @@ impl Replica {
                 let _ = inputs.send(Input::Synced(Synced::UpTo(number)));
             });
         }
-        let transport = TcpTransport::start(config.node, &config.peers, inputs.clone())?;
+        let snapshot_dir = snapshot::dir(&db);
+        let transport =
+            TcpTransport::start(config.node, &config.peers, inputs.clone())?.with_snapshots(
+                SnapshotSender::new(config.peers.clone(), snapshot_dir.clone(), inputs.clone()),
+            );
         // The node first: a directory of another node is refused before anything listens.
         let node = Node::start(
             NodeConfig {
                 id: config.node,
                 founders: config.ids(),
                 timing: config.timing,
+                log: config.log,
+                join: config.join,
             },
             db,
             mailbox,
@@ -126,8 +137,14 @@ impl Replica {
             .into_iter()
             .filter(|&id| id != config.node)
             .collect();
-        let listener =
-            RaftListener::start(config.own_address(), config.node, peers, inputs, clients)?;
+        let listener = RaftListener::start(
+            config.own_address(),
+            config.node,
+            peers,
+            inputs,
+            clients,
+            Some(snapshot_dir),
+        )?;
         Ok(Replica { node, listener })
     }
 
@@ -141,21 +158,28 @@ impl Replica {
     }
 }
 
-/// A data directory with queues and no raft state was a single server's. Its messages are in
-/// no log entry, so the other members would never get them, and a failover would lose them
-/// (snapshots, which would carry them to the others, are a later step of issue 22). Refused,
-/// rather than a group whose members silently differ.
-fn refuse_single_server_data(db: &DB, engine: &Engine) -> Result<(), String> {
+/// A data directory with queues and no raft state was a single server's. As a founder it
+/// seeds the group: its queues are the state at the founders' starting point, and reach the
+/// other members by snapshot, which they must take from it: they start with `--join` (a
+/// founder started empty would hold another state at the same index). A joiner's directory
+/// must be empty: its queues would be replaced by the snapshot.
+fn refuse_single_server_data(db: &DB, engine: &Engine, join: bool) -> Result<(), String> {
     let has_state = storage::exists(db).map_err(|e| format!("cannot read the raft state: {e}"))?;
     let queues = engine.queue_count();
     if has_state || queues == 0 {
         return Ok(());
     }
-    Err(format!(
-        "this data directory holds {queues} queues of a single server and no cluster state: \
-         a node starts a cluster on an empty directory (moving a single server's queues into a \
-         cluster is not supported yet: protocol-spec/cluster.md)"
-    ))
+    if join {
+        return Err(format!(
+            "this data directory holds {queues} queues of a single server: a member started \
+             with --join starts on an empty directory (protocol-spec/cluster.md 5)"
+        ));
+    }
+    log::warn!(
+        "seeding the group with the {queues} queues of a single server in this directory: \
+         start every other member with --join on an empty directory (protocol-spec/cluster.md 5)"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -62,6 +62,10 @@ pub struct Status {
     commit: AtomicU64,
     applied: AtomicU64,
     last_index: AtomicU64,
+    first_index: AtomicU64,
+    log_bytes: AtomicU64,
+    snapshots_made: AtomicU64,
+    snapshots_installed: AtomicU64,
 }
 
 /// A copy of a `Status` at one moment.
@@ -74,6 +78,13 @@ pub struct StatusView {
     pub commit: u64,
     pub applied: u64,
     pub last_index: u64,
+    /// The first entry the log still holds (the ones before were compacted away).
+    pub first_index: u64,
+    /// The log's entries' size as stored.
+    pub log_bytes: u64,
+    /// Snapshot files this node made for followers, and snapshots it installed, since start.
+    pub snapshots_made: u64,
+    pub snapshots_installed: u64,
 }
 
 impl Status {
@@ -91,6 +102,12 @@ impl Status {
         self.commit.store(view.commit, Ordering::Relaxed);
         self.applied.store(view.applied, Ordering::Relaxed);
         self.last_index.store(view.last_index, Ordering::Relaxed);
+        self.first_index.store(view.first_index, Ordering::Relaxed);
+        self.log_bytes.store(view.log_bytes, Ordering::Relaxed);
+        self.snapshots_made
+            .store(view.snapshots_made, Ordering::Relaxed);
+        self.snapshots_installed
+            .store(view.snapshots_installed, Ordering::Relaxed);
     }
 
     pub fn stopped(&self) {
@@ -107,6 +124,10 @@ impl Status {
             commit: self.commit.load(Ordering::Relaxed),
             applied: self.applied.load(Ordering::Relaxed),
             last_index: self.last_index.load(Ordering::Relaxed),
+            first_index: self.first_index.load(Ordering::Relaxed),
+            log_bytes: self.log_bytes.load(Ordering::Relaxed),
+            snapshots_made: self.snapshots_made.load(Ordering::Relaxed),
+            snapshots_installed: self.snapshots_installed.load(Ordering::Relaxed),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! log entry, so a node added later must start from a snapshot, never replay conf changes from
 //! index 1 onto an empty membership (notes P2).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,8 +24,9 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB
 
 use super::keys::{
     decode_position, encode_position, entry_index, entry_key, APPLIED_KEY, CONF_STATE_KEY,
-    HARD_STATE_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF, TRUNCATED_KEY,
+    HARD_STATE_KEY, INSTALLING_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF, TRUNCATED_KEY,
 };
+use super::snapshot::{self, install, Snapshots};
 
 /// Index and term of the entry the founders start after.
 pub const BOOTSTRAP_INDEX: u64 = 1;
@@ -77,6 +79,12 @@ pub struct RaftStorage {
     last_index: u64,
     /// Index and term of the last entry applied.
     applied: (u64, u64),
+    /// The encoded size of each entry in the log, first to last, and their sum: what
+    /// compaction bounds (`super::compaction`).
+    sizes: VecDeque<u64>,
+    log_bytes: u64,
+    /// Snapshots this node makes for its followers (`None`: it cannot send any).
+    snapshots: Option<Snapshots>,
 }
 
 fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
@@ -95,9 +103,10 @@ pub fn exists(db: &DB) -> Result<bool, StoreError> {
 
 impl RaftStorage {
     /// Opens node `node_id`'s raft state in `db`. A database with none is bootstrapped as a
-    /// founder of a group whose voters are `founders` (durably, before this returns); one with
-    /// state keeps it (its membership is in the state, `founders` is not looked at) and must
-    /// belong to `node_id`.
+    /// founder of a group whose voters are `founders` (durably, before this returns), or, with
+    /// no founders, as a joiner (`--join`: an empty log at 0 and no membership, so it never
+    /// campaigns, until a snapshot brings both); one with state keeps it (its membership is in
+    /// the state, `founders` is not looked at) and must belong to `node_id`.
     pub fn open(db: Arc<DB>, node_id: u64, founders: &[u64]) -> Result<RaftStorage, StoreError> {
         if node_id == 0 {
             return Err(StoreError::Refused("node id 0 is not allowed".into()));
@@ -115,9 +124,110 @@ impl RaftStorage {
                     )));
                 }
             }
+            None if founders.is_empty() => bootstrap_joiner(&db, node_id)?,
             None => bootstrap(&db, node_id, founders)?,
         }
+        if let Some(bytes) = db.get_cf(log, INSTALLING_KEY)? {
+            let (index, term) = decode_position(&bytes)
+                .ok_or_else(|| StoreError::Corrupt("snapshot being installed".into()))?;
+            log::warn!("installing snapshot {index} (term {term}) again: a crash cut it short");
+            // The state first: until then `A` and `C` may be anything.
+            let path = snapshot::received_path(&snapshot::dir(&db), index, term);
+            let records = install::replace_state(&db, &path).map_err(StoreError::Corrupt)?;
+            let mut storage = Self::load(db, node_id)?;
+            storage.finish_install(index, term, records)?;
+            return Ok(storage);
+        }
         Self::load(db, node_id)
+    }
+
+    /// Lets this node send snapshots, made in `snapshots.dir()`.
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> RaftStorage {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    pub fn can_snapshot(&self) -> bool {
+        self.snapshots.is_some()
+    }
+
+    /// Snapshot files made here since start.
+    pub fn snapshots_made(&self) -> u64 {
+        self.snapshots.as_ref().map_or(0, Snapshots::made)
+    }
+
+    /// Replaces the state and the log by the received snapshot `snap` (its file is whole on
+    /// disk), in the order `snapshot::install` describes; durable when this returns.
+    pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        if snapshot::decode_snapshot_data(&snap.data) != Some((index, term)) {
+            return Err(StoreError::Refused(format!(
+                "snapshot {index} names no file of its own"
+            )));
+        }
+        let path = snapshot::received_path(&snapshot::dir(&self.db), index, term);
+        if !path.exists() {
+            return Err(StoreError::Refused(format!(
+                "snapshot {index} (term {term}) was never received: {}",
+                path.display()
+            )));
+        }
+        let mut marker = WriteBatch::default();
+        marker.put_cf(
+            log_cf(&self.db),
+            INSTALLING_KEY,
+            encode_position(index, term),
+        );
+        install::write_durably(&self.db, marker)?;
+        let started = std::time::Instant::now();
+        let records = install::replace_state(&self.db, &path).map_err(StoreError::Corrupt)?;
+        self.finish_install(index, term, records)?;
+        log::info!(
+            "snapshot {index} (term {term}) installed: {records} records in {:?}",
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    /// Steps 4-5 of `snapshot::install`, the state replaced.
+    fn finish_install(&mut self, index: u64, term: u64, records: u64) -> Result<(), StoreError> {
+        let path = snapshot::received_path(&snapshot::dir(&self.db), index, term);
+        let state = state_cf(&self.db);
+        let applied = self
+            .db
+            .get_cf(state, APPLIED_KEY)?
+            .and_then(|v| decode_position(&v));
+        if applied != Some((index, term)) {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot {index} (term {term}) holds the state at {applied:?}"
+            )));
+        }
+        let conf_state: ConfState = match self.db.get_cf(state, CONF_STATE_KEY)? {
+            Some(bytes) => decode("membership", &bytes)?,
+            None => return Err(StoreError::Corrupt("a snapshot with no membership".into())),
+        };
+        let mut hard_state = self.hard_state.clone();
+        hard_state.term = hard_state.term.max(term);
+        hard_state.commit = hard_state.commit.max(index);
+        let log = log_cf(&self.db);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(log, entry_key(0), entry_key(u64::MAX));
+        batch.delete_cf(log, entry_key(u64::MAX));
+        batch.put_cf(log, TRUNCATED_KEY, encode_position(index, term));
+        batch.put_cf(log, HARD_STATE_KEY, encode(&hard_state));
+        batch.delete_cf(log, INSTALLING_KEY);
+        install::write_durably(&self.db, batch)?;
+        self.hard_state = hard_state;
+        self.conf_state = conf_state;
+        self.truncated = (index, term);
+        self.last_index = index;
+        self.applied = (index, term);
+        self.sizes.clear();
+        self.log_bytes = 0;
+        let _ = std::fs::remove_file(&path);
+        log::debug!("snapshot {index}: {records} records");
+        Ok(())
     }
 
     /// Reads the stored state (the node id already checked).
@@ -150,7 +260,7 @@ impl RaftStorage {
         if let Some(index) = last_key.and_then(|(key, _)| entry_index(&key)) {
             last_index = last_index.max(index);
         }
-        Ok(RaftStorage {
+        let mut storage = RaftStorage {
             db,
             node_id,
             hard_state,
@@ -158,7 +268,37 @@ impl RaftStorage {
             truncated,
             last_index,
             applied,
-        })
+            sizes: VecDeque::new(),
+            log_bytes: 0,
+            snapshots: None,
+        };
+        storage.measure()?;
+        Ok(storage)
+    }
+
+    /// Reads the size of every entry in the log (bounded by compaction).
+    fn measure(&mut self) -> Result<(), StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(entry_key(self.last_index + 1));
+        let from = entry_key(self.truncated.0 + 1);
+        let iter = self.db.iterator_cf_opt(
+            log_cf(&self.db),
+            read,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        self.sizes.clear();
+        self.log_bytes = 0;
+        for item in iter {
+            let (_, value) = item?;
+            self.sizes.push_back(value.len() as u64);
+            self.log_bytes += value.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// How many entries the log holds, and their encoded size in bytes.
+    pub fn log_size(&self) -> (u64, u64) {
+        (self.last_index - self.truncated.0, self.log_bytes)
     }
 
     pub fn node_id(&self) -> u64 {
@@ -199,6 +339,7 @@ impl RaftStorage {
         let log = log_cf(&self.db);
         let mut batch = WriteBatch::default();
         let mut last_index = self.last_index;
+        let mut sizes = Vec::with_capacity(entries.len());
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             if first.index <= self.truncated.0 || first.index > self.last_index + 1 {
                 return Err(StoreError::Refused(format!(
@@ -212,7 +353,9 @@ impl RaftStorage {
                 if entry.index != first.index + i as u64 {
                     return Err(StoreError::Refused("entries out of order".into()));
                 }
-                batch.put_cf(log, entry_key(entry.index), encode(entry));
+                let encoded = encode(entry);
+                sizes.push(encoded.len() as u64);
+                batch.put_cf(log, entry_key(entry.index), encoded);
             }
             if self.last_index > last.index {
                 batch.delete_range_cf(
@@ -230,6 +373,15 @@ impl RaftStorage {
             return Ok(());
         }
         self.db.write(batch)?;
+        if let Some(first) = entries.first() {
+            // The entries from `first` on are replaced.
+            let kept = (first.index - self.truncated.0 - 1) as usize;
+            for size in self.sizes.drain(kept..) {
+                self.log_bytes -= size;
+            }
+            self.log_bytes += sizes.iter().sum::<u64>();
+            self.sizes.extend(sizes);
+        }
         self.last_index = last_index;
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
@@ -283,6 +435,9 @@ impl RaftStorage {
         batch.delete_range_cf(log, entry_key(self.truncated.0 + 1), entry_key(index + 1));
         batch.put_cf(log, TRUNCATED_KEY, encode_position(index, term));
         self.db.write(batch)?;
+        for size in self.sizes.drain(..(index - self.truncated.0) as usize) {
+            self.log_bytes -= size;
+        }
         self.truncated = (index, term);
         Ok(())
     }
@@ -360,6 +515,22 @@ fn bootstrap(db: &DB, node_id: u64, founders: &[u64]) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// Writes the state of a joiner: nothing applied, no membership, the log empty from index 1
+/// (any leader's log starts later, so it is sent a snapshot); one synced write.
+fn bootstrap_joiner(db: &DB, node_id: u64) -> Result<(), StoreError> {
+    let log = log_cf(db);
+    let state = state_cf(db);
+    let position = encode_position(0, 0);
+    let mut batch = WriteBatch::default();
+    batch.put_cf(log, HARD_STATE_KEY, encode(&HardState::default()));
+    batch.put_cf(log, TRUNCATED_KEY, position);
+    batch.put_cf(state, APPLIED_KEY, position);
+    batch.put_cf(state, CONF_STATE_KEY, encode(&ConfState::default()));
+    batch.put_cf(log, NODE_ID_KEY, node_id.to_be_bytes());
+    install::write_durably(db, batch)?;
+    Ok(())
+}
+
 fn log_cf(db: &DB) -> &rocksdb::ColumnFamily {
     db.cf_handle(RAFT_LOG_CF)
         .expect("the replication column families are always opened")
@@ -416,13 +587,16 @@ impl raft::Storage for RaftStorage {
         Ok(self.last_index)
     }
 
-    /// Snapshots come with plan step 6 (RocksDB checkpoints). Until then the log is never
-    /// compacted past a peer that still needs it, and raft asks again later.
+    /// A snapshot for follower `to`, at `request_index` or later and not older than the log's
+    /// start (the follower continues from the log after it); made in the background
+    /// (`snapshot::generate`): until it is ready raft-rs hears "temporarily unavailable" and
+    /// asks again later.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        log::warn!(
-            "node {to} needs a snapshot at index {request_index} or later, which this version cannot send"
-        );
-        Err(raft::Error::Store(
+        let ready = self
+            .snapshots
+            .as_ref()
+            .and_then(|s| s.get(request_index.max(self.truncated.0), to));
+        ready.ok_or(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
     }

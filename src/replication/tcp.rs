@@ -11,10 +11,11 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 
 use super::driver::Input;
 use super::frame;
+use super::snapshot::send::SnapshotSender;
 use super::transport::Transport;
 
 /// Messages queued for one peer before more are dropped.
@@ -33,6 +34,8 @@ const PEER_SILENT_FOR: Duration = Duration::from_secs(5);
 
 pub struct TcpTransport {
     queues: HashMap<u64, Sender<Message>>,
+    /// Where `MsgSnapshot`s go (their files need a connection of their own).
+    snapshots: Option<SnapshotSender>,
 }
 
 impl TcpTransport {
@@ -61,13 +64,29 @@ impl TcpTransport {
                 .map_err(|e| format!("cannot start a raft writer thread: {e}"))?;
             queues.insert(id, sender);
         }
-        Ok(TcpTransport { queues })
+        Ok(TcpTransport {
+            queues,
+            snapshots: None,
+        })
+    }
+
+    /// Sends snapshots through `sender`; without one they are dropped.
+    pub fn with_snapshots(mut self, sender: SnapshotSender) -> TcpTransport {
+        self.snapshots = Some(sender);
+        self
     }
 }
 
 impl Transport for TcpTransport {
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                match &self.snapshots {
+                    Some(sender) => sender.send(message),
+                    None => log::warn!("snapshot for node {} dropped", message.to),
+                }
+                continue;
+            }
             let Some(queue) = self.queues.get(&message.to) else {
                 log::debug!("raft message to unknown node {} dropped", message.to);
                 continue;

@@ -110,15 +110,30 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
     stats
 }
 
-/// Under `--cluster`: this node's id and role, the leader it knows (0: none), the term and
-/// the commit index.
-fn cluster_stats(view: &StatusView) -> [(String, String); 5] {
+/// Under `--cluster`: this node's id and role, the leader it knows (0: none), the term, the
+/// commit index, and what its raft log holds (compaction bounds it).
+fn cluster_stats(view: &StatusView) -> [(String, String); 10] {
+    let entries = (view.last_index + 1).saturating_sub(view.first_index);
     [
         ("cluster_node".into(), view.node.to_string()),
         ("cluster_role".into(), view.role.name().into()),
         ("cluster_leader".into(), view.leader.to_string()),
         ("cluster_term".into(), view.term.to_string()),
         ("cluster_commit_index".into(), view.commit.to_string()),
+        (
+            "cluster_log_first_index".into(),
+            view.first_index.to_string(),
+        ),
+        ("cluster_log_entries".into(), entries.to_string()),
+        ("cluster_log_bytes".into(), view.log_bytes.to_string()),
+        (
+            "cluster_snapshots_made".into(),
+            view.snapshots_made.to_string(),
+        ),
+        (
+            "cluster_snapshots_installed".into(),
+            view.snapshots_installed.to_string(),
+        ),
     ]
 }
 

@@ -145,6 +145,26 @@ fn compaction_moves_the_first_index_and_keeps_the_term_at_the_truncated_index() 
 }
 
 #[test]
+fn the_log_size_follows_appends_replaced_tails_compaction_and_reopening() {
+    let dir = TempDir::new("storage");
+    let mut s = open(&dir, 1, &[1]).unwrap();
+    assert_eq!(s.log_size(), (0, 0));
+    s.persist(&entries(2..=9, 1), None).unwrap();
+    let one = s.log_size().1 / 8;
+    assert!(one > 0);
+    assert_eq!(s.log_size(), (8, 8 * one));
+    // A shorter conflicting suffix from 5: 2..=6 remain.
+    s.persist(&entries(5..=6, 2), Some(&hard_state(2, 6)))
+        .unwrap();
+    assert_eq!(s.log_size(), (5, 5 * one));
+    s.apply(WriteBatch::default(), 4, 1, None).unwrap();
+    s.compact(4).unwrap();
+    assert_eq!(s.log_size(), (2, 2 * one));
+    drop(s);
+    assert_eq!(open(&dir, 1, &[1]).unwrap().log_size(), (2, 2 * one));
+}
+
+#[test]
 fn entries_stop_at_max_size_but_always_return_one() {
     let dir = TempDir::new("storage");
     let mut s = open(&dir, 1, &[1]).unwrap();
