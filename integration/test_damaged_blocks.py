@@ -5,11 +5,13 @@ offline `mqd repair` then drops exactly the messages that cannot be read, naming
 queue goes on: every intact message is read in order, new ones are stored and served."""
 
 import json
+import os
 import re
 import subprocess
 import urllib.request
 
 from conftest import mqd_bin
+from test_dashboard import CHROMIUM, rendered_dom
 
 N = 20_000
 BODY = 1000
@@ -104,6 +106,12 @@ def test_repair_drops_exactly_the_damaged_messages_and_the_queue_goes_on(make_se
         assert errors >= 4, errors
     assert re.search(r"^mqd_storage_errors_total (\d+)$", http_get(server, "/metrics"), re.M)
     assert json.loads(http_get(server, "/stats.json"))["storage_errors"] >= 4
+    if os.access(CHROMIUM, os.X_OK):
+        dom = rendered_dom(f"http://127.0.0.1:{server.port}/", server.data_dir.parent / "chrome")
+        shown = re.search(r'id="storage-errors-stat"[^>]*class="stat alarm"|'
+                          r'class="stat alarm"[^>]*id="storage-errors-stat"', dom)
+        assert shown, "the dashboard shows the storage errors as an alarm"
+        assert int(re.search(r'id="storage-errors">(\d+)<', dom).group(1)) >= 4
     assert server.stop() == 0, server.log_tail()
 
     # A dry run names the damaged messages and changes nothing.

@@ -1,8 +1,9 @@
 //! The engine's own numbers for monitoring: how many commits the committer wrote, how many
 //! writes each carried and how long each fsync took (histograms), whether the free-space
-//! reserve is refusing messages, and the memory RocksDB and the in-memory messages hold. The
-//! committer and the WAL syncer record; anyone may take a [`EngineSnapshot`]. Per-queue
-//! numbers are `Engine::stats`.
+//! reserve is refusing messages, how many reads and writes RocksDB failed (a damaged table
+//! file shows here first), and the memory RocksDB and the in-memory messages hold. The
+//! committer, the readers and the WAL syncer record; anyone may take a [`EngineSnapshot`].
+//! Per-queue numbers are `Engine::stats`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -76,6 +77,8 @@ pub(super) struct EngineMetrics {
     pub(super) sync_micros: Histogram,
     /// The free-space reserve is refusing new messages.
     pub(super) below_reserve: AtomicBool,
+    /// Reads and writes RocksDB failed (I/O errors, checksum mismatches).
+    pub(super) storage_errors: AtomicU64,
 }
 
 impl Default for EngineMetrics {
@@ -85,6 +88,7 @@ impl Default for EngineMetrics {
             batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
             sync_micros: Histogram::new(SYNC_MICROS_BOUNDS),
             below_reserve: AtomicBool::new(false),
+            storage_errors: AtomicU64::new(0),
         }
     }
 }
@@ -94,6 +98,11 @@ impl EngineMetrics {
     pub(super) fn committed(&self, writers: u64) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.batch_size.observe(writers);
+    }
+
+    /// RocksDB failed a read or a write.
+    pub(super) fn storage_error(&self) {
+        self.storage_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn observe_sync(&self, took: Duration) {
@@ -111,6 +120,8 @@ pub struct EngineSnapshot {
     /// Synced writes and WAL syncs, in microseconds.
     pub sync_micros: HistogramSnapshot,
     pub below_reserve: bool,
+    /// Reads and writes RocksDB failed since the start (each answered with a storage error).
+    pub storage_errors: u64,
     /// `--min-free-space`, in bytes (0: no reserve).
     pub reserve_bytes: u64,
     /// Free bytes on the data directory's file system, if the kernel said.
@@ -134,6 +145,7 @@ pub(super) fn snapshot(engine: &Engine) -> EngineSnapshot {
         batch_size: m.batch_size.snapshot(),
         sync_micros: m.sync_micros.snapshot(),
         below_reserve: m.below_reserve.load(Ordering::Relaxed),
+        storage_errors: m.storage_errors.load(Ordering::Relaxed),
         reserve_bytes: engine.config.min_free_bytes,
         free_bytes: space::free_bytes(&engine.config.data_dir),
         rocksdb_memory: rocksdb_memory(engine),
