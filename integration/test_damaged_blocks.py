@@ -101,7 +101,7 @@ def test_repair_drops_exactly_the_damaged_messages_and_the_queue_goes_on(make_se
         assert DAMAGED - 64 < stopped_at <= DAMAGED, stopped_at
         for _ in range(3):
             assert drain_until_error(mc, b"big", 1) == ([], b"SERVER_ERROR storage failure\r\n")
-        assert mc.get_one(b"small") == b"untouched", "other queues are served"
+        assert mc.get_one(b"small/peek") == b"untouched", "other queues are served"
         errors = int(mc.stats()["storage_errors"])
         assert errors >= 4, errors
     assert re.search(r"^mqd_storage_errors_total (\d+)$", http_get(server, "/metrics"), re.M)

@@ -55,6 +55,7 @@ mod reading;
 mod recent;
 mod reclaim;
 mod registry;
+pub mod repair;
 mod sequence;
 mod space;
 mod store;
