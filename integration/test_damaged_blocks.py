@@ -175,3 +175,5 @@ def test_repair_refuses_a_running_servers_directory_and_a_missing_one(make_serve
     )
     assert missing.returncode == 1
     assert b"no mqd data directory" in missing.stderr, missing.stderr
+    bad = subprocess.run([mqd_bin(), "repair", "--data-dir"], capture_output=True, timeout=60)
+    assert bad.returncode == 2, bad

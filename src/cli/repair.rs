@@ -66,25 +66,28 @@ fn render(report: &Report, took: std::time::Duration) -> String {
     } else {
         format!(", damaged table files: {}", report.damaged_files.join(", "))
     };
+    let what = if lost == 0 {
+        "no message".to_string()
+    } else {
+        format!(
+            "{} in {}",
+            count(lost, "message"),
+            count(report.lost.len() as u64, "queue")
+        )
+    };
     let elsewhere = if report.damage_elsewhere {
-        "; damaged blocks outside the queues' messages (consumed ones), which would stop a \
-         compaction"
+        "; damaged blocks among consumed messages, which would stop a compaction"
     } else {
         ""
     };
     let summary = match &report.outcome {
         Outcome::Clean => format!("no damage found: {checked}; nothing changed\n"),
-        Outcome::WouldRepair => format!(
-            "would lose {} in {}{files}{elsewhere} ({checked}); nothing changed (dry run)\n",
-            count(lost, "message"),
-            count(report.lost.len() as u64, "queue")
-        ),
+        Outcome::WouldRepair => {
+            format!("would lose {what}{files}{elsewhere} ({checked}); nothing changed (dry run)\n")
+        }
         Outcome::Repaired { damaged_kept_in } => format!(
-            "lost {} in {}{files}{elsewhere} ({checked}); repaired: every other message is \
-             kept, the damaged directory was moved to {} (remove it once the queues are \
-             checked)\n",
-            count(lost, "message"),
-            count(report.lost.len() as u64, "queue"),
+            "lost {what}{files}{elsewhere} ({checked}); repaired: every other message is kept, \
+             the damaged directory was moved to {} (remove it once the queues are checked)\n",
             damaged_kept_in.display()
         ),
     };
@@ -99,5 +102,47 @@ fn count(n: u64, what: &str) -> String {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(lost: Vec<(Vec<u8>, Vec<u64>)>, outcome: Outcome) -> Report {
+        Report {
+            queues: 2,
+            intact: 10,
+            lost,
+            damaged_files: vec!["000010.sst".into()],
+            damage_elsewhere: false,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_line_per_lost_message_then_the_summary() {
+        let text = render(
+            &report(vec![(b"a b".to_vec(), vec![7, 8])], Outcome::WouldRepair),
+            std::time::Duration::from_millis(250),
+        );
+        assert_eq!(
+            text,
+            "lost a\\x20b 7\nlost a\\x20b 8\nmqd repair: would lose 2 messages in 1 queue, \
+             damaged table files: 000010.sst (2 queues, 12 messages checked in 0.2 s); nothing \
+             changed (dry run)\n"
+        );
+    }
+
+    #[test]
+    fn damage_among_consumed_messages_loses_no_message() {
+        let mut damaged = report(Vec::new(), Outcome::WouldRepair);
+        damaged.damaged_files.clear();
+        damaged.damage_elsewhere = true;
+        let text = render(&damaged, std::time::Duration::ZERO);
+        assert!(
+            text.starts_with("mqd repair: would lose no message; damaged blocks among consumed"),
+            "{text}"
+        );
     }
 }

@@ -48,6 +48,12 @@ fn body(seq: u64) -> Vec<u8> {
 
 /// Queue `q` (id 1) with messages 0..N, flushed to a table file; queue `r` (id 2) with one.
 fn fill(dir: &Path) {
+    fill_consumed(dir, 0);
+}
+
+/// `fill`, with `q`'s messages below `consumed` taken (its head past them) but their keys not
+/// yet deleted, as the reclaimer leaves them for a while.
+fn fill_consumed(dir: &Path, consumed: u64) {
     let recovered = store::open(dir, &StoreOptions::new(MemoryBudget::default())).unwrap();
     let db = recovered.db;
     let (messages, meta) = (
@@ -66,12 +72,13 @@ fn fill(dir: &Path) {
             db.put_cf(messages, store::message_key(id, seq), &value)
                 .unwrap();
         }
+        let head = if id == 1 { consumed } else { 0 };
         let record = QueueMeta {
             id,
-            next_unclaimed: 0,
+            next_unclaimed: head,
             tail: count,
             counters: Counters {
-                bytes: count * BODY as u64,
+                bytes: (count - head) * BODY as u64,
                 ..Counters::default()
             },
             pending: Vec::new(),
@@ -196,4 +203,29 @@ fn a_directory_that_is_not_a_data_directory_is_refused() {
     std::fs::write(scratch.0.join("file"), b"x").unwrap();
     let error = run(&scratch.0, false).err().unwrap();
     assert!(error.contains("no mqd data directory"), "{error}");
+}
+
+#[test]
+fn damage_among_consumed_messages_loses_nothing_and_is_repaired() {
+    let scratch = Scratch::new();
+    let dir = scratch.data();
+    fill_consumed(&dir, 1500);
+    flip_a_bit(&dir, 1000);
+    let dry = run(&dir, true).unwrap();
+    assert!(dry.lost.is_empty(), "{:?}", dry.lost);
+    assert!(dry.damage_elsewhere, "the scan of every block finds it");
+    assert_eq!(dry.outcome, Outcome::WouldRepair);
+    assert_eq!(dry.intact, N - 1500 + 1);
+
+    let fixed = run(&dir, false).unwrap();
+    assert!(matches!(fixed.outcome, Outcome::Repaired { .. }));
+    let recovered = store::open(&dir, &StoreOptions::new(MemoryBudget::default())).unwrap();
+    let db = recovered.db;
+    let messages = db.cf_handle(MESSAGES_CF).unwrap();
+    for seq in 0..N {
+        let value = db.get_cf(messages, store::message_key(1, seq)).unwrap();
+        assert_eq!(value.is_some(), seq >= 1500, "message {seq}");
+    }
+    drop(db);
+    assert_eq!(run(&dir, true).unwrap().outcome, Outcome::Clean);
 }
