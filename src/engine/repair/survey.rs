@@ -28,8 +28,9 @@ pub struct Queue {
     pub damaged_files: Vec<String>,
 }
 
-/// Every queue's name and record, in name order. An unreadable `meta` column family is not
-/// something the repair can fix (it would not know which queues exist).
+/// Every queue's name and record, in name order. An unreadable `meta` column family, or a
+/// record this version cannot decode, is not something the repair can fix (it would not know
+/// which messages are live).
 pub fn records(db: &Db) -> Result<Vec<(Vec<u8>, QueueMeta)>, String> {
     let meta = db.cf_handle(META_CF).expect("meta is always opened");
     let mut out = Vec::new();
@@ -40,14 +41,16 @@ pub fn records(db: &Db) -> Result<Vec<(Vec<u8>, QueueMeta)>, String> {
         let Some(name) = key.strip_prefix(&store::meta_key(b"")[..]) else {
             break;
         };
-        match QueueMeta::decode(&value) {
-            Some(record) => out.push((name.to_vec(), record)),
-            // The server skips such a record too (`store::scan`); it is copied as it is.
-            None => log::warn!(
-                "unreadable record of queue {:?}: left as it is",
+        // The server skips such a record (`store::scan`), but it may be a newer version's: its
+        // messages must not be left out of a copy.
+        let record = QueueMeta::decode(&value).ok_or_else(|| {
+            format!(
+                "the record of queue {:?} is not one this mqd reads (written by a newer \
+                 version?); nothing was changed",
                 String::from_utf8_lossy(name)
-            ),
-        }
+            )
+        })?;
+        out.push((name.to_vec(), record));
     }
     Ok(out)
 }

@@ -229,3 +229,21 @@ fn damage_among_consumed_messages_loses_nothing_and_is_repaired() {
     drop(db);
     assert_eq!(run(&dir, true).unwrap().outcome, Outcome::Clean);
 }
+
+#[test]
+fn a_record_this_version_cannot_read_is_refused_not_dropped() {
+    let scratch = Scratch::new();
+    let dir = scratch.data();
+    fill(&dir);
+    {
+        let recovered = store::open(&dir, &StoreOptions::new(MemoryBudget::default())).unwrap();
+        let meta = recovered.db.cf_handle(META_CF).unwrap();
+        recovered
+            .db
+            .put_cf(meta, store::meta_key(b"newer"), b"\x09from a later version")
+            .unwrap();
+    }
+    let error = run(&dir, false).err().unwrap();
+    assert!(error.contains("not one this mqd reads"), "{error}");
+    assert_eq!(names(&scratch.0), ["data"], "nothing changed");
+}
