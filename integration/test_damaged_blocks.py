@@ -136,10 +136,14 @@ def test_repair_drops_exactly_the_damaged_messages_and_the_queue_goes_on(make_se
 
     server.start()
     with server.mc() as mc:
+        # The readers stopped at the damage: the dropped messages are not counted any more.
+        expected_items = N - stopped_at - len(damaged)
+        assert mc.stats()["queue_big_items"] == str(expected_items)
         rest, error = drain_until_error(mc, b"big", N)
         assert error is None
         expected = [body(i) for i in range(stopped_at, N) if i not in damaged]
         assert rest == expected, "every intact message, in order"
+        assert len(rest) == expected_items
         assert mc.get_one(b"small") == b"untouched"
         assert mc.set(b"big", b"after repair") == b"STORED\r\n"
         assert mc.get_one(b"big") == b"after repair"

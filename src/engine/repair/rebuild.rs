@@ -151,14 +151,27 @@ pub fn copy_all(
         let mut keep = |key: &[u8], value: &[u8]| copy.put(MESSAGES_CF, key, value);
         let queue = survey::queue(old, name, record, &mut keep)?;
         if !queue.lost.is_empty() {
-            let mut record = record.clone();
-            record.counters.bytes = queue.intact_bytes;
-            corrected.push((name.clone(), record));
+            corrected.push((name.clone(), without_lost(record, &queue)));
         }
         queues.push(queue);
     }
     copy.meta(old, &corrected)?;
     Ok(queues)
+}
+
+/// `record` once `queue.lost` are dropped: its bytes those kept; the lost messages that were
+/// open or given back no longer pending, and those at its head (where its readers stopped)
+/// behind it. Lost messages further on stay counted until a read passes them, as messages
+/// swept by expiry are after a restart: a record has no place for gaps.
+fn without_lost(record: &store::QueueMeta, queue: &survey::Queue) -> store::QueueMeta {
+    let lost = |seq: &u64| queue.lost.binary_search(seq).is_ok();
+    let mut record = record.clone();
+    record.counters.bytes = queue.intact_bytes;
+    record.pending.retain(|seq| !lost(seq));
+    while lost(&record.next_unclaimed) {
+        record.next_unclaimed += 1;
+    }
+    record
 }
 
 /// `<dir>.<suffix>`, beside `dir`.

@@ -172,6 +172,10 @@ fn a_repair_drops_exactly_the_damaged_messages() {
     let record = store::read_record(&db, b"q").unwrap().unwrap();
     assert_eq!(record.tail, N);
     assert_eq!(
+        record.next_unclaimed, 0,
+        "the lost messages are not at the head"
+    );
+    assert_eq!(
         record.counters.bytes,
         (N - lost.len() as u64) * BODY as u64,
         "the record counts the bytes kept"
@@ -246,4 +250,21 @@ fn a_record_this_version_cannot_read_is_refused_not_dropped() {
     let error = run(&dir, false).err().unwrap();
     assert!(error.contains("not one this mqd reads"), "{error}");
     assert_eq!(names(&scratch.0), ["data"], "nothing changed");
+}
+
+#[test]
+fn lost_messages_at_the_head_are_no_longer_counted() {
+    let scratch = Scratch::new();
+    let dir = scratch.data();
+    fill_consumed(&dir, 1000);
+    flip_a_bit(&dir, 1000);
+    let fixed = run(&dir, false).unwrap();
+    let [(_, lost)] = &fixed.lost[..] else {
+        panic!("one queue lost messages: {:?}", fixed.lost);
+    };
+    assert_eq!(lost[0], 1000, "the head's block");
+    let recovered = store::open(&dir, &StoreOptions::new(MemoryBudget::default())).unwrap();
+    let record = store::read_record(&recovered.db, b"q").unwrap().unwrap();
+    assert_eq!(record.next_unclaimed, 1000 + lost.len() as u64);
+    assert_eq!(record.items(), N - 1000 - lost.len() as u64);
 }
