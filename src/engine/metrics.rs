@@ -1,7 +1,7 @@
 //! The engine's own numbers for monitoring: how many commits the committer wrote, how many
 //! writes each carried and how long each fsync took (histograms), whether the free-space
-//! reserve is refusing messages, how many reads and writes RocksDB failed (a damaged table
-//! file shows here first), and the memory RocksDB and the in-memory messages hold. The
+//! reserve is refusing messages, how many reads, writes, flushes and compactions RocksDB failed
+//! (a damaged table file shows here first), and the memory RocksDB and the in-memory messages hold. The
 //! committer, the readers and the WAL syncer record; anyone may take a [`EngineSnapshot`].
 //! Per-queue numbers are `Engine::stats`.
 
@@ -120,7 +120,8 @@ pub struct EngineSnapshot {
     /// Synced writes and WAL syncs, in microseconds.
     pub sync_micros: HistogramSnapshot,
     pub below_reserve: bool,
-    /// Reads and writes RocksDB failed since the start (each answered with a storage error).
+    /// Reads and writes RocksDB failed since the start (each answered with a storage error),
+    /// plus its failed background flushes and compactions.
     pub storage_errors: u64,
     /// `--min-free-space`, in bytes (0: no reserve).
     pub reserve_bytes: u64,
@@ -145,7 +146,7 @@ pub(super) fn snapshot(engine: &Engine) -> EngineSnapshot {
         batch_size: m.batch_size.snapshot(),
         sync_micros: m.sync_micros.snapshot(),
         below_reserve: m.below_reserve.load(Ordering::Relaxed),
-        storage_errors: m.storage_errors.load(Ordering::Relaxed),
+        storage_errors: storage_errors(engine),
         reserve_bytes: engine.config.min_free_bytes,
         free_bytes: space::free_bytes(&engine.config.data_dir),
         rocksdb_memory: rocksdb_memory(engine),
@@ -155,6 +156,18 @@ pub(super) fn snapshot(engine: &Engine) -> EngineSnapshot {
         ],
         queues_loaded: engine.registry.loaded_count() as u64,
     }
+}
+
+/// Reads and writes RocksDB failed, plus its own background errors: a flush or compaction that
+/// failed (one reading a damaged block), after which RocksDB refuses every write.
+pub(super) fn storage_errors(engine: &Engine) -> u64 {
+    let background = engine
+        .db
+        .property_int_value("rocksdb.background-errors")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    engine.metrics.storage_errors.load(Ordering::Relaxed) + background
 }
 
 fn rocksdb_memory(engine: &Engine) -> Vec<(&'static str, u64)> {

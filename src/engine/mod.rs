@@ -354,9 +354,10 @@ impl Engine {
         metrics::snapshot(self)
     }
 
-    /// Reads and writes RocksDB failed since the start (also in `metrics`).
+    /// Reads and writes RocksDB failed since the start, and its failed background flushes and
+    /// compactions (also in `metrics`).
     pub fn storage_errors(&self) -> u64 {
-        self.metrics.storage_errors.load(Ordering::Relaxed)
+        metrics::storage_errors(self)
     }
 
     /// Starts one of the engine's own threads; `shutdown` joins it.

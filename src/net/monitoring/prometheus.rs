@@ -163,7 +163,7 @@ fn render_server(s: &Snapshot, out: &mut Exposition) {
         ),
         (
             "mqd_storage_errors_total",
-            "Reads and writes RocksDB failed (I/O errors; checksum mismatches of a damaged table file, which `mqd repair` fixes).",
+            "Reads, writes, flushes and compactions RocksDB failed (I/O errors; checksum mismatches of a damaged table file, which `mqd repair` fixes).",
             s.engine.storage_errors,
         ),
     ] {
