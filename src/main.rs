@@ -1,5 +1,6 @@
 //! The `mqd` command: `serve` runs the server; `info`, `put` and `get` talk to a running one over
-//! the mqmq protocol for use from a shell; `top` watches one over HTTP.
+//! the mqmq protocol for use from a shell; `top` watches one over HTTP; `repair` drops the
+//! messages a damaged table file made unreadable, with the server stopped.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use argh::FromArgs;
 use mqd::cli::logging::{self, LogFormat};
 use mqd::cli::memcacheq_cli;
 use mqd::cli::process;
+use mqd::cli::repair::Repair;
 use mqd::cli::serve_args::{Plan, Serve, Start};
 use mqd::client::MqmqClient;
 
@@ -25,6 +27,7 @@ enum Command {
     Put(Put),
     Get(Get),
     Top(Top),
+    Repair(Repair),
 }
 
 #[derive(FromArgs)]
@@ -103,13 +106,18 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_)) {
         logging::init("info", LogFormat::detect());
     }
-    let result = match cli.command {
+    let command = match cli.command {
+        Command::Repair(repair) => return repair.run(),
+        command => command,
+    };
+    let result = match command {
         Command::Serve(serve) => match serve.plan() {
             Ok(Start::Usage) => print_out(&format!("{}\n", memcacheq_cli::USAGE)),
             Ok(Start::License) => print_out(memcacheq_cli::LICENSE),
             Ok(Start::Run(plan)) => run(*plan),
             Err(e) => Err(e),
         },
+        Command::Repair(_) => Ok(()),
         Command::Info(info) => print_info(&info.addr),
         Command::Top(top) => mqd::cli::top::run(
             &top.addr,

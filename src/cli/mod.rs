@@ -7,5 +7,6 @@ pub mod logging;
 pub mod memcacheq_cli;
 pub mod parse;
 pub mod process;
+pub mod repair;
 pub mod serve_args;
 pub mod top;

@@ -1,8 +1,9 @@
 //! The engine's own numbers for monitoring: how many commits the committer wrote, how many
 //! writes each carried and how long each fsync took (histograms), whether the free-space
-//! reserve is refusing messages, and the memory RocksDB and the in-memory messages hold. The
-//! committer and the WAL syncer record; anyone may take a [`EngineSnapshot`]. Per-queue
-//! numbers are `Engine::stats`.
+//! reserve is refusing messages, how many reads, writes, flushes and compactions RocksDB failed
+//! (a damaged table file shows here first), and the memory RocksDB and the in-memory messages hold. The
+//! committer, the readers and the WAL syncer record; anyone may take a [`EngineSnapshot`].
+//! Per-queue numbers are `Engine::stats`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -76,6 +77,8 @@ pub(super) struct EngineMetrics {
     pub(super) sync_micros: Histogram,
     /// The free-space reserve is refusing new messages.
     pub(super) below_reserve: AtomicBool,
+    /// Reads and writes RocksDB failed (I/O errors, checksum mismatches).
+    pub(super) storage_errors: AtomicU64,
 }
 
 impl Default for EngineMetrics {
@@ -85,6 +88,7 @@ impl Default for EngineMetrics {
             batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
             sync_micros: Histogram::new(SYNC_MICROS_BOUNDS),
             below_reserve: AtomicBool::new(false),
+            storage_errors: AtomicU64::new(0),
         }
     }
 }
@@ -94,6 +98,11 @@ impl EngineMetrics {
     pub(super) fn committed(&self, writers: u64) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.batch_size.observe(writers);
+    }
+
+    /// RocksDB failed a read or a write.
+    pub(super) fn storage_error(&self) {
+        self.storage_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn observe_sync(&self, took: Duration) {
@@ -111,6 +120,9 @@ pub struct EngineSnapshot {
     /// Synced writes and WAL syncs, in microseconds.
     pub sync_micros: HistogramSnapshot,
     pub below_reserve: bool,
+    /// Reads and writes RocksDB failed since the start (each answered with a storage error),
+    /// plus its failed background flushes and compactions.
+    pub storage_errors: u64,
     /// `--min-free-space`, in bytes (0: no reserve).
     pub reserve_bytes: u64,
     /// Free bytes on the data directory's file system, if the kernel said.
@@ -134,6 +146,7 @@ pub(super) fn snapshot(engine: &Engine) -> EngineSnapshot {
         batch_size: m.batch_size.snapshot(),
         sync_micros: m.sync_micros.snapshot(),
         below_reserve: m.below_reserve.load(Ordering::Relaxed),
+        storage_errors: storage_errors(engine),
         reserve_bytes: engine.config.min_free_bytes,
         free_bytes: space::free_bytes(&engine.config.data_dir),
         rocksdb_memory: rocksdb_memory(engine),
@@ -143,6 +156,18 @@ pub(super) fn snapshot(engine: &Engine) -> EngineSnapshot {
         ],
         queues_loaded: engine.registry.loaded_count() as u64,
     }
+}
+
+/// Reads and writes RocksDB failed, plus its own background errors: a flush or compaction that
+/// failed (one reading a damaged block), after which RocksDB refuses every write.
+pub(super) fn storage_errors(engine: &Engine) -> u64 {
+    let background = engine
+        .db
+        .property_int_value("rocksdb.background-errors")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    engine.metrics.storage_errors.load(Ordering::Relaxed) + background
 }
 
 fn rocksdb_memory(engine: &Engine) -> Vec<(&'static str, u64)> {

@@ -55,6 +55,7 @@ mod reading;
 mod recent;
 mod reclaim;
 mod registry;
+pub mod repair;
 mod sequence;
 mod space;
 mod store;
@@ -352,6 +353,12 @@ impl Engine {
     /// The engine's monitoring numbers now (see `metrics`).
     pub fn metrics(&self) -> EngineSnapshot {
         metrics::snapshot(self)
+    }
+
+    /// Reads and writes RocksDB failed since the start, and its failed background flushes and
+    /// compactions (also in `metrics`).
+    pub fn storage_errors(&self) -> u64 {
+        metrics::storage_errors(self)
     }
 
     /// Starts one of the engine's own threads; `shutdown` joins it.
@@ -671,7 +678,10 @@ impl Engine {
             cluster.propose(point, batch.data().to_vec())?;
             return Ok(point);
         }
-        self.db.write(batch).map_err(|e| e.to_string())?;
+        self.db.write(batch).map_err(|e| {
+            self.metrics.storage_error();
+            e.to_string()
+        })?;
         Ok(self.durability.written(wanted))
     }
 
@@ -689,12 +699,23 @@ impl Engine {
 
     /// The queue named `queue`, loaded if it is not in memory; None if it does not exist.
     fn lookup(&self, queue: &[u8]) -> Result<Option<QueueRef>, Error> {
-        self.registry.lookup(&self.db, queue)
+        self.registry
+            .lookup(&self.db, queue)
+            .inspect_err(|e| self.count_storage_error(e))
     }
 
     /// The queue's state, loaded, or created in memory (not yet on disk) if it is new.
     fn lookup_or_create(&self, queue: &[u8]) -> Result<QueueRef, Error> {
-        self.registry.lookup_or_create(&self.db, queue)
+        self.registry
+            .lookup_or_create(&self.db, queue)
+            .inspect_err(|e| self.count_storage_error(e))
+    }
+
+    /// Counts `e` in the storage errors if RocksDB failed (reading a queue's record).
+    fn count_storage_error(&self, e: &Error) {
+        if matches!(e, Error::Storage) {
+            self.metrics.storage_error();
+        }
     }
 }
 

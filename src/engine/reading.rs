@@ -1,6 +1,11 @@
 //! How a read claims a message: under the queue's lock it takes the next sequence number (a given
 //! back one first), fetches that one key, drops it if expired, skips it if gone, and removes,
 //! opens or merely looks at it. Also how waiting readers are handed messages as they arrive.
+//!
+//! A message RocksDB cannot read (a damaged table file fails its block checksum) is never
+//! skipped nor served: the read fails with `Error::Storage`, counted in the engine's storage
+//! errors, and so does every read of that queue after it, until `mqd repair` (`super::repair`)
+//! drops the damaged messages with the server stopped.
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 
@@ -19,10 +24,22 @@ pub(super) fn read<'a>(
     engine
         .db
         .get_pinned_cf(engine.messages(), store::message_key(q.id(), seq))
-        .map_err(|e| {
-            log::error!("read failed: {e}");
-            Error::Storage
-        })
+        .map_err(|e| failed(engine, &e))
+}
+
+/// A read RocksDB failed: logged, with what the operator can do if it is damage, and counted.
+fn failed(engine: &Engine, e: &rocksdb::Error) -> Error {
+    if e.kind() == rocksdb::ErrorKind::Corruption {
+        log::error!(
+            "read failed: {e}; a damaged table file: stop the server and run `mqd repair \
+             --data-dir {}` to drop the damaged messages",
+            engine.config.data_dir.display()
+        );
+    } else {
+        log::error!("read failed: {e}");
+    }
+    engine.metrics.storage_error();
+    Error::Storage
 }
 
 /// Where in memory a message was found.
@@ -48,7 +65,9 @@ fn copy_body(header: message::Header, body: &[u8], max_body: usize) -> Read {
 /// Reads message `seq`, the head of a backlog not in memory, and the messages after it in the
 /// same scan (up to what is in memory or not yet written), keeping those in `q.ahead()` as far as
 /// the budget of in-memory messages allows: one seek instead of a point lookup per message.
-/// None if `seq` has no message (removed before a crash).
+/// None if `seq` has no message (removed before a crash). A scan that fails after it read `seq`
+/// (a damaged block further on) keeps what it read: the reads up to the damage succeed, and
+/// the one that reaches it fails.
 fn read_ahead(
     engine: &Engine,
     q: &mut QueueState,
@@ -71,10 +90,11 @@ fn read_ahead(
     let mut fresh = Fresh::new(&engine.caches.ahead);
     let mut bytes = 0;
     for item in scan {
-        let (key, value) = item.map_err(|e| {
-            log::error!("read failed: {e}");
-            Error::Storage
-        })?;
+        let (key, value) = match item {
+            Ok(item) => item,
+            Err(_) if head.is_some() => break,
+            Err(e) => return Err(failed(engine, &e)),
+        };
         let Some((header, body)) = message::decode(&value) else {
             continue;
         };

@@ -141,6 +141,7 @@ fn flush_records(c: &mut Committer<'_>) -> Result<SyncPoint, ()> {
             }
             let record = store::read_record(&c.engine.db, name).map_err(|e| {
                 log::error!("flush_all: cannot read a record: {e}");
+                c.engine.metrics.storage_error();
             })?;
             if let Some(record) = record {
                 flush_record(c, &mut write, name, record);

@@ -181,6 +181,7 @@ mod tests {
                 batch_size: histogram.clone(),
                 sync_micros: histogram,
                 below_reserve: false,
+                storage_errors: 0,
                 reserve_bytes: 0,
                 free_bytes: None,
                 rocksdb_memory: Vec::new(),

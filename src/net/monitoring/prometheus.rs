@@ -161,6 +161,11 @@ fn render_server(s: &Snapshot, out: &mut Exposition) {
             "Group commits written to RocksDB.",
             s.engine.commit_batches,
         ),
+        (
+            "mqd_storage_errors_total",
+            "Reads, writes, flushes and compactions RocksDB failed (I/O errors; checksum mismatches of a damaged table file, which `mqd repair` fixes).",
+            s.engine.storage_errors,
+        ),
     ] {
         out.family(name, "counter", help);
         out.sample(name, &[], value);

@@ -65,6 +65,10 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
             queues.iter().map(|q| q.bytes).sum::<u64>().to_string(),
         ),
         ("curr_queues".into(), queues.len().to_string()),
+        (
+            "storage_errors".into(),
+            shared.engine.storage_errors().to_string(),
+        ),
     ];
     if let Some(cluster) = &shared.cluster {
         stats.extend(cluster_stats(&cluster.view()));

@@ -81,6 +81,7 @@ fn render_head(s: &Snapshot) -> Vec<u8> {
         ("bytes", s.queues.iter().map(|q| q.bytes).sum()),
         ("curr_queues", s.queues.len() as u64),
         ("commit_batches", s.engine.commit_batches),
+        ("storage_errors", s.engine.storage_errors),
     ] {
         o.number(name, value);
     }
