@@ -46,7 +46,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
@@ -69,6 +69,9 @@ pub(super) struct Cluster {
     serving: AtomicBool,
     /// How many times this node stopped serving: the fence (see the module doc).
     step_downs: AtomicU64,
+    /// Counts every change of this node's leadership, either way: an establishment that finds
+    /// it moved on while it counted the queues gives up (`establish`).
+    leaderships: AtomicU64,
     /// Proposed writes not yet applied here, in point order, with the queues whose messages they
     /// write and the tail each queue had then.
     unapplied: Mutex<VecDeque<(SyncPoint, Published)>>,
@@ -151,33 +154,57 @@ pub(super) fn proposal_lost(engine: &Engine, point: SyncPoint) {
 /// Under `--cluster`: this node became the established leader (`true`) or stopped being the
 /// leader (`false`). Becoming it: the queues are counted again from RocksDB, then commands
 /// are served. Losing it: a step-down (see the module doc).
-pub(super) fn leading(engine: &Engine, established: bool) {
-    if established {
-        establish(engine);
-    } else {
+pub(super) fn leading(engine: &Arc<Engine>, established: bool) {
+    let Some(cluster) = &engine.cluster else {
+        return;
+    };
+    let leadership = cluster.leaderships.fetch_add(1, Ordering::AcqRel) + 1;
+    if !established {
         step_down(engine, "this node lost the lead");
+        return;
+    }
+    // Counting the queues reads every record (seconds with a million queues): not on the raft
+    // thread, which must go on ticking, or the followers take its silence for a dead leader
+    // and elect another, which would count them again.
+    let counting = engine.clone();
+    let spawned = std::thread::Builder::new()
+        .name("establish".into())
+        .spawn(move || establish(&counting, leadership));
+    if let Err(e) = spawned {
+        log::warn!("cannot start a thread to count the queues ({e}): counting here");
+        establish(engine, leadership);
     }
 }
 
 /// Starts serving on RocksDB's applied state: every entry committed before this leadership
 /// is applied here (see `Engine::leading`), and none of this node's earlier proposals is
-/// unsettled. A read of the records that fails stops the process, as a failed fsync does:
-/// a leader that cannot serve would hold the group's lead for nothing.
-fn establish(engine: &Engine) {
+/// unsettled. The records are read without the commit lock (so that a step-down meanwhile
+/// never waits for the count): while it does not serve, this node writes nothing, and as the
+/// established leader it applies only entries it proposed. It serves unless `leadership` ended
+/// meanwhile. A read of the records that fails stops the process, as a failed fsync does: a
+/// leader that cannot serve would hold the group's lead for nothing.
+fn establish(engine: &Engine, leadership: u64) {
     let Some(cluster) = &engine.cluster else {
         return;
     };
+    let found = match super::store::scan(&engine.db) {
+        Ok(found) => found,
+        Err(e) => {
+            log::error!("cannot read the queues after becoming the leader: {e}; stopping");
+            std::process::exit(1);
+        }
+    };
     let mut commit = engine.committer.lock();
-    if cluster.serving() {
+    if cluster.serving() || cluster.leaderships.load(Ordering::Acquire) != leadership {
         return;
     }
     // Whatever was loaded while not serving (a command racing the step-down) predates
     // entries applied since.
     forget_state(engine, cluster, &mut commit);
-    if let Err(e) = recount_queues(engine, "at the start of this leadership") {
-        log::error!("cannot read the queues after becoming the leader: {e}; stopping");
-        std::process::exit(1);
-    }
+    engine
+        .registry
+        .recount(found.queues, found.next_queue_id, found.fanout);
+    log::info!("{} queues at the start of this leadership", found.queues);
     cluster.serving.store(true, Ordering::Release);
     log::info!("serving as the established leader");
 }
@@ -192,7 +219,7 @@ pub(super) fn restored(engine: &Engine) {
     step_down(engine, "a snapshot replaced the state");
     let mut commit = engine.committer.lock();
     forget_state(engine, cluster, &mut commit);
-    if let Err(e) = recount_queues(engine, "in the installed snapshot") {
+    if let Err(e) = recount_queues(engine) {
         log::error!("cannot read the queues after installing a snapshot: {e}; stopping");
         std::process::exit(1);
     }
@@ -234,14 +261,13 @@ fn forget_state(engine: &Engine, cluster: &Cluster, commit: &mut CommitState) {
     engine.registry.forget_all();
 }
 
-/// Counts the queues on disk again, as start-up does (the followers' applied entries
-/// created and deleted some), for a node about to serve, under the commit lock. None is
-/// loaded (`forget_state`).
-fn recount_queues(engine: &Engine, when: &str) -> Result<(), rocksdb::Error> {
+/// Counts the queues on disk again, as start-up does, for a follower whose state a snapshot
+/// replaced, under the commit lock. None is loaded (`forget_state`).
+fn recount_queues(engine: &Engine) -> Result<(), rocksdb::Error> {
     let found = super::store::scan(&engine.db)?;
     engine
         .registry
         .recount(found.queues, found.next_queue_id, found.fanout);
-    log::info!("{} queues {when}", found.queues);
+    log::info!("{} queues in the installed snapshot", found.queues);
     Ok(())
 }

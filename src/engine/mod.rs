@@ -467,7 +467,7 @@ impl Engine {
 
     /// Under `--cluster`: this node became the established leader (`true`), or stopped being
     /// it and steps down (see `cluster`). Becoming it again later serves again.
-    pub fn leading(&self, established: bool) {
+    pub fn leading(self: &Arc<Self>, established: bool) {
         cluster::leading(self, established);
     }
 

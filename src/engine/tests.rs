@@ -84,6 +84,17 @@ struct Harness {
 }
 
 impl Harness {
+    /// Makes the engine the established leader and waits until it serves (it counts its
+    /// queues on a thread of its own).
+    fn lead(&self) {
+        self.engine.leading(true);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.engine.serving() {
+            assert!(std::time::Instant::now() < deadline, "never served");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     fn open(dir: &Path, limits: QueueLimits) -> Harness {
         Harness::start(dir, limits, false)
     }
@@ -1105,7 +1116,7 @@ fn a_leader_that_steps_down_forgets_what_it_held_and_serves_the_applied_state_wh
         .take(b"q", TakeMode::Remove, None, 1 << 20, &mut refused);
     assert_eq!(not_yet.err(), Some(Error::NoLeader));
 
-    h.engine.leading(true);
+    h.lead();
     assert_eq!(h.put_many("q", &["m0", "m1"]), vec![Outcome::Stored; 2]);
     let first = proposals.commit_all(&h.engine);
     assert!(h.engine.synced() >= *first.last().unwrap());
@@ -1141,7 +1152,7 @@ fn a_leader_that_steps_down_forgets_what_it_held_and_serves_the_applied_state_wh
     assert_eq!(h.engine.step_downs(), 1);
 
     // Leading again: the queue comes back from RocksDB, m0 given back, m2 applied.
-    h.engine.leading(true);
+    h.lead();
     assert_eq!(h.engine.queue_count(), 1);
     assert_eq!(h.put("q", "m3"), Outcome::Stored);
     let third = proposals.commit_all(&h.engine);
@@ -1154,7 +1165,7 @@ fn a_leader_that_steps_down_forgets_what_it_held_and_serves_the_applied_state_wh
     h.engine.leading(false);
     assert_eq!(h.engine.step_downs(), 2);
     proposals.0.lock().clear();
-    h.engine.leading(true);
+    h.lead();
     assert_eq!(h.put("q", "m4"), Outcome::Stored);
     proposals.commit_all(&h.engine);
     assert_eq!(h.drain("q"), ["m0", "m1", "m2", "m3", "m4"]);
@@ -1165,7 +1176,7 @@ fn a_lost_proposal_steps_the_leader_down() {
     let dir = TempDir::new();
     let proposals = Proposals::default();
     let mut h = Harness::open_cluster(&dir.0, &proposals);
-    h.engine.leading(true);
+    h.lead();
     assert_eq!(h.put("q", "m0"), Outcome::Stored);
     let lost = std::mem::take(&mut *proposals.0.lock());
     h.engine.proposal_lost(lost[0].0);
@@ -1174,6 +1185,6 @@ fn a_lost_proposal_steps_the_leader_down() {
     // Lost again (settled late) while not serving: nothing more.
     h.engine.proposal_lost(lost[0].0);
     assert_eq!(h.engine.step_downs(), 1);
-    h.engine.leading(true);
+    h.lead();
     assert_eq!(h.take_body("q", TakeMode::Remove), None);
 }
