@@ -57,7 +57,7 @@ def test_the_checker_follows_what_readers_were_shown_and_confirmed():
         # Shown, given back, never seen again.
         (reads[:1] + [read(b"p1-000001", 3.1, "given back", "b"), reads[3]], drained,
          "shown to a reader, then lost"),
-        # Confirmed twice, written once.
+        # Confirmed twice, written once, no fault in between.
         (reads + [read(b"p1-000000", 3.4, "confirmed", "b")], drained, "delivered more often"),
         # 2 first handed out to b after a had been handed 3.
         (reads[:3] + [read(b"p1-000003", 3.25, "confirmed"), read(b"p1-000002", 3.3, "confirmed",
@@ -68,3 +68,8 @@ def test_the_checker_follows_what_readers_were_shown_and_confirmed():
     ]:
         counts, problems = examine(history, drained_now, reads=reads_now)
         assert any(complaint in p for p in problems), (complaint, problems)
+
+    # A leader fails after answering a close, before committing it: the message comes again.
+    again = reads + [read(b"p1-000000", 3.4, "confirmed", "b")]
+    counts = check_history(history, drained, reads=again, faults=[3.2])
+    assert counts["again-after-close"] == 1
