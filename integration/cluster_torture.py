@@ -65,7 +65,7 @@ class Settings:
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown:
             raise SystemExit(f"unknown fault kinds {unknown}: KINDS takes {' '.join(KINDS)}")
-        self.cycles = setting("CYCLES", 10, int)
+        self.cycles = setting("CYCLES", 15, int)
         self.run_seconds = setting("RUN_SECONDS", 3)  # traffic before each fault
         self.down_seconds = setting("DOWN_SECONDS", 2)
         self.cut_seconds = setting("CUT_SECONDS", 4)
@@ -429,12 +429,13 @@ class Phase:
             return None, f"wiped follower {follower}: caught up to {target} in {result:.2f} s"
         panics = log_lines(server, since, ["panicked", "out of range", "stopped"])
         self.note(f"cycle {cycle + 1}: wiped node {follower}: {result}: {panics[-3:]}")
-        # A new leader, whose progress for the wiped member starts at zero.
+        # A new leader, whose progress for the wiped member starts at zero. The old one goes
+        # first: a heartbeat of its would stop the wiped member again as it starts.
         server.kill()
-        self.group.start(follower)
         self.group.server(leader).kill()
         at = time.monotonic()
         self.fault_times.append(at)
+        self.group.start(follower)
         took = self.failover(at, [i for i in range(1, SIZE + 1) if i != leader])
         self.group.start(leader)
         new_leader, _ = self.group.leader(timeout=15)
