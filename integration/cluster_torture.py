@@ -418,6 +418,7 @@ class Phase:
         server = self.group.server(follower)
         since = log_size(server)
         server.kill()
+        self.fault_times.append(time.monotonic())  # a member went: it may have led
         backup = self.group.backup(follower)
         self.group.wipe(follower)
         target = view(self.group.server(leader))["commit"]
@@ -448,6 +449,7 @@ class Phase:
         self.note(f"cycle {cycle + 1}: wiped node {follower} after a leader change: {again}; "
                   f"its directory from before the wipe put back")
         server.kill()
+        self.fault_times.append(time.monotonic())  # a member went: it may have led
         self.group.restore_backup(follower, backup)
         self.group.start(follower)
         return took, f"wiped follower {follower}: {result}, then {again}: put back"
@@ -495,6 +497,7 @@ class Phase:
         copy was kept, and started, so that the next cycle begins with three."""
         for node, undo in self.undo.items():
             self.group.server(node).kill()
+            self.fault_times.append(time.monotonic())  # a member went: it may have led
             undo()
             self.group.start(node)
         self.undo = {}
@@ -507,6 +510,7 @@ class Phase:
                       f"{'its directory put back, ' if node in self.backups else ''}restarted")
             self.repairs += 1
             server.kill()
+            self.fault_times.append(time.monotonic())  # a member went: it may have led
             if node in self.backups:
                 self.group.restore_backup(node, self.backups[node])
             self.group.start(node)
@@ -564,6 +568,7 @@ class Phase:
             Read("drain", 0, body, started + i * 1e-6, started + i * 1e-6, "drained")
             for i, body in enumerate(drained)]
         self.drained = len(drained)
+        self.blind = [b for c in self.consumers for b in c.blind]
         unexpected = [u for c in self.consumers for u in c.unexpected]
         if unexpected:
             self.note(f"consumers' unexpected replies ({len(unexpected)}): "
@@ -593,9 +598,10 @@ def judge(phases):
     reads = [r for p in phases for r in p.reads]
     cuts = [c for p in phases for c in p.cuts]
     faults = sorted(f for p in phases for f in p.fault_times)
+    blind = [b for p in phases for b in p.blind]
     for p in phases:
         own = [r for r in reads if parse_body(r.body)[0] // 100 == p.number]
-        p.counts, p.problems = examine(p.attempts, [], cuts, own, faults)
+        p.counts, p.problems = examine(p.attempts, [], cuts, own, faults, blind)
         for shows in p.counts.pop("again-after-close examples"):
             p.notes.append(
                 "delivered again after an answered close (reader/node/fate/s from the nearest "
@@ -603,9 +609,26 @@ def judge(phases):
                     f"{r.reader}/{r.node}/{r.fate}/"
                     f"{r.answered - min(faults, key=lambda f: abs(f - r.answered)):+.3f}"
                     for r in shows) + f" [{shows[0].body.decode()}]")
-    counts, problems = examine(attempts, [], cuts, reads, faults)
+    counts, problems = examine(attempts, [], cuts, reads, faults, blind)
     counts.pop("again-after-close examples")
     return counts, problems
+
+
+def save_history(phases, path):
+    """Everything the checker judged, for a post-mortem: attempts, reads, cuts, faults."""
+    import dataclasses
+    import json
+
+    def plain(x):
+        return {k: v.decode() if isinstance(v, bytes) else v
+                for k, v in dataclasses.asdict(x).items()}
+    with open(path, "w") as f:
+        json.dump({"attempts": [plain(a) for p in phases for a in p.attempts],
+                   "reads": [plain(r) for p in phases for r in p.reads],
+                   "cuts": [c for p in phases for c in p.cuts],
+                   "faults": sorted(t for p in phases for t in p.fault_times),
+                   "blind": [b for p in phases for b in p.blind]}, f)
+    print(f"cluster-torture: the history is in {path}", file=sys.stderr)
 
 
 def print_table(phases, settings, total):
@@ -680,6 +703,8 @@ def main():
         for problem in problems if not any(p.problems for p in phases) else []:
             print(f"all: VIOLATION: {problem[:2000]}")
         failed = bool(problems) or any(p.problems for p in phases)
+        if failed:
+            save_history(phases, tmp / "history.json")
         print("cluster-torture: " + ("FAILED" if failed else "passed"), flush=True)
         return 1 if failed else 0
     finally:

@@ -69,6 +69,11 @@ def test_the_checker_follows_what_readers_were_shown_and_confirmed():
         counts, problems = examine(history, drained_now, reads=reads_now)
         assert any(complaint in p for p in problems), (complaint, problems)
 
+    # An open that got no reply, under way when 3 was handed out: it may have held 2.
+    late = reads[:3] + [read(b"p1-000003", 3.25, "confirmed"), read(b"p1-000002", 3.3, "confirmed",
+                                                                  "b")]
+    assert check_history(history, drained[1:], reads=late, blind=[(3.2, 3.27)])["lost"] == 0
+
     # A leader fails after answering a close, before committing it: the message comes again.
     again = reads + [read(b"p1-000000", 3.4, "confirmed", "b")]
     counts = check_history(history, drained, reads=again, faults=[3.2])
