@@ -681,6 +681,20 @@ def test_idle_queues_leave_the_leaders_memory_and_come_back_whole(make_server):
 # Log compaction and snapshots (protocol-spec/cluster.md 6).
 
 
+def leads_with_every_message(servers, node, primary, other, acked):
+    """Once `node` has everything `primary` committed, `primary` dies and `other` (killed
+    before the last writes) comes back: only `node` can lead, and it must serve every
+    acknowledged message of queue q in order."""
+    wait_for_commit(node, view(primary)["commit"])
+    primary.kill()
+    other.start()
+    new_leader, _ = wait_for_leader([node, other])
+    assert servers[new_leader - 1] is node
+    got = drain(node, b"q")
+    acked = [a.encode() if isinstance(a, str) else a for a in acked]
+    assert got == acked, f"{len(got)} back, of {len(acked)} acknowledged"
+
+
 def log_stats(server):
     with server.mc() as c:
         stats = c.stats()
@@ -754,14 +768,7 @@ def test_a_wiped_follower_catches_up_from_a_snapshot_and_can_lead_with_every_mes
     acked += one_by_one(primary, "q", [f"d{i}".encode() for i in range(20)])
     other.kill()
     acked += one_by_one(primary, "q", [f"e{i}".encode() for i in range(20)])
-    wait_for_commit(wiped, view(primary)["commit"])
-    primary.kill()
-    other.start()
-    new_leader, _ = wait_for_leader([wiped, other])
-    assert servers[new_leader - 1] is wiped
-    got = drain(wiped, b"q")
-    acked = [a.encode() if isinstance(a, str) else a for a in acked]
-    assert got == acked, f"{len(got)} back, of {len(acked)} acknowledged"
+    leads_with_every_message(servers, wiped, primary, other, acked)
 
 
 def test_a_single_servers_queues_seed_a_group_whose_other_members_join(make_server):
@@ -841,10 +848,4 @@ def test_a_follower_killed_while_it_installs_a_snapshot_comes_back_whole(make_se
     # misses the last writes, then the old leader dies; the restarted node must lead.
     other.kill()
     acked += one_by_one(primary, "q", [f"d{i}".encode() for i in range(10)])
-    wait_for_commit(wiped, view(primary)["commit"])
-    primary.kill()
-    other.start()
-    new_leader, _ = wait_for_leader([wiped, other])
-    assert servers[new_leader - 1] is wiped
-    got = drain(wiped, b"q")
-    assert got == acked, f"{len(got)} back, of {len(acked)} acknowledged"
+    leads_with_every_message(servers, wiped, primary, other, acked)

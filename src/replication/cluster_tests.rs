@@ -537,14 +537,17 @@ fn log_entries(cluster: &Cluster, id: u64) -> u64 {
     view.last_index + 1 - view.first_index
 }
 
+/// A log compacted past 50 entries down to the 10 behind the applied index: a few hundred
+/// proposals cross the limit several times.
+const SMALL_LOG: LogLimits = LogLimits {
+    max_entries: 50,
+    max_bytes: 1 << 30,
+    keep: 10,
+};
+
 #[test]
 fn logs_stay_bounded_and_a_follower_down_a_while_catches_up_from_the_leaders_log() {
-    let limits = LogLimits {
-        max_entries: 50,
-        max_bytes: 1 << 30,
-        keep: 10,
-    };
-    let mut cluster = Cluster::with_log(&[1, 2, 3], limits);
+    let mut cluster = Cluster::with_log(&[1, 2, 3], SMALL_LOG);
     let leader = cluster.wait_for_leader();
     for round in 0..5 {
         cluster.commit_all(round * 100 + 1..=round * 100 + 100);
@@ -588,12 +591,7 @@ fn logs_stay_bounded_and_a_follower_down_a_while_catches_up_from_the_leaders_log
 
 #[test]
 fn a_wiped_follower_catches_up_from_a_snapshot_and_the_logs_stay_bounded() {
-    let limits = LogLimits {
-        max_entries: 50,
-        max_bytes: 1 << 30,
-        keep: 10,
-    };
-    let mut cluster = Cluster::with_log(&[1, 2, 3], limits);
+    let mut cluster = Cluster::with_log(&[1, 2, 3], SMALL_LOG);
     let leader = cluster.wait_for_leader();
     cluster.commit_all(1..=300);
     let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
@@ -660,12 +658,7 @@ fn a_wiped_follower_does_not_elect_a_node_missing_what_was_committed_with_its_lo
 
 #[test]
 fn a_follower_down_past_the_leaders_compaction_gets_a_snapshot_over_its_old_log() {
-    let limits = LogLimits {
-        max_entries: 50,
-        max_bytes: 1 << 30,
-        keep: 10,
-    };
-    let mut cluster = Cluster::with_log(&[1, 2, 3], limits);
+    let mut cluster = Cluster::with_log(&[1, 2, 3], SMALL_LOG);
     let leader = cluster.wait_for_leader();
     cluster.commit_all(1..=100);
     let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();

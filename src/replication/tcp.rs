@@ -161,25 +161,31 @@ impl Writer {
     }
 
     fn connect(&self) -> Result<TcpStream, String> {
-        let addrs: Vec<SocketAddr> = self
-            .addr
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve: {e}"))?
-            .collect();
-        let mut last = "no address".to_string();
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-                    give_up_on_a_silent_peer(&stream, PEER_SILENT_FOR);
-                    return Ok(stream);
-                }
-                Err(e) => last = format!("cannot connect: {e}"),
-            }
-        }
-        Err(last)
+        let stream = connect_to(&self.addr, CONNECT_TIMEOUT)?;
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        give_up_on_a_silent_peer(&stream, PEER_SILENT_FOR);
+        Ok(stream)
     }
+}
+
+/// A connection to a member's address (`HOST:PORT`, resolved now), trying each address it
+/// resolves to for up to `timeout`, without Nagle's delay.
+pub fn connect_to(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .collect();
+    let mut last = "no address".to_string();
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = format!("cannot connect: {e}"),
+        }
+    }
+    Err(last)
 }
 
 /// Has the kernel close `stream` once its peer has acknowledged nothing for `after` (data sent,
