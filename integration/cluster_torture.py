@@ -408,11 +408,12 @@ class Phase:
         return "not caught up"
 
     def wipe(self, cycle):
-        """A follower killed and its directory emptied, then started (same id). On main it
-        cannot rejoin while the leader remembers how far it had got (raft-rs panics on the
-        leader's heartbeat commit, docs/replication.md): then it is started again and the
-        leader killed, so that a new leader, which knows nothing of it, replays the log to it.
-        If even that fails, its directory as it was before the wipe is put back."""
+        """A follower killed and its directory emptied, then started (same id): it must catch
+        up from the leader (a snapshot, since step 6). Before step 6 it could not rejoin while
+        the leader remembered how far it had got (raft-rs panicked on the leader's heartbeat
+        commit, docs/replication.md); should it not catch up, it is started again and the
+        leader killed, so that a new leader replays the log to it, and if even that fails, its
+        directory as it was before the wipe is put back (noted, and counted in the table)."""
         leader = self.leader_now()
         follower = self.follower_now(leader, cycle)
         server = self.group.server(follower)

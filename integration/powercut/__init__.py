@@ -77,7 +77,9 @@ def restore(data_dir):
     except FileNotFoundError:
         pass  # the directory was never fsynced: nothing in it survives
     for name in os.listdir(data_dir):
-        os.remove(os.path.join(data_dir, name))
+        path = os.path.join(data_dir, name)
+        if not os.path.isdir(path):  # subdirectories are not modelled (powercut.c)
+            os.remove(path)
     for file_id, name in namespace:
         source = os.path.join(ids, file_id)
         target = os.path.join(data_dir, name)

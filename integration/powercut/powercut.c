@@ -11,7 +11,9 @@
  *    (empty if it was never fsynced).
  *
  * How: the shim watches write, pwrite, writev, pwritev and ftruncate on files of the data
- * directory (MQD_POWERCUT_DATA, flat, as RocksDB's is) and remembers which byte ranges of each
+ * directory (MQD_POWERCUT_DATA, flat, as RocksDB's is; a subdirectory, such as a cluster
+ * member's raft-snap/ of snapshot files, is left out of the model: its files keep whatever they
+ * hold at the kill, so the shim checks nothing about them) and remembers which byte ranges of each
  * file (inode) changed. fsync/fdatasync of a file reads those ranges when it is called and,
  * once it returns, copies them into the file's shadow, $MQD_POWERCUT_SHADOW/ids/<id>, which
  * thus holds exactly what the disk would have (a write made while an fsync runs is not covered
@@ -318,6 +320,8 @@ static void after_open(int fd, int kind, int created, int truncated) {
     struct stat st;
     if (fstat(fd, &st) != 0)
         return;
+    if (kind == 1 && S_ISDIR(st.st_mode))
+        return; /* a subdirectory (a member's raft-snap/): its files are not modelled */
     pthread_mutex_lock(&lock);
     fds[fd].tracked = (unsigned char)kind;
     fds[fd].dev = st.st_dev;
