@@ -15,3 +15,5 @@ pub mod id_hash;
 pub mod net;
 pub use mqd_protocol as protocol;
 pub mod replication;
+#[cfg(test)]
+pub(crate) mod test_dir;

@@ -3,11 +3,12 @@
 //! socket test cannot force are pinned here by calling the engine in the racy order directly.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::test_dir::TempDir;
 use crossbeam_channel::Receiver;
 
 use super::*;
@@ -21,28 +22,6 @@ impl Wake for NoWake {
 }
 
 /// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "mqd-engine-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn limits(max_items: Option<u64>, max_bytes: Option<u64>, discard_old: bool) -> QueueLimits {
     QueueLimits {
         max_items,
@@ -344,8 +323,8 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 #[test]
 fn committed_messages_are_read_in_order_once() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     assert_eq!(h.put_many("q", &["a", "b", "c"]), vec![Outcome::Stored; 3]);
     assert_eq!(h.take_body("q", TakeMode::Peek).as_deref(), Some("a"));
     assert_eq!(h.drain("q"), strings(&["a", "b", "c"]));
@@ -360,8 +339,8 @@ fn committed_messages_are_read_in_order_once() {
 /// memory comes back when they are read, flushed or deleted.
 #[test]
 fn recent_messages_come_from_memory_and_their_memory_comes_back() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_many("q", &["a", "b", "c"]);
     assert!(h.engine.caches.recent.used() > 0, "kept in memory");
     // Given back after being read from memory: read again from RocksDB, in order.
@@ -387,8 +366,8 @@ fn recent_messages_come_from_memory_and_their_memory_comes_back() {
 /// once, in order, across the messages it never kept.
 #[test]
 fn a_full_tail_keeps_the_oldest_and_reads_stay_in_order() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     let big = |i: usize| format!("m{i}-{}", "x".repeat(1 << 20));
     let first: Vec<String> = (0..20).map(big).collect();
     h.put_many("q", &first.iter().map(String::as_str).collect::<Vec<_>>());
@@ -413,12 +392,12 @@ fn a_full_tail_keeps_the_oldest_and_reads_stay_in_order() {
 /// same scan; they are then read from memory, in order and once, with a given-back message first.
 #[test]
 fn a_backlog_is_read_ahead_in_order_once() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     let bodies = h.put_numbered("b", 150);
     h.close();
     // Nothing is in memory after a restart.
-    let h = Harness::open(&dir.0, QueueLimits::default());
+    let h = Harness::open(dir.path(), QueueLimits::default());
     let first = h.take("b", TakeMode::Open).unwrap();
     assert_eq!(body(&first), "m0");
     let queue = h.engine.lookup(b"b").unwrap().unwrap();
@@ -435,8 +414,8 @@ fn a_backlog_is_read_ahead_in_order_once() {
 
 #[test]
 fn opened_messages_are_confirmed_or_given_back_in_order() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_many("q", &["a", "b", "c"]);
     let a = h.take("q", TakeMode::Open).unwrap();
     let b = h.take("q", TakeMode::Open).unwrap();
@@ -456,8 +435,8 @@ fn opened_messages_are_confirmed_or_given_back_in_order() {
 
 #[test]
 fn a_blocked_reader_gets_the_next_committed_message() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     let reader = h.conn();
     let mut uncommitted = Uncommitted::default();
     let taken = h
@@ -489,8 +468,8 @@ fn a_blocked_reader_gets_the_next_committed_message() {
 /// reader waiting behind the peek got the second message while the first was still queued.
 #[test]
 fn a_waiting_peek_leaves_the_message_at_the_head() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     let (peeker, reader) = (h.conn(), h.conn());
     let mut uncommitted = Uncommitted::default();
     for (conn, mode) in [(peeker, TakeMode::Peek), (reader, TakeMode::Remove)] {
@@ -514,8 +493,8 @@ fn a_waiting_peek_leaves_the_message_at_the_head() {
 
 #[test]
 fn a_full_queue_refuses_unless_it_discards() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, limits(Some(2), None, false));
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), limits(Some(2), None, false));
     let outcomes = h.put_many("f", &["a", "b", "c"]);
     assert_eq!(
         outcomes,
@@ -533,8 +512,8 @@ fn a_full_queue_refuses_unless_it_discards() {
 /// discarded, so a pipelined burst larger than the limit was refused.
 #[test]
 fn discarding_makes_room_for_a_pipelined_burst() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, limits(Some(2), None, true));
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), limits(Some(2), None, true));
     h.put("d", "old");
     let outcomes = h.put_many("d", &["a", "b", "c", "d", "e"]);
     assert_eq!(outcomes, vec![Outcome::Stored; 5]);
@@ -543,7 +522,7 @@ fn discarding_makes_room_for_a_pipelined_burst() {
     assert_eq!(h.drain("d"), strings(&["d", "e"]));
     h.close();
     // What was dropped within the batch is not resurrected by a restart.
-    let mut h = Harness::open(&dir.0, limits(Some(2), None, true));
+    let mut h = Harness::open(dir.path(), limits(Some(2), None, true));
     assert_eq!(h.drain("d"), Vec::<String>::new());
     assert_eq!(h.put_many("d", &["x", "y", "z"]), vec![Outcome::Stored; 3]);
     assert_eq!(h.drain("d"), strings(&["y", "z"]));
@@ -552,8 +531,8 @@ fn discarding_makes_room_for_a_pipelined_burst() {
 
 #[test]
 fn discarding_by_bytes_never_drops_open_messages() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, limits(None, Some(4), true));
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), limits(None, Some(4), true));
     h.put_many("b", &["aa", "bb"]);
     let open = h.take("b", TakeMode::Open).unwrap();
     assert_eq!(h.put("b", "cc"), Outcome::Stored, "discards bb");
@@ -572,8 +551,8 @@ fn discarding_by_bytes_never_drops_open_messages() {
 /// Bug 2 of issue 8: messages discarded to make room for a write that then failed stayed gone.
 #[test]
 fn a_failed_write_discards_nothing() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, limits(Some(2), None, true));
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), limits(Some(2), None, true));
     h.put_many("r", &["m1", "m2"]);
     h.engine.fail_writes.store(true, Ordering::Relaxed);
     assert_eq!(h.put("r", "m3"), Outcome::Failed(Error::Storage));
@@ -588,8 +567,8 @@ fn a_failed_write_discards_nothing() {
 
 #[test]
 fn a_failed_write_leaves_no_trace_and_the_next_one_works() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put("w", "m1");
     h.engine.fail_writes.store(true, Ordering::Relaxed);
     assert_eq!(
@@ -612,8 +591,8 @@ fn a_failed_write_leaves_no_trace_and_the_next_one_works() {
 /// to come, and one given back meanwhile waits for that write rather than being skipped as gone.
 #[test]
 fn a_pass_publishes_later_commit_rounds_ahead_of_their_write() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     let me = h.conn();
     let engine = h.engine.clone();
     let mut pass = engine.pass(me.mailbox);
@@ -680,8 +659,8 @@ fn a_pass_publishes_later_commit_rounds_ahead_of_their_write() {
 
 #[test]
 fn delete_removes_the_queue_and_its_messages() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_many("d", &["a", "b"]);
     let id = h.queue_id("d");
     assert_eq!(h.delete("d"), Outcome::Deleted);
@@ -699,8 +678,8 @@ fn delete_removes_the_queue_and_its_messages() {
 /// name) did not find it, so the connection waited for a delivery forever.
 #[test]
 fn a_read_that_races_a_delete_waits_on_the_live_queue() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     for cancel in [true, false] {
         h.put("race", "m0");
         assert!(h.take("race", TakeMode::Remove).is_some());
@@ -754,8 +733,8 @@ fn a_read_that_races_a_delete_waits_on_the_live_queue() {
 
 #[test]
 fn flush_empties_but_keeps_open_messages_and_counters() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_many("f", &["a", "b", "c"]);
     h.put("g", "other");
     let open = h.take("f", TakeMode::Open).unwrap();
@@ -775,8 +754,8 @@ fn flush_empties_but_keeps_open_messages_and_counters() {
 
 #[test]
 fn a_reopened_engine_has_every_queue_and_redelivers_open_messages() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_many("r", &["a", "b", "c", "d"]);
     h.put("s", "x");
     assert_eq!(h.take_body("r", TakeMode::Remove).as_deref(), Some("a"));
@@ -785,7 +764,7 @@ fn a_reopened_engine_has_every_queue_and_redelivers_open_messages() {
     h.confirm(&c);
     drop(b); // still open when the server stops
     h.close();
-    let h = Harness::open(&dir.0, QueueLimits::default());
+    let h = Harness::open(dir.path(), QueueLimits::default());
     let stats = h.stats("r");
     assert_eq!((stats.items, stats.enqueued, stats.open), (2, 4, 0));
     assert_eq!(h.drain("r"), strings(&["b", "d"]));
@@ -798,8 +777,8 @@ fn a_reopened_engine_has_every_queue_and_redelivers_open_messages() {
 /// deleted the message's key: recovery and flush only look at `next_unclaimed..tail`.
 #[test]
 fn a_crash_leaves_no_orphaned_message_keys() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_many("o", &["m1", "m2"]);
     let id = h.queue_id("o");
     // A reader takes m1; its loop has not submitted the removal yet...
@@ -814,7 +793,7 @@ fn a_crash_leaves_no_orphaned_message_keys() {
     // ...and the server dies before the removal is submitted.
     drop(unsubmitted);
     h.close();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     assert!(!h.stored(id, 0), "m1's key must not outlive the crash");
     assert_eq!(h.take_body("o", TakeMode::Peek).as_deref(), Some("m2"));
     // The same through flush, without a restart.
@@ -838,8 +817,8 @@ fn a_crash_leaves_no_orphaned_message_keys() {
 /// which survive it and a restart.
 #[test]
 fn the_reclaimer_deletes_consumed_messages_but_not_pending_ones() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_many("r", &["m0", "m1", "m2", "m3", "m4"]);
     let id = h.queue_id("r");
     assert_eq!(h.take_body("r", TakeMode::Remove).as_deref(), Some("m0"));
@@ -872,7 +851,7 @@ fn the_reclaimer_deletes_consumed_messages_but_not_pending_ones() {
     assert!(h.stored(id, 4), "nor the one not read yet");
     h.close();
 
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     assert_eq!(
         h.drain("r"),
         strings(&["m1", "m4"]),
@@ -904,8 +883,8 @@ fn leveled_files(h: &Harness, id: u64) -> Vec<(u64, u64)> {
 /// being read; a file holding a pending (open) message stays whole.
 #[test]
 fn consumed_files_are_dropped_but_not_one_holding_a_pending_message() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     let id = {
         h.put_numbered("f", 100);
         h.queue_id("f")
@@ -955,8 +934,8 @@ fn consumed_files_are_dropped_but_not_one_holding_a_pending_message() {
 /// consumed messages are still deleted once there are a thousand of them, without a compaction.
 #[test]
 fn the_reclaimer_deletes_a_moving_queues_consumed_messages_once_a_thousand_are_consumed() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_numbered("steady", 1100);
     let id = h.queue_id("steady");
     for _ in 0..1000 {
@@ -992,8 +971,8 @@ fn sweep_once(h: &Harness) -> usize {
 /// reached it.
 #[test]
 fn the_sweep_drops_expired_messages_behind_a_live_head() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put("s", "live");
     h.put_expiring("s", "dead", 1);
     h.put("s", "live2");
@@ -1011,8 +990,8 @@ fn the_sweep_drops_expired_messages_behind_a_live_head() {
 
 #[test]
 fn the_sweep_reads_only_queues_with_messages_due() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_many("plain", &["a", "b", "c"]);
     assert_eq!(sweep_once(&h), 0, "nothing with an expiry was ever put");
     let far = message::now_ms() + 3_600_000;
@@ -1020,7 +999,7 @@ fn the_sweep_reads_only_queues_with_messages_due() {
     assert_eq!(sweep_once(&h), 0, "not due before an hour");
     h.close();
     // The expiry index survives a restart, and the queue is swept once due.
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     assert_eq!(sweep_once(&h), 0);
     assert!(sweep_at(&h, far + 1) > 0, "due");
     assert_eq!(h.stats("plain").expired, 1);
@@ -1035,8 +1014,8 @@ fn the_sweep_reads_only_queues_with_messages_due() {
 /// each queue holding messages is swept once after the upgrade, then only when due.
 #[test]
 fn records_of_the_first_version_are_swept_once_after_the_upgrade() {
-    let dir = TempDir::new();
-    let mut h = Harness::open(&dir.0, QueueLimits::default());
+    let dir = TempDir::new("engine");
+    let mut h = Harness::open(dir.path(), QueueLimits::default());
     h.put_many("old", &["a", "b"]);
     h.put_expiring("old", "gone", 1);
     let id = h.queue_id("old");
@@ -1044,7 +1023,7 @@ fn records_of_the_first_version_are_swept_once_after_the_upgrade() {
     // Rewrite its record as the first version did: no deleted_below, no expiry time.
     {
         let options = StoreOptions::new(MemoryBudget::default());
-        let recovered = store::open(&dir.0, &options).unwrap();
+        let recovered = store::open(dir.path(), &options).unwrap();
         let meta = recovered.db.cf_handle(store::META_CF).unwrap();
         let key = store::meta_key(b"old");
         let record = store::read_record(&recovered.db, b"old").unwrap().unwrap();
@@ -1056,7 +1035,7 @@ fn records_of_the_first_version_are_swept_once_after_the_upgrade() {
         recovered.db.delete_cf(meta, index).unwrap();
         recovered.db.flush_wal(true).unwrap();
     }
-    let h = Harness::open(&dir.0, QueueLimits::default());
+    let h = Harness::open(dir.path(), QueueLimits::default());
     assert!(sweep_once(&h) > 0, "swept once");
     assert_eq!(h.stats("old").expired, 1);
     assert_eq!(sweep_once(&h), 0, "then left alone");
@@ -1068,22 +1047,22 @@ fn records_of_the_first_version_are_swept_once_after_the_upgrade() {
 fn a_directory_made_before_the_raft_log_opens_with_its_messages_and_the_ids_replicas_need() {
     // What mqd wrote before the raft log's column family existed: only `messages` and `meta`,
     // holding the records and messages of a queue (copied from a directory made today).
-    let made = TempDir::new();
-    let mut h = Harness::open(&made.0, QueueLimits::default());
+    let made = TempDir::new("engine");
+    let mut h = Harness::open(made.path(), QueueLimits::default());
     h.put_many("old", &["a", "b", "c"]);
     h.close();
-    let old = TempDir::new();
+    let old = TempDir::new("engine");
     {
         let source = rocksdb::DB::open_cf(
             &rocksdb::Options::default(),
-            &made.0,
+            made.path(),
             ["messages", "meta", "raft_log"],
         )
         .unwrap();
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let target = rocksdb::DB::open_cf(&options, &old.0, ["messages", "meta"]).unwrap();
+        let target = rocksdb::DB::open_cf(&options, old.path(), ["messages", "meta"]).unwrap();
         for name in ["messages", "meta"] {
             let (from, to) = (
                 source.cf_handle(name).unwrap(),
@@ -1096,9 +1075,9 @@ fn a_directory_made_before_the_raft_log_opens_with_its_messages_and_the_ids_repl
         }
         target.flush_wal(true).unwrap();
     }
-    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &old.0).unwrap();
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), old.path()).unwrap();
     assert_eq!(cfs, ["default", "messages", "meta"]);
-    let h = Harness::open(&old.0, QueueLimits::default());
+    let h = Harness::open(old.path(), QueueLimits::default());
     assert_eq!(h.engine.check_column_family_ids(), Ok(()));
     assert_eq!(h.drain("old"), strings(&["a", "b", "c"]));
     h.close();
@@ -1107,9 +1086,9 @@ fn a_directory_made_before_the_raft_log_opens_with_its_messages_and_the_ids_repl
 #[test]
 fn a_leader_that_steps_down_forgets_what_it_held_and_serves_the_applied_state_when_it_leads_again()
 {
-    let dir = TempDir::new();
+    let dir = TempDir::new("engine");
     let proposals = Proposals::default();
-    let mut h = Harness::open_cluster(&dir.0, &proposals);
+    let mut h = Harness::open_cluster(dir.path(), &proposals);
     let mut refused = Uncommitted::default();
     let not_yet = h
         .engine
@@ -1173,9 +1152,9 @@ fn a_leader_that_steps_down_forgets_what_it_held_and_serves_the_applied_state_wh
 
 #[test]
 fn a_lost_proposal_steps_the_leader_down() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("engine");
     let proposals = Proposals::default();
-    let mut h = Harness::open_cluster(&dir.0, &proposals);
+    let mut h = Harness::open_cluster(dir.path(), &proposals);
     h.lead();
     assert_eq!(h.put("q", "m0"), Outcome::Stored);
     let lost = std::mem::take(&mut *proposals.0.lock());

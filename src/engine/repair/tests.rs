@@ -1,45 +1,19 @@
 //! The repair on a store written directly (no server): a flipped bit in a table file's data
 //! block, a dry run, the repair, and the store after it.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use super::super::message::{self, Header};
 use super::super::queue::Counters;
 use super::super::store::{self, MemoryBudget, QueueMeta, StoreOptions, MESSAGES_CF, META_CF};
 use super::{run, Outcome};
+use crate::test_dir::TempDir;
 
 const N: u64 = 2000;
 const BODY: usize = 500;
 
 /// A directory (holding the data directory and what the repair puts beside it), removed when
 /// dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "mqd-repair-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Scratch(path)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.0.join("data")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn body(seq: u64) -> Vec<u8> {
     let mut body = format!("m{seq:06} ").into_bytes();
     body.resize(BODY, b'x');
@@ -119,8 +93,8 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_repair_drops_exactly_the_damaged_messages() {
-    let scratch = Scratch::new();
-    let dir = scratch.data();
+    let scratch = TempDir::new("repair");
+    let dir = scratch.path().join("data");
     fill(&dir);
     flip_a_bit(&dir, 1000);
     let before = names(&dir);
@@ -198,8 +172,8 @@ fn background_errors(db: &store::Db) -> u64 {
 #[test]
 fn a_compaction_over_a_damaged_block_stops_the_writes() {
     // Why the repair rewrites the directory rather than leave the damaged file in place.
-    let scratch = Scratch::new();
-    let dir = scratch.data();
+    let scratch = TempDir::new("repair");
+    let dir = scratch.path().join("data");
     fill(&dir);
     flip_a_bit(&dir, 1000);
     let recovered = store::open(&dir, &StoreOptions::new(MemoryBudget::default())).unwrap();
@@ -212,8 +186,8 @@ fn a_compaction_over_a_damaged_block_stops_the_writes() {
 
 #[test]
 fn an_undamaged_directory_is_left_as_it_is() {
-    let scratch = Scratch::new();
-    let dir = scratch.data();
+    let scratch = TempDir::new("repair");
+    let dir = scratch.path().join("data");
     fill(&dir);
     let before = names(&dir);
     let report = run(&dir, false).unwrap();
@@ -221,23 +195,23 @@ fn an_undamaged_directory_is_left_as_it_is() {
     assert!(report.lost.is_empty() && !report.damage_elsewhere);
     assert_eq!(report.intact, N + 1);
     assert_eq!(names(&dir), before);
-    assert_eq!(names(&scratch.0), ["data"], "nothing made beside it");
+    assert_eq!(names(scratch.path()), ["data"], "nothing made beside it");
 }
 
 #[test]
 fn a_directory_that_is_not_a_data_directory_is_refused() {
-    let scratch = Scratch::new();
-    let error = run(&scratch.0.join("missing"), true).err().unwrap();
+    let scratch = TempDir::new("repair");
+    let error = run(&scratch.path().join("missing"), true).err().unwrap();
     assert!(error.contains("no mqd data directory"), "{error}");
-    std::fs::write(scratch.0.join("file"), b"x").unwrap();
-    let error = run(&scratch.0, false).err().unwrap();
+    std::fs::write(scratch.path().join("file"), b"x").unwrap();
+    let error = run(scratch.path(), false).err().unwrap();
     assert!(error.contains("no mqd data directory"), "{error}");
 }
 
 #[test]
 fn damage_among_consumed_messages_loses_nothing_and_is_repaired() {
-    let scratch = Scratch::new();
-    let dir = scratch.data();
+    let scratch = TempDir::new("repair");
+    let dir = scratch.path().join("data");
     fill_consumed(&dir, 1500);
     flip_a_bit(&dir, 1000);
     let dry = run(&dir, true).unwrap();
@@ -261,8 +235,8 @@ fn damage_among_consumed_messages_loses_nothing_and_is_repaired() {
 
 #[test]
 fn a_record_this_version_cannot_read_is_refused_not_dropped() {
-    let scratch = Scratch::new();
-    let dir = scratch.data();
+    let scratch = TempDir::new("repair");
+    let dir = scratch.path().join("data");
     fill(&dir);
     {
         let recovered = store::open(&dir, &StoreOptions::new(MemoryBudget::default())).unwrap();
@@ -274,13 +248,13 @@ fn a_record_this_version_cannot_read_is_refused_not_dropped() {
     }
     let error = run(&dir, false).err().unwrap();
     assert!(error.contains("not one this mqd reads"), "{error}");
-    assert_eq!(names(&scratch.0), ["data"], "nothing changed");
+    assert_eq!(names(scratch.path()), ["data"], "nothing changed");
 }
 
 #[test]
 fn lost_messages_at_the_head_are_no_longer_counted() {
-    let scratch = Scratch::new();
-    let dir = scratch.data();
+    let scratch = TempDir::new("repair");
+    let dir = scratch.path().join("data");
     fill_consumed(&dir, 1000);
     flip_a_bit(&dir, 1000);
     let fixed = run(&dir, false).unwrap();

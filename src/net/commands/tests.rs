@@ -3,7 +3,6 @@
 //! engine's events (write outcomes, deliveries to blocked reads) are read from its mailbox and
 //! handed to the commands as the event loop would.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use crate::engine::{
 use crate::net::timers::Timers;
 use crate::net::{Ctx, LoopStats, ServerConfig, Shared};
 use crate::protocol::{self, memcache, Parsed, Reply, ReplyStyle};
+use crate::test_dir::TempDir;
 
 struct NoWake;
 
@@ -90,7 +90,8 @@ struct Loop {
     timers: Timers,
     open_timers: Timers,
     next_wait_id: u64,
-    dir: PathBuf,
+    /// Removed after the engine is shut down (`Drop` below runs before the fields drop).
+    _dir: TempDir,
 }
 
 /// The one loop's index (its mailbox is the engine's only one).
@@ -98,20 +99,14 @@ const LOOP: u32 = 0;
 
 impl Loop {
     fn new() -> Loop {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "mqd-commands-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = TempDir::new("commands");
         let (sender, events) = crossbeam_channel::unbounded();
         let mailbox = Mailbox {
             sender,
             waker: Arc::new(NoWake),
         };
         let config = EngineConfig {
-            data_dir: dir.clone(),
+            data_dir: dir.path().to_path_buf(),
             sync: SyncPolicy::Never,
             memory: MemoryBudget {
                 write_buffers: 8 << 20,
@@ -143,7 +138,7 @@ impl Loop {
             timers: Timers::default(),
             open_timers: Timers::default(),
             next_wait_id: 0,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -204,7 +199,6 @@ impl Loop {
 impl Drop for Loop {
     fn drop(&mut self) {
         self.shared.engine.shutdown();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
