@@ -21,7 +21,7 @@
 //! server crashes, and a client that reconnects is forwarded to the next leader or told
 //! `no leader`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
+use parking_lot::Mutex;
 
 use crate::replication::status::Status;
 use crate::replication::tcp;
@@ -45,11 +46,13 @@ pub const CONNECT_WITHIN: Duration = Duration::from_secs(1);
 /// long idle (then every second, three times), and the client's connection is closed.
 const LEADER_SILENT_FOR: Duration = Duration::from_secs(10);
 
-/// Where this node's queue commands go: the members' raft addresses (resolved once, at start)
+/// Where this node's queue commands go: the members' raft addresses (as the node publishes
+/// them, `Status::members`: a member added online is forwarded to too), each resolved once,
 /// and the leader this node knows; and the counts `stats` shows.
 pub struct Forwarding {
     status: Arc<Status>,
-    addresses: BTreeMap<u64, SocketAddr>,
+    /// `HOST:PORT` -> what it resolved to (`None`: it did not).
+    resolved: Mutex<HashMap<String, Option<SocketAddr>>>,
     /// Connections piped to the leader from here: open now, and since start.
     pub current: AtomicU64,
     pub total: AtomicU64,
@@ -58,30 +61,34 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    /// Resolves every other member's `HOST:PORT` (a name that does not resolve now is never
-    /// forwarded to: its clients get `no leader`).
+    /// Resolves every other member's `HOST:PORT` in `peers` now (a name that does not resolve
+    /// then is never forwarded to: its clients get `no leader`); an address learned later is
+    /// resolved when first needed.
     pub fn new(status: Arc<Status>, peers: &BTreeMap<u64, String>) -> Forwarding {
-        let mut addresses = BTreeMap::new();
-        for (&id, address) in peers {
-            if id == status.node {
-                continue;
-            }
-            match address.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(resolved)) => {
-                    addresses.insert(id, resolved);
-                }
-                Ok(None) | Err(_) => {
-                    log::warn!("member {id} at {address} does not resolve: not forwarded to")
-                }
-            }
-        }
-        Forwarding {
+        let forwarding = Forwarding {
             status,
-            addresses,
+            resolved: Mutex::default(),
             current: AtomicU64::new(0),
             total: AtomicU64::new(0),
             received: AtomicU64::new(0),
+        };
+        for (&id, address) in peers {
+            if id != forwarding.status.node {
+                forwarding.resolve(address);
+            }
         }
+        forwarding
+    }
+
+    fn resolve(&self, address: &str) -> Option<SocketAddr> {
+        let mut resolved = self.resolved.lock();
+        *resolved.entry(address.to_string()).or_insert_with(|| {
+            let found = address.to_socket_addrs().ok().and_then(|mut a| a.next());
+            if found.is_none() {
+                log::warn!("member at {address} does not resolve: not forwarded to");
+            }
+            found
+        })
     }
 
     /// The leader this node knows (0: none).
@@ -99,7 +106,8 @@ impl Forwarding {
         if leader == 0 || leader == self.status.node {
             return None;
         }
-        self.addresses.get(&leader).copied()
+        let address = self.status.members().address(leader)?;
+        self.resolve(&address)
     }
 }
 
@@ -260,7 +268,15 @@ mod tests {
     use crate::replication::status::{Role, StatusView};
 
     fn knowing(node: u64, leader: u64) -> Forwarding {
-        let status = Arc::new(Status::new(node));
+        let peers: BTreeMap<u64, String> = [
+            (1, "127.0.0.1:7001"),
+            (2, "127.0.0.1:7002"),
+            (3, "nowhere.invalid:1"),
+        ]
+        .map(|(id, a)| (id, a.to_string()))
+        .into();
+        let members = crate::replication::members::Members::new(peers.clone());
+        let status = Arc::new(Status::with_members(node, Arc::new(members)));
         status.publish(&StatusView {
             node,
             role: Role::Follower,
@@ -273,14 +289,9 @@ mod tests {
             log_bytes: 0,
             snapshots_made: 0,
             snapshots_installed: 0,
+            voters: 3,
+            learners: 0,
         });
-        let peers = [
-            (1, "127.0.0.1:7001"),
-            (2, "127.0.0.1:7002"),
-            (3, "nowhere.invalid:1"),
-        ]
-        .map(|(id, a)| (id, a.to_string()))
-        .into();
         Forwarding::new(status, &peers)
     }
 

@@ -192,6 +192,7 @@ impl Cluster {
             timing: Timing::default(),
             log: self.log,
             join: false,
+            addresses: Default::default(),
         };
         member.disk.set(Disk::Open);
         let (power, disk) = (member.power.clone(), member.disk.clone());

@@ -6,7 +6,11 @@
 //! closed at once.
 //!
 //! A connection that opens with `SNAPSHOT_MARKER` carries a snapshot file from a member
-//! (`snapshot::receive`), one at a time.
+//! (`snapshot::receive`), one at a time. One that opens with `admin::ADMIN_MARKER` (or
+//! `ADMIN_FORWARDED_MARKER`) is `mqd cluster`'s (`admin::serve`).
+//!
+//! Who is a member is read from the node's published address map (`Status::members`) for each
+//! message, so a member added or removed online is let in or shut out at once.
 //!
 //! A connection that opens with [`FORWARD_MARKER`] (a frame length no raft frame can have) is a
 //! client connection another member forwards to this one (`crate::net::forward`): it is handed,
@@ -25,9 +29,12 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
+use super::admin::serve::{self as admin, AdminContext};
+use super::admin::{ADMIN_FORWARDED_MARKER, ADMIN_MARKER};
 use super::driver::Input;
 use super::frame;
 use super::snapshot::{receive, SNAPSHOT_MARKER};
+use super::status::Status;
 
 /// Incoming connections open at once, per peer.
 const CONNECTIONS_PER_PEER: usize = 4;
@@ -56,19 +63,35 @@ pub struct RaftListener {
     thread: Option<JoinHandle<()>>,
 }
 
-/// What a reader checks messages against.
+/// What a reader checks messages against: this node, and the members it knows now.
 struct Members {
     me: u64,
-    peers: BTreeSet<u64>,
+    status: Arc<Status>,
+}
+
+impl Members {
+    fn is_peer(&self, id: u64) -> bool {
+        id != self.me && self.status.members().contains(id)
+    }
+
+    fn peers(&self) -> BTreeSet<u64> {
+        let map = self.status.members().get();
+        map.keys().copied().filter(|&id| id != self.me).collect()
+    }
+
+    /// Incoming raft connections allowed at once.
+    fn most_connections(&self) -> usize {
+        CONNECTIONS_PER_PEER * self.peers().len().max(1)
+    }
 }
 
 impl RaftListener {
-    /// Listens on `address` for node `me`, whose peers are `peers`; snapshots are received
-    /// into `snapshots` (refused without it).
+    /// Listens on `address` for node `me`, whose peers are the members `status` publishes;
+    /// snapshots are received into `snapshots` (refused without it).
     pub fn start(
         address: &str,
         me: u64,
-        peers: BTreeSet<u64>,
+        status: Arc<Status>,
         inputs: Sender<Input>,
         clients: ClientHandoff,
         snapshots: Option<PathBuf>,
@@ -78,14 +101,12 @@ impl RaftListener {
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let open = Open::default();
-        let most = CONNECTIONS_PER_PEER * peers.len().max(1);
-        let members = Arc::new(Members { me, peers });
+        let members = Arc::new(Members { me, status });
         let thread = {
             let stop = stop.clone();
             let open = open.clone();
             let accepting = Accepting {
                 open,
-                most,
                 members,
                 inputs,
                 clients,
@@ -136,7 +157,6 @@ impl Drop for RaftListener {
 #[derive(Clone)]
 struct Accepting {
     open: Open,
-    most: usize,
     members: Arc<Members>,
     inputs: Sender<Input>,
     clients: ClientHandoff,
@@ -203,12 +223,22 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
         if let Err(e) = receive::receive(
             stream,
             members.me,
-            &members.peers,
+            &members.peers(),
             &accepting.inputs,
             dir,
             &accepting.receiving,
         ) {
             log::warn!("snapshot from {peer} not received: {e}");
+        }
+        return;
+    }
+    if first == ADMIN_MARKER || first == ADMIN_FORWARDED_MARKER {
+        let ctx = AdminContext {
+            status: accepting.members.status.clone(),
+            inputs: accepting.inputs.clone(),
+        };
+        if let Err(e) = admin::serve(stream, first == ADMIN_FORWARDED_MARKER, &ctx) {
+            log::info!("admin connection from {peer} closed: {e}");
         }
         return;
     }
@@ -224,11 +254,9 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     };
     {
         let mut open = accepting.open.lock().unwrap();
-        if open.len() >= accepting.most {
-            log::warn!(
-                "raft connection from {peer} refused: {} already open",
-                accepting.most
-            );
+        let most = accepting.members.most_connections();
+        if open.len() >= most {
+            log::warn!("raft connection from {peer} refused: {most} already open");
             return;
         }
         open.insert(key, clone);
@@ -249,7 +277,7 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
 fn read(stream: impl Read, members: &Members, inputs: &Sender<Input>) -> Result<(), String> {
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     while let Some(message) = frame::read(&mut reader).map_err(|e| e.to_string())? {
-        if message.to != members.me || !members.peers.contains(&message.from) {
+        if message.to != members.me || !members.is_peer(message.from) {
             return Err(format!(
                 "a message from {} to {}: not a member to this node",
                 message.from, message.to
@@ -269,6 +297,7 @@ mod tests {
 
     use raft::prelude::{Message, MessageType};
 
+    use super::super::members::Members as Addresses;
     use super::super::tcp::TcpTransport;
     use super::super::transport::Transport;
     use super::*;
@@ -280,6 +309,12 @@ mod tests {
         m.to = to;
         m.term = term;
         m
+    }
+
+    /// Node 2's status, knowing members 1 and 3 (at addresses nobody reads here).
+    fn status_of_2() -> Arc<Status> {
+        let map = [1, 2, 3].map(|id| (id, format!("127.0.0.1:{id}"))).into();
+        Arc::new(Status::with_members(2, Arc::new(Addresses::new(map))))
     }
 
     fn next_message(inputs: &crossbeam_channel::Receiver<Input>) -> Option<Message> {
@@ -297,7 +332,7 @@ mod tests {
         let mut listener = RaftListener::start(
             "127.0.0.1:0",
             2,
-            [1, 3].into(),
+            status_of_2(),
             to_node_2,
             ClientHandoff::default(),
             None,
@@ -340,7 +375,7 @@ mod tests {
         let _listener = RaftListener::start(
             &addr,
             2,
-            [1, 3].into(),
+            status_of_2(),
             to_node_2,
             ClientHandoff::default(),
             None,
@@ -366,7 +401,7 @@ mod tests {
             let _ = handed.send(stream);
         }));
         let listener =
-            RaftListener::start("127.0.0.1:0", 2, [1, 3].into(), to_node_2, clients, None).unwrap();
+            RaftListener::start("127.0.0.1:0", 2, status_of_2(), to_node_2, clients, None).unwrap();
         let addr = listener.address();
         // More forwarded clients than the raft peers may have connections.
         let mut sent = Vec::new();

@@ -14,6 +14,7 @@
 //!
 //! How it works and what step 4 needs: `docs/replication.md`.
 
+pub mod admin;
 mod apply;
 #[cfg(test)]
 mod cluster_tests;
@@ -24,6 +25,8 @@ pub mod driver;
 mod frame;
 pub mod keys;
 pub mod listener;
+pub mod members;
+mod membership;
 pub mod peers;
 mod ready;
 pub mod replica;
