@@ -506,8 +506,8 @@ impl RaftStorage {
 fn bootstrap(db: &DB, node_id: u64, founders: &[u64]) -> Result<(), StoreError> {
     if !founders.contains(&node_id) {
         return Err(StoreError::Refused(format!(
-            "node {node_id} is not among the founders {founders:?}: joining a running group \
-             is not supported yet"
+            "node {node_id} is not among the founders {founders:?}: a node added to a running \
+             group starts with --join (protocol-spec/cluster.md 7)"
         )));
     }
     let log = log_cf(db);
