@@ -3,7 +3,8 @@ makes a new node (started with `--join` on an empty directory) a learner that ca
 voter; `mqd cluster remove` takes a member out; a dead member is replaced (add the new one,
 then remove the dead one) while a producer writes; a restart of every member keeps the new
 membership (the stored map wins over `--cluster`); and the errors of cluster.md 7.3. The CLI is
-the real binary's; `status` is also read on the wire, as its spec says."""
+the real binary's, talking to a member's client port (memcache text `cluster …` lines) or, with
+`--peer`, to its replication address; `status` is also read on the wire there."""
 
 import shutil
 import socket
@@ -47,6 +48,10 @@ class Group:
         self.raft[node] = f"127.0.0.1:{free_port()}"
         self.servers[node] = self.start(node, self.spec(self.raft), join=True)
         return self.servers[node]
+
+    def client(self, node):
+        """Member `node`'s client address, where `mqd cluster` talks by default."""
+        return f"127.0.0.1:{self.servers[node].port}"
 
     def alive(self, exclude=()):
         return [s for n, s in self.servers.items() if n not in exclude and s.alive()]
@@ -147,7 +152,7 @@ def test_a_joined_node_catches_up_as_a_learner_then_votes_and_holds_every_messag
     new = group.join(4)
     assert stats(new)["cluster_voters"] == "0", "a joining node has no membership yet"
     follower = next(n for n in (1, 2, 3) if n != leader)
-    status, out, err = cli("add", "4", group.raft[4], "--addr", group.raft[follower])
+    status, out, err = cli("add", "4", group.raft[4], "--addr", group.client(follower))
     assert status == 0, (out, err)
     assert "node 4 added: a voter now" in out, out
     table = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
@@ -193,12 +198,12 @@ def test_a_removed_member_gets_nothing_the_rest_serve_and_restarts_keep_the_memb
     leader = group.leader()
     write(group.servers[leader], "q", [b"a-%d" % i for i in range(100)])
     group.join(4)
-    status, out, err = cli("add", "4", group.raft[4], "--addr", group.raft[leader])
+    status, out, err = cli("add", "4", group.raft[4], "--addr", group.client(leader))
     assert status == 0, (out, err)
 
     # Remove a follower: the other three keep serving; it gets no more entries.
     gone = next(n for n in (1, 2, 3) if n != leader)
-    status, out, err = cli("remove", str(gone), "--addr", group.raft[gone])
+    status, out, err = cli("remove", str(gone), "--addr", group.raft[gone], "--peer")
     assert status == 0, (out, err)
     assert f"node {gone} removed" in out
     rest = [n for n in (1, 2, 3, 4) if n != gone]
@@ -285,9 +290,9 @@ def test_a_dead_member_is_replaced_while_a_producer_writes_and_nothing_acknowled
     # The new member first, as a learner that becomes a voter (4 voters, 3 alive: a majority),
     # then the dead one out: the group never has fewer live voters than a majority.
     group.join(5)
-    status, out, err = cli("add", "5", group.raft[5], "--addr", group.raft[alive[1]])
+    status, out, err = cli("add", "5", group.raft[5], "--addr", group.client(alive[1]))
     assert status == 0, (out, err)
-    status, out, err = cli("remove", str(dead), "--addr", group.raft[alive[1]])
+    status, out, err = cli("remove", str(dead), "--addr", group.client(alive[1]))
     assert status == 0, (out, err)
     wait_members(group.raft[5], {alive[0]: "voter", alive[1]: "voter", 5: "voter"})
     time.sleep(0.5)
@@ -309,17 +314,17 @@ def test_a_dead_member_is_replaced_while_a_producer_writes_and_nothing_acknowled
 def test_changes_are_refused_with_a_reason_one_at_a_time(make_server):
     group = Group(make_server)
     leader = group.leader()
-    addr = group.raft[leader]
+    addr, client = group.raft[leader], group.client(leader)
     # Unknown command, bad lines, an unknown id, an existing id, a taken address.
     assert admin(addr, b"cluster")[-1].startswith("CLIENT_ERROR usage: ")
     assert admin(addr, b"bogus") == ["ERROR"]
     assert admin(addr, b"cluster add 0 127.0.0.1:1")[-1].startswith("CLIENT_ERROR ")
     assert admin(addr, b"cluster add 4 nowhere")[-1].startswith("CLIENT_ERROR ")
-    status, out, err = cli("remove", "9", "--addr", addr)
+    status, out, err = cli("remove", "9", "--addr", client)
     assert status == 1 and "CLIENT_ERROR node 9 is not a member" in err, (out, err)
-    status, out, err = cli("add", "2", "127.0.0.1:1", "--addr", addr)
+    status, out, err = cli("add", "2", "127.0.0.1:1", "--addr", client)
     assert status == 1 and "CLIENT_ERROR node 2 is already a member" in err, (out, err)
-    status, out, err = cli("add", "4", group.raft[1], "--addr", addr)
+    status, out, err = cli("add", "4", group.raft[1], "--addr", addr, "--peer")
     assert status == 1 and "CLIENT_ERROR " in err and "node 1's address" in err, (out, err)
 
     # A node that never starts stays a learner: the add times out, and a second change is
@@ -328,7 +333,7 @@ def test_changes_are_refused_with_a_reason_one_at_a_time(make_server):
     waiting = {}
 
     def add_nowhere():
-        waiting["result"] = cli("add", "4", nowhere, "--addr", addr, "--wait", "5")
+        waiting["result"] = cli("add", "4", nowhere, "--addr", client, "--wait", "5")
 
     adding = threading.Thread(target=add_nowhere)
     adding.start()
@@ -344,17 +349,47 @@ def test_changes_are_refused_with_a_reason_one_at_a_time(make_server):
     assert status == 1 and "SERVER_ERROR timeout: node 4 is not a voter yet" in err, (out, err)
     found, _ = members(addr)
     assert found[4][:2] == (nowhere, "learner"), found
-    status, out, err = cli("add", "5", f"127.0.0.1:{free_port()}", "--addr", addr)
+    status, out, err = cli("add", "5", f"127.0.0.1:{free_port()}", "--addr", client)
     assert status == 1 and "SERVER_ERROR busy: node 4 is a learner" in err, (out, err)
     # Giving up on it: removing the learner is allowed.
-    status, out, err = cli("remove", "4", "--addr", addr)
+    status, out, err = cli("remove", "4", "--addr", client)
     assert status == 0, (out, err)
     wait_members(addr, {1: "voter", 2: "voter", 3: "voter"})
 
     # Removing the leader itself: it hands the leadership on, and the CLI asks again.
-    status, out, err = cli("remove", str(leader), "--addr", addr)
+    status, out, err = cli("remove", str(leader), "--addr", client)
     assert status == 0, (out, err)
     rest = [n for n in (1, 2, 3) if n != leader]
     found, fields = wait_members(group.raft[rest[0]], {n: "voter" for n in rest})
     assert fields["LEADER"] in rest
     write(group.servers[rest[1]], "q", [b"still serving"])
+
+
+def test_cluster_lines_on_the_client_port_of_any_member_and_a_single_server(make_server):
+    group = Group(make_server)
+    leader = group.leader()
+    follower = next(n for n in (1, 2, 3) if n != leader)
+    # A follower's client port: a memcache text `cluster status` is answered by the leader
+    # (its progress figures), as on the admin connection; later lines on that connection too.
+    with group.servers[follower].mc() as c:
+        c.send(b"cluster status\r\n")
+        lines = []
+        while not lines or lines[-1] != b"END\r\n":
+            lines.append(c.read_line())
+        assert lines[0].startswith(b"MEMBER 1 " + group.raft[1].encode() + b" voter ")
+        assert b"LEADER %d\r\n" % leader in lines and b"NODE %d\r\n" % leader in lines
+        assert b" - " not in b"".join(lines), "the leader's figures"
+        c.send(b"cluster remove 9\r\n")
+        assert c.read_line() == b"CLIENT_ERROR node 9 is not a member\r\n"
+    # The CLI through a follower's client port, as an operator runs it.
+    status, out, err = cli("status", "--addr", group.client(follower))
+    assert status == 0, (out, err)
+    assert out.splitlines()[0].split() == ["NODE", "ADDRESS", "ROLE", "MATCHED", "LAG"]
+    assert f"leader {leader}, term " in out and f"(as node {leader} sees it)" in out
+    # A single server has no membership.
+    single = make_server(prime_wal=False)
+    with single.mc() as c:
+        assert c.cmd(b"cluster status") == b"ERROR\r\n"
+        assert c.cmd(b"version").startswith(b"VERSION ")
+    status, out, err = cli("status", "--addr", f"127.0.0.1:{single.port}")
+    assert status == 1 and "ERROR" in err, (out, err)

@@ -1,6 +1,7 @@
 //! `mqd cluster status|add|remove`: membership changes online (protocol-spec/cluster.md 7). It
-//! talks to any member's replication address (its `--cluster` entry) on an admin connection;
-//! that member passes a change on to the leader. `add` and `remove` wait until the change is
+//! sends one memcache text line (`cluster status`, …) to any member's client port (or, with
+//! `--peer`, opens an admin connection on its replication address); that member passes a
+//! change on to the leader. `add` and `remove` wait until the change is
 //! applied and print the new membership; a request nothing was done for (no leader yet, the
 //! leadership moving) is asked again until `--wait` runs out. Exit 0 on success, 1 otherwise.
 
@@ -36,9 +37,12 @@ enum Action {
 #[argh(subcommand, name = "status")]
 /// print every member: id, address, role, how far it has the log (as the leader sees it)
 struct Status {
-    /// a member's replication address (its --cluster entry), e.g. 10.0.0.1:7701
-    #[argh(option)]
+    /// a member's client address (default 127.0.0.1:22201)
+    #[argh(option, default = "String::from(\"127.0.0.1:22201\")")]
     addr: String,
+    /// the address is the member's replication address (its --cluster entry), not a client port
+    #[argh(switch)]
+    peer: bool,
 }
 
 #[derive(FromArgs)]
@@ -51,9 +55,12 @@ struct Add {
     /// its replication address, HOST:PORT
     #[argh(positional)]
     node_addr: String,
-    /// a member's replication address (its --cluster entry)
-    #[argh(option)]
+    /// a member's client address (default 127.0.0.1:22201)
+    #[argh(option, default = "String::from(\"127.0.0.1:22201\")")]
     addr: String,
+    /// the address is the member's replication address (its --cluster entry), not a client port
+    #[argh(switch)]
+    peer: bool,
     /// seconds to wait for the change (default 60)
     #[argh(option, default = "60")]
     wait: u64,
@@ -65,9 +72,12 @@ struct Add {
 struct Remove {
     #[argh(positional)]
     id: u64,
-    /// a member's replication address (its --cluster entry)
-    #[argh(option)]
+    /// a member's client address (default 127.0.0.1:22201)
+    #[argh(option, default = "String::from(\"127.0.0.1:22201\")")]
     addr: String,
+    /// the address is the member's replication address (its --cluster entry), not a client port
+    #[argh(switch)]
+    peer: bool,
     /// seconds to wait for the change (default 60)
     #[argh(option, default = "60")]
     wait: u64,
@@ -76,10 +86,11 @@ struct Remove {
 impl Cluster {
     pub fn run(&self) -> ExitCode {
         let wait = |secs: u64| Duration::from_secs(secs.clamp(1, MOST_WAIT.as_secs()));
-        let (addr, request) = match &self.action {
-            Action::Status(s) => (&s.addr, AdminRequest::Status),
+        let (addr, peer, request) = match &self.action {
+            Action::Status(s) => (&s.addr, s.peer, AdminRequest::Status),
             Action::Add(a) => (
                 &a.addr,
+                a.peer,
                 AdminRequest::Add {
                     id: a.id,
                     addr: a.node_addr.clone(),
@@ -88,13 +99,14 @@ impl Cluster {
             ),
             Action::Remove(r) => (
                 &r.addr,
+                r.peer,
                 AdminRequest::Remove {
                     id: r.id,
                     wait: wait(r.wait),
                 },
             ),
         };
-        match ask_until_answered(addr, &request) {
+        match ask_until_answered(addr, peer, &request) {
             Ok(Ok(view)) => {
                 match &request {
                     AdminRequest::Status => {}
@@ -118,14 +130,18 @@ impl Cluster {
 
 /// Asks, and asks again while the answer says nothing was done and to try later (`no leader`,
 /// `retry`) or the member cannot be reached, until the request's wait is over.
-fn ask_until_answered(addr: &str, request: &AdminRequest) -> Result<AdminReply, String> {
+fn ask_until_answered(
+    addr: &str,
+    peer: bool,
+    request: &AdminRequest,
+) -> Result<AdminReply, String> {
     let give_up = Instant::now()
         + match request {
             AdminRequest::Status => Duration::from_secs(5),
             AdminRequest::Add { wait, .. } | AdminRequest::Remove { wait, .. } => *wait,
         };
     loop {
-        let answer = ask(addr, request);
+        let answer = ask(addr, peer, request);
         let again = matches!(
             answer,
             Err(_) | Ok(Err(AdminError::NoLeader)) | Ok(Err(AdminError::Retry(_)))
@@ -137,11 +153,16 @@ fn ask_until_answered(addr: &str, request: &AdminRequest) -> Result<AdminReply, 
     }
 }
 
-/// One request on one admin connection.
-pub fn ask(addr: &str, request: &AdminRequest) -> Result<AdminReply, String> {
+/// One request on a connection of its own: to a client port, or (`peer`) an admin connection
+/// on a replication address.
+pub fn ask(addr: &str, peer: bool, request: &AdminRequest) -> Result<AdminReply, String> {
     let mut stream = connect_to(addr, Duration::from_secs(2))?;
     let _ = stream.set_read_timeout(Some(request.patience() + Duration::from_secs(10)));
-    let mut out = ADMIN_MARKER.to_vec();
+    let mut out = if peer {
+        ADMIN_MARKER.to_vec()
+    } else {
+        Vec::new()
+    };
     out.extend_from_slice(codec::request_line(request).as_bytes());
     stream.write_all(&out).map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use parking_lot::Mutex;
 
+use crate::replication::admin::ADMIN_MARKER;
 use crate::replication::status::Status;
 use crate::replication::tcp;
 use crate::replication::FORWARD_MARKER;
@@ -53,6 +54,8 @@ pub struct Forwarding {
     status: Arc<Status>,
     /// `HOST:PORT` -> what it resolved to (`None`: it did not).
     resolved: Mutex<HashMap<String, Option<SocketAddr>>>,
+    /// This member's replication address (its `--cluster` entry, where it listens), resolved.
+    own: Option<SocketAddr>,
     /// Connections piped to the leader from here: open now, and since start.
     pub current: AtomicU64,
     pub total: AtomicU64,
@@ -65,9 +68,14 @@ impl Forwarding {
     /// then is never forwarded to: its clients get `no leader`); an address learned later is
     /// resolved when first needed.
     pub fn new(status: Arc<Status>, peers: &BTreeMap<u64, String>) -> Forwarding {
+        let own = peers
+            .get(&status.node)
+            .and_then(|a| a.to_socket_addrs().ok())
+            .and_then(|mut a| a.next());
         let forwarding = Forwarding {
             status,
             resolved: Mutex::default(),
+            own,
             current: AtomicU64::new(0),
             total: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -94,6 +102,11 @@ impl Forwarding {
     /// The leader this node knows (0: none).
     pub fn leader(&self) -> u64 {
         self.status.view().leader
+    }
+
+    /// This member's own replication address, where `cluster …` goes (its admin side).
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.own
     }
 
     /// Where a queue command this node does not serve goes: the leader's address, if another
@@ -127,13 +140,16 @@ pub struct Upstream {
     started: Instant,
     /// The client's end of the stream was passed on (`shutdown(Write)`).
     shut: bool,
+    /// It goes to this member's admin side (`cluster …`), not to the leader.
+    pub admin: bool,
     /// The leader closed its side.
     pub closed: bool,
 }
 
 impl Upstream {
-    /// Starts connecting to the leader at `address` (non-blocking).
-    pub fn connect(address: SocketAddr) -> io::Result<Upstream> {
+    /// Starts connecting to the leader at `address` (non-blocking); with `admin`, to this
+    /// member's admin side there.
+    pub fn connect(address: SocketAddr, admin: bool) -> io::Result<Upstream> {
         let stream = TcpStream::connect(address)?;
         let _ = stream.set_nodelay(true);
         // A blocking read forwarded to a leader whose machine died must not wait forever.
@@ -142,11 +158,12 @@ impl Upstream {
             stream,
             to: address,
             registered: false,
-            to_leader: FORWARD_MARKER.to_vec(),
+            to_leader: if admin { ADMIN_MARKER } else { FORWARD_MARKER }.to_vec(),
             readable: true,
             connected: false,
             started: Instant::now(),
             shut: false,
+            admin,
             closed: false,
         })
     }
@@ -316,7 +333,7 @@ mod tests {
     #[test]
     fn an_upstream_sends_the_marker_first_and_holds_at_most_a_window() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut upstream = Upstream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut upstream = Upstream::connect(listener.local_addr().unwrap(), false).unwrap();
         let (mut leader, _) = listener.accept().unwrap();
         while !upstream.send().unwrap() {
             std::thread::sleep(Duration::from_millis(1));
