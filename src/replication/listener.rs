@@ -10,7 +10,10 @@
 //! `ADMIN_FORWARDED_MARKER`) is `mqd cluster`'s (`admin::serve`).
 //!
 //! Who is a member is read from the node's published address map (`Status::members`) for each
-//! message, so a member added or removed online is let in or shut out at once.
+//! message, so a member added or removed online is let in or shut out at once. A leader's
+//! messages (appends, heartbeats, snapshots) are let in from a node this one does not know yet:
+//! a member that was down while that node was added and became leader learns of it only from
+//! its log (`admits`).
 //!
 //! A connection that opens with [`FORWARD_MARKER`] (a frame length no raft frame can have) is a
 //! client connection another member forwards to this one (`crate::net::forward`): it is handed,
@@ -28,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use raft::prelude::Message;
 
 use super::admin::serve::{self as admin, AdminContext};
 use super::admin::{ADMIN_FORWARDED_MARKER, ADMIN_MARKER};
@@ -70,8 +74,8 @@ struct Members {
 }
 
 impl Members {
-    fn is_peer(&self, id: u64) -> bool {
-        id != self.me && self.status.members().contains(id)
+    fn admits(&self, message: &Message) -> bool {
+        admits(self.me, |id| self.status.members().contains(id), message)
     }
 
     fn peers(&self) -> BTreeSet<u64> {
@@ -222,8 +226,7 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
         let members = &accepting.members;
         if let Err(e) = receive::receive(
             stream,
-            members.me,
-            &members.peers(),
+            &|m| members.admits(m),
             &accepting.inputs,
             dir,
             &accepting.receiving,
@@ -273,11 +276,28 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     accepting.open.lock().unwrap().remove(&key);
 }
 
+/// Whether node `me` takes `message`: one to it, from a member (`known`); or, from a node it
+/// does not know, a leader's (an append, a heartbeat, a snapshot), which raft-rs checks against
+/// its term like any: a member that missed a node's addition while down must take the log from
+/// that node if it leads now, or never learn of it. A vote, or an answer, from a node it does
+/// not know (a removed member that never learned of its removal, still campaigning) is refused.
+fn admits(me: u64, known: impl Fn(u64) -> bool, message: &Message) -> bool {
+    use raft::prelude::MessageType::{MsgAppend, MsgHeartbeat, MsgSnapshot};
+    if message.to != me || message.from == me || message.from == 0 {
+        return false;
+    }
+    known(message.from)
+        || matches!(
+            message.get_msg_type(),
+            MsgAppend | MsgHeartbeat | MsgSnapshot
+        )
+}
+
 /// Until the peer closes, or the node stops.
 fn read(stream: impl Read, members: &Members, inputs: &Sender<Input>) -> Result<(), String> {
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     while let Some(message) = frame::read(&mut reader).map_err(|e| e.to_string())? {
-        if message.to != members.me || !members.is_peer(message.from) {
+        if !members.admits(&message) {
             return Err(format!(
                 "a message from {} to {}: not a member to this node",
                 message.from, message.to
@@ -346,12 +366,14 @@ mod tests {
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(5));
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(6));
 
-        // Garbage, then a message from a stranger: each closes its own connection only.
+        // Garbage, then a vote request from a stranger: each closes its own connection only.
         let mut garbage = std::net::TcpStream::connect(&addr).unwrap();
         garbage.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
         let mut stranger = std::net::TcpStream::connect(&addr).unwrap();
         let mut frame = Vec::new();
-        super::super::frame::encode(&heartbeat(9, 2, 7), &mut frame).unwrap();
+        let mut vote = heartbeat(9, 2, 7);
+        vote.set_msg_type(MessageType::MsgRequestVote);
+        super::super::frame::encode(&vote, &mut frame).unwrap();
         stranger.write_all(&frame).unwrap();
         for mut closed in [garbage, stranger] {
             closed
@@ -389,6 +411,55 @@ mod tests {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "never reconnected");
+        }
+    }
+
+    #[test]
+    fn a_leaders_messages_are_taken_from_a_node_not_known_yet_and_nothing_else() {
+        let known = |id: u64| id == 1 || id == 3;
+        let message = |kind, from, to| {
+            let mut m = heartbeat(from, to, 5);
+            m.set_msg_type(kind);
+            m
+        };
+        use MessageType::*;
+        for kind in [
+            MsgAppend,
+            MsgHeartbeat,
+            MsgSnapshot,
+            MsgRequestVote,
+            MsgAppendResponse,
+        ] {
+            assert!(
+                admits(2, known, &message(kind, 1, 2)),
+                "{kind:?} from a member"
+            );
+            assert!(
+                !admits(2, known, &message(kind, 1, 3)),
+                "{kind:?} to another node"
+            );
+            assert!(
+                !admits(2, known, &message(kind, 2, 2)),
+                "{kind:?} from itself"
+            );
+        }
+        for kind in [MsgAppend, MsgHeartbeat, MsgSnapshot] {
+            assert!(
+                admits(2, known, &message(kind, 4, 2)),
+                "a new leader's {kind:?}"
+            );
+        }
+        for kind in [
+            MsgRequestVote,
+            MsgRequestPreVote,
+            MsgAppendResponse,
+            MsgHeartbeatResponse,
+            MsgTimeoutNow,
+        ] {
+            assert!(
+                !admits(2, known, &message(kind, 4, 2)),
+                "{kind:?} from a stranger"
+            );
         }
     }
 
