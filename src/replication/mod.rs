@@ -7,10 +7,11 @@
 //! `listener` also takes the client connections other members forward to this one
 //! (`FORWARD_MARKER`) and hands them to the server (`ClientHandoff`), and snapshot transfers
 //! (`snapshot`: made, sent, received and installed when a follower needs entries the leader
-//! compacted away; `compaction` decides when a node drops the head of its log). The queue
-//! engine is not wired in yet: a node replicates opaque entries (plan step 4 makes them the
-//! engine's write batches). `mqd serve --node --cluster` runs a `Replica`: elections and
-//! heartbeats, its role and term in `stats`. Nothing here runs without `--cluster`.
+//! compacted away; `compaction` decides when a node drops the head of its log), and
+//! membership changes online (`membership` on the raft thread, `members` the address map the
+//! log carries, `admin` the `mqd cluster` requests). The state machine is the queue engine
+//! (`replica`): entries are its write batches. `mqd serve --node --cluster` runs a `Replica`.
+//! Nothing here runs without `--cluster`.
 //!
 //! How it works and what step 4 needs: `docs/replication.md`.
 
