@@ -302,12 +302,23 @@ def test_a_dead_member_is_replaced_while_a_producer_writes_and_nothing_acknowled
     # The new member first, as a learner that becomes a voter (4 voters, 3 alive: a majority),
     # then the dead one out: the group never has fewer live voters than a majority.
     group.join(5)
+
+    def acked_more_since(count):
+        """The producer's writes are acknowledged again after `count`: the group serves."""
+        deadline = time.monotonic() + PATIENCE
+        while len(producer.acked) <= count + 5:
+            assert time.monotonic() < deadline, (count, len(producer.acked), producer.errors)
+            time.sleep(0.02)
+        return len(producer.acked)
+
+    served = acked_more_since(len(producer.acked))
     status, out, err = cli("add", "5", group.raft[5], "--addr", group.client(alive[1]))
     assert status == 0, (out, err)
+    served = acked_more_since(served)
     status, out, err = cli("remove", str(dead), "--addr", group.client(alive[1]))
     assert status == 0, (out, err)
     wait_members(group.raft[5], {alive[0]: "voter", alive[1]: "voter", 5: "voter"})
-    time.sleep(0.5)
+    acked_more_since(served)
     producer.halt.set()
     producer.join(PATIENCE)
     assert len(producer.acked) > 20, (len(producer.acked), producer.errors)
