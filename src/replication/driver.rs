@@ -19,7 +19,7 @@ use super::admin::codec::{AdminReply, AdminRequest};
 use super::apply::{Applier, Outcome, Pending};
 use super::compaction::{self, LogLimits, LogState};
 use super::members::{Addresses, Members};
-use super::membership::Waiter;
+use super::membership::{Marks, Waiter};
 use super::slog_bridge;
 use super::snapshot::{self, Snapshots};
 use super::status::{Role, Status, StatusView};
@@ -164,6 +164,10 @@ pub(super) struct Driver {
     pub addresses: Addresses,
     /// An admin request waiting for its membership change (`membership`).
     pub(super) admin: Option<Waiter>,
+    /// The leader's log end a heartbeat or two ago, to judge a learner's lag (`membership`).
+    pub(super) marks: Marks,
+    /// A heartbeat interval.
+    pub(super) heartbeat: Duration,
     published: Option<StatusView>,
     /// Whether the applier was last told this node is the established leader.
     established: bool,
@@ -215,6 +219,8 @@ impl Node {
             status: status.clone(),
             addresses,
             admin: None,
+            marks: Marks::new(),
+            heartbeat: config.timing.tick * config.timing.heartbeat_ticks as u32,
             published: None,
             established: false,
             log_limits: config.log,

@@ -7,8 +7,11 @@
 //!
 //! - **add**: the node joins as a learner (`AddLearnerNode`): it gets the log or a snapshot and
 //!   counts for no quorum. The leader promotes every learner whose matched index is within
-//!   `CAUGHT_UP` entries of its last index (`AddNode`), at any pass where no change is pending:
-//!   a leader elected meanwhile promotes it too. The request waits until it is a voter.
+//!   `CAUGHT_UP` entries of its last index, or that holds what the leader's log held a
+//!   heartbeat interval or two ago (`Marks`: under a steady write rate its lag is the entries of
+//!   a round trip, which may be more than `CAUGHT_UP`), with `AddNode`, at any pass where no
+//!   change is pending: a leader elected meanwhile promotes it too. The request waits until it
+//!   is a voter.
 //! - **remove**: `RemoveNode`. The leader does not remove itself (raft-rs 0.7 leaves a removed
 //!   leader leading, untested): it hands its leadership to the most caught-up voter and answers
 //!   `retry`; asked again, the new leader removes it.
@@ -30,6 +33,39 @@ use super::peers::MOST_MEMBERS;
 /// A learner within this many entries of the leader's last index is made a voter: about what a
 /// heartbeat interval's appends carry, so as a voter it does not hold commits back.
 pub const CAUGHT_UP: u64 = 64;
+
+/// The leader's last index, sampled once per heartbeat interval: `previous` is what the log
+/// held one to two intervals ago (`u64::MAX` until two samples were taken).
+pub(super) struct Marks {
+    at: Instant,
+    mark: u64,
+    previous: u64,
+}
+
+impl Marks {
+    pub(super) fn new() -> Marks {
+        Marks {
+            at: Instant::now(),
+            mark: u64::MAX,
+            previous: u64::MAX,
+        }
+    }
+
+    /// Takes a sample of `last` if an `interval` passed since the last one.
+    fn sample(&mut self, now: Instant, interval: std::time::Duration, last: u64) {
+        if now.saturating_duration_since(self.at) >= interval {
+            self.previous = self.mark;
+            self.mark = last;
+            self.at = now;
+        }
+    }
+}
+
+/// Whether a learner that holds the log up to `matched` is caught up with a leader whose log
+/// ends at `last` and held `previous` a heartbeat interval or two ago.
+pub fn caught_up(matched: u64, last: u64, previous: u64) -> bool {
+    matched > 0 && (matched.saturating_add(CAUGHT_UP) >= last || matched >= previous)
+}
 
 /// An admin request waiting for its change.
 pub(super) struct Waiter {
@@ -263,14 +299,21 @@ impl Driver {
     /// The leader makes a learner whose log is close to its own a voter, one at a time.
     fn promote_caught_up(&mut self) {
         let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader || raft.has_pending_conf() {
+        if raft.state != StateRole::Leader {
+            // A later leadership samples its own log from scratch.
+            self.marks = Marks::new();
             return;
         }
         let last = raft.raft_log.last_index();
+        self.marks.sample(Instant::now(), self.heartbeat, last);
+        if raft.has_pending_conf() {
+            return;
+        }
+        let previous = self.marks.previous;
         let caught_up = raft.prs().conf().learners().iter().copied().find(|id| {
             raft.prs()
                 .get(*id)
-                .is_some_and(|p| p.matched > 0 && p.matched + CAUGHT_UP >= last)
+                .is_some_and(|p| caught_up(p.matched, last, previous))
         });
         let Some(id) = caught_up else {
             return;
@@ -372,6 +415,25 @@ mod tests {
             check_remove(&cs(&[1], &[4]), 1),
             Err(AdminError::Refused(_))
         ));
+    }
+
+    #[test]
+    fn a_learner_is_caught_up_within_64_entries_or_a_heartbeat_behind() {
+        assert!(!caught_up(0, 10, u64::MAX), "nothing received yet");
+        assert!(caught_up(36, 100, u64::MAX));
+        assert!(!caught_up(35, 100, u64::MAX));
+        // Steady writes: 500 entries behind, but holding what the leader had a beat ago.
+        assert!(caught_up(10_000, 10_500, 9_900));
+        assert!(!caught_up(9_000, 10_500, 9_900));
+        let beat = std::time::Duration::from_millis(100);
+        let mut marks = Marks::new();
+        let start = marks.at;
+        marks.sample(start, beat, 100);
+        assert_eq!(marks.previous, u64::MAX, "too soon: no sample");
+        marks.sample(start + beat, beat, 200);
+        assert_eq!(marks.previous, u64::MAX, "one sample");
+        marks.sample(start + beat * 2, beat, 300);
+        assert_eq!(marks.previous, 200, "what the log held a beat ago");
     }
 
     #[test]
