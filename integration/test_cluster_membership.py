@@ -356,7 +356,7 @@ def test_changes_are_refused_with_a_reason_one_at_a_time(make_server):
     waiting = {}
 
     def add_nowhere():
-        waiting["result"] = cli("add", "4", nowhere, "--addr", client, "--wait", "5")
+        waiting["result"] = cli("add", "4", nowhere, "--addr", client, "--wait", "8")
 
     adding = threading.Thread(target=add_nowhere)
     adding.start()
