@@ -306,6 +306,7 @@ impl Driver {
         for pending in std::mem::take(&mut self.pending) {
             self.applier.settled(pending.id, Outcome::Unknown);
         }
+        self.stopped_waiting();
     }
 
     /// The loop: inputs until the next tick is due, the tick, then whatever raft-rs has ready.

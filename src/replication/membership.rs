@@ -296,6 +296,17 @@ impl Driver {
         }
     }
 
+    /// The raft thread stops: a waiting request's change may be applied or not.
+    pub(super) fn stopped_waiting(&mut self) {
+        if let Some(waiter) = self.admin.take() {
+            let _ = waiter.reply.send(Err(AdminError::Unknown(
+                "this node stopped before the change was applied: it may be applied or not \
+                 (see cluster status)"
+                    .into(),
+            )));
+        }
+    }
+
     /// The leader makes a learner whose log is close to its own a voter, one at a time.
     fn promote_caught_up(&mut self) {
         let raft = &self.raw.raft;
