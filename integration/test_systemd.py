@@ -303,10 +303,14 @@ def assert_allowed_by_the_unit(traces):
 CLUSTER = "1=10.0.0.1:7701,2=10.0.0.2:7701,3=10.0.0.3:7701"
 
 
-def cluster_drop_in(node, cluster):
-    """The drop-in scripts/install-systemd writes for member `node` of `cluster`."""
+def cluster_drop_in(node, cluster, join=False):
+    """The drop-in scripts/install-systemd writes for member `node` of `cluster` (with `join`,
+    a node to add to a running group: `MQD_JOIN=1`)."""
     script = os.path.join(UNIT_DIR, "..", "install-systemd")
     env = dict(os.environ, MQD_NODE=str(node), MQD_CLUSTER=cluster)
+    env.pop("MQD_JOIN", None)
+    if join:
+        env["MQD_JOIN"] = "1"
     return subprocess.run([script, "--print-cluster-drop-in"], env=env, capture_output=True,
                           timeout=60, check=True).stdout.decode()
 
@@ -342,6 +346,9 @@ def test_the_cluster_drop_in_opens_the_network_to_the_members_only(tmp_path):
     assert settings["IPAddressAllow"] == ["10.0.0.1 10.0.0.2 10.0.0.3"]
     ipv6 = cluster_drop_in(1, "1=[fd00::1]:7701,2=[fd00::2]:7701,3=[fd00::3]:7701")
     assert "IPAddressAllow=fd00::1 fd00::2 fd00::3\n" in ipv6
+    joining = cluster_drop_in(4, CLUSTER + ",4=10.0.0.4:7701", join=True)
+    assert (f"ExecStart=/usr/local/bin/mqd serve --data-dir /var/lib/mqd --node 4 --cluster "
+            f"{CLUSTER},4=10.0.0.4:7701 --join\n") in joining
 
 
 def test_a_cluster_members_system_calls_are_allowed_by_the_unit(tmp_path, make_server):

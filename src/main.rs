@@ -1,10 +1,12 @@
 //! The `mqd` command: `serve` runs the server; `info`, `put` and `get` talk to a running one over
 //! the mqmq protocol for use from a shell; `top` watches one over HTTP; `repair` drops the
-//! messages a damaged table file made unreadable, with the server stopped.
+//! messages a damaged table file made unreadable, with the server stopped; `cluster` shows and
+//! changes a replicated group's membership.
 
 use std::process::ExitCode;
 
 use argh::FromArgs;
+use mqd::cli::cluster::Cluster;
 use mqd::cli::logging::{self, LogFormat};
 use mqd::cli::memcacheq_cli;
 use mqd::cli::process;
@@ -28,6 +30,7 @@ enum Command {
     Get(Get),
     Top(Top),
     Repair(Repair),
+    Cluster(Cluster),
 }
 
 #[derive(FromArgs)]
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
     }
     let command = match cli.command {
         Command::Repair(repair) => return repair.run(),
+        Command::Cluster(cluster) => return cluster.run(),
         command => command,
     };
     let result = match command {
@@ -117,7 +121,7 @@ fn main() -> ExitCode {
             Ok(Start::Run(plan)) => run(*plan),
             Err(e) => Err(e),
         },
-        Command::Repair(_) => Ok(()),
+        Command::Repair(_) | Command::Cluster(_) => Ok(()),
         Command::Info(info) => print_info(&info.addr),
         Command::Top(top) => mqd::cli::top::run(
             &top.addr,

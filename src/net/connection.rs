@@ -504,13 +504,13 @@ impl Connection {
                     command,
                     style,
                 } => {
-                    if let Some(leader) = pipe::forward_to(self, &command, ctx) {
+                    if let Some(route) = pipe::forward_to(self, &command, ctx) {
                         self.partial_since = None;
                         if self.commands.writes_pending() {
                             // Its earlier writes are answered here first.
                             return Stop::Waiting;
                         }
-                        pipe::start(self, leader, ctx);
+                        pipe::start(self, route, ctx);
                         return Stop::Input;
                     }
                     if commands::is_write(&command) && !self.admit_write(&command, ctx) {
@@ -765,15 +765,16 @@ impl Connection {
     /// The connection closes: its pipe (if any) is no longer counted.
     pub fn end_forwarding(&mut self, ctx: &Ctx) -> Option<Box<Upstream>> {
         let upstream = self.upstream.take()?;
-        if let Some(f) = &ctx.shared.forwarding {
+        if let (Some(f), false) = (&ctx.shared.forwarding, upstream.admin) {
             f.current.fetch_sub(1, Ordering::Relaxed);
         }
         Some(upstream)
     }
 
-    /// The leader its pipe goes to, if it is one (`forward`).
+    /// The leader its pipe goes to, if it is one (`forward`; a pipe to this member's admin
+    /// side is none).
     pub fn forwarded_to(&self) -> Option<SocketAddr> {
-        self.upstream.as_ref().map(|u| u.to)
+        self.upstream.as_ref().filter(|u| !u.admin).map(|u| u.to)
     }
 
     /// The leader's socket may have more to read.

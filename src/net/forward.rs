@@ -21,7 +21,7 @@
 //! server crashes, and a client that reconnects is forwarded to the next leader or told
 //! `no leader`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
+use parking_lot::Mutex;
 
+use crate::replication::admin::ADMIN_MARKER;
 use crate::replication::status::Status;
 use crate::replication::tcp;
 use crate::replication::FORWARD_MARKER;
@@ -45,11 +47,15 @@ pub const CONNECT_WITHIN: Duration = Duration::from_secs(1);
 /// long idle (then every second, three times), and the client's connection is closed.
 const LEADER_SILENT_FOR: Duration = Duration::from_secs(10);
 
-/// Where this node's queue commands go: the members' raft addresses (resolved once, at start)
+/// Where this node's queue commands go: the members' raft addresses (as the node publishes
+/// them, `Status::members`: a member added online is forwarded to too), each resolved once,
 /// and the leader this node knows; and the counts `stats` shows.
 pub struct Forwarding {
     status: Arc<Status>,
-    addresses: BTreeMap<u64, SocketAddr>,
+    /// `HOST:PORT` -> what it resolved to (`None`: it did not).
+    resolved: Mutex<HashMap<String, Option<SocketAddr>>>,
+    /// This member's replication address (its `--cluster` entry, where it listens), resolved.
+    own: Option<SocketAddr>,
     /// Connections piped to the leader from here: open now, and since start.
     pub current: AtomicU64,
     pub total: AtomicU64,
@@ -58,35 +64,49 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    /// Resolves every other member's `HOST:PORT` (a name that does not resolve now is never
-    /// forwarded to: its clients get `no leader`).
+    /// Resolves every other member's `HOST:PORT` in `peers` now (a name that does not resolve
+    /// then is never forwarded to: its clients get `no leader`); an address learned later is
+    /// resolved when first needed.
     pub fn new(status: Arc<Status>, peers: &BTreeMap<u64, String>) -> Forwarding {
-        let mut addresses = BTreeMap::new();
-        for (&id, address) in peers {
-            if id == status.node {
-                continue;
-            }
-            match address.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(resolved)) => {
-                    addresses.insert(id, resolved);
-                }
-                Ok(None) | Err(_) => {
-                    log::warn!("member {id} at {address} does not resolve: not forwarded to")
-                }
-            }
-        }
-        Forwarding {
+        let own = peers
+            .get(&status.node)
+            .and_then(|a| a.to_socket_addrs().ok())
+            .and_then(|mut a| a.next());
+        let forwarding = Forwarding {
             status,
-            addresses,
+            resolved: Mutex::default(),
+            own,
             current: AtomicU64::new(0),
             total: AtomicU64::new(0),
             received: AtomicU64::new(0),
+        };
+        for (&id, address) in peers {
+            if id != forwarding.status.node {
+                forwarding.resolve(address);
+            }
         }
+        forwarding
+    }
+
+    fn resolve(&self, address: &str) -> Option<SocketAddr> {
+        let mut resolved = self.resolved.lock();
+        *resolved.entry(address.to_string()).or_insert_with(|| {
+            let found = address.to_socket_addrs().ok().and_then(|mut a| a.next());
+            if found.is_none() {
+                log::warn!("member at {address} does not resolve: not forwarded to");
+            }
+            found
+        })
     }
 
     /// The leader this node knows (0: none).
     pub fn leader(&self) -> u64 {
         self.status.view().leader
+    }
+
+    /// This member's own replication address, where `cluster …` goes (its admin side).
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.own
     }
 
     /// Where a queue command this node does not serve goes: the leader's address, if another
@@ -99,7 +119,8 @@ impl Forwarding {
         if leader == 0 || leader == self.status.node {
             return None;
         }
-        self.addresses.get(&leader).copied()
+        let address = self.status.members().address(leader)?;
+        self.resolve(&address)
     }
 }
 
@@ -119,13 +140,16 @@ pub struct Upstream {
     started: Instant,
     /// The client's end of the stream was passed on (`shutdown(Write)`).
     shut: bool,
+    /// It goes to this member's admin side (`cluster …`), not to the leader.
+    pub admin: bool,
     /// The leader closed its side.
     pub closed: bool,
 }
 
 impl Upstream {
-    /// Starts connecting to the leader at `address` (non-blocking).
-    pub fn connect(address: SocketAddr) -> io::Result<Upstream> {
+    /// Starts connecting to the leader at `address` (non-blocking); with `admin`, to this
+    /// member's admin side there.
+    pub fn connect(address: SocketAddr, admin: bool) -> io::Result<Upstream> {
         let stream = TcpStream::connect(address)?;
         let _ = stream.set_nodelay(true);
         // A blocking read forwarded to a leader whose machine died must not wait forever.
@@ -134,11 +158,12 @@ impl Upstream {
             stream,
             to: address,
             registered: false,
-            to_leader: FORWARD_MARKER.to_vec(),
+            to_leader: if admin { ADMIN_MARKER } else { FORWARD_MARKER }.to_vec(),
             readable: true,
             connected: false,
             started: Instant::now(),
             shut: false,
+            admin,
             closed: false,
         })
     }
@@ -260,7 +285,15 @@ mod tests {
     use crate::replication::status::{Role, StatusView};
 
     fn knowing(node: u64, leader: u64) -> Forwarding {
-        let status = Arc::new(Status::new(node));
+        let peers: BTreeMap<u64, String> = [
+            (1, "127.0.0.1:7001"),
+            (2, "127.0.0.1:7002"),
+            (3, "nowhere.invalid:1"),
+        ]
+        .map(|(id, a)| (id, a.to_string()))
+        .into();
+        let members = crate::replication::members::Members::new(peers.clone());
+        let status = Arc::new(Status::with_members(node, Arc::new(members)));
         status.publish(&StatusView {
             node,
             role: Role::Follower,
@@ -273,14 +306,9 @@ mod tests {
             log_bytes: 0,
             snapshots_made: 0,
             snapshots_installed: 0,
+            voters: 3,
+            learners: 0,
         });
-        let peers = [
-            (1, "127.0.0.1:7001"),
-            (2, "127.0.0.1:7002"),
-            (3, "nowhere.invalid:1"),
-        ]
-        .map(|(id, a)| (id, a.to_string()))
-        .into();
         Forwarding::new(status, &peers)
     }
 
@@ -305,7 +333,7 @@ mod tests {
     #[test]
     fn an_upstream_sends_the_marker_first_and_holds_at_most_a_window() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut upstream = Upstream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut upstream = Upstream::connect(listener.local_addr().unwrap(), false).unwrap();
         let (mut leader, _) = listener.accept().unwrap();
         while !upstream.send().unwrap() {
             std::thread::sleep(Duration::from_millis(1));

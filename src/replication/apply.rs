@@ -77,11 +77,15 @@ pub(super) fn apply(driver: &mut Driver, entries: Vec<Entry>) -> Result<(), Stri
         }
     }
     driver.applier.finish(&mut batch);
+    let membership = conf_state.as_ref().map(|cs| (cs, &driver.addresses));
     driver
         .raw
         .mut_store()
-        .apply(batch, last_index, last_term, conf_state.as_ref())
+        .apply(batch, last_index, last_term, membership)
         .map_err(|e| format!("applying up to {last_index} failed: {e}"))?;
+    if conf_state.is_some() {
+        driver.members_changed();
+    }
     driver.raw.advance_apply_to(last_index);
     for entry in &entries {
         settle(driver, entry.index, entry.term);
@@ -92,20 +96,29 @@ pub(super) fn apply(driver: &mut Driver, entries: Vec<Entry>) -> Result<(), Stri
 /// A membership change; `None` if the entry is not one raft-rs accepts (then no node
 /// applies it: every node sees the same entry and the same membership before it).
 fn apply_conf_change(driver: &mut Driver, entry: &Entry) -> Option<raft::prelude::ConfState> {
-    let result = if entry.get_entry_type() == EntryType::EntryConfChange {
-        protobuf::Message::parse_from_bytes(&entry.data)
-            .map_err(|e| e.to_string())
-            .and_then(|cc: ConfChange| driver.raw.apply_conf_change(&cc).map_err(|e| e.to_string()))
+    let parsed = if entry.get_entry_type() == EntryType::EntryConfChange {
+        protobuf::Message::parse_from_bytes(&entry.data).map(|cc: ConfChange| v2(&cc))
     } else {
         protobuf::Message::parse_from_bytes(&entry.data)
-            .map_err(|e| e.to_string())
-            .and_then(|cc: ConfChangeV2| {
-                driver.raw.apply_conf_change(&cc).map_err(|e| e.to_string())
-            })
     };
+    let result = parsed
+        .map_err(|e| e.to_string())
+        .and_then(|cc: ConfChangeV2| {
+            let cs = driver
+                .raw
+                .apply_conf_change(&cc)
+                .map_err(|e| e.to_string())?;
+            Ok((cs, cc))
+        });
     match result {
-        Ok(cs) => {
-            log::info!("raft membership at {}: {cs:?}", entry.index);
+        Ok((cs, cc)) => {
+            // The new member's address came in the change: every member learns it here.
+            super::membership::update_addresses(&mut driver.addresses, &cc);
+            log::info!(
+                "raft membership at {}: {cs:?}, addresses {:?}",
+                entry.index,
+                driver.addresses
+            );
             Some(cs)
         }
         Err(e) => {
@@ -113,6 +126,14 @@ fn apply_conf_change(driver: &mut Driver, entry: &Entry) -> Option<raft::prelude
             None
         }
     }
+}
+
+/// A v1 change as the one-change v2 change raft-rs makes of it (`ConfChangeI`, which raft-rs
+/// does not export).
+fn v2(cc: &ConfChange) -> ConfChangeV2 {
+    let mut v2 = super::membership::conf_change(cc.get_change_type(), cc.node_id, None);
+    v2.context = cc.context.clone();
+    v2
 }
 
 fn settle(driver: &mut Driver, index: u64, term: u64) {

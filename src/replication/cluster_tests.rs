@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use raft::prelude::{Entry, Message, MessageType};
 use rocksdb::{WriteBatch, DB};
 
+use super::admin::codec::{AdminError, AdminReply, AdminRequest};
 use super::keys::STATE_CF;
 use super::snapshot;
 use super::status::Role;
@@ -135,6 +136,8 @@ struct Member {
 
 struct Cluster {
     ids: Vec<u64>,
+    /// Nodes started with `--join` (added to the group later).
+    joiners: BTreeSet<u64>,
     members: BTreeMap<u64, Member>,
     network: Network,
     settled_tx: Sender<(u64, u64, Outcome)>,
@@ -154,6 +157,7 @@ impl Cluster {
         let (settled_tx, settled) = crossbeam_channel::unbounded();
         let mut cluster = Cluster {
             ids: ids.to_vec(),
+            joiners: BTreeSet::new(),
             members: BTreeMap::new(),
             network: Network::default(),
             settled_tx,
@@ -161,20 +165,42 @@ impl Cluster {
             log,
         };
         for &id in ids {
-            let dir = TempDir::new("cluster");
-            let power = PowerCut::new(dir.path());
-            cluster.members.insert(
-                id,
-                Member {
-                    dir,
-                    power,
-                    disk: DiskGate::new(),
-                    running: None,
-                },
-            );
-            cluster.run(id);
+            cluster.add_member(id);
         }
         cluster
+    }
+
+    fn add_member(&mut self, id: u64) {
+        let dir = TempDir::new("cluster");
+        let power = PowerCut::new(dir.path());
+        self.members.insert(
+            id,
+            Member {
+                dir,
+                power,
+                disk: DiskGate::new(),
+                running: None,
+            },
+        );
+        self.run(id);
+    }
+
+    /// Starts node `id` as `--join` does, on an empty directory: a node to add.
+    fn join(&mut self, id: u64) {
+        self.joiners.insert(id);
+        self.ids.push(id);
+        self.add_member(id);
+    }
+
+    /// Asks node `id`'s raft thread, as an admin connection does.
+    fn admin(&self, id: u64, request: AdminRequest) -> AdminReply {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let patience = request.patience();
+        self.node(id)
+            .inputs()
+            .send(Input::Admin { request, reply })
+            .unwrap();
+        answer.recv_timeout(patience).expect("an answer")
     }
 
     /// Starts (or restarts) node `id` on its directory.
@@ -191,7 +217,8 @@ impl Cluster {
             founders: self.ids.clone(),
             timing: Timing::default(),
             log: self.log,
-            join: false,
+            join: self.joiners.contains(&id),
+            addresses: Default::default(),
         };
         member.disk.set(Disk::Open);
         let (power, disk) = (member.power.clone(), member.disk.clone());
@@ -682,4 +709,62 @@ fn a_follower_down_past_the_leaders_compaction_gets_a_snapshot_over_its_old_log(
     cluster.commit_all(551..=600);
     let values = cluster.converged();
     exactly_once(&values, 1..=600);
+}
+
+#[test]
+fn a_joiner_is_added_as_a_learner_then_a_voter_and_a_leader_removes_itself_by_handing_over() {
+    let mut cluster = Cluster::with_log(&[1, 2, 3], LogLimits::entries(16));
+    cluster.commit_all(1..=100);
+    cluster.join(4);
+    let add = |id| AdminRequest::Add {
+        id,
+        addr: format!("h:{id}"),
+        wait: PATIENCE,
+    };
+    let leader = cluster.wait_for_leader();
+    let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    assert_eq!(
+        cluster.admin(follower, add(4)),
+        Err(AdminError::NoLeader),
+        "only the leader changes the membership"
+    );
+    let view = cluster.admin(leader, add(4)).expect("added");
+    let voters: Vec<(u64, bool)> = view.members.iter().map(|m| (m.id, m.voter)).collect();
+    assert_eq!(voters, [(1, true), (2, true), (3, true), (4, true)]);
+    assert_eq!(
+        view.members[3].addr.as_deref(),
+        Some("h:4"),
+        "the address came with the change"
+    );
+    assert!(matches!(
+        cluster.admin(leader, add(4)),
+        Err(AdminError::Refused(_))
+    ));
+    // The new voter took a snapshot (the log was compacted) and then the log: it holds
+    // everything, and counts for commits.
+    cluster.commit_all(101..=200);
+    let values = cluster.converged();
+    assert_eq!(cluster.values(4), values);
+    exactly_once(&values, 1..=200);
+    assert_eq!(cluster.node(4).status().view().voters, 4);
+
+    // The leader asked to remove itself hands its leadership to another voter first.
+    let leader = cluster.wait_for_leader();
+    let remove = |id| AdminRequest::Remove { id, wait: PATIENCE };
+    assert!(matches!(
+        cluster.admin(leader, remove(leader)),
+        Err(AdminError::Retry(_))
+    ));
+    let next = cluster.wait_for("another leader", |c| c.leader().filter(|&l| l != leader));
+    let view = cluster.admin(next, remove(leader)).expect("removed");
+    assert!(view.members.iter().all(|m| m.id != leader && m.voter));
+    assert_eq!(view.members.len(), 3);
+    assert!(matches!(
+        cluster.admin(next, remove(leader)),
+        Err(AdminError::Refused(_))
+    ));
+    cluster.kill(leader);
+    cluster.ids.retain(|&id| id != leader);
+    cluster.commit_all(201..=250);
+    exactly_once(&cluster.converged(), 1..=250);
 }

@@ -15,8 +15,11 @@ use raft::prelude::Message;
 use raft::{RawNode, StateRole};
 use rocksdb::DB;
 
+use super::admin::codec::{AdminReply, AdminRequest};
 use super::apply::{Applier, Outcome, Pending};
 use super::compaction::{self, LogLimits, LogState};
+use super::members::{Addresses, Members};
+use super::membership::{Marks, Waiter};
 use super::slog_bridge;
 use super::snapshot::{self, Snapshots};
 use super::status::{Role, Status, StatusView};
@@ -55,6 +58,9 @@ pub struct NodeConfig {
     pub log: LogLimits,
     /// A new member joining a seeded group: no membership until a snapshot brings it.
     pub join: bool,
+    /// The members' replication addresses from `--cluster`: the map until a membership change
+    /// stores one (which then wins).
+    pub addresses: Addresses,
 }
 
 /// What makes the raft thread's writes durable: the engine's WAL fsync under `mqd serve`, so
@@ -91,6 +97,11 @@ pub enum Input {
     SnapshotSent {
         to: u64,
         done: bool,
+    },
+    /// An admin request (`mqd cluster`); the answer goes to `reply`.
+    Admin {
+        request: AdminRequest,
+        reply: Sender<AdminReply>,
     },
     Stop,
 }
@@ -148,7 +159,15 @@ pub(super) struct Driver {
     pub unsynced: VecDeque<Unsynced>,
     /// This node's proposals not yet applied, in log order.
     pub pending: VecDeque<Pending>,
-    status: Arc<Status>,
+    pub(super) status: Arc<Status>,
+    /// Every member's replication address, as applied here (`members`).
+    pub addresses: Addresses,
+    /// An admin request waiting for its membership change (`membership`).
+    pub(super) admin: Option<Waiter>,
+    /// The leader's log end a heartbeat or two ago, to judge a learner's lag (`membership`).
+    pub(super) marks: Marks,
+    /// A heartbeat interval.
+    pub(super) heartbeat: Duration,
     published: Option<StatusView>,
     /// Whether the applier was last told this node is the established leader.
     established: bool,
@@ -184,7 +203,12 @@ impl Node {
             .map_err(|e| format!("raft settings: {e}"))?;
         let raw = RawNode::new(&raft_config, storage, &slog_bridge::logger())
             .map_err(|e| format!("raft node {}: {e}", config.id))?;
-        let status = Arc::new(Status::new(config.id));
+        // The stored map wins over `--cluster` once a membership change stored one.
+        let addresses = raw.store().addresses().cloned().unwrap_or(config.addresses);
+        let status = Arc::new(Status::with_members(
+            config.id,
+            Arc::new(Members::new(addresses.clone())),
+        ));
         let mut driver = Driver {
             raw,
             transport,
@@ -193,11 +217,16 @@ impl Node {
             unsynced: VecDeque::new(),
             pending: VecDeque::new(),
             status: status.clone(),
+            addresses,
+            admin: None,
+            marks: Marks::new(),
+            heartbeat: config.timing.tick * config.timing.heartbeat_ticks as u32,
             published: None,
             established: false,
             log_limits: config.log,
             snapshots_installed: 0,
         };
+        driver.members_changed();
         driver.publish();
         let tick = config.timing.tick;
         let thread = std::thread::Builder::new()
@@ -277,6 +306,7 @@ impl Driver {
         for pending in std::mem::take(&mut self.pending) {
             self.applier.settled(pending.id, Outcome::Unknown);
         }
+        self.stopped_waiting();
     }
 
     /// The loop: inputs until the next tick is due, the tick, then whatever raft-rs has ready.
@@ -307,6 +337,7 @@ impl Driver {
             while self.raw.has_ready() {
                 super::ready::handle_ready(self)?;
             }
+            self.membership_pass();
             self.compact()?;
             self.publish();
         }
@@ -333,6 +364,7 @@ impl Driver {
                 self.raw.report_snapshot(to, status);
             }
             Input::Propose { id, data } => self.propose(id, data),
+            Input::Admin { request, reply } => self.admin(request, reply),
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
             Input::Synced(Synced::UpTo(number)) => self.synced(number),
             Input::Synced(Synced::Failed(e)) => return Err(e),
@@ -429,6 +461,13 @@ impl Driver {
         self.transport.send(messages);
     }
 
+    /// The address map changed (a membership change applied, a snapshot installed): the
+    /// transport's peers and the published map follow.
+    pub(super) fn members_changed(&mut self) {
+        self.transport.set_peers(&self.addresses);
+        self.status.members().set(self.addresses.clone());
+    }
+
     /// Compacts the log when it is over its limits (`compaction` says how far).
     fn compact(&mut self) -> Result<(), String> {
         let store = self.raw.store();
@@ -482,6 +521,8 @@ impl Driver {
             log_bytes: self.raw.store().log_size().1,
             snapshots_made: self.raw.store().snapshots_made(),
             snapshots_installed: self.snapshots_installed,
+            voters: raft.prs().conf().voters().ids().len() as u64,
+            learners: raft.prs().conf().learners().len() as u64,
         };
         let before = self.published.replace(view);
         if before.is_none_or(|b| (b.role, b.term, b.leader) != (view.role, view.term, view.leader))

@@ -12,7 +12,9 @@
 //! `meta` column family (the engine's; its own keys are `Q…`, `E…`, `N`, `W`), written with the
 //! state-machine writes of each applied batch, so a crash never separates them:
 //! - `A` -> the last applied entry: index and term;
-//! - `C` -> the `ConfState` as of `A`.
+//! - `C` -> the `ConfState` as of `A`;
+//! - `M` -> every member's replication address as of `A` (`members::encode`), written with the
+//!   first membership change (before it, `--cluster` is the map).
 
 /// Column family of the raft log (opened by the engine, after its own two).
 pub use crate::engine::RAFT_LOG_CF;
@@ -26,6 +28,7 @@ pub const NODE_ID_KEY: &[u8] = b"I";
 pub const INSTALLING_KEY: &[u8] = b"S";
 pub const APPLIED_KEY: &[u8] = b"A";
 pub const CONF_STATE_KEY: &[u8] = b"C";
+pub const ADDRESSES_KEY: &[u8] = b"M";
 
 /// The key of log entry `index`.
 pub fn entry_key(index: u64) -> [u8; 9] {

@@ -6,7 +6,14 @@
 //! closed at once.
 //!
 //! A connection that opens with `SNAPSHOT_MARKER` carries a snapshot file from a member
-//! (`snapshot::receive`), one at a time.
+//! (`snapshot::receive`), one at a time. One that opens with `admin::ADMIN_MARKER` (or
+//! `ADMIN_FORWARDED_MARKER`) is `mqd cluster`'s (`admin::serve`).
+//!
+//! Who is a member is read from the node's published address map (`Status::members`) for each
+//! message, so a member added or removed online is let in or shut out at once. A leader's
+//! messages (appends, heartbeats, snapshots) are let in from a node this one does not know yet:
+//! a member that was down while that node was added and became leader learns of it only from
+//! its log (`admits`).
 //!
 //! A connection that opens with [`FORWARD_MARKER`] (a frame length no raft frame can have) is a
 //! client connection another member forwards to this one (`crate::net::forward`): it is handed,
@@ -24,10 +31,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use raft::prelude::Message;
 
+use super::admin::serve::{self as admin, AdminContext};
+use super::admin::{ADMIN_FORWARDED_MARKER, ADMIN_MARKER};
 use super::driver::Input;
 use super::frame;
 use super::snapshot::{receive, SNAPSHOT_MARKER};
+use super::status::Status;
 
 /// Incoming connections open at once, per peer.
 const CONNECTIONS_PER_PEER: usize = 4;
@@ -56,19 +67,35 @@ pub struct RaftListener {
     thread: Option<JoinHandle<()>>,
 }
 
-/// What a reader checks messages against.
+/// What a reader checks messages against: this node, and the members it knows now.
 struct Members {
     me: u64,
-    peers: BTreeSet<u64>,
+    status: Arc<Status>,
+}
+
+impl Members {
+    fn admits(&self, message: &Message) -> bool {
+        admits(self.me, |id| self.status.members().contains(id), message)
+    }
+
+    fn peers(&self) -> BTreeSet<u64> {
+        let map = self.status.members().get();
+        map.keys().copied().filter(|&id| id != self.me).collect()
+    }
+
+    /// Incoming raft connections allowed at once.
+    fn most_connections(&self) -> usize {
+        CONNECTIONS_PER_PEER * self.peers().len().max(1)
+    }
 }
 
 impl RaftListener {
-    /// Listens on `address` for node `me`, whose peers are `peers`; snapshots are received
-    /// into `snapshots` (refused without it).
+    /// Listens on `address` for node `me`, whose peers are the members `status` publishes;
+    /// snapshots are received into `snapshots` (refused without it).
     pub fn start(
         address: &str,
         me: u64,
-        peers: BTreeSet<u64>,
+        status: Arc<Status>,
         inputs: Sender<Input>,
         clients: ClientHandoff,
         snapshots: Option<PathBuf>,
@@ -78,14 +105,12 @@ impl RaftListener {
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let open = Open::default();
-        let most = CONNECTIONS_PER_PEER * peers.len().max(1);
-        let members = Arc::new(Members { me, peers });
+        let members = Arc::new(Members { me, status });
         let thread = {
             let stop = stop.clone();
             let open = open.clone();
             let accepting = Accepting {
                 open,
-                most,
                 members,
                 inputs,
                 clients,
@@ -136,7 +161,6 @@ impl Drop for RaftListener {
 #[derive(Clone)]
 struct Accepting {
     open: Open,
-    most: usize,
     members: Arc<Members>,
     inputs: Sender<Input>,
     clients: ClientHandoff,
@@ -202,13 +226,22 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
         let members = &accepting.members;
         if let Err(e) = receive::receive(
             stream,
-            members.me,
-            &members.peers,
+            &|m| members.admits(m),
             &accepting.inputs,
             dir,
             &accepting.receiving,
         ) {
             log::warn!("snapshot from {peer} not received: {e}");
+        }
+        return;
+    }
+    if first == ADMIN_MARKER || first == ADMIN_FORWARDED_MARKER {
+        let ctx = AdminContext {
+            status: accepting.members.status.clone(),
+            inputs: accepting.inputs.clone(),
+        };
+        if let Err(e) = admin::serve(stream, first == ADMIN_FORWARDED_MARKER, &ctx) {
+            log::info!("admin connection from {peer} closed: {e}");
         }
         return;
     }
@@ -224,11 +257,9 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     };
     {
         let mut open = accepting.open.lock().unwrap();
-        if open.len() >= accepting.most {
-            log::warn!(
-                "raft connection from {peer} refused: {} already open",
-                accepting.most
-            );
+        let most = accepting.members.most_connections();
+        if open.len() >= most {
+            log::warn!("raft connection from {peer} refused: {most} already open");
             return;
         }
         open.insert(key, clone);
@@ -245,11 +276,28 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     accepting.open.lock().unwrap().remove(&key);
 }
 
+/// Whether node `me` takes `message`: one to it, from a member (`known`); or, from a node it
+/// does not know, a leader's (an append, a heartbeat, a snapshot), which raft-rs checks against
+/// its term like any: a member that missed a node's addition while down must take the log from
+/// that node if it leads now, or never learn of it. A vote, or an answer, from a node it does
+/// not know (a removed member that never learned of its removal, still campaigning) is refused.
+fn admits(me: u64, known: impl Fn(u64) -> bool, message: &Message) -> bool {
+    use raft::prelude::MessageType::{MsgAppend, MsgHeartbeat, MsgSnapshot};
+    if message.to != me || message.from == me || message.from == 0 {
+        return false;
+    }
+    known(message.from)
+        || matches!(
+            message.get_msg_type(),
+            MsgAppend | MsgHeartbeat | MsgSnapshot
+        )
+}
+
 /// Until the peer closes, or the node stops.
 fn read(stream: impl Read, members: &Members, inputs: &Sender<Input>) -> Result<(), String> {
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     while let Some(message) = frame::read(&mut reader).map_err(|e| e.to_string())? {
-        if message.to != members.me || !members.peers.contains(&message.from) {
+        if !members.admits(&message) {
             return Err(format!(
                 "a message from {} to {}: not a member to this node",
                 message.from, message.to
@@ -269,6 +317,7 @@ mod tests {
 
     use raft::prelude::{Message, MessageType};
 
+    use super::super::members::Members as Addresses;
     use super::super::tcp::TcpTransport;
     use super::super::transport::Transport;
     use super::*;
@@ -280,6 +329,12 @@ mod tests {
         m.to = to;
         m.term = term;
         m
+    }
+
+    /// Node 2's status, knowing members 1 and 3 (at addresses nobody reads here).
+    fn status_of_2() -> Arc<Status> {
+        let map = [1, 2, 3].map(|id| (id, format!("127.0.0.1:{id}"))).into();
+        Arc::new(Status::with_members(2, Arc::new(Addresses::new(map))))
     }
 
     fn next_message(inputs: &crossbeam_channel::Receiver<Input>) -> Option<Message> {
@@ -297,7 +352,7 @@ mod tests {
         let mut listener = RaftListener::start(
             "127.0.0.1:0",
             2,
-            [1, 3].into(),
+            status_of_2(),
             to_node_2,
             ClientHandoff::default(),
             None,
@@ -311,12 +366,14 @@ mod tests {
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(5));
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(6));
 
-        // Garbage, then a message from a stranger: each closes its own connection only.
+        // Garbage, then a vote request from a stranger: each closes its own connection only.
         let mut garbage = std::net::TcpStream::connect(&addr).unwrap();
         garbage.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
         let mut stranger = std::net::TcpStream::connect(&addr).unwrap();
         let mut frame = Vec::new();
-        super::super::frame::encode(&heartbeat(9, 2, 7), &mut frame).unwrap();
+        let mut vote = heartbeat(9, 2, 7);
+        vote.set_msg_type(MessageType::MsgRequestVote);
+        super::super::frame::encode(&vote, &mut frame).unwrap();
         stranger.write_all(&frame).unwrap();
         for mut closed in [garbage, stranger] {
             closed
@@ -340,7 +397,7 @@ mod tests {
         let _listener = RaftListener::start(
             &addr,
             2,
-            [1, 3].into(),
+            status_of_2(),
             to_node_2,
             ClientHandoff::default(),
             None,
@@ -358,6 +415,55 @@ mod tests {
     }
 
     #[test]
+    fn a_leaders_messages_are_taken_from_a_node_not_known_yet_and_nothing_else() {
+        let known = |id: u64| id == 1 || id == 3;
+        let message = |kind, from, to| {
+            let mut m = heartbeat(from, to, 5);
+            m.set_msg_type(kind);
+            m
+        };
+        use MessageType::*;
+        for kind in [
+            MsgAppend,
+            MsgHeartbeat,
+            MsgSnapshot,
+            MsgRequestVote,
+            MsgAppendResponse,
+        ] {
+            assert!(
+                admits(2, known, &message(kind, 1, 2)),
+                "{kind:?} from a member"
+            );
+            assert!(
+                !admits(2, known, &message(kind, 1, 3)),
+                "{kind:?} to another node"
+            );
+            assert!(
+                !admits(2, known, &message(kind, 2, 2)),
+                "{kind:?} from itself"
+            );
+        }
+        for kind in [MsgAppend, MsgHeartbeat, MsgSnapshot] {
+            assert!(
+                admits(2, known, &message(kind, 4, 2)),
+                "a new leader's {kind:?}"
+            );
+        }
+        for kind in [
+            MsgRequestVote,
+            MsgRequestPreVote,
+            MsgAppendResponse,
+            MsgHeartbeatResponse,
+            MsgTimeoutNow,
+        ] {
+            assert!(
+                !admits(2, known, &message(kind, 4, 2)),
+                "{kind:?} from a stranger"
+            );
+        }
+    }
+
+    #[test]
     fn a_forwarded_client_is_handed_over_with_its_bytes_and_takes_no_peer_slot() {
         let (to_node_2, node_2) = crossbeam_channel::bounded(64);
         let (handed, clients_in) = crossbeam_channel::unbounded();
@@ -366,7 +472,7 @@ mod tests {
             let _ = handed.send(stream);
         }));
         let listener =
-            RaftListener::start("127.0.0.1:0", 2, [1, 3].into(), to_node_2, clients, None).unwrap();
+            RaftListener::start("127.0.0.1:0", 2, status_of_2(), to_node_2, clients, None).unwrap();
         let addr = listener.address();
         // More forwarded clients than the raft peers may have connections.
         let mut sent = Vec::new();

@@ -7,13 +7,15 @@
 //! `listener` also takes the client connections other members forward to this one
 //! (`FORWARD_MARKER`) and hands them to the server (`ClientHandoff`), and snapshot transfers
 //! (`snapshot`: made, sent, received and installed when a follower needs entries the leader
-//! compacted away; `compaction` decides when a node drops the head of its log). The queue
-//! engine is not wired in yet: a node replicates opaque entries (plan step 4 makes them the
-//! engine's write batches). `mqd serve --node --cluster` runs a `Replica`: elections and
-//! heartbeats, its role and term in `stats`. Nothing here runs without `--cluster`.
+//! compacted away; `compaction` decides when a node drops the head of its log), and
+//! membership changes online (`membership` on the raft thread, `members` the address map the
+//! log carries, `admin` the `mqd cluster` requests). The state machine is the queue engine
+//! (`replica`): entries are its write batches. `mqd serve --node --cluster` runs a `Replica`.
+//! Nothing here runs without `--cluster`.
 //!
 //! How it works and what step 4 needs: `docs/replication.md`.
 
+pub mod admin;
 mod apply;
 #[cfg(test)]
 mod cluster_tests;
@@ -24,6 +26,8 @@ pub mod driver;
 mod frame;
 pub mod keys;
 pub mod listener;
+pub mod members;
+mod membership;
 pub mod peers;
 mod ready;
 pub mod replica;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::members::parse_member;
 use super::{LogLimits, Timing};
 
 /// This node and the group's members.
@@ -20,7 +21,7 @@ pub struct ClusterConfig {
 }
 
 /// Most members a group may have: Raft groups are 3 or 5; more only slows every commit.
-const MOST_MEMBERS: usize = 7;
+pub const MOST_MEMBERS: usize = 7;
 
 impl ClusterConfig {
     /// Checks `--node` and `--cluster` together (both or neither), `--raft-tick-ms`,
@@ -43,15 +44,8 @@ impl ClusterConfig {
         };
         let mut peers = BTreeMap::new();
         for member in spec.split(',') {
-            let bad = || format!("--cluster: {member:?} is not ID=HOST:PORT");
-            let (id, addr) = member.split_once('=').ok_or_else(bad)?;
-            let id: u64 = id.trim().parse().map_err(|_| bad())?;
-            let addr = addr.trim();
-            let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-            if id == 0 || host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(bad());
-            }
-            if peers.insert(id, addr.to_string()).is_some() {
+            let (id, addr) = parse_member(member).map_err(|e| format!("--cluster: {e}"))?;
+            if peers.insert(id, addr).is_some() {
                 return Err(format!("--cluster: node {id} is listed twice"));
             }
         }

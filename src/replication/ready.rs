@@ -28,6 +28,11 @@ pub(super) fn handle_ready(driver: &mut Driver) -> Result<(), String> {
             .map_err(|e| format!("installing a snapshot failed: {e}"))?;
         driver.applier.restored();
         driver.snapshots_installed += 1;
+        // The snapshot's address map (stored beside its membership) replaces this node's.
+        if let Some(addresses) = driver.raw.store().addresses() {
+            driver.addresses = addresses.clone();
+            driver.members_changed();
+        }
         snapshot = Some(ready.snapshot().get_metadata().index);
     }
     driver

@@ -6,7 +6,6 @@
 //! committed (the replies waiting for them go out) and when this node leads
 //! (`crate::engine`'s `cluster` module says what it does then).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use raft::prelude::Entry;
@@ -174,6 +173,7 @@ impl Replica {
                 timing: config.timing,
                 log: config.log,
                 join: config.join,
+                addresses: config.peers.clone(),
             },
             db,
             mailbox,
@@ -184,15 +184,10 @@ impl Replica {
             }),
             Box::new(EngineSync(engine.clone())),
         )?;
-        let peers: BTreeSet<u64> = config
-            .ids()
-            .into_iter()
-            .filter(|&id| id != config.node)
-            .collect();
         let listener = RaftListener::start(
             config.own_address(),
             config.node,
-            peers,
+            node.status().clone(),
             inputs,
             clients,
             Some(snapshot_dir),

@@ -3,8 +3,11 @@
 //! without touching the `RawNode` (which only the raft thread may).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 
 use raft::StateRole;
+
+use super::members::Members;
 
 /// A node's role, as `stats` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +69,10 @@ pub struct Status {
     log_bytes: AtomicU64,
     snapshots_made: AtomicU64,
     snapshots_installed: AtomicU64,
+    voters: AtomicU64,
+    learners: AtomicU64,
+    /// Every member's replication address, as this node last applied it.
+    members: Arc<Members>,
 }
 
 /// A copy of a `Status` at one moment.
@@ -85,12 +92,24 @@ pub struct StatusView {
     /// Snapshot files this node made for followers, and snapshots it installed, since start.
     pub snapshots_made: u64,
     pub snapshots_installed: u64,
+    /// Members in this node's membership: voters, and learners catching up.
+    pub voters: u64,
+    pub learners: u64,
 }
 
 impl Status {
     pub fn new(node: u64) -> Status {
         Status {
             node,
+            ..Default::default()
+        }
+    }
+
+    /// A node whose members' addresses are published in `members`.
+    pub fn with_members(node: u64, members: Arc<Members>) -> Status {
+        Status {
+            node,
+            members,
             ..Default::default()
         }
     }
@@ -108,6 +127,13 @@ impl Status {
             .store(view.snapshots_made, Ordering::Relaxed);
         self.snapshots_installed
             .store(view.snapshots_installed, Ordering::Relaxed);
+        self.voters.store(view.voters, Ordering::Relaxed);
+        self.learners.store(view.learners, Ordering::Relaxed);
+    }
+
+    /// The members' addresses.
+    pub fn members(&self) -> &Arc<Members> {
+        &self.members
     }
 
     pub fn stopped(&self) {
@@ -128,6 +154,8 @@ impl Status {
             log_bytes: self.log_bytes.load(Ordering::Relaxed),
             snapshots_made: self.snapshots_made.load(Ordering::Relaxed),
             snapshots_installed: self.snapshots_installed.load(Ordering::Relaxed),
+            voters: self.voters.load(Ordering::Relaxed),
+            learners: self.learners.load(Ordering::Relaxed),
         }
     }
 }

@@ -23,9 +23,11 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use super::keys::{
-    decode_position, encode_position, entry_index, entry_key, APPLIED_KEY, CONF_STATE_KEY,
-    HARD_STATE_KEY, INSTALLING_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF, TRUNCATED_KEY,
+    decode_position, encode_position, entry_index, entry_key, ADDRESSES_KEY, APPLIED_KEY,
+    CONF_STATE_KEY, HARD_STATE_KEY, INSTALLING_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF,
+    TRUNCATED_KEY,
 };
+use super::members::{self, Addresses};
 use super::snapshot::{self, install, Snapshots};
 
 /// Index and term of the entry the founders start after.
@@ -73,6 +75,8 @@ pub struct RaftStorage {
     node_id: u64,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The members' addresses as of `applied`; `None` until a membership change stored them.
+    addresses: Option<Addresses>,
     /// Index and term of the last entry compacted away: the log starts after it.
     truncated: (u64, u64),
     /// Index of the last entry in the log (`truncated.0` when it is empty).
@@ -207,6 +211,7 @@ impl RaftStorage {
             Some(bytes) => decode("membership", &bytes)?,
             None => return Err(StoreError::Corrupt("a snapshot with no membership".into())),
         };
+        let addresses = read_addresses(&self.db)?;
         let mut hard_state = self.hard_state.clone();
         hard_state.term = hard_state.term.max(term);
         hard_state.commit = hard_state.commit.max(index);
@@ -220,6 +225,10 @@ impl RaftStorage {
         install::write_durably(&self.db, batch)?;
         self.hard_state = hard_state;
         self.conf_state = conf_state;
+        // A snapshot made before any membership change holds no map: this node's stays.
+        if addresses.is_some() {
+            self.addresses = addresses;
+        }
         self.truncated = (index, term);
         self.last_index = index;
         self.applied = (index, term);
@@ -248,6 +257,7 @@ impl RaftStorage {
             Some(bytes) => decode("membership", &bytes)?,
             None => return Err(StoreError::Corrupt("no membership".into())),
         };
+        let addresses = read_addresses(&db)?;
         // The last entry: the greatest `L` key, if any is past the compaction point.
         let mut last_index = truncated.0;
         let last_key = db
@@ -265,6 +275,7 @@ impl RaftStorage {
             node_id,
             hard_state,
             conf_state,
+            addresses,
             truncated,
             last_index,
             applied,
@@ -321,6 +332,11 @@ impl RaftStorage {
 
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
+    }
+
+    /// The members' addresses stored with the membership, if a change ever stored them.
+    pub fn addresses(&self) -> Option<&Addresses> {
+        self.addresses.as_ref()
     }
 
     /// The first and last index in the log (first = last + 1 when it is empty).
@@ -390,13 +406,14 @@ impl RaftStorage {
     }
 
     /// Writes `batch` (what committed entries up to `index`, of `term`, do to the state
-    /// machine) with the applied index and, after a membership change, the new membership.
+    /// machine) with the applied index and, after a membership change, the new membership and
+    /// the members' addresses.
     pub fn apply(
         &mut self,
         mut batch: WriteBatch,
         index: u64,
         term: u64,
-        conf_state: Option<&ConfState>,
+        conf_state: Option<(&ConfState, &Addresses)>,
     ) -> Result<(), StoreError> {
         if index < self.applied.0 || index > self.hard_state.commit {
             return Err(StoreError::Refused(format!(
@@ -406,13 +423,15 @@ impl RaftStorage {
         }
         let state = state_cf(&self.db);
         batch.put_cf(state, APPLIED_KEY, encode_position(index, term));
-        if let Some(cs) = conf_state {
+        if let Some((cs, addresses)) = conf_state {
             batch.put_cf(state, CONF_STATE_KEY, encode(cs));
+            batch.put_cf(state, ADDRESSES_KEY, members::encode(addresses));
         }
         self.db.write(batch)?;
         self.applied = (index, term);
-        if let Some(cs) = conf_state {
+        if let Some((cs, addresses)) = conf_state {
             self.conf_state = cs.clone();
+            self.addresses = Some(addresses.clone());
         }
         Ok(())
     }
@@ -487,8 +506,8 @@ impl RaftStorage {
 fn bootstrap(db: &DB, node_id: u64, founders: &[u64]) -> Result<(), StoreError> {
     if !founders.contains(&node_id) {
         return Err(StoreError::Refused(format!(
-            "node {node_id} is not among the founders {founders:?}: joining a running group \
-             is not supported yet"
+            "node {node_id} is not among the founders {founders:?}: a node added to a running \
+             group starts with --join (protocol-spec/cluster.md 7)"
         )));
     }
     let log = log_cf(db);
@@ -529,6 +548,16 @@ fn bootstrap_joiner(db: &DB, node_id: u64) -> Result<(), StoreError> {
     batch.put_cf(log, NODE_ID_KEY, node_id.to_be_bytes());
     install::write_durably(db, batch)?;
     Ok(())
+}
+
+/// The stored address map (`M`), if any.
+fn read_addresses(db: &DB) -> Result<Option<Addresses>, StoreError> {
+    match db.get_cf(state_cf(db), ADDRESSES_KEY)? {
+        Some(bytes) => members::decode(&bytes)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt("members' addresses".into())),
+        None => Ok(None),
+    }
 }
 
 fn log_cf(db: &DB) -> &rocksdb::ColumnFamily {

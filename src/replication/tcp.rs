@@ -33,7 +33,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const PEER_SILENT_FOR: Duration = Duration::from_secs(5);
 
 pub struct TcpTransport {
-    queues: HashMap<u64, Sender<Message>>,
+    me: u64,
+    /// Each peer's address and its writer's queue (dropping it ends the writer).
+    queues: HashMap<u64, (String, Sender<Message>)>,
+    inputs: Sender<Input>,
     /// Where `MsgSnapshot`s go (their files need a connection of their own).
     snapshots: Option<SnapshotSender>,
 }
@@ -46,28 +49,35 @@ impl TcpTransport {
         peers: &std::collections::BTreeMap<u64, String>,
         inputs: Sender<Input>,
     ) -> Result<TcpTransport, String> {
-        let mut queues = HashMap::new();
-        for (&id, addr) in peers.iter().filter(|(&id, _)| id != me) {
-            let (sender, receiver) = crossbeam_channel::bounded(QUEUE);
-            let writer = Writer {
-                peer: id,
-                addr: addr.clone(),
-                inputs: inputs.clone(),
-                stream: None,
-                retry_at: Instant::now(),
-                down: false,
-                buffer: Vec::new(),
-            };
-            std::thread::Builder::new()
-                .name(format!("raft-to-{id}"))
-                .spawn(move || writer.run(receiver))
-                .map_err(|e| format!("cannot start a raft writer thread: {e}"))?;
-            queues.insert(id, sender);
-        }
-        Ok(TcpTransport {
-            queues,
+        let mut transport = TcpTransport {
+            me,
+            queues: HashMap::new(),
+            inputs,
             snapshots: None,
-        })
+        };
+        for (&id, addr) in peers.iter().filter(|(&id, _)| id != me) {
+            transport.start_writer(id, addr)?;
+        }
+        Ok(transport)
+    }
+
+    fn start_writer(&mut self, id: u64, addr: &str) -> Result<(), String> {
+        let (sender, receiver) = crossbeam_channel::bounded(QUEUE);
+        let writer = Writer {
+            peer: id,
+            addr: addr.to_string(),
+            inputs: self.inputs.clone(),
+            stream: None,
+            retry_at: Instant::now(),
+            down: false,
+            buffer: Vec::new(),
+        };
+        std::thread::Builder::new()
+            .name(format!("raft-to-{id}"))
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| format!("cannot start a raft writer thread: {e}"))?;
+        self.queues.insert(id, (addr.to_string(), sender));
+        Ok(())
     }
 
     /// Sends snapshots through `sender`; without one they are dropped.
@@ -87,13 +97,30 @@ impl Transport for TcpTransport {
                 }
                 continue;
             }
-            let Some(queue) = self.queues.get(&message.to) else {
+            let Some((_, queue)) = self.queues.get(&message.to) else {
                 log::debug!("raft message to unknown node {} dropped", message.to);
                 continue;
             };
             if let Err(TrySendError::Full(m)) = queue.try_send(message) {
                 log::debug!("raft queue to node {} full: message dropped", m.to);
             }
+        }
+    }
+
+    fn set_peers(&mut self, peers: &std::collections::BTreeMap<u64, String>) {
+        // A peer gone, or moved: its writer ends once its queue is dropped.
+        self.queues
+            .retain(|id, (addr, _)| peers.get(id).is_some_and(|a| a == addr));
+        for (&id, addr) in peers {
+            if id != self.me && !self.queues.contains_key(&id) {
+                log::info!("raft peer {id} at {addr}: sending to it from now on");
+                if let Err(e) = self.start_writer(id, addr) {
+                    log::error!("raft peer {id}: {e}");
+                }
+            }
+        }
+        if let Some(sender) = &self.snapshots {
+            sender.set_peers(peers);
         }
     }
 }

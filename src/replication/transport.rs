@@ -7,4 +7,8 @@ use raft::prelude::Message;
 pub trait Transport: Send + 'static {
     /// Sends `messages` (each names its destination in `to`) in order, without blocking.
     fn send(&mut self, messages: Vec<Message>);
+
+    /// The members' addresses changed (id -> `HOST:PORT`, this node's included): reach the
+    /// new ones, stop sending to those gone.
+    fn set_peers(&mut self, _peers: &super::members::Addresses) {}
 }

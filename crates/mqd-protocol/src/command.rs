@@ -39,6 +39,10 @@ pub enum Command {
     /// Answer at once, after every earlier request's reply (meta `mn`, binary NOOP): how a
     /// client that pipelined quiet requests learns they are all done.
     Noop,
+    /// memcache `cluster …`: a membership request of a replicated group (protocol-spec/cluster.md
+    /// 7). Its words are not parsed here: the connection is handed, from this line on, to the
+    /// member's admin side, which reads its lines.
+    Cluster,
 }
 
 /// The body of a `set`/`Put`.

@@ -62,6 +62,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parsed {
                 b"version" if args.is_empty() => Ok(Command::Version),
                 b"verbosity" => parse_verbosity(args),
                 b"quit" if args.is_empty() => Ok(Command::Quit),
+                b"cluster" => Ok(Command::Cluster),
                 _ => Err(ErrorKind::UnknownCommand),
             }
         }

@@ -227,6 +227,10 @@ fn other_commands() {
         }
     );
     assert_eq!(command(b"quit\r\n").1, Command::Quit);
+    // Its words are the admin side's to read (protocol-spec/cluster.md 7).
+    assert_eq!(command(b"cluster status\r\n").1, Command::Cluster);
+    assert_eq!(command(b"cluster add 4 h:1\r\n").1, Command::Cluster);
+    assert_eq!(command(b"cluster\r\n").1, Command::Cluster);
     for unknown in [
         &b"stats items\r\n"[..],
         b"flush_all now\r\n",

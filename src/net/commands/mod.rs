@@ -64,6 +64,7 @@ pub(super) fn execute(
         }
         Command::Quit => connection_control::quit(style, client),
         Command::Noop => connection_control::noop(style, client),
+        Command::Cluster => connection_control::cluster(style, client, ctx),
     }
 }
 
@@ -73,6 +74,12 @@ pub(super) fn is_write(command: &Command) -> bool {
         command,
         Command::Set(_) | Command::Delete { .. } | Command::Flush { .. } | Command::FlushAll { .. }
     )
+}
+
+/// `cluster …` (protocol-spec/cluster.md 7): under `--cluster` the connection becomes a pipe to
+/// this member's admin side (`super::forward`); answered here only when that fails.
+pub(super) fn is_admin_command(command: &Command) -> bool {
+    matches!(command, Command::Cluster)
 }
 
 /// Commands on the queues, which a member that does not serve forwards to the leader

@@ -24,31 +24,49 @@ use crate::protocol::Command;
 /// have their turn (as `DRIVE_SHARE` for replies): it goes on in the loop's next pass.
 const PUMP_SHARE: usize = 256 << 10;
 
+/// Where a connection's bytes go from a command on.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Route {
+    /// The leader's client side (`FORWARD_MARKER`).
+    Leader(SocketAddr),
+    /// This member's admin side (`ADMIN_MARKER`), for `cluster …` (protocol-spec/cluster.md 7):
+    /// it passes a change on to the leader itself.
+    Admin(SocketAddr),
+}
+
 /// Where `command` goes, if not to this node: the leader, when this is a queue command, this
 /// node does not serve, knows another member leads, and the connection did not arrive
-/// forwarded. One branch when not under `--cluster`.
-pub(super) fn forward_to(
-    conn: &mut Connection,
-    command: &Command,
-    ctx: &Ctx,
-) -> Option<SocketAddr> {
+/// forwarded; this member's admin side for `cluster …`. One branch when not under
+/// `--cluster`.
+pub(super) fn forward_to(conn: &mut Connection, command: &Command, ctx: &Ctx) -> Option<Route> {
     let forwarding = ctx.shared.forwarding.as_ref()?;
+    if commands::is_admin_command(command) {
+        if std::mem::take(&mut conn.answer_locally) {
+            return None;
+        }
+        return forwarding.admin_address().map(Route::Admin);
+    }
     if !commands::is_queue_command(command) || ctx.shared.engine.serving() {
         return None;
     }
     if std::mem::take(&mut conn.answer_locally) {
         return None;
     }
-    forwarding.route(conn.forwarded)
+    forwarding.route(conn.forwarded).map(Route::Leader)
 }
 
-/// Becomes a pipe to the leader at `address`, from the request at the front of the input
-/// on; the loop drives it again if the leader has not accepted it in time.
-pub(super) fn start(conn: &mut Connection, address: SocketAddr, ctx: &mut Ctx) {
-    match Upstream::connect(address) {
+/// Becomes a pipe to the leader (or the admin side) `route` names, from the request at the
+/// front of the input on; the loop drives it again if it has not accepted it in time. Only
+/// pipes to the leader are counted as forwarded connections.
+pub(super) fn start(conn: &mut Connection, route: Route, ctx: &mut Ctx) {
+    let (address, admin) = match route {
+        Route::Leader(address) => (address, false),
+        Route::Admin(address) => (address, true),
+    };
+    match Upstream::connect(address, admin) {
         Ok(upstream) => {
             conn.upstream = Some(Box::new(upstream));
-            if let Some(f) = &ctx.shared.forwarding {
+            if let (Some(f), false) = (&ctx.shared.forwarding, admin) {
                 f.current.fetch_add(1, Ordering::Relaxed);
             }
             *ctx.next_wait_id += 1;
@@ -123,7 +141,7 @@ pub(super) fn pump(conn: &mut Connection, ctx: &mut Ctx) -> bool {
             Ok(())
         })();
         let (connected, closed) = (upstream.connected, upstream.closed);
-        if connected && !was_connected {
+        if connected && !was_connected && !upstream.admin {
             if let Some(f) = &ctx.shared.forwarding {
                 f.total.fetch_add(1, Ordering::Relaxed);
             }

@@ -115,8 +115,8 @@ pub fn general(shared: &Shared) -> Vec<(String, String)> {
 }
 
 /// Under `--cluster`: this node's id and role, the leader it knows (0: none), the term, the
-/// commit index, and what its raft log holds (compaction bounds it).
-fn cluster_stats(view: &StatusView) -> [(String, String); 10] {
+/// commit index, what its raft log holds (compaction bounds it), and its membership.
+fn cluster_stats(view: &StatusView) -> [(String, String); 12] {
     let entries = (view.last_index + 1).saturating_sub(view.first_index);
     [
         ("cluster_node".into(), view.node.to_string()),
@@ -138,6 +138,8 @@ fn cluster_stats(view: &StatusView) -> [(String, String); 10] {
             "cluster_snapshots_installed".into(),
             view.snapshots_installed.to_string(),
         ),
+        ("cluster_voters".into(), view.voters.to_string()),
+        ("cluster_learners".into(), view.learners.to_string()),
     ]
 }
 

@@ -5,7 +5,6 @@
 //! `install`), and the sender hears `ACCEPTED`. One at a time; a length over the free disk space
 //! is refused before a byte is written.
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
@@ -14,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use raft::prelude::MessageType;
+use raft::prelude::{Message, MessageType};
 
 use super::format::{Crc32, ACCEPTED};
 use super::{decode_snapshot_data, received_path, sync_dir};
@@ -27,12 +26,12 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Free space left on the disk after a received file, at least.
 const DISK_MARGIN: u64 = 64 << 20;
 
-/// Receives one snapshot on `stream` (its marker already read) for node `me` from one of
-/// `peers`, into `dir`; `busy` allows one transfer at a time.
+/// Receives one snapshot on `stream` (its marker already read), its message one `admits`
+/// (to this node, from a node it takes a leader's messages from), into `dir`; `busy` allows
+/// one transfer at a time.
 pub fn receive(
     stream: TcpStream,
-    me: u64,
-    peers: &BTreeSet<u64>,
+    admits: &dyn Fn(&Message) -> bool,
     inputs: &Sender<Input>,
     dir: &Path,
     busy: &AtomicBool,
@@ -40,7 +39,7 @@ pub fn receive(
     if busy.swap(true, Ordering::AcqRel) {
         return Err("another snapshot is being received".into());
     }
-    let outcome = receive_one(&stream, me, peers, inputs, dir);
+    let outcome = receive_one(&stream, admits, inputs, dir);
     busy.store(false, Ordering::Release);
     let answer = [if outcome.is_ok() { ACCEPTED } else { 0 }];
     let _ = (&stream).write_all(&answer);
@@ -49,8 +48,7 @@ pub fn receive(
 
 fn receive_one(
     stream: &TcpStream,
-    me: u64,
-    peers: &BTreeSet<u64>,
+    admits: &dyn Fn(&Message) -> bool,
     inputs: &Sender<Input>,
     dir: &Path,
 ) -> Result<(), String> {
@@ -59,10 +57,7 @@ fn receive_one(
     let message = frame::read(&mut input)
         .map_err(|e| e.to_string())?
         .ok_or("closed before the message")?;
-    if message.get_msg_type() != MessageType::MsgSnapshot
-        || message.to != me
-        || !peers.contains(&message.from)
-    {
+    if message.get_msg_type() != MessageType::MsgSnapshot || !admits(&message) {
         return Err(format!(
             "a {:?} from {} to {}: not a member's snapshot for this node",
             message.get_msg_type(),

@@ -33,7 +33,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Sends this node's snapshots to its peers.
 pub struct SnapshotSender {
-    peers: BTreeMap<u64, String>,
+    /// The members' addresses (the transport keeps them up to date).
+    peers: Mutex<BTreeMap<u64, String>>,
     dir: PathBuf,
     inputs: Sender<Input>,
     busy: Arc<Mutex<BTreeSet<u64>>>,
@@ -42,18 +43,23 @@ pub struct SnapshotSender {
 impl SnapshotSender {
     pub fn new(peers: BTreeMap<u64, String>, dir: PathBuf, inputs: Sender<Input>) -> Self {
         SnapshotSender {
-            peers,
+            peers: Mutex::new(peers),
             dir,
             inputs,
             busy: Arc::default(),
         }
     }
 
+    /// The members' addresses changed.
+    pub fn set_peers(&self, peers: &BTreeMap<u64, String>) {
+        *self.peers.lock() = peers.clone();
+    }
+
     /// Starts sending the snapshot `message` names; its outcome comes back as
     /// `Input::SnapshotSent`.
     pub fn send(&self, message: Message) {
         let to = message.to;
-        let Some(addr) = self.peers.get(&to).cloned() else {
+        let Some(addr) = self.peers.lock().get(&to).cloned() else {
             let _ = self.inputs.send(Input::SnapshotSent { to, done: false });
             return;
         };

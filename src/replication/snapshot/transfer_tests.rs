@@ -31,7 +31,13 @@ fn listener(dir: &TempDir) -> (RaftListener, Receiver<Input>) {
     let listener = RaftListener::start(
         "127.0.0.1:0",
         2,
-        [1, 3].into(),
+        {
+            let map = [1, 2, 3].map(|id| (id, format!("127.0.0.1:{id}"))).into();
+            std::sync::Arc::new(crate::replication::status::Status::with_members(
+                2,
+                std::sync::Arc::new(crate::replication::members::Members::new(map)),
+            ))
+        },
         inputs,
         ClientHandoff::default(),
         Some(dir.path().to_path_buf()),

@@ -186,7 +186,9 @@ fn reopening_returns_the_same_state_and_raft_resumes_after_the_applied_index() {
     let mut batch = WriteBatch::default();
     batch.put_cf(s.db().cf_handle(STATE_CF).unwrap(), b"x", b"y");
     let cs = ConfState::from((vec![1], vec![9]));
-    s.apply(batch, 4, 3, Some(&cs)).unwrap();
+    assert_eq!(s.addresses(), None, "none stored before a change");
+    let addresses = [(1, "a:1".to_string()), (9, "b:9".to_string())].into();
+    s.apply(batch, 4, 3, Some((&cs, &addresses))).unwrap();
     assert!(
         s.apply(WriteBatch::default(), 7, 3, None).is_err(),
         "7 is not committed"
@@ -197,6 +199,11 @@ fn reopening_returns_the_same_state_and_raft_resumes_after_the_applied_index() {
     assert_eq!(s.applied(), (4, 3));
     assert_eq!(s.hard_state(), &hard_state(3, 6));
     assert_eq!(s.conf_state().learners, [9]);
+    assert_eq!(
+        s.addresses(),
+        Some(&addresses),
+        "stored with the membership"
+    );
     assert_eq!(s.bounds(), (2, 6));
     let db = s.db().clone();
     assert_eq!(
