@@ -17,6 +17,8 @@ use rocksdb::DB;
 
 use super::apply::{Applier, Outcome, Pending};
 use super::compaction::{self, LogLimits, LogState};
+use super::quarantine::{self, Quarantine};
+use super::resync;
 use super::slog_bridge;
 use super::snapshot::{self, Snapshots};
 use super::status::{Role, Status, StatusView};
@@ -92,6 +94,9 @@ pub enum Input {
         to: u64,
         done: bool,
     },
+    /// The engine found this node's copy damaged (RocksDB's corruption error): it gets the
+    /// state back from the group (`quarantine`, `resync`).
+    Damaged(String),
     Stop,
 }
 
@@ -258,8 +263,23 @@ fn raft_config(id: u64, applied: u64, timing: Timing) -> raft::Config {
 impl Driver {
     fn run(mut self, inputs: Receiver<Input>, tick: Duration) {
         let id = self.status.node;
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&inputs, tick)));
+        let data_dir = self.raw.store().db().path().to_path_buf();
+        let outcome = if resync::read(&data_dir).is_some() {
+            // Damage found before a restart, and the group has not yet shown it can do without
+            // this copy: it is still kept, and this node still takes no part.
+            Ok(Err(format!(
+                "{}found before this start ({})",
+                resync::DAMAGE_FOUND,
+                resync::marker_path(&data_dir).display()
+            )))
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&inputs, tick)))
+        };
+        if let Ok(Err(e)) = &outcome {
+            if resync::is_damage(e) {
+                self.quarantine(&inputs, e, &data_dir);
+            }
+        }
         // Whoever still sends (the syncer stopped below, readers) now fails instead of waiting
         // for room in a channel nobody reads.
         drop(inputs);
@@ -312,6 +332,45 @@ impl Driver {
         }
     }
 
+    /// This node's copy is damaged (`why`): it stops taking part and waits for the group to
+    /// show it holds every committed entry without it (`quarantine`), having recorded the
+    /// damage durably first (`resync`); a leader stops leading, and its proposals are unknown.
+    fn quarantine(&mut self, inputs: &Receiver<Input>, why: &str, data_dir: &std::path::Path) {
+        if let Err(e) = resync::record(data_dir, resync::Stage::Damaged, why) {
+            log::error!("{why}; cannot record the damage ({e}): replication stops");
+            return;
+        }
+        let raft = &self.raw.raft;
+        let watch = Quarantine {
+            node: self.status.node,
+            last_index: raft.raft_log.last_index().max(self.raw.store().bounds().1),
+            term: raft.term,
+            committed: raft.raft_log.committed,
+        };
+        self.status.resyncing();
+        if self.established {
+            self.established = false;
+            self.applier.leading(false);
+        }
+        for pending in std::mem::take(&mut self.pending) {
+            self.applier.settled(pending.id, Outcome::Unknown);
+        }
+        log::error!(
+            "{why}: this member's copy is damaged; it takes no part in the group (no vote, no \
+             lead) until the others have committed an entry without it (after its last entry \
+             {}, or of a term after {}), then drops its copy and takes a snapshot",
+            watch.last_index,
+            watch.term
+        );
+        quarantine::wait(
+            &watch,
+            inputs,
+            self.transport.as_mut(),
+            self.applier.as_mut(),
+            data_dir,
+        );
+    }
+
     /// Handles one input; false to stop.
     fn take(&mut self, input: Input) -> Result<bool, String> {
         match input {
@@ -336,6 +395,7 @@ impl Driver {
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
             Input::Synced(Synced::UpTo(number)) => self.synced(number),
             Input::Synced(Synced::Failed(e)) => return Err(e),
+            Input::Damaged(what) => return Err(format!("{}{what}", resync::DAMAGE_FOUND)),
             Input::Stop => return Ok(false),
         }
         Ok(true)
