@@ -180,9 +180,16 @@ impl Node {
         } = mailbox;
         let snapshots = Snapshots::new(db.clone(), snapshot::dir(&db));
         let founders: &[u64] = if config.join { &[] } else { &config.founders };
-        let storage = RaftStorage::open(db.clone(), config.id, founders)
-            .map_err(|e| format!("raft state of node {}: {e}", config.id))?
-            .with_snapshots(snapshots);
+        let storage = match RaftStorage::open(db.clone(), config.id, founders) {
+            Ok(storage) => storage.with_snapshots(snapshots),
+            Err(e) if resync::is_damage(&e.to_string()) => {
+                let why = format!("raft state of node {}: {e}", config.id);
+                return Node::quarantined(
+                    config.id, &db, why, inputs, receiver, transport, applier,
+                );
+            }
+            Err(e) => return Err(format!("raft state of node {}: {e}", config.id)),
+        };
         let raft_config = raft_config(config.id, storage.applied().0, config.timing);
         raft_config
             .validate()
@@ -208,6 +215,45 @@ impl Node {
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", config.id))
             .spawn(move || driver.run(receiver, tick))
+            .map_err(|e| format!("cannot start the raft thread: {e}"))?;
+        Ok(Node {
+            inputs,
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    /// A node whose raft state cannot be read because it is damaged: no `RawNode`, only the
+    /// quarantine (`quarantine::enter`), on the raft thread, until the group can do without
+    /// this copy. Without it the start would fail, and a supervisor would start it again into
+    /// the same failure for ever.
+    fn quarantined(
+        id: u64,
+        db: &DB,
+        why: String,
+        inputs: Sender<Input>,
+        receiver: Receiver<Input>,
+        mut transport: Box<dyn Transport>,
+        mut applier: Box<dyn Applier>,
+    ) -> Result<Node, String> {
+        let watch = Quarantine::of_damaged_state(db, id);
+        let data_dir = db.path().to_path_buf();
+        let status = Arc::new(Status::new(id));
+        status.resyncing();
+        let published = status.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{id}"))
+            .spawn(move || {
+                quarantine::enter(
+                    &watch,
+                    &why,
+                    &receiver,
+                    transport.as_mut(),
+                    applier.as_mut(),
+                    &data_dir,
+                );
+                published.stopped();
+            })
             .map_err(|e| format!("cannot start the raft thread: {e}"))?;
         Ok(Node {
             inputs,
@@ -336,10 +382,6 @@ impl Driver {
     /// show it holds every committed entry without it (`quarantine`), having recorded the
     /// damage durably first (`resync`); a leader stops leading, and its proposals are unknown.
     fn quarantine(&mut self, inputs: &Receiver<Input>, why: &str, data_dir: &std::path::Path) {
-        if let Err(e) = resync::record(data_dir, resync::Stage::Damaged, why) {
-            log::error!("{why}; cannot record the damage ({e}): replication stops");
-            return;
-        }
         let raft = &self.raw.raft;
         let watch = Quarantine {
             node: self.status.node,
@@ -355,15 +397,9 @@ impl Driver {
         for pending in std::mem::take(&mut self.pending) {
             self.applier.settled(pending.id, Outcome::Unknown);
         }
-        log::error!(
-            "{why}: this member's copy is damaged; it takes no part in the group (no vote, no \
-             lead) until the others have committed an entry without it (after its last entry \
-             {}, or of a term after {}), then drops its copy and takes a snapshot",
-            watch.last_index,
-            watch.term
-        );
-        quarantine::wait(
+        quarantine::enter(
             &watch,
+            why,
             inputs,
             self.transport.as_mut(),
             self.applier.as_mut(),

@@ -25,10 +25,12 @@
 use std::path::Path;
 
 use crossbeam_channel::Receiver;
-use raft::prelude::{Message, MessageType};
+use raft::prelude::{HardState, Message, MessageType};
+use rocksdb::{Direction, IteratorMode, DB};
 
 use super::apply::{Applier, Outcome};
 use super::driver::Input;
+use super::keys::{entry_index, entry_key, HARD_STATE_KEY, RAFT_LOG_CF};
 use super::resync::{self, Stage};
 use super::transport::Transport;
 
@@ -55,6 +57,35 @@ pub(super) enum Verdict {
 }
 
 impl Quarantine {
+    /// What node `node` knows when its raft state cannot be opened (damaged): the hard state's
+    /// term and commit and the last entry's index, each read alone (a lookup reads only its
+    /// own block). One that cannot be read is taken at its most cautious: no last entry known,
+    /// no proof by index; no term known, no proof at all (the member waits for an operator).
+    pub fn of_damaged_state(db: &DB, node: u64) -> Quarantine {
+        let log = db.cf_handle(RAFT_LOG_CF);
+        let hard_state = log
+            .and_then(|cf| db.get_cf(cf, HARD_STATE_KEY).ok().flatten())
+            .and_then(|bytes| protobuf::Message::parse_from_bytes(&bytes).ok())
+            .map(|hs: HardState| (hs.term, hs.commit));
+        let last_index = log.and_then(|cf| {
+            let from = entry_key(u64::MAX);
+            let mut newest = db.iterator_cf(cf, IteratorMode::From(&from, Direction::Reverse));
+            match newest.next() {
+                Some(Err(_)) => None,
+                // No entry (the key before them, or none): the log was empty (compacted, at
+                // most up to the commit index, which is as far as it can have gone).
+                Some(Ok((key, _))) => entry_index(&key).or(hard_state.map(|(_, commit)| commit)),
+                None => hard_state.map(|(_, commit)| commit),
+            }
+        });
+        Quarantine {
+            node,
+            last_index: last_index.unwrap_or(u64::MAX),
+            term: hard_state.map_or(u64::MAX, |(term, _)| term),
+            committed: hard_state.map_or(0, |(_, commit)| commit),
+        }
+    }
+
     pub fn look(&self, m: &Message) -> Verdict {
         if m.term < self.term {
             return Verdict::Wait;
@@ -91,6 +122,30 @@ impl Quarantine {
             m.from, later.0, later.1, self.term
         ))
     }
+}
+
+/// Enters the quarantine for `why`: the damage recorded durably first (`resync::Stage::Damaged`),
+/// then `wait`. What the node did before (leading, proposals) is the caller's to undo.
+pub(super) fn enter(
+    watch: &Quarantine,
+    why: &str,
+    inputs: &Receiver<Input>,
+    transport: &mut dyn Transport,
+    applier: &mut dyn Applier,
+    data_dir: &Path,
+) {
+    if let Err(e) = resync::record(data_dir, Stage::Damaged, why) {
+        log::error!("{why}; cannot record the damage ({e}): replication stops");
+        return;
+    }
+    log::error!(
+        "{why}: this member's copy is damaged; it takes no part in the group (no vote, no \
+         lead) until the others have committed an entry without it (after its last entry {}, \
+         or of a term after {}), then drops its copy and takes a snapshot",
+        watch.last_index,
+        watch.term
+    );
+    wait(watch, inputs, transport, applier, data_dir);
 }
 
 /// The damaged member's wait: reads its inputs until the proof, then records the decision
@@ -196,6 +251,29 @@ mod tests {
         m.log_term = 5;
         m.entries = vec![entry(100, 5)].into();
         assert_eq!(WATCH.look(&m), Verdict::Wait);
+    }
+
+    #[test]
+    fn what_a_node_knows_of_a_state_it_cannot_open_is_read_record_by_record() {
+        use super::super::storage::RaftStorage;
+        use super::super::test_support::TempDir;
+        let dir = TempDir::new("quarantine");
+        let db = super::super::db::open(dir.path()).unwrap();
+        let mut storage = RaftStorage::open(db.clone(), 2, &[1, 2, 3]).unwrap();
+        let watch = Quarantine::of_damaged_state(&db, 2);
+        assert_eq!((watch.last_index, watch.term, watch.committed), (1, 1, 1));
+        let entries: Vec<Entry> = (2..=5).map(|i| entry(i, 3)).collect();
+        let hard_state = HardState {
+            term: 3,
+            commit: 4,
+            ..Default::default()
+        };
+        storage.persist(&entries, Some(&hard_state)).unwrap();
+        let watch = Quarantine::of_damaged_state(&db, 2);
+        assert_eq!(
+            (watch.node, watch.last_index, watch.term, watch.committed),
+            (2, 5, 3, 4)
+        );
     }
 
     #[test]
