@@ -31,16 +31,17 @@ def family_of(table):
                  if b"name" + f.encode() + b"\n" in tail or f.encode() in tail), "?")
 
 
-def flip_a_bit_in_messages(data_dir, marker):
-    """Flips one bit 500 bytes into the message starting with `marker`, in the messages column
-    family's table file holding it (the raft log's may hold the same bytes: not that one)."""
+def flip_a_bit_in(data_dir, family, marker):
+    """Flips one bit 500 bytes into the message starting with `marker`, in the table file of
+    column family `family` holding it (`messages`; `raft_log`, whose entries hold the same
+    bytes)."""
     hits = []
     for sst in sorted(data_dir.glob("*.sst")):
         data = bytearray(sst.read_bytes())
         at = data.find(marker)
-        if at >= 0 and family_of(sst) == "messages":
+        if at >= 0 and family_of(sst) == family:
             hits.append((sst, data, at))
-    assert len(hits) == 1, f"expected one messages table with {marker!r}, found {len(hits)}"
+    assert len(hits) == 1, f"expected one {family} table with {marker!r}, found {len(hits)}"
     sst, data, at = hits[0]
     data[at + 500] ^= 0x10
     sst.write_bytes(bytes(data))
@@ -117,7 +118,7 @@ def test_a_member_that_finds_damage_gets_its_copy_back_from_the_group(make_serve
     wait_for_commit(damaged, view(primary)["commit"])
     # A clean stop flushes its memtables: the messages are in table files.
     assert damaged.stop() == 0
-    flip_a_bit_in_messages(damaged.data_dir, b"m%06d " % DAMAGED)
+    flip_a_bit_in(damaged.data_dir, "messages", b"m%06d " % DAMAGED)
     damaged.start()
 
     # Elected, it reads the queue from its own copy: the damaged block is found.
@@ -160,3 +161,46 @@ def test_a_member_that_finds_damage_gets_its_copy_back_from_the_group(make_serve
     assert after == [body(i) for i in range(start, N)], f"{len(after)} back from {start}"
     assert drain_through(damaged, b"extra") == extra
     assert damaged.alive()
+
+
+def test_a_follower_with_a_damaged_log_keeps_its_copy_until_the_others_can_do_without_it(
+        make_server):
+    servers = cluster_of(make_server)
+    leader, _ = wait_for_leader(servers)
+    primary = servers[leader - 1]
+    assert until_served(primary, lambda c: take(c, b"big")) is None
+    fill(primary, b"big", N)
+    damaged, down = [s for s in servers if s is not primary]
+    wait_for_commit(damaged, view(primary)["commit"])
+    wait_for_commit(down, view(primary)["commit"])
+    assert damaged.stop() == 0
+    # In the raft log's table: the start reads every entry, and meets the damaged block.
+    flip_a_bit_in(damaged.data_dir, "raft_log", b"m%06d " % DAMAGED)
+    # The third member down: every entry committed from now on would be on the leader and the
+    # damaged member alone, and the damaged one must keep its copy.
+    down.kill()
+    log_from = damaged.log_path.stat().st_size
+    damaged.start()
+    deadline = time.monotonic() + PATIENCE
+    while (view(damaged)["role"] != "resyncing"
+           or b"takes no part in the group" not in damaged.log_path.read_bytes()[log_from:]):
+        assert time.monotonic() < deadline, view(damaged)
+        time.sleep(0.05)
+    time.sleep(3)
+    assert damaged.alive() and view(damaged)["role"] == "resyncing"
+    assert (damaged.data_dir / "mqd-resync").read_text().startswith("damaged")
+    with damaged.mc() as c:
+        assert c.cmd(b"get big") == NO_LEADER, "it neither serves nor forwards"
+
+    # The third member back: the leader and it commit without the damaged one, which drops its
+    # copy, exits with 75, and started again takes the group's.
+    down.start()
+    extra = one_by_one(primary, "extra", [b"e%d" % i for i in range(20)])
+    status = wait_for_exit(damaged, 4 * PATIENCE)
+    assert status == EXIT_RESYNC, f"exit status {status}\n{damaged.log_tail()}"
+    damaged.start()
+    leader, _ = wait_for_leader(servers, timeout=4 * PATIENCE)
+    wait_for_commit(damaged, view(servers[leader - 1])["commit"], timeout=4 * PATIENCE)
+    make_leader(servers, damaged)
+    assert drain_through(damaged, b"big") == [body(i) for i in range(N)]
+    assert drain_through(damaged, b"extra") == extra
