@@ -178,7 +178,12 @@ impl Node {
             sender: inputs,
             receiver,
         } = mailbox;
-        let snapshots = Snapshots::new(db.clone(), snapshot::dir(&db));
+        let damaged = inputs.clone();
+        let snapshots = Snapshots::new(db.clone(), snapshot::dir(&db)).reporting_damage_to(
+            Arc::new(move |what| {
+                let _ = damaged.send(Input::Damaged(what));
+            }),
+        );
         let founders: &[u64] = if config.join { &[] } else { &config.founders };
         let storage = match RaftStorage::open(db.clone(), config.id, founders) {
             Ok(storage) => storage.with_snapshots(snapshots),
