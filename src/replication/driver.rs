@@ -249,6 +249,10 @@ impl Node {
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
             .spawn(move || {
+                if !quarantine::record_damage(&why, &data_dir) {
+                    published.stopped();
+                    return;
+                }
                 quarantine::enter(
                     &watch,
                     &why,
@@ -387,6 +391,9 @@ impl Driver {
     /// show it holds every committed entry without it (`quarantine`), having recorded the
     /// damage durably first (`resync`); a leader stops leading, and its proposals are unknown.
     fn quarantine(&mut self, inputs: &Receiver<Input>, why: &str, data_dir: &std::path::Path) {
+        if !quarantine::record_damage(why, data_dir) {
+            return;
+        }
         let raft = &self.raw.raft;
         let watch = Quarantine {
             node: self.status.node,

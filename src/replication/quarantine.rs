@@ -124,8 +124,21 @@ impl Quarantine {
     }
 }
 
-/// Enters the quarantine for `why`: the damage recorded durably first (`resync::Stage::Damaged`),
-/// then `wait`. What the node did before (leading, proposals) is the caller's to undo.
+/// Records the damage (`why`) durably (`resync::Stage::Damaged`): the first thing a node that
+/// found it does, before it stops leading. False (logged) if it cannot: the replication then
+/// stops, as on any other storage failure.
+pub(super) fn record_damage(why: &str, data_dir: &Path) -> bool {
+    match resync::record(data_dir, Stage::Damaged, why) {
+        Ok(()) => true,
+        Err(e) => {
+            log::error!("{why}; cannot record the damage ({e}): replication stops");
+            false
+        }
+    }
+}
+
+/// Enters the quarantine for `why`, the damage recorded (`record_damage`): `wait`. What the
+/// node did before (leading, proposals) is the caller's to undo first.
 pub(super) fn enter(
     watch: &Quarantine,
     why: &str,
@@ -134,10 +147,6 @@ pub(super) fn enter(
     applier: &mut dyn Applier,
     data_dir: &Path,
 ) {
-    if let Err(e) = resync::record(data_dir, Stage::Damaged, why) {
-        log::error!("{why}; cannot record the damage ({e}): replication stops");
-        return;
-    }
     log::error!(
         "{why}: this member's copy is damaged; it takes no part in the group (no vote, no \
          lead) until the others have committed an entry without it (after its last entry {}, \
