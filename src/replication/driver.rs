@@ -189,9 +189,13 @@ impl Node {
             Ok(storage) => storage.with_snapshots(snapshots),
             Err(e) if resync::is_damage(&e.to_string()) => {
                 let why = format!("raft state of node {}: {e}", config.id);
-                return Node::quarantined(
-                    config.id, &db, why, inputs, receiver, transport, applier,
+                let election = config.timing.tick * config.timing.election_ticks as u32;
+                let watch = Quarantine::of_damaged_state(
+                    &db,
+                    config.id,
+                    quarantine::answer_every(election),
                 );
+                return Node::quarantined(watch, &db, why, inputs, receiver, transport, applier);
             }
             Err(e) => return Err(format!("raft state of node {}: {e}", config.id)),
         };
@@ -233,7 +237,7 @@ impl Node {
     /// this copy. Without it the start would fail, and a supervisor would start it again into
     /// the same failure for ever.
     fn quarantined(
-        id: u64,
+        watch: Quarantine,
         db: &DB,
         why: String,
         inputs: Sender<Input>,
@@ -241,7 +245,7 @@ impl Node {
         mut transport: Box<dyn Transport>,
         mut applier: Box<dyn Applier>,
     ) -> Result<Node, String> {
-        let watch = Quarantine::of_damaged_state(db, id);
+        let id = watch.node;
         let data_dir = db.path().to_path_buf();
         let status = Arc::new(Status::new(id));
         status.resyncing();
@@ -332,7 +336,8 @@ impl Driver {
         };
         if let Ok(Err(e)) = &outcome {
             if resync::is_damage(e) {
-                self.quarantine(&inputs, e, &data_dir);
+                let election = tick * self.raw.raft.election_timeout() as u32;
+                self.quarantine(&inputs, e, &data_dir, quarantine::answer_every(election));
             }
         }
         // Whoever still sends (the syncer stopped below, readers) now fails instead of waiting
@@ -390,7 +395,13 @@ impl Driver {
     /// This node's copy is damaged (`why`): it stops taking part and waits for the group to
     /// show it holds every committed entry without it (`quarantine`), having recorded the
     /// damage durably first (`resync`); a leader stops leading, and its proposals are unknown.
-    fn quarantine(&mut self, inputs: &Receiver<Input>, why: &str, data_dir: &std::path::Path) {
+    fn quarantine(
+        &mut self,
+        inputs: &Receiver<Input>,
+        why: &str,
+        data_dir: &std::path::Path,
+        answer_every: Duration,
+    ) {
         if !quarantine::record_damage(why, data_dir) {
             return;
         }
@@ -400,6 +411,7 @@ impl Driver {
             last_index: raft.raft_log.last_index().max(self.raw.store().bounds().1),
             term: raft.term,
             committed: raft.raft_log.committed,
+            answer_every,
         };
         self.status.resyncing();
         if self.established {

@@ -19,10 +19,14 @@
 //! (a replicating follower, as long as writes come); a new leader, or one that lost touch with
 //! it (a restart), probes once and waits for an answer. So this member answers heartbeats from
 //! leaders of its term or later, which lets the leader probe again with its current commit
-//! index. No write, no new entry: a member in an idle group waits for the next write (or for a
-//! new leader's first entry, when it was the leader itself).
+//! index; but at most one every few election timeouts (`Quarantine::answer_every`), so that a
+//! leader whose only other live member is this one still loses its quorum check and steps
+//! down (clients then hear `no leader` rather than wait on writes nobody can commit). No
+//! write, no new entry: a member in an idle group waits for the next write (or for a new
+//! leader's first entry, when it was the leader itself).
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use raft::prelude::{HardState, Message, MessageType};
@@ -44,6 +48,34 @@ pub(super) struct Quarantine {
     pub term: u64,
     /// Its commit index, which it tells the leader with its heartbeat answers.
     pub committed: u64,
+    /// Heartbeats are answered at most this often: longer than a leader's quorum check.
+    pub answer_every: Duration,
+}
+
+/// How often a quarantined member answers heartbeats, for an election timeout of
+/// `election`: a leader checks its quorum once per election timeout, and must find this member
+/// silent in most of them.
+pub(super) fn answer_every(election: Duration) -> Duration {
+    election * 3
+}
+
+/// When the next heartbeat answer may go.
+#[derive(Debug, Default)]
+struct Answers {
+    last: Option<Instant>,
+}
+
+impl Answers {
+    fn due(&mut self, now: Instant, every: Duration) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < every)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
 }
 
 /// What to do with a peer's message.
@@ -61,7 +93,7 @@ impl Quarantine {
     /// term and commit and the last entry's index, each read alone (a lookup reads only its
     /// own block). One that cannot be read is taken at its most cautious: no last entry known,
     /// no proof by index; no term known, no proof at all (the member waits for an operator).
-    pub fn of_damaged_state(db: &DB, node: u64) -> Quarantine {
+    pub fn of_damaged_state(db: &DB, node: u64, answer_every: Duration) -> Quarantine {
         let log = db.cf_handle(RAFT_LOG_CF);
         let hard_state = log
             .and_then(|cf| db.get_cf(cf, HARD_STATE_KEY).ok().flatten())
@@ -83,6 +115,7 @@ impl Quarantine {
             last_index: last_index.unwrap_or(u64::MAX),
             term: hard_state.map_or(u64::MAX, |(term, _)| term),
             committed: hard_state.map_or(0, |(_, commit)| commit),
+            answer_every,
         }
     }
 
@@ -169,11 +202,16 @@ pub(super) fn wait(
     applier: &mut dyn Applier,
     data_dir: &Path,
 ) {
+    let mut answers = Answers::default();
     for input in inputs.iter() {
         match input {
             Input::Message(m) => match watch.look(&m) {
                 Verdict::Wait => {}
-                Verdict::Answer(answer) => transport.send(vec![answer]),
+                Verdict::Answer(answer) => {
+                    if answers.due(Instant::now(), watch.answer_every) {
+                        transport.send(vec![answer]);
+                    }
+                }
                 Verdict::Proven(how) => {
                     if let Err(e) = resync::record(data_dir, Stage::Wipe, &how) {
                         log::error!(
@@ -210,7 +248,21 @@ mod tests {
         last_index: 100,
         term: 5,
         committed: 98,
+        answer_every: Duration::from_millis(1500),
     };
+
+    #[test]
+    fn heartbeats_are_answered_at_most_once_per_interval() {
+        let mut answers = Answers::default();
+        let every = Duration::from_millis(1500);
+        let start = Instant::now();
+        assert!(answers.due(start, every));
+        assert!(!answers.due(start + Duration::from_millis(100), every));
+        assert!(!answers.due(start + Duration::from_millis(1499), every));
+        assert!(answers.due(start + every, every));
+        assert!(!answers.due(start + every + Duration::from_millis(1), every));
+        assert_eq!(answer_every(Duration::from_millis(500)), every);
+    }
 
     fn message(kind: MessageType, term: u64, commit: u64) -> Message {
         let mut m = Message::default();
@@ -269,7 +321,7 @@ mod tests {
         let dir = TempDir::new("quarantine");
         let db = super::super::db::open(dir.path()).unwrap();
         let mut storage = RaftStorage::open(db.clone(), 2, &[1, 2, 3]).unwrap();
-        let watch = Quarantine::of_damaged_state(&db, 2);
+        let watch = Quarantine::of_damaged_state(&db, 2, Duration::ZERO);
         assert_eq!((watch.last_index, watch.term, watch.committed), (1, 1, 1));
         let entries: Vec<Entry> = (2..=5).map(|i| entry(i, 3)).collect();
         let hard_state = HardState {
@@ -278,7 +330,7 @@ mod tests {
             ..Default::default()
         };
         storage.persist(&entries, Some(&hard_state)).unwrap();
-        let watch = Quarantine::of_damaged_state(&db, 2);
+        let watch = Quarantine::of_damaged_state(&db, 2, Duration::ZERO);
         assert_eq!(
             (watch.node, watch.last_index, watch.term, watch.committed),
             (2, 5, 3, 4)
