@@ -32,6 +32,7 @@ acknowledged through a member the fault spared, of a write sent after the fault 
 `power-cut`, through any member: the one spared cannot commit alone).
 """
 
+import datetime
 import os
 import pathlib
 import random
@@ -327,6 +328,7 @@ class Phase:
         self.backups = {}  # node -> its directory before this cycle's damage
         self.undo = {}  # node -> undoes this cycle's flipped bit
         self.flipped_at = {}  # node -> its log's size when this cycle's bit was flipped
+        self.damage_noted = set()  # nodes whose finding of this cycle's damage is in the faults
         self.resynced = []  # bit-flip: seconds from the flip's restart to the copy back
         self.repairs = 0
         self.notes = []
@@ -492,6 +494,7 @@ class Phase:
         else:
             flipped, self.undo[follower] = flipped
         self.flipped_at[follower] = since
+        self.damage_noted.discard(follower)
         started = self.group.start(follower)
         started_at = time.monotonic()
         what = f"node {follower}: flipped {flipped}; {'started' if started else 'did not start'}"
@@ -520,6 +523,25 @@ class Phase:
             self.note(f"cycle {cycle + 1}: {what}: {errors[:3]}")
         return took, what
 
+    def damage_found(self, node):
+        """A member that found its damage stepped down then, if it led (a fault for the checker:
+        a close it answered just before may come again): its log's time of it, as a monotonic
+        time, added to the faults once per flip."""
+        if node in self.damage_noted:
+            return
+        lines = log_lines(self.group.server(node), self.flipped_at.get(node, 0),
+                          ["takes no part in the group"])
+        if not lines:
+            return
+        stamp = lines[0].lstrip("[").split()[0]
+        try:
+            wall = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+        except ValueError:
+            return
+        self.fault_times.append(time.monotonic() - (time.time() - wall))
+        self.damage_noted.add(node)
+
     def resynced_since(self, node):
         return bool(log_lines(self.group.server(node), self.flipped_at.get(node, 0),
                               ["files of the damaged copy removed"]))
@@ -533,6 +555,7 @@ class Phase:
         quiet_until = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.group.supervise()
+            self.damage_found(node)
             if self.resynced_since(node):
                 break
             if time.monotonic() > quiet_until and self.group.role(node) not in ("resyncing",):
