@@ -191,11 +191,19 @@ def test_a_follower_with_a_damaged_log_keeps_its_copy_until_the_others_can_do_wi
     assert (damaged.data_dir / "mqd-resync").read_text().startswith("damaged")
     with damaged.mc() as c:
         assert c.cmd(b"get big") == NO_LEADER, "it neither serves nor forwards"
+    # Its few heartbeat answers do not keep the leader's quorum: no write is held for nothing.
+    deadline = time.monotonic() + PATIENCE
+    while view(primary)["role"] == "leader":
+        assert time.monotonic() < deadline, "the leader kept a quorum it does not have"
+        time.sleep(0.05)
 
     # The third member back: the leader and it commit without the damaged one, which drops its
     # copy, exits with 75, and started again takes the group's.
     down.start()
-    extra = one_by_one(primary, "extra", [b"e%d" % i for i in range(20)])
+    leader, _ = wait_for_leader([primary, down], timeout=2 * PATIENCE)
+    first = servers[leader - 1]
+    assert until_served(first, lambda c: c.set("extra", b"e0")) == b"STORED\r\n"
+    extra = [b"e0"] + one_by_one(first, "extra", [b"e%d" % i for i in range(1, 20)])
     status = wait_for_exit(damaged, 4 * PATIENCE)
     assert status == EXIT_RESYNC, f"exit status {status}\n{damaged.log_tail()}"
     damaged.start()
