@@ -96,6 +96,15 @@ def wait_for_exit(server, timeout):
     return server.proc.returncode
 
 
+def wait_for_rejoined(server, log_from):
+    """Until `server`'s marker is gone: it installed the group's copy and takes part again."""
+    deadline = time.monotonic() + 4 * PATIENCE
+    while (server.data_dir / "mqd-resync").exists():
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.05)
+    assert b"takes part again" in server.log_path.read_bytes()[log_from:]
+
+
 def drain_through(server, queue):
     got = []
     with server.mc() as c:
@@ -142,12 +151,13 @@ def test_a_member_that_finds_damage_gets_its_copy_back_from_the_group(make_serve
     # Written while it is down, one entry each: past what the leader's log keeps for it.
     extra = one_by_one(servers[new_leader - 1], "extra", [b"e%d" % i for i in range(100)])
 
-    # Started again (systemd's Restart=on-failure): emptied, a snapshot, every message.
+    # Started again (systemd's Restart=on-failure): emptied, rejoining as a joiner (no vote)
+    # until the group's snapshot is installed, then a member as before.
     damaged.start()
-    assert not (damaged.data_dir / "mqd-resync").exists()
     assert b"files of the damaged copy removed" in damaged.log_path.read_bytes()[log_from:]
     wait_for_commit(damaged, view(servers[new_leader - 1])["commit"], timeout=4 * PATIENCE)
     assert snapshot_stats(damaged)["installed"] >= 1
+    wait_for_rejoined(damaged, log_from)
     leader, views = agreed_leader(servers)
     assert leader is not None, views
 
@@ -209,6 +219,7 @@ def test_a_follower_with_a_damaged_log_keeps_its_copy_until_the_others_can_do_wi
     damaged.start()
     leader, _ = wait_for_leader(servers, timeout=4 * PATIENCE)
     wait_for_commit(damaged, view(servers[leader - 1])["commit"], timeout=4 * PATIENCE)
+    wait_for_rejoined(damaged, log_from)
     make_leader(servers, damaged)
     assert drain_through(damaged, b"big") == [body(i) for i in range(N)]
     assert drain_through(damaged, b"extra") == extra

@@ -699,6 +699,11 @@ fn restart_resynced(cluster: &mut Cluster, id: u64) {
     assert!(resync::wipe_if_decided(member.dir.path()).unwrap());
     member.power = PowerCut::new(member.dir.path());
     cluster.run(id);
+    // A joiner until the group's copy is installed, then a member as before.
+    cluster.wait_for("the resynced node to install the group's copy", |c| {
+        (marker(c, id).is_none()).then_some(())
+    });
+    assert!(cluster.node(id).status().view().snapshots_installed >= 1);
 }
 
 #[test]

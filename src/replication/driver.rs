@@ -160,6 +160,8 @@ pub(super) struct Driver {
     log_limits: LogLimits,
     /// Snapshots installed since start.
     pub snapshots_installed: u64,
+    /// It dropped a damaged copy and has not installed the group's yet (`resync`): no vote.
+    rejoining: bool,
 }
 
 impl Node {
@@ -184,7 +186,13 @@ impl Node {
                 let _ = damaged.send(Input::Damaged(what));
             }),
         );
-        let founders: &[u64] = if config.join { &[] } else { &config.founders };
+        // A member that dropped its damaged copy takes the group's as a joiner (`resync`).
+        let rejoining = resync::read(db.path()) == Some(resync::Stage::Rejoin);
+        let founders: &[u64] = if config.join || rejoining {
+            &[]
+        } else {
+            &config.founders
+        };
         let storage = match RaftStorage::open(db.clone(), config.id, founders) {
             Ok(storage) => storage.with_snapshots(snapshots),
             Err(e) if resync::is_damage(&e.to_string()) => {
@@ -218,6 +226,7 @@ impl Node {
             established: false,
             log_limits: config.log,
             snapshots_installed: 0,
+            rejoining,
         };
         driver.publish();
         let tick = config.timing.tick;
@@ -323,7 +332,7 @@ impl Driver {
     fn run(mut self, inputs: Receiver<Input>, tick: Duration) {
         let id = self.status.node;
         let data_dir = self.raw.store().db().path().to_path_buf();
-        let outcome = if resync::read(&data_dir).is_some() {
+        let outcome = if resync::read(&data_dir) == Some(resync::Stage::Damaged) {
             // Damage found before a restart, and the group has not yet shown it can do without
             // this copy: it is still kept, and this node still takes no part.
             Ok(Err(format!(
@@ -388,6 +397,10 @@ impl Driver {
                 super::ready::handle_ready(self)?;
             }
             self.compact()?;
+            if self.rejoining && self.raw.store().applied().0 > 0 {
+                self.rejoining = false;
+                resync::rejoined(self.raw.store().db().path());
+            }
             self.publish();
         }
     }
@@ -490,6 +503,14 @@ impl Driver {
     fn abstains(&self, message: &Message) -> bool {
         use raft::prelude::MessageType::{MsgRequestPreVote, MsgRequestVote};
         let vote = matches!(message.get_msg_type(), MsgRequestVote | MsgRequestPreVote);
+        if vote && self.rejoining {
+            log::info!(
+                "no vote for node {}: this node dropped its damaged copy and waits for the \
+                 group's (a leader's snapshot)",
+                message.from
+            );
+            return true;
+        }
         let fresh = self.raw.raft.raft_log.last_index() == BOOTSTRAP_INDEX;
         if vote && fresh && message.index > BOOTSTRAP_INDEX {
             log::info!(

@@ -14,9 +14,13 @@
 //!   does not campaign, vote or acknowledge anything: it waits, as `quarantine` says, for the
 //!   proof that the others hold every committed entry without it.
 //! - `wipe`: written once that proof arrived, just before the exit. The next start empties the
-//!   data directory (`wipe_if_decided`) and the member comes back as a member whose directory
-//!   was lost (same `--node`): it votes for nobody until a leader reached it, and takes a
-//!   snapshot of every queue (docs/replication.md, "Snapshots").
+//!   data directory (`wipe_if_decided`) and leaves the marker saying `rejoin`.
+//! - `rejoin`: the member starts as a joiner (`--join`'s empty state: no log, no membership,
+//!   whatever its command line says), so the leader sends it a snapshot of every queue and the
+//!   current membership; it gives no vote until that snapshot is installed (it has forgotten
+//!   its votes), and then removes the marker. As a founder at (1, 1) it could be sent the log
+//!   from index 2 instead, which lacks the queues a group seeded from a single server holds at
+//!   index 1, and `--cluster`'s members, which may no longer be the membership.
 
 use std::fs;
 use std::io::Write;
@@ -36,6 +40,8 @@ pub enum Stage {
     Damaged,
     /// The group holds every committed entry without this member: drop the copy at start.
     Wipe,
+    /// The copy was dropped: take the group's as a joiner, vote for nobody until then.
+    Rejoin,
 }
 
 impl Stage {
@@ -43,6 +49,7 @@ impl Stage {
         match self {
             Stage::Damaged => "damaged",
             Stage::Wipe => "wipe",
+            Stage::Rejoin => "rejoin",
         }
     }
 }
@@ -56,11 +63,10 @@ pub fn marker_path(data_dir: &Path) -> PathBuf {
 pub fn read(data_dir: &Path) -> Option<Stage> {
     let text = fs::read(marker_path(data_dir)).ok()?;
     let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
-    if first.trim_ascii() == Stage::Wipe.word().as_bytes() {
-        Some(Stage::Wipe)
-    } else {
-        Some(Stage::Damaged)
-    }
+    [Stage::Wipe, Stage::Rejoin]
+        .into_iter()
+        .find(|stage| first.trim_ascii() == stage.word().as_bytes())
+        .or(Some(Stage::Damaged))
 }
 
 /// Writes the marker durably: on disk, under its name, when this returns.
@@ -76,7 +82,7 @@ pub fn record(data_dir: &Path, stage: Stage, why: &str) -> std::io::Result<()> {
 }
 
 /// At start, under `--cluster`, before the database is opened: a marker saying `wipe` empties
-/// the data directory (durably), then goes. True if it did.
+/// the data directory (durably), then says `rejoin`. True if it did.
 pub fn wipe_if_decided(data_dir: &Path) -> Result<bool, String> {
     if read(data_dir) != Some(Stage::Wipe) {
         return Ok(false);
@@ -103,13 +109,21 @@ pub fn wipe_if_decided(data_dir: &Path) -> Result<bool, String> {
         }
         removed += 1;
     }
-    let dir = fs::File::open(data_dir).map_err(failed)?;
-    dir.sync_all().map_err(failed)?;
+    fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(failed)?;
     // Only once the copy is gone: a crash before this wipes again at the next start.
-    fs::remove_file(marker_path(data_dir)).map_err(failed)?;
-    dir.sync_all().map_err(failed)?;
-    log::warn!("{removed} files of the damaged copy removed");
+    record(data_dir, Stage::Rejoin, "the damaged copy was removed").map_err(failed)?;
+    log::warn!("{removed} files of the damaged copy removed; rejoining as a joiner");
     Ok(true)
+}
+
+/// The member took the group's copy (a snapshot installed after a `rejoin`): the marker goes.
+pub fn rejoined(data_dir: &Path) {
+    match fs::remove_file(marker_path(data_dir)) {
+        Ok(()) => log::warn!("the group's copy is installed: this member takes part again"),
+        Err(e) => log::error!("cannot remove {}: {e}", marker_path(data_dir).display()),
+    }
 }
 
 /// Whether a raft thread's failure means this node's copy is damaged (rather than, say, a
@@ -179,12 +193,15 @@ mod tests {
         assert_eq!(read(data), Some(Stage::Wipe));
         assert!(!data.join(format!("{MARKER}.tmp")).exists());
         assert!(wipe_if_decided(data).unwrap());
-        assert_eq!(
-            fs::read_dir(data).unwrap().count(),
-            0,
-            "everything gone, marker too"
-        );
+        let left: Vec<_> = fs::read_dir(data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [MARKER], "everything gone but the marker");
+        assert_eq!(read(data), Some(Stage::Rejoin));
         assert!(!wipe_if_decided(data).unwrap(), "once");
+        rejoined(data);
+        assert_eq!(read(data), None);
     }
 
     #[test]
