@@ -89,6 +89,8 @@ pub fn wipe_if_decided(data_dir: &Path) -> Result<bool, String> {
     }
     let failed =
         |e: std::io::Error| format!("dropping the damaged copy in {}: {e}", data_dir.display());
+    // RocksDB's own lock, as `mqd repair` takes it: never empty a directory a process uses.
+    let _lock = crate::engine::repair::lock::hold(data_dir)?;
     log::warn!(
         "{} says this member's copy was damaged and the group holds every committed entry: \
          emptying {}; the leader sends a snapshot (protocol-spec/cluster.md 7)",
@@ -98,7 +100,7 @@ pub fn wipe_if_decided(data_dir: &Path) -> Result<bool, String> {
     let mut removed = 0;
     for entry in fs::read_dir(data_dir).map_err(failed)? {
         let entry = entry.map_err(failed)?;
-        if entry.file_name() == MARKER {
+        if entry.file_name() == MARKER || entry.file_name() == "LOCK" {
             continue;
         }
         let path = entry.path();
@@ -193,11 +195,16 @@ mod tests {
         assert_eq!(read(data), Some(Stage::Wipe));
         assert!(!data.join(format!("{MARKER}.tmp")).exists());
         assert!(wipe_if_decided(data).unwrap());
-        let left: Vec<_> = fs::read_dir(data)
+        let mut left: Vec<_> = fs::read_dir(data)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(left, [MARKER], "everything gone but the marker");
+        left.sort();
+        assert_eq!(
+            left,
+            ["LOCK", MARKER],
+            "everything gone but the marker and the lock"
+        );
         assert_eq!(read(data), Some(Stage::Rejoin));
         assert!(!wipe_if_decided(data).unwrap(), "once");
         rejoined(data);
