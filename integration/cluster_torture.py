@@ -19,7 +19,10 @@ reliable consumers on every member open and close messages, and then the fault s
   leader's log.
 - `bit-flip`: a follower stopped, one bit flipped in its largest RocksDB table file (`*.sst`),
   restarted; on every second cycle the leader is then killed, so that the damaged member may
-  lead.
+  lead. A member that finds the damage (a read as leader, a compaction) must get its copy back
+  from the group by itself (protocol-spec/cluster.md 8): it exits with status 75 once the others
+  committed without it, and is started again as systemd's `Restart=on-failure` would, which
+  empties its directory. A flip still latent at the end of the cycle is flipped back.
 
 After each kind the clients stop and the queue is drained through the leader. At the end the
 whole history is checked (cluster_history.examine), and each kind's messages on their own (its
@@ -29,6 +32,7 @@ acknowledged through a member the fault spared, of a write sent after the fault 
 `power-cut`, through any member: the one spared cannot commit alone).
 """
 
+import datetime
 import os
 import pathlib
 import random
@@ -51,6 +55,8 @@ SIZE = 3
 RAFT_PORT = 7700
 KINDS = ["kill", "partition", "pause", "power-cut", "wipe", "bit-flip"]
 FAILOVER_TARGET = 2.0
+# A member that found its copy damaged exits with this once the group can do without it.
+EXIT_RESYNC = 75
 # How long a fault's effect may take to appear or to heal before the loop gives up on it.
 PATIENCE = 60.0
 
@@ -127,9 +133,26 @@ class Group:
         """Running, and its replication not stopped (a storage failure stops it)."""
         server = self.server(node)
         try:
-            return server.alive() and view(server)["role"] != "stopped"
+            return server.alive() and view(server)["role"] not in ("stopped", "resyncing")
         except OSError:
             return False
+
+    def role(self, node):
+        try:
+            return view(self.server(node))["role"] if self.server(node).alive() else "down"
+        except OSError:
+            return "down"
+
+    def supervise(self):
+        """What systemd's Restart=on-failure does for a member that left to drop its damaged
+        copy (exit status 75): starts it again. The nodes started."""
+        started = []
+        for node, server in enumerate(self.servers, 1):
+            if server.proc is not None and server.proc.poll() == EXIT_RESYNC:
+                log(f"node {node} exited with {EXIT_RESYNC} to drop its damaged copy: started again")
+                if self.start(node):
+                    started.append(node)
+        return started
 
     def members(self):
         """The members that take part: running, replication not stopped."""
@@ -304,6 +327,9 @@ class Phase:
         self.fault_times = []
         self.backups = {}  # node -> its directory before this cycle's damage
         self.undo = {}  # node -> undoes this cycle's flipped bit
+        self.flipped_at = {}  # node -> its log's size when this cycle's bit was flipped
+        self.damage_noted = set()  # nodes whose finding of this cycle's damage is in the faults
+        self.resynced = []  # bit-flip: seconds from the flip's restart to the copy back
         self.repairs = 0
         self.notes = []
 
@@ -467,7 +493,10 @@ class Phase:
             self.note(f"cycle {cycle + 1}: node {follower} has no table file to damage")
         else:
             flipped, self.undo[follower] = flipped
+        self.flipped_at[follower] = since
+        self.damage_noted.discard(follower)
         started = self.group.start(follower)
+        started_at = time.monotonic()
         what = f"node {follower}: flipped {flipped}; {'started' if started else 'did not start'}"
         took = None
         if started and cycle % 2 == 1 and len(self.group.members()) == SIZE:
@@ -482,7 +511,9 @@ class Phase:
                 self.group.start(leader)
                 now, _ = self.group.leader()
                 what += f"; leader {leader} killed, node {now} leads"
-        time.sleep(0.5)
+        if self.wait_for_resync(follower):
+            self.resynced.append(time.monotonic() - started_at)
+            what += "; found, resynced from the group"
         errors = log_lines(server, since, ["orrupt", "storage", "panic", "checksum"])
         rocksdb_log = pathlib.Path(server.data_dir) / "LOG"
         if rocksdb_log.exists():
@@ -492,10 +523,60 @@ class Phase:
             self.note(f"cycle {cycle + 1}: {what}: {errors[:3]}")
         return took, what
 
+    def damage_found(self, node):
+        """A member that found its damage stepped down then, if it led (a fault for the checker:
+        a close it answered just before may come again): its log's time of it, as a monotonic
+        time, added to the faults once per flip."""
+        if node in self.damage_noted:
+            return
+        lines = log_lines(self.group.server(node), self.flipped_at.get(node, 0),
+                          ["takes no part in the group"])
+        if not lines:
+            return
+        stamp = lines[0].lstrip("[").split()[0]
+        try:
+            wall = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+        except ValueError:
+            return
+        self.fault_times.append(time.monotonic() - (time.time() - wall))
+        self.damage_noted.add(node)
+
+    def resynced_since(self, node):
+        return bool(log_lines(self.group.server(node), self.flipped_at.get(node, 0),
+                              ["files of the damaged copy removed"]))
+
+    def wait_for_resync(self, node, seconds=2.0):
+        """Whether the damaged `node` got its copy back from the group: it is watched for
+        `seconds`, or as long as it is `resyncing` (it found the damage and waits for the
+        others), up to PATIENCE; started again when it exits with 75, then until it has the
+        leader's commit index."""
+        deadline = time.monotonic() + PATIENCE
+        quiet_until = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.group.supervise()
+            self.damage_found(node)
+            if self.resynced_since(node):
+                break
+            if time.monotonic() > quiet_until and self.group.role(node) not in ("resyncing",):
+                return False
+            time.sleep(0.05)
+        else:
+            return False
+        leader, _ = self.group.settled()
+        return leader is not None and self.group.healthy(node)
+
     def repair(self, cycle):
-        """A bit flipped in this cycle is flipped back (its member restarted); members left down
-        or stopped by the fault are noted, put back as they were before this cycle's damage if a
+        """A bit flipped in this cycle is flipped back (its member restarted) unless the member
+        got its copy back from the group (its directory was emptied); members left down or
+        stopped by the fault are noted, put back as they were before this cycle's damage if a
         copy was kept, and started, so that the next cycle begins with three."""
+        self.group.supervise()
+        for node in list(self.undo):
+            if self.group.role(node) == "resyncing" and self.wait_for_resync(node, 0):
+                self.resynced.append(None)
+            if self.resynced_since(node):
+                del self.undo[node]
         for node, undo in self.undo.items():
             self.group.server(node).kill()
             self.fault_times.append(time.monotonic())  # a member went: it may have led
@@ -686,6 +767,12 @@ def main():
         total, problems = judge(phases)
         print_table(phases, settings, total)
         for p in phases:
+            if p.kind == "bit-flip":
+                times = [t for t in p.resynced if t is not None]
+                print(f"bit-flip: the damaged member found the damage and got its copy back from "
+                      f"the group in {len(p.resynced)} of {settings.cycles} cycles "
+                      f"({failover_cell(times)} s from its start with the flip, min/median/max); "
+                      f"latent (flipped back) in the others")
             if p.kind == "wipe":
                 print(f"wipe: a wiped follower caught up at once in {len(p.caught_up)} of "
                       f"{settings.cycles} cycles ({failover_cell(p.caught_up)} s), after a "

@@ -61,9 +61,15 @@ type Published = Vec<(QueueRef, u64)>;
 /// the replication has stopped (nothing will ever settle the proposal).
 pub type Proposer = Box<dyn Fn(SyncPoint, Vec<u8>) -> bool + Send + Sync>;
 
+/// Told that RocksDB found this node's copy damaged (a block checksum mismatch): the
+/// replication then gets the state back from the group (`crate::replication::resync`).
+pub type DamageReport = Box<dyn Fn(&str) + Send + Sync>;
+
 #[derive(Default)]
 pub(super) struct Cluster {
     proposer: OnceLock<Proposer>,
+    /// Where damage found by a read goes (`damaged`).
+    damage: OnceLock<DamageReport>,
     /// This node is the established leader and its queues were counted again: it serves.
     /// Changed under the commit lock only.
     serving: AtomicBool,
@@ -109,6 +115,26 @@ impl Cluster {
 pub(super) fn propose_to(engine: &Engine, proposer: Proposer) {
     if let Some(cluster) = &engine.cluster {
         let _ = cluster.proposer.set(proposer);
+    }
+}
+
+/// Under `--cluster`: where damage found by a read is reported (once, before the node can lead).
+pub(super) fn report_damage_to(engine: &Engine, report: DamageReport) {
+    if let Some(cluster) = &engine.cluster {
+        let _ = cluster.damage.set(report);
+    }
+}
+
+/// A read found this node's copy damaged (`what`: RocksDB's corruption error). Under
+/// `--cluster` the replication is told, and gets the state back from the group: true. A single
+/// server (false) keeps serving, the damaged queue's reads failing until `mqd repair`.
+pub(super) fn damaged(engine: &Engine, what: &str) -> bool {
+    match engine.cluster.as_ref().and_then(|c| c.damage.get()) {
+        Some(report) => {
+            report(what);
+            true
+        }
+        None => false,
     }
 }
 
@@ -189,6 +215,10 @@ fn establish(engine: &Engine, leadership: u64) {
     };
     let found = match super::store::scan(&engine.db) {
         Ok(found) => found,
+        Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && damaged(engine, e.as_ref()) => {
+            log::error!("cannot read the queues after becoming the leader: {e}; not serving");
+            return;
+        }
         Err(e) => {
             log::error!("cannot read the queues after becoming the leader: {e}; stopping");
             std::process::exit(1);
@@ -220,6 +250,10 @@ pub(super) fn restored(engine: &Engine) {
     let mut commit = engine.committer.lock();
     forget_state(engine, cluster, &mut commit);
     if let Err(e) = recount_queues(engine) {
+        if e.kind() == rocksdb::ErrorKind::Corruption && damaged(engine, e.as_ref()) {
+            log::error!("cannot read the queues after installing a snapshot: {e}");
+            return;
+        }
         log::error!("cannot read the queues after installing a snapshot: {e}; stopping");
         std::process::exit(1);
     }

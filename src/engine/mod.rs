@@ -72,7 +72,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-pub use cluster::Proposer;
+pub use cluster::{DamageReport, Proposer};
 use commit::CommitState;
 pub use conn_ref::ConnRef;
 use durability::Durability;
@@ -330,6 +330,12 @@ impl Engine {
     /// and wants them fsynced; the syncer reports it to `report_wal_syncs`' function.
     pub fn request_wal_sync(&self, number: u64) {
         self.durability.request_raft_sync(number);
+    }
+
+    /// Under `--cluster`: `report(what)` runs when a read finds this node's copy damaged
+    /// (RocksDB's corruption error `what`), on the reading thread.
+    pub fn report_damage_to(&self, report: DamageReport) {
+        cluster::report_damage_to(self, report);
     }
 
     /// Under `--cluster`: `report(n)` runs after each fsync covering the raft thread's writes

@@ -5,7 +5,8 @@
 //! A message RocksDB cannot read (a damaged table file fails its block checksum) is never
 //! skipped nor served: the read fails with `Error::Storage`, counted in the engine's storage
 //! errors, and so does every read of that queue after it, until `mqd repair` (`super::repair`)
-//! drops the damaged messages with the server stopped.
+//! drops the damaged messages with the server stopped. Under `--cluster` the damage is reported
+//! to the replication instead (`cluster::damaged`), which gets a whole copy back from the group.
 
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 
@@ -29,7 +30,12 @@ pub(super) fn read<'a>(
 
 /// A read RocksDB failed: logged, with what the operator can do if it is damage, and counted.
 fn failed(engine: &Engine, e: &rocksdb::Error) -> Error {
-    if e.kind() == rocksdb::ErrorKind::Corruption {
+    if e.kind() == rocksdb::ErrorKind::Corruption && super::cluster::damaged(engine, e.as_ref()) {
+        log::error!(
+            "read failed: {e}; a damaged table file: this member gets its copy back from the \
+             group (protocol-spec/cluster.md 8)"
+        );
+    } else if e.kind() == rocksdb::ErrorKind::Corruption {
         log::error!(
             "read failed: {e}; a damaged table file: stop the server and run `mqd repair \
              --data-dir {}` to drop the damaged messages",

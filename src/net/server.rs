@@ -65,6 +65,10 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         // A reply waits for its write to be fsynced on a majority of the group.
         return Err("--cluster needs --sync always".into());
     }
+    if config.cluster.is_some() {
+        // A member that left to drop its damaged copy: emptied before anything opens it.
+        crate::replication::resync::wipe_if_decided(&config.data_dir)?;
+    }
     let engine = Engine::start(
         EngineConfig {
             data_dir: config.data_dir.clone(),

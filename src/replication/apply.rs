@@ -45,6 +45,11 @@ pub trait Applier: Send + 'static {
     /// The state was replaced by a snapshot's (on a follower): whatever the state machine
     /// keeps in memory must be read again, as after a restart.
     fn restored(&mut self) {}
+
+    /// This node's copy is damaged and the group holds every committed entry without it
+    /// (`super::quarantine`); the decision is on disk (`super::resync`): drop the copy.
+    /// `mqd serve` exits for its next start to empty the data directory.
+    fn discard(&mut self) {}
 }
 
 /// A proposal of this node awaiting its entry's commit.

@@ -16,6 +16,7 @@ use rocksdb::{WriteBatch, DB};
 
 use super::admin::codec::{AdminError, AdminReply, AdminRequest};
 use super::keys::STATE_CF;
+use super::resync;
 use super::snapshot;
 use super::status::Role;
 use super::test_support::{FsyncStage, PowerCut, Syncer, TempDir};
@@ -767,4 +768,128 @@ fn a_joiner_is_added_as_a_learner_then_a_voter_and_a_leader_removes_itself_by_ha
     cluster.ids.retain(|&id| id != leader);
     cluster.commit_all(201..=250);
     exactly_once(&cluster.converged(), 1..=250);
+}
+
+/// The stage of node `id`'s resync marker (`resync`), if any.
+fn marker(cluster: &Cluster, id: u64) -> Option<resync::Stage> {
+    resync::read(cluster.members[&id].dir.path())
+}
+
+/// What `mqd serve` does once a damaged node decided to drop its copy: it exits, and its next
+/// start empties the directory (`resync::wipe_if_decided`); here the node is killed and
+/// started again on the emptied directory.
+fn restart_resynced(cluster: &mut Cluster, id: u64) {
+    cluster.kill(id);
+    let member = cluster.members.get_mut(&id).unwrap();
+    assert!(resync::wipe_if_decided(member.dir.path()).unwrap());
+    member.power = PowerCut::new(member.dir.path());
+    cluster.run(id);
+    // A joiner until the group's copy is installed, then a member as before.
+    cluster.wait_for("the resynced node to install the group's copy", |c| {
+        let installed = c.node(id).status().view().snapshots_installed >= 1;
+        (installed && marker(c, id).is_none()).then_some(())
+    });
+}
+
+#[test]
+fn a_damaged_follower_drops_its_copy_once_the_others_commit_without_it_and_gets_it_back() {
+    let mut cluster = Cluster::with_log(&[1, 2, 3], SMALL_LOG);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=300);
+    let damaged = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    let _ = cluster
+        .node(damaged)
+        .inputs()
+        .send(Input::Damaged("Corruption: block checksum mismatch".into()));
+    cluster.wait_for("the damaged node to stop taking part", |c| {
+        (c.node(damaged).status().view().role == Role::Resyncing).then_some(())
+    });
+    assert_eq!(marker(&cluster, damaged), Some(resync::Stage::Damaged));
+    // The other two commit without it: the proof.
+    cluster.commit_all(301..=700);
+    cluster.wait_for("the decision to drop the damaged copy", |c| {
+        (marker(c, damaged) == Some(resync::Stage::Wipe)).then_some(())
+    });
+    restart_resynced(&mut cluster, damaged);
+    cluster.commit_all(701..=750);
+    let values = cluster.converged();
+    assert_eq!(cluster.values(damaged), values);
+    exactly_once(&values, 1..=750);
+    assert!(cluster.node(damaged).status().view().snapshots_installed >= 1);
+    assert_eq!(marker(&cluster, damaged), None);
+}
+
+#[test]
+fn a_damaged_member_keeps_its_copy_while_the_others_cannot_commit_without_it() {
+    let mut cluster = Cluster::start(&[1, 2, 3]);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=100);
+    let followers: Vec<u64> = cluster
+        .ids
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    let (damaged, down) = (followers[0], followers[1]);
+    cluster.kill(down);
+    let _ = cluster
+        .node(damaged)
+        .inputs()
+        .send(Input::Damaged("Corruption: block checksum mismatch".into()));
+    cluster.wait_for("the damaged node to stop taking part", |c| {
+        (c.node(damaged).status().view().role == Role::Resyncing).then_some(())
+    });
+    // Entries 1..=100 are on the leader and the damaged node alone: its copy must stay.
+    for id in 101..=110 {
+        cluster.node(leader).propose(id, id.to_be_bytes().to_vec());
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(marker(&cluster, damaged), Some(resync::Stage::Damaged));
+    // Its rare heartbeat answers do not keep the leader's quorum check passing: the leader
+    // steps down (clients hear `no leader` rather than wait on writes nobody commits).
+    cluster.wait_for("the leader to step down", |c| {
+        (c.node(leader).status().view().role != Role::Leader).then_some(())
+    });
+    // Restarted meanwhile, it still takes no part, and keeps its copy.
+    cluster.kill(damaged);
+    cluster.run(damaged);
+    cluster.wait_for("the restarted damaged node to stop taking part", |c| {
+        (c.node(damaged).status().view().role == Role::Resyncing).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(marker(&cluster, damaged), Some(resync::Stage::Damaged));
+    // The third member back: the group commits without the damaged one, which then resyncs.
+    cluster.run(down);
+    cluster.commit_all(111..=200);
+    cluster.wait_for("the decision to drop the damaged copy", |c| {
+        (marker(c, damaged) == Some(resync::Stage::Wipe)).then_some(())
+    });
+    restart_resynced(&mut cluster, damaged);
+    cluster.commit_all(201..=250);
+    let values = cluster.converged();
+    assert_eq!(cluster.values(damaged), values);
+    exactly_once(&values, (1..=100).chain(111..=250));
+}
+
+#[test]
+fn a_damaged_leader_stops_leading_the_others_elect_and_it_gets_every_entry_back() {
+    let mut cluster = Cluster::start(&[1, 2, 3]);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=200);
+    let _ = cluster
+        .node(leader)
+        .inputs()
+        .send(Input::Damaged("Corruption: block checksum mismatch".into()));
+    let next = cluster.wait_for("another leader", |c| c.leader().filter(|&l| l != leader));
+    // The new leader's first entry, committed without the damaged node, is the proof.
+    cluster.wait_for("the decision to drop the damaged copy", |c| {
+        (marker(c, leader) == Some(resync::Stage::Wipe)).then_some(())
+    });
+    cluster.commit_all(201..=300);
+    restart_resynced(&mut cluster, leader);
+    cluster.commit_all(301..=350);
+    let values = cluster.converged();
+    assert_eq!(cluster.values(leader), values);
+    exactly_once(&values, 1..=350);
+    assert_ne!(next, leader);
 }

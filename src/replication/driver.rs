@@ -20,6 +20,8 @@ use super::apply::{Applier, Outcome, Pending};
 use super::compaction::{self, LogLimits, LogState};
 use super::members::{Addresses, Members};
 use super::membership::{Marks, Waiter};
+use super::quarantine::{self, Quarantine};
+use super::resync;
 use super::slog_bridge;
 use super::snapshot::{self, Snapshots};
 use super::status::{Role, Status, StatusView};
@@ -103,6 +105,9 @@ pub enum Input {
         request: AdminRequest,
         reply: Sender<AdminReply>,
     },
+    /// The engine found this node's copy damaged (RocksDB's corruption error): it gets the
+    /// state back from the group (`quarantine`, `resync`).
+    Damaged(String),
     Stop,
 }
 
@@ -174,6 +179,8 @@ pub(super) struct Driver {
     log_limits: LogLimits,
     /// Snapshots installed since start.
     pub snapshots_installed: u64,
+    /// It dropped a damaged copy and has not installed the group's yet (`resync`): no vote.
+    rejoining: bool,
 }
 
 impl Node {
@@ -192,11 +199,33 @@ impl Node {
             sender: inputs,
             receiver,
         } = mailbox;
-        let snapshots = Snapshots::new(db.clone(), snapshot::dir(&db));
-        let founders: &[u64] = if config.join { &[] } else { &config.founders };
-        let storage = RaftStorage::open(db.clone(), config.id, founders)
-            .map_err(|e| format!("raft state of node {}: {e}", config.id))?
-            .with_snapshots(snapshots);
+        let damaged = inputs.clone();
+        let snapshots = Snapshots::new(db.clone(), snapshot::dir(&db)).reporting_damage_to(
+            Arc::new(move |what| {
+                let _ = damaged.send(Input::Damaged(what));
+            }),
+        );
+        // A member that dropped its damaged copy takes the group's as a joiner (`resync`).
+        let rejoining = resync::read(db.path()) == Some(resync::Stage::Rejoin);
+        let founders: &[u64] = if config.join || rejoining {
+            &[]
+        } else {
+            &config.founders
+        };
+        let storage = match RaftStorage::open(db.clone(), config.id, founders) {
+            Ok(storage) => storage.with_snapshots(snapshots),
+            Err(e) if resync::is_damage(&e.to_string()) => {
+                let why = format!("raft state of node {}: {e}", config.id);
+                let election = config.timing.tick * config.timing.election_ticks as u32;
+                let watch = Quarantine::of_damaged_state(
+                    &db,
+                    config.id,
+                    quarantine::answer_every(election),
+                );
+                return Node::quarantined(watch, &db, why, inputs, receiver, transport, applier);
+            }
+            Err(e) => return Err(format!("raft state of node {}: {e}", config.id)),
+        };
         let raft_config = raft_config(config.id, storage.applied().0, config.timing);
         raft_config
             .validate()
@@ -225,6 +254,7 @@ impl Node {
             established: false,
             log_limits: config.log,
             snapshots_installed: 0,
+            rejoining,
         };
         driver.members_changed();
         driver.publish();
@@ -232,6 +262,49 @@ impl Node {
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", config.id))
             .spawn(move || driver.run(receiver, tick))
+            .map_err(|e| format!("cannot start the raft thread: {e}"))?;
+        Ok(Node {
+            inputs,
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    /// A node whose raft state cannot be read because it is damaged: no `RawNode`, only the
+    /// quarantine (`quarantine::enter`), on the raft thread, until the group can do without
+    /// this copy. Without it the start would fail, and a supervisor would start it again into
+    /// the same failure for ever.
+    fn quarantined(
+        watch: Quarantine,
+        db: &DB,
+        why: String,
+        inputs: Sender<Input>,
+        receiver: Receiver<Input>,
+        mut transport: Box<dyn Transport>,
+        mut applier: Box<dyn Applier>,
+    ) -> Result<Node, String> {
+        let id = watch.node;
+        let data_dir = db.path().to_path_buf();
+        let status = Arc::new(Status::new(id));
+        status.resyncing();
+        let published = status.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{id}"))
+            .spawn(move || {
+                if !quarantine::record_damage(&why, &data_dir) {
+                    published.stopped();
+                    return;
+                }
+                quarantine::enter(
+                    &watch,
+                    &why,
+                    &receiver,
+                    transport.as_mut(),
+                    applier.as_mut(),
+                    &data_dir,
+                );
+                published.stopped();
+            })
             .map_err(|e| format!("cannot start the raft thread: {e}"))?;
         Ok(Node {
             inputs,
@@ -287,8 +360,24 @@ fn raft_config(id: u64, applied: u64, timing: Timing) -> raft::Config {
 impl Driver {
     fn run(mut self, inputs: Receiver<Input>, tick: Duration) {
         let id = self.status.node;
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&inputs, tick)));
+        let data_dir = self.raw.store().db().path().to_path_buf();
+        let outcome = if resync::read(&data_dir) == Some(resync::Stage::Damaged) {
+            // Damage found before a restart, and the group has not yet shown it can do without
+            // this copy: it is still kept, and this node still takes no part.
+            Ok(Err(format!(
+                "{}found before this start ({})",
+                resync::DAMAGE_FOUND,
+                resync::marker_path(&data_dir).display()
+            )))
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&inputs, tick)))
+        };
+        if let Ok(Err(e)) = &outcome {
+            if resync::is_damage(e) {
+                let election = tick * self.raw.raft.election_timeout() as u32;
+                self.quarantine(&inputs, e, &data_dir, quarantine::answer_every(election));
+            }
+        }
         // Whoever still sends (the syncer stopped below, readers) now fails instead of waiting
         // for room in a channel nobody reads.
         drop(inputs);
@@ -339,8 +428,51 @@ impl Driver {
             }
             self.membership_pass();
             self.compact()?;
+            if self.rejoining && self.raw.store().applied().0 > 0 {
+                self.rejoining = false;
+                resync::rejoined(self.raw.store().db().path());
+            }
             self.publish();
         }
+    }
+
+    /// This node's copy is damaged (`why`): it stops taking part and waits for the group to
+    /// show it holds every committed entry without it (`quarantine`), having recorded the
+    /// damage durably first (`resync`); a leader stops leading, and its proposals are unknown.
+    fn quarantine(
+        &mut self,
+        inputs: &Receiver<Input>,
+        why: &str,
+        data_dir: &std::path::Path,
+        answer_every: Duration,
+    ) {
+        if !quarantine::record_damage(why, data_dir) {
+            return;
+        }
+        let raft = &self.raw.raft;
+        let watch = Quarantine {
+            node: self.status.node,
+            last_index: raft.raft_log.last_index().max(self.raw.store().bounds().1),
+            term: raft.term,
+            committed: raft.raft_log.committed,
+            answer_every,
+        };
+        self.status.resyncing();
+        if self.established {
+            self.established = false;
+            self.applier.leading(false);
+        }
+        for pending in std::mem::take(&mut self.pending) {
+            self.applier.settled(pending.id, Outcome::Unknown);
+        }
+        quarantine::enter(
+            &watch,
+            why,
+            inputs,
+            self.transport.as_mut(),
+            self.applier.as_mut(),
+            data_dir,
+        );
     }
 
     /// Handles one input; false to stop.
@@ -368,6 +500,7 @@ impl Driver {
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
             Input::Synced(Synced::UpTo(number)) => self.synced(number),
             Input::Synced(Synced::Failed(e)) => return Err(e),
+            Input::Damaged(what) => return Err(format!("{}{what}", resync::DAMAGE_FOUND)),
             Input::Stop => return Ok(false),
         }
         Ok(true)
@@ -402,6 +535,14 @@ impl Driver {
     fn abstains(&self, message: &Message) -> bool {
         use raft::prelude::MessageType::{MsgRequestPreVote, MsgRequestVote};
         let vote = matches!(message.get_msg_type(), MsgRequestVote | MsgRequestPreVote);
+        if vote && self.rejoining {
+            log::info!(
+                "no vote for node {}: this node dropped its damaged copy and waits for the \
+                 group's (a leader's snapshot)",
+                message.from
+            );
+            return true;
+        }
         let fresh = self.raw.raft.raft_log.last_index() == BOOTSTRAP_INDEX;
         if vote && fresh && message.index > BOOTSTRAP_INDEX {
             log::info!(

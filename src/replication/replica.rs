@@ -13,6 +13,7 @@ use rocksdb::{WriteBatch, DB};
 
 use super::listener::{ClientHandoff, RaftListener};
 use super::peers::ClusterConfig;
+use super::resync;
 use super::snapshot::{self, send::SnapshotSender};
 use super::status::Status;
 use super::storage;
@@ -125,6 +126,17 @@ impl Applier for EngineApplier {
     fn restored(&mut self) {
         self.engine.restored();
     }
+
+    fn discard(&mut self) {
+        // The database cannot be dropped under the engine: the next start empties the
+        // directory (`resync::wipe_if_decided`), and the supervisor starts it again.
+        log::warn!(
+            "exiting with status {} to be started again on an empty data directory \
+             (protocol-spec/cluster.md 8)",
+            resync::EXIT_RESYNC
+        );
+        std::process::exit(resync::EXIT_RESYNC);
+    }
 }
 
 /// The raft thread's writes are fsynced by the engine's syncer: one WAL, one fsync.
@@ -152,6 +164,12 @@ impl Replica {
             let inputs = inputs.clone();
             engine.propose_to(Box::new(move |point: SyncPoint, data| {
                 inputs.send(Input::Propose { id: point.0, data }).is_ok()
+            }));
+        }
+        {
+            let inputs = inputs.clone();
+            engine.report_damage_to(Box::new(move |what: &str| {
+                let _ = inputs.send(Input::Damaged(what.to_string()));
             }));
         }
         {

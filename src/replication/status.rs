@@ -19,6 +19,9 @@ pub enum Role {
     Leader,
     /// The raft thread ended (stopped, or a storage failure).
     Stopped,
+    /// Its copy is damaged: it takes no part until the group can do without it, then drops
+    /// the copy and takes a snapshot (`super::quarantine`).
+    Resyncing,
 }
 
 impl Role {
@@ -29,6 +32,7 @@ impl Role {
             Role::Candidate => "candidate",
             Role::Leader => "leader",
             Role::Stopped => "stopped",
+            Role::Resyncing => "resyncing",
         }
     }
 
@@ -38,6 +42,7 @@ impl Role {
             1 => Role::PreCandidate,
             2 => Role::Candidate,
             3 => Role::Leader,
+            5 => Role::Resyncing,
             _ => Role::Stopped,
         }
     }
@@ -138,6 +143,11 @@ impl Status {
 
     pub fn stopped(&self) {
         self.role.store(Role::Stopped as u8, Ordering::Relaxed);
+        self.leader.store(0, Ordering::Relaxed);
+    }
+
+    pub fn resyncing(&self) {
+        self.role.store(Role::Resyncing as u8, Ordering::Relaxed);
         self.leader.store(0, Ordering::Relaxed);
     }
 

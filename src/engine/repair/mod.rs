@@ -17,7 +17,7 @@
 //! member's directory (its raft log: a member must not drop what its peers hold; start it on an
 //! empty directory instead).
 
-mod lock;
+pub mod lock;
 mod rebuild;
 mod survey;
 

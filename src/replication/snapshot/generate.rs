@@ -54,11 +54,15 @@ struct State {
     made: u64,
 }
 
+/// Told when making a file met damage in this node's state (`crate::replication::resync`).
+pub type DamageReport = Arc<dyn Fn(String) + Send + Sync>;
+
 /// The snapshots of one node, and the thread making the next one.
 pub struct Snapshots {
     db: Arc<DB>,
     dir: PathBuf,
     state: Arc<Mutex<State>>,
+    damage: Option<DamageReport>,
 }
 
 impl Snapshots {
@@ -80,7 +84,16 @@ impl Snapshots {
             db,
             dir,
             state: Arc::default(),
+            damage: None,
         }
+    }
+
+    /// A file that cannot be made because the state is damaged is reported to `report`: the
+    /// node then gets a copy back from the group (a leader that cannot make a snapshot would
+    /// leave a follower that needs one waiting for ever).
+    pub fn reporting_damage_to(mut self, report: DamageReport) -> Snapshots {
+        self.damage = Some(report);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -109,6 +122,7 @@ impl Snapshots {
         if !state.generating {
             state.generating = true;
             let (db, dir, shared) = (self.db.clone(), self.dir.clone(), self.state.clone());
+            let damage = self.damage.clone();
             let spawned = std::thread::Builder::new()
                 .name("raft-snapshot".into())
                 .spawn(move || {
@@ -133,7 +147,14 @@ impl Snapshots {
                             }
                             state.made += 1;
                         }
-                        Err(e) => log::error!("cannot make a raft snapshot: {e}"),
+                        Err(e) => {
+                            log::error!("cannot make a raft snapshot: {e}");
+                            if let Some(report) =
+                                damage.filter(|_| crate::replication::resync::is_damage(&e))
+                            {
+                                report(e);
+                            }
+                        }
                     }
                 });
             if let Err(e) = spawned {
