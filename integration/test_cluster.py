@@ -5,6 +5,7 @@ The leader serves the queues, replicated: what it acknowledged, the next leader 
 serve their clients through it (forwarding), or answer `SERVER_ERROR no leader` while no leader
 is known (protocol-spec/cluster.md)."""
 
+import json
 import os
 import shutil
 import signal
@@ -499,6 +500,74 @@ def test_a_follower_serves_its_clients_through_the_leader_in_order(make_server):
     assert forwarded_stats(primary)["cluster_received_forwarded_connections"] == 2
     metrics = http_get(one, "/metrics")
     assert "\nmqd_cluster_forwarded_connections_total 1\n" in metrics, metrics
+
+
+def metric(text, name, **labels):
+    """The value of one sample in a /metrics body, None if it is not there."""
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return int(line.split()[-1])
+    return None
+
+
+def test_metrics_stats_json_and_the_dashboard_show_the_group_and_each_members_lag(make_server):
+    primary, (one, two) = settled_cluster(make_server)
+    with primary.mc() as c:
+        for i in range(20):
+            assert c.set("q", f"m{i}") == b"STORED\r\n"
+    leader_id = view(primary)["node"]
+    # A follower that has applied the writes, as the leader's view of it will show.
+    wait_for(lambda: all(view(s)["commit"] >= view(primary)["commit"] for s in (one, two)))
+
+    text = http_get(primary, "/metrics")
+    assert metric(text, "mqd_cluster_role", role="leader") == 1, text
+    assert metric(text, "mqd_cluster_role", role="follower") == 0
+    assert metric(text, "mqd_cluster_node") == leader_id
+    assert metric(text, "mqd_cluster_leader") == leader_id
+    assert metric(text, "mqd_cluster_voters") == 3
+    commit = metric(text, "mqd_cluster_commit_index")
+    assert commit >= 21 and metric(text, "mqd_cluster_applied_index") <= commit
+    assert metric(text, "mqd_cluster_last_index") >= commit
+    members = {}
+    for node in (1, 2, 3):
+        matched = metric(text, "mqd_cluster_member_matched_index", member=node, kind="voter")
+        lag = metric(text, "mqd_cluster_member_lag_entries", member=node, kind="voter")
+        assert matched is not None and lag is not None, text
+        members[node] = (matched, lag)
+    assert all(matched >= 21 for matched, _ in members.values()), members
+
+    status = json.loads(http_get(primary, "/stats.json").split("\r\n\r\n", 1)[1])["cluster"]
+    assert (status["node"], status["role"], status["leader"], status["voters"]) == (
+        leader_id, "leader", leader_id, 3)
+    assert [m["id"] for m in status["members"]] == [1, 2, 3]
+    assert all(m["voter"] and m["matched_index"] >= 21 for m in status["members"]), status
+
+    # A follower knows its role and leader, and no member's progress (only a leader does).
+    text = http_get(one, "/metrics")
+    assert metric(text, "mqd_cluster_role", role="follower") == 1, text
+    assert metric(text, "mqd_cluster_role", role="leader") == 0
+    assert metric(text, "mqd_cluster_leader") == leader_id
+    assert "mqd_cluster_member_lag_entries" not in text
+    status = json.loads(http_get(one, "/stats.json").split("\r\n\r\n", 1)[1])["cluster"]
+    assert (status["role"], status["leader"], status["members"]) == ("follower", leader_id, [])
+
+    # A follower stopped: the leader's lag for it grows with each write it misses.
+    stopped = view(two)["node"]
+    os.kill(two.proc.pid, signal.SIGSTOP)
+    try:
+        with primary.mc() as c:
+            for i in range(10):
+                assert c.set("q", f"n{i}") == b"STORED\r\n"
+        text = http_get(primary, "/metrics")
+        assert metric(text, "mqd_cluster_member_lag_entries", member=stopped, kind="voter") >= 10, text
+    finally:
+        os.kill(two.proc.pid, signal.SIGCONT)
+
+    # A single server has none of it.
+    single = make_server(prime_wal=False)
+    assert "mqd_cluster_" not in http_get(single, "/metrics")
+    assert "cluster" not in json.loads(http_get(single, "/stats.json").split("\r\n\r\n", 1)[1])
 
 
 @pytest.mark.event_loops

@@ -24,7 +24,7 @@ use super::quarantine::{self, Quarantine};
 use super::resync;
 use super::slog_bridge;
 use super::snapshot::{self, Snapshots};
-use super::status::{Role, Status, StatusView};
+use super::status::{MemberProgress, Role, Status, StatusView};
 use super::storage::{RaftStorage, BOOTSTRAP_INDEX};
 use super::transport::Transport;
 
@@ -681,5 +681,29 @@ impl Driver {
             );
         }
         self.status.publish(&view);
+        self.publish_progress();
+    }
+
+    /// On the leader, each member's matched index and lag behind the leader's last entry (this
+    /// node's own: what it persisted); nothing elsewhere.
+    fn publish_progress(&self) {
+        let raft = &self.raw.raft;
+        let leading = raft.state == StateRole::Leader;
+        let last = raft.raft_log.last_index();
+        let conf = raft.prs().conf();
+        let members = raft.prs().iter().filter(|_| leading).map(|(&id, p)| {
+            let matched = if id == raft.id {
+                raft.raft_log.persisted.min(last)
+            } else {
+                p.matched
+            };
+            MemberProgress {
+                id,
+                voter: !conf.learners().contains(&id),
+                matched,
+                lag: last.saturating_sub(matched),
+            }
+        });
+        self.status.publish_progress(members);
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use raft::StateRole;
 
 use super::members::Members;
@@ -25,6 +26,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order `/metrics` lists them.
+    pub const ALL: [Role; 6] = [
+        Role::Follower,
+        Role::PreCandidate,
+        Role::Candidate,
+        Role::Leader,
+        Role::Stopped,
+        Role::Resyncing,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Follower => "follower",
@@ -78,6 +89,19 @@ pub struct Status {
     learners: AtomicU64,
     /// Every member's replication address, as this node last applied it.
     members: Arc<Members>,
+    /// On the leader, how far each member's log matches its own (`progress`); empty elsewhere.
+    progress: Mutex<Vec<MemberProgress>>,
+}
+
+/// How far a member's log matches the leader's, as the leader sees it (`/metrics`,
+/// `/stats.json`): the lag is in entries behind the leader's last one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberProgress {
+    pub id: u64,
+    /// A voter; false for a learner catching up.
+    pub voter: bool,
+    pub matched: u64,
+    pub lag: u64,
 }
 
 /// A copy of a `Status` at one moment.
@@ -136,6 +160,21 @@ impl Status {
         self.learners.store(view.learners, Ordering::Relaxed);
     }
 
+    /// Publishes the members' progress (an empty list when this node does not lead). Called
+    /// by the raft thread at every pass: the list is rewritten in place, without allocating
+    /// once it has its length.
+    pub fn publish_progress(&self, members: impl Iterator<Item = MemberProgress>) {
+        let mut progress = self.progress.lock();
+        progress.clear();
+        progress.extend(members);
+        progress.sort_unstable_by_key(|m| m.id);
+    }
+
+    /// The members' progress as the leader last saw it: empty unless this node leads.
+    pub fn progress(&self) -> Vec<MemberProgress> {
+        self.progress.lock().clone()
+    }
+
     /// The members' addresses.
     pub fn members(&self) -> &Arc<Members> {
         &self.members
@@ -144,11 +183,13 @@ impl Status {
     pub fn stopped(&self) {
         self.role.store(Role::Stopped as u8, Ordering::Relaxed);
         self.leader.store(0, Ordering::Relaxed);
+        self.progress.lock().clear();
     }
 
     pub fn resyncing(&self) {
         self.role.store(Role::Resyncing as u8, Ordering::Relaxed);
         self.leader.store(0, Ordering::Relaxed);
+        self.progress.lock().clear();
     }
 
     pub fn view(&self) -> StatusView {

@@ -190,6 +190,7 @@ mod tests {
             },
             budgets: [("input", 0, 1), ("output", 0, 1), ("write", 0, 1)],
             forwarded: None,
+            cluster: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use super::snapshot::Snapshot;
 use crate::engine::{HistogramSnapshot, QueueStats};
+use crate::replication::status::{MemberProgress, Role, StatusView};
 
 /// The Content-Type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -124,6 +125,10 @@ fn render_server(s: &Snapshot, out: &mut Exposition) {
             out.family(name, kind, help);
             out.sample(name, &[], value);
         }
+    }
+
+    if let Some((view, progress)) = &s.cluster {
+        render_cluster(out, view, progress);
     }
 
     out.family(
@@ -258,6 +263,88 @@ const QUEUE_FAMILIES: [(&str, &str, &str, Field); 10] = [
     ("mqd_queue_flushes_total", "counter", "Times the queue was flushed.", Field::Count(|q| q.flushes)),
     ("mqd_queue_oldest_age_seconds", "gauge", "Seconds the oldest waiting message has waited (0 when the queue is empty).", Field::Seconds(|q| q.age_ms as f64 / 1000.0)),
 ];
+
+/// Under `--cluster`: this node's role (one sample per role, 1 for the one it has), its id,
+/// the leader it knows, the term, its log positions and membership, and on the leader each
+/// member's matched index and lag.
+fn render_cluster(out: &mut Exposition, view: &StatusView, progress: &[MemberProgress]) {
+    out.family(
+        "mqd_cluster_role",
+        "gauge",
+        "1 for this node's role in its replicated group, 0 for the others.",
+    );
+    for role in Role::ALL {
+        let value = u8::from(role == view.role);
+        out.sample("mqd_cluster_role", &[("role", role.name())], value);
+    }
+    for (name, help, value) in [
+        (
+            "mqd_cluster_node",
+            "This node's id in the group.",
+            view.node,
+        ),
+        (
+            "mqd_cluster_leader",
+            "The id of the leader this node knows, 0 if none.",
+            view.leader,
+        ),
+        (
+            "mqd_cluster_term",
+            "The raft term this node is in.",
+            view.term,
+        ),
+        (
+            "mqd_cluster_commit_index",
+            "The last raft log index this node knows committed (fsynced on a majority).",
+            view.commit,
+        ),
+        (
+            "mqd_cluster_applied_index",
+            "The last raft log index applied to this node's queues.",
+            view.applied,
+        ),
+        (
+            "mqd_cluster_last_index",
+            "The last index in this node's raft log.",
+            view.last_index,
+        ),
+        (
+            "mqd_cluster_voters",
+            "Voting members in the membership this node applied last.",
+            view.voters,
+        ),
+        (
+            "mqd_cluster_learners",
+            "Learners (members catching up before they vote) in that membership.",
+            view.learners,
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        out.sample(name, &[], value);
+    }
+    if progress.is_empty() {
+        return;
+    }
+    for (name, help, value) in [
+        (
+            "mqd_cluster_member_matched_index",
+            "On the leader: the last index of each member's log known to match the leader's.",
+            (|m: &MemberProgress| m.matched) as fn(&MemberProgress) -> u64,
+        ),
+        (
+            "mqd_cluster_member_lag_entries",
+            "On the leader: entries each member's log is behind the leader's last one.",
+            |m: &MemberProgress| m.lag,
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        for m in progress {
+            let id = m.id.to_string();
+            let kind = if m.voter { "voter" } else { "learner" };
+            out.sample(name, &[("member", &id), ("kind", kind)], value(m));
+        }
+    }
+}
 
 struct Exposition<'a> {
     text: &'a mut String,

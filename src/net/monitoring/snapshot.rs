@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::connection_counts::{label, PROTOCOLS};
 use crate::engine::{EngineSnapshot, QueueStats};
 use crate::net::{Shared, Totals};
+use crate::replication::status::{MemberProgress, StatusView};
 
 /// Connections of one protocol.
 #[derive(Clone, Debug)]
@@ -36,6 +37,9 @@ pub struct Snapshot {
     /// Under `--cluster`: connections forwarded to the leader now, since start, and received
     /// forwarded since start (`net::forward`).
     pub forwarded: Option<[u64; 3]>,
+    /// Under `--cluster`: this node's place in the group, and (on the leader) each member's
+    /// progress.
+    pub cluster: Option<(StatusView, Vec<MemberProgress>)>,
 }
 
 impl Snapshot {
@@ -69,6 +73,10 @@ impl Snapshot {
                 .forwarding
                 .as_ref()
                 .map(|f| [&f.current, &f.total, &f.received].map(|n| n.load(Ordering::Relaxed))),
+            cluster: shared
+                .cluster
+                .as_ref()
+                .map(|status| (status.view(), status.progress())),
         }
     }
 

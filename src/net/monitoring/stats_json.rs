@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use super::snapshot::Snapshot;
 use crate::engine::{HistogramSnapshot, QueueStats};
 use crate::protocol::json;
+use crate::replication::status::{MemberProgress, StatusView};
 
 pub const CONTENT_TYPE: &str = "application/json";
 
@@ -125,10 +126,54 @@ fn render_head(s: &Snapshot) -> Vec<u8> {
         budgets.raw(&budget.finish());
     }
     o.raw(&budgets.finish());
+    if let Some((view, progress)) = &s.cluster {
+        o.key("cluster");
+        o.raw(&render_cluster(view, progress));
+    }
 
     o.key("queues");
     o.out.push(b'[');
     o.out
+}
+
+/// Under `--cluster`: `{"node":1,"role":"leader","leader":1,"term":2,...,"members":[...]}`,
+/// the members' progress only on the leader (an empty list elsewhere).
+fn render_cluster(view: &StatusView, progress: &[MemberProgress]) -> Vec<u8> {
+    let mut cluster = Object::new();
+    cluster.number("node", view.node);
+    cluster.key("role");
+    json::push_string(&mut cluster.out, view.role.name().as_bytes());
+    for (name, value) in [
+        ("leader", view.leader),
+        ("term", view.term),
+        ("commit_index", view.commit),
+        ("applied_index", view.applied),
+        ("last_index", view.last_index),
+        ("log_first_index", view.first_index),
+        ("log_bytes", view.log_bytes),
+        ("voters", view.voters),
+        ("learners", view.learners),
+    ] {
+        cluster.number(name, value);
+    }
+    cluster.key("members");
+    cluster.out.push(b'[');
+    for (i, m) in progress.iter().enumerate() {
+        if i > 0 {
+            cluster.out.push(b',');
+        }
+        let mut member = Object::new();
+        member.number("id", m.id);
+        member.key("voter");
+        member
+            .out
+            .extend_from_slice(if m.voter { b"true" } else { b"false" });
+        member.number("matched_index", m.matched);
+        member.number("lag", m.lag);
+        cluster.raw(&member.finish());
+    }
+    cluster.out.push(b']');
+    cluster.finish()
 }
 
 fn render_queue(q: &QueueStats) -> Vec<u8> {
