@@ -332,6 +332,11 @@ impl Cluster {
         self.wait_for("a leader", |c| c.leader())
     }
 
+    /// The running nodes other than `id`, in id order.
+    fn others(&self, id: u64) -> Vec<u64> {
+        self.ids.iter().copied().filter(|&n| n != id).collect()
+    }
+
     /// Waits for the outcome of each of `ids`, proposed at some node.
     fn settle(&self, ids: impl IntoIterator<Item = u64>) -> BTreeMap<u64, Outcome> {
         let mut open: BTreeSet<u64> = ids.into_iter().collect();
@@ -653,12 +658,7 @@ fn a_wiped_follower_does_not_elect_a_node_missing_what_was_committed_with_its_lo
     let mut cluster = Cluster::start(&[1, 2, 3]);
     let leader = cluster.wait_for_leader();
     cluster.commit_all(1..=100);
-    let followers: Vec<u64> = cluster
-        .ids
-        .iter()
-        .copied()
-        .filter(|&id| id != leader)
-        .collect();
+    let followers = cluster.others(leader);
     let (lagging, wiped) = (followers[0], followers[1]);
     // Committed by the leader and `wiped` alone; `lagging` never makes them durable.
     cluster.stall_disk(lagging);
@@ -824,12 +824,7 @@ fn a_damaged_member_keeps_its_copy_while_the_others_cannot_commit_without_it() {
     let mut cluster = Cluster::start(&[1, 2, 3]);
     let leader = cluster.wait_for_leader();
     cluster.commit_all(1..=100);
-    let followers: Vec<u64> = cluster
-        .ids
-        .iter()
-        .copied()
-        .filter(|&id| id != leader)
-        .collect();
+    let followers = cluster.others(leader);
     let (damaged, down) = (followers[0], followers[1]);
     cluster.kill(down);
     let _ = cluster
