@@ -770,6 +770,22 @@ fn a_joiner_is_added_as_a_learner_then_a_voter_and_a_leader_removes_itself_by_ha
     exactly_once(&cluster.converged(), 1..=250);
 }
 
+/// Tells node `id` its copy is damaged, as its engine does on a read that meets RocksDB's
+/// corruption error.
+fn damage(cluster: &Cluster, id: u64) {
+    let _ = cluster
+        .node(id)
+        .inputs()
+        .send(Input::Damaged("Corruption: block checksum mismatch".into()));
+}
+
+/// Waits until node `id` says it is `resyncing` (it takes no part in the group).
+fn wait_resyncing(cluster: &Cluster, id: u64, what: &str) {
+    cluster.wait_for(what, |c| {
+        (c.node(id).status().view().role == Role::Resyncing).then_some(())
+    });
+}
+
 /// The stage of node `id`'s resync marker (`resync`), if any.
 fn marker(cluster: &Cluster, id: u64) -> Option<resync::Stage> {
     resync::read(cluster.members[&id].dir.path())
@@ -797,13 +813,8 @@ fn a_damaged_follower_drops_its_copy_once_the_others_commit_without_it_and_gets_
     let leader = cluster.wait_for_leader();
     cluster.commit_all(1..=300);
     let damaged = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
-    let _ = cluster
-        .node(damaged)
-        .inputs()
-        .send(Input::Damaged("Corruption: block checksum mismatch".into()));
-    cluster.wait_for("the damaged node to stop taking part", |c| {
-        (c.node(damaged).status().view().role == Role::Resyncing).then_some(())
-    });
+    damage(&cluster, damaged);
+    wait_resyncing(&cluster, damaged, "the damaged node to stop taking part");
     assert_eq!(marker(&cluster, damaged), Some(resync::Stage::Damaged));
     // The other two commit without it: the proof.
     cluster.commit_all(301..=700);
@@ -827,13 +838,8 @@ fn a_damaged_member_keeps_its_copy_while_the_others_cannot_commit_without_it() {
     let followers = cluster.others(leader);
     let (damaged, down) = (followers[0], followers[1]);
     cluster.kill(down);
-    let _ = cluster
-        .node(damaged)
-        .inputs()
-        .send(Input::Damaged("Corruption: block checksum mismatch".into()));
-    cluster.wait_for("the damaged node to stop taking part", |c| {
-        (c.node(damaged).status().view().role == Role::Resyncing).then_some(())
-    });
+    damage(&cluster, damaged);
+    wait_resyncing(&cluster, damaged, "the damaged node to stop taking part");
     // Entries 1..=100 are on the leader and the damaged node alone: its copy must stay.
     for id in 101..=110 {
         cluster.node(leader).propose(id, id.to_be_bytes().to_vec());
@@ -848,9 +854,11 @@ fn a_damaged_member_keeps_its_copy_while_the_others_cannot_commit_without_it() {
     // Restarted meanwhile, it still takes no part, and keeps its copy.
     cluster.kill(damaged);
     cluster.run(damaged);
-    cluster.wait_for("the restarted damaged node to stop taking part", |c| {
-        (c.node(damaged).status().view().role == Role::Resyncing).then_some(())
-    });
+    wait_resyncing(
+        &cluster,
+        damaged,
+        "the restarted damaged node to stop taking part",
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(marker(&cluster, damaged), Some(resync::Stage::Damaged));
     // The third member back: the group commits without the damaged one, which then resyncs.
@@ -871,10 +879,7 @@ fn a_damaged_leader_stops_leading_the_others_elect_and_it_gets_every_entry_back(
     let mut cluster = Cluster::start(&[1, 2, 3]);
     let leader = cluster.wait_for_leader();
     cluster.commit_all(1..=200);
-    let _ = cluster
-        .node(leader)
-        .inputs()
-        .send(Input::Damaged("Corruption: block checksum mismatch".into()));
+    damage(&cluster, leader);
     let next = cluster.wait_for("another leader", |c| c.leader().filter(|&l| l != leader));
     // The new leader's first entry, committed without the damaged node, is the proof.
     cluster.wait_for("the decision to drop the damaged copy", |c| {
