@@ -60,6 +60,11 @@ pub(super) struct Pending {
 }
 
 pub(super) fn apply(driver: &mut Driver, entries: Vec<Entry>) -> Result<(), String> {
+    if let Some(install) = driver.install.as_mut() {
+        // After the snapshot being installed, which they change (`installing`).
+        install.deferred.extend(entries);
+        return Ok(());
+    }
     let Some(last) = entries.last() else {
         return Ok(());
     };

@@ -713,6 +713,50 @@ fn a_follower_down_past_the_leaders_compaction_gets_a_snapshot_over_its_old_log(
 }
 
 #[test]
+fn a_follower_installing_a_snapshot_keeps_answering_and_the_leader_that_needs_it_keeps_leading() {
+    let mut cluster = Cluster::with_log(&[1, 2, 3], SMALL_LOG);
+    let leader = cluster.wait_for_leader();
+    cluster.commit_all(1..=100);
+    let others = cluster.others(leader);
+    let (installing, other) = (others[0], others[1]);
+    cluster.kill(installing);
+    cluster.commit_all(101..=500);
+    // Its state takes 4 s to replace (a million messages' worth): 8 election timeouts.
+    let install = Duration::from_secs(4);
+    snapshot::install::SLOW_FOR_TESTS.lock().unwrap().push((
+        cluster.members[&installing].dir.path().to_path_buf(),
+        install,
+    ));
+    cluster.run(installing);
+    cluster.wait_for("the snapshot's install to begin", |c| {
+        let view = c.node(installing).status().view();
+        (view.first_index > 500).then_some(())
+    });
+    // The leader now needs the installing follower for every commit.
+    cluster.kill(other);
+    let term = cluster.node(leader).status().view().term;
+    let started = Instant::now();
+    cluster.commit_all(501..=550);
+    let view = cluster.node(installing).status().view();
+    assert_eq!(
+        view.snapshots_installed,
+        0,
+        "committed with the follower in {:?}, before its install ended",
+        started.elapsed()
+    );
+    assert_eq!(cluster.wait_for_leader(), leader, "the leader kept leading");
+    assert_eq!(cluster.node(leader).status().view().term, term);
+    // Then the state is installed and the entries committed meanwhile applied, in order.
+    cluster.wait_for("the install to end", |c| {
+        (c.node(installing).status().view().snapshots_installed == 1).then_some(())
+    });
+    cluster.run(other);
+    let values = cluster.converged();
+    assert_eq!(cluster.values(installing), values);
+    exactly_once(&values, 1..=550);
+}
+
+#[test]
 fn a_joiner_is_added_as_a_learner_then_a_voter_and_a_leader_removes_itself_by_handing_over() {
     let mut cluster = Cluster::with_log(&[1, 2, 3], LogLimits::entries(16));
     cluster.commit_all(1..=100);

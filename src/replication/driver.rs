@@ -18,6 +18,7 @@ use rocksdb::DB;
 use super::admin::codec::{AdminReply, AdminRequest};
 use super::apply::{Applier, Outcome, Pending};
 use super::compaction::{self, LogLimits, LogState};
+use super::installing::Install;
 use super::members::{Addresses, Members};
 use super::membership::{Marks, Waiter};
 use super::quarantine::{self, Quarantine};
@@ -100,6 +101,12 @@ pub enum Input {
         to: u64,
         done: bool,
     },
+    /// A snapshot's state replacement ended (`installing`): the records written, or why not.
+    Installed {
+        index: u64,
+        term: u64,
+        replaced: Result<u64, String>,
+    },
     /// An admin request (`mqd cluster`); the answer goes to `reply`.
     Admin {
         request: AdminRequest,
@@ -181,6 +188,13 @@ pub(super) struct Driver {
     pub snapshots_installed: u64,
     /// It dropped a damaged copy and has not installed the group's yet (`resync`): no vote.
     rejoining: bool,
+    /// A snapshot being installed (`installing`).
+    pub(super) install: Option<Install>,
+    /// The file of the snapshot installed last, removed once an fsync requested after its
+    /// install finished (that Ready's number, once one was requested) is done.
+    pub(super) installed_file: Option<(std::path::PathBuf, Option<u64>)>,
+    /// This thread's own input channel, for the threads it starts.
+    pub(super) inputs: Sender<Input>,
 }
 
 impl Node {
@@ -255,6 +269,9 @@ impl Node {
             log_limits: config.log,
             snapshots_installed: 0,
             rejoining,
+            install: None,
+            installed_file: None,
+            inputs: inputs.clone(),
         };
         driver.members_changed();
         driver.publish();
@@ -386,6 +403,10 @@ impl Driver {
             Ok(Err(e)) => log::error!("raft node {id} stopped: {e}"),
             Err(_) => log::error!("raft node {id} stopped: raft-rs panicked"),
         }
+        if let Some(install) = self.install.as_mut() {
+            // Its writes end before the database can be closed; `S` redoes it at the next start.
+            install.join();
+        }
         self.status.stopped();
         if self.established {
             // A stopped node leads no more: the engine must not take writes nobody commits.
@@ -498,7 +519,12 @@ impl Driver {
             Input::Propose { id, data } => self.propose(id, data),
             Input::Admin { request, reply } => self.admin(request, reply),
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
-            Input::Synced(Synced::UpTo(number)) => self.synced(number),
+            Input::Synced(Synced::UpTo(number)) => self.synced(number)?,
+            Input::Installed {
+                index,
+                term,
+                replaced,
+            } => super::installing::replaced(self, index, term, replaced)?,
             Input::Synced(Synced::Failed(e)) => return Err(e),
             Input::Damaged(what) => return Err(format!("{}{what}", resync::DAMAGE_FOUND)),
             Input::Stop => return Ok(false),
@@ -577,7 +603,7 @@ impl Driver {
     }
 
     /// The syncer made every Ready up to `requested` durable: tell raft-rs, and send what waited.
-    fn synced(&mut self, requested: u64) {
+    fn synced(&mut self, requested: u64) -> Result<(), String> {
         let mut persisted = None;
         let mut messages = Vec::new();
         let mut snapshot = None;
@@ -594,12 +620,17 @@ impl Driver {
         if let Some(number) = persisted {
             self.raw.on_persist_ready(number);
         }
-        if let Some(index) = snapshot {
-            // The installed state is applied up to it; raft-rs allows saying so once it knows
-            // the snapshot persisted (applied <= persisted).
-            self.raw.advance_apply_to(index);
-        }
         self.transport.send(messages);
+        if let Some((path, Some(after))) = &self.installed_file {
+            if requested >= *after {
+                let _ = std::fs::remove_file(path);
+                self.installed_file = None;
+            }
+        }
+        if let Some(index) = snapshot {
+            super::installing::persisted(self, index)?;
+        }
+        Ok(())
     }
 
     /// The address map changed (a membership change applied, a snapshot installed): the

@@ -7,7 +7,7 @@
 //! `listener` also takes the client connections other members forward to this one
 //! (`FORWARD_MARKER`) and hands them to the server (`ClientHandoff`), and snapshot transfers
 //! (`snapshot`: made, sent, received and installed when a follower needs entries the leader
-//! compacted away; `compaction` decides when a node drops the head of its log), and
+//! compacted away, `installing` without stopping the raft thread; `compaction` decides when a node drops the head of its log), and
 //! membership changes online (`membership` on the raft thread, `members` the address map the
 //! log carries, `admin` the `mqd cluster` requests). The state machine is the queue engine
 //! (`replica`): entries are its write batches. `mqd serve --node --cluster` runs a `Replica`.
@@ -24,6 +24,7 @@ pub mod compaction;
 pub mod db;
 pub mod driver;
 mod frame;
+mod installing;
 pub mod keys;
 pub mod listener;
 pub mod members;

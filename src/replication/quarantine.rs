@@ -238,6 +238,7 @@ pub(super) fn wait(
             Input::Unreachable(_)
             | Input::Synced(_)
             | Input::SnapshotSent { .. }
+            | Input::Installed { .. }
             | Input::Damaged(_) => {}
         }
     }

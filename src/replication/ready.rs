@@ -3,7 +3,8 @@
 //!
 //! 1. the leader's messages (appends, heartbeats) leave at once: it counts itself towards a
 //!    commit only once its own copy is persisted (raft thesis 10.2.1);
-//!    a snapshot (on a follower) is installed, durably, before anything else of the Ready;
+//!    a snapshot (on a follower) has its raft state written, durably, before anything else of
+//!    the Ready, and its state machine's installed beside (`installing`);
 //! 2. new entries and the hard state are written (no fsync), replacing any conflicting tail;
 //! 3. messages that promise what is on disk (votes, append acknowledgements) wait for the
 //!    fsync covering that write: a vote or an acknowledgement a power cut takes back could
@@ -20,19 +21,9 @@ pub(super) fn handle_ready(driver: &mut Driver) -> Result<(), String> {
     driver.transport.send(ready.take_messages());
     let mut snapshot = None;
     if !ready.snapshot().is_empty() {
-        // Installed (durably) before anything of this Ready is written or acknowledged.
-        driver
-            .raw
-            .mut_store()
-            .install_snapshot(ready.snapshot())
-            .map_err(|e| format!("installing a snapshot failed: {e}"))?;
-        driver.applier.restored();
-        driver.snapshots_installed += 1;
-        // The snapshot's address map (stored beside its membership) replaces this node's.
-        if let Some(addresses) = driver.raw.store().addresses() {
-            driver.addresses = addresses.clone();
-            driver.members_changed();
-        }
+        // The raft state at the snapshot is written (durably) before anything of this Ready;
+        // the state machine's follows on a thread of its own (`installing`).
+        super::installing::begin(driver, ready.snapshot())?;
         snapshot = Some(ready.snapshot().get_metadata().index);
     }
     driver
@@ -51,6 +42,9 @@ pub(super) fn handle_ready(driver: &mut Driver) -> Result<(), String> {
             snapshot,
         });
         driver.raw.advance_append_async(ready);
+        if let Some((_, after @ None)) = &mut driver.installed_file {
+            *after = Some(number);
+        }
         driver.syncer.request(number);
     } else if let Some(last) = driver.unsynced.back_mut() {
         // Persisted by the fsync that persists the Ready before it.

@@ -89,6 +89,8 @@ pub struct RaftStorage {
     log_bytes: u64,
     /// Snapshots this node makes for its followers (`None`: it cannot send any).
     snapshots: Option<Snapshots>,
+    /// The snapshot whose state is being installed (`begin_install`).
+    installing: Option<(u64, u64)>,
 }
 
 fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
@@ -139,9 +141,19 @@ impl RaftStorage {
             let path = snapshot::received_path(&snapshot::dir(&db), index, term);
             let records = install::replace_state(&db, &path).map_err(StoreError::Corrupt)?;
             let mut storage = Self::load(db, node_id)?;
+            if storage.truncated.0 < index {
+                // Written by a version that reset the log last: not done yet.
+                let mut batch = WriteBatch::default();
+                storage.reset_log(&mut batch, index, term);
+                install::write_durably(&storage.db, batch)?;
+                storage.log_was_reset(index, term);
+            }
             storage.finish_install(index, term, records)?;
+            snapshot::remove_received(&snapshot::dir(&storage.db));
             return Ok(storage);
         }
+        // One received but never installed (no `S`): the leader sends a snapshot again.
+        snapshot::remove_received(&snapshot::dir(&db));
         Self::load(db, node_id)
     }
 
@@ -151,8 +163,9 @@ impl RaftStorage {
         self
     }
 
+    /// Whether this node can make snapshots now: not from a state half installed.
     pub fn can_snapshot(&self) -> bool {
-        self.snapshots.is_some()
+        self.snapshots.is_some() && self.installing.is_none()
     }
 
     /// Snapshot files made here since start.
@@ -160,9 +173,25 @@ impl RaftStorage {
         self.snapshots.as_ref().map_or(0, Snapshots::made)
     }
 
-    /// Replaces the state and the log by the received snapshot `snap` (its file is whole on
-    /// disk), in the order `snapshot::install` describes; durable when this returns.
+    /// Replaces the state and the log by the received snapshot `snap` in one go (its file is
+    /// whole on disk): `begin_install`, the state replaced, `finish_install`. The raft thread
+    /// runs the middle step on a thread of its own (`super::installing`).
+    #[cfg(test)]
     pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
+        let path = self.begin_install(snap)?;
+        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        let records = install::replace_state(&self.db, &path).map_err(StoreError::Corrupt)?;
+        self.finish_install(index, term, records)?;
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    /// Steps 2 and 3 of `snapshot::install` for the received snapshot `snap` (its file is whole
+    /// on disk), in one durable write: the marker `S`, and the raft state at the snapshot (the
+    /// log emptied, the compaction point and commit index at it). From here the log goes on
+    /// after the snapshot while the state column families are replaced (step 4, the file's
+    /// path returned); the applied index stays where it was until `finish_install`.
+    pub fn begin_install(&mut self, snap: &Snapshot) -> Result<std::path::PathBuf, StoreError> {
         let meta = snap.get_metadata();
         let (index, term) = (meta.index, meta.term);
         if snapshot::decode_snapshot_data(&snap.data) != Some((index, term)) {
@@ -177,25 +206,65 @@ impl RaftStorage {
                 path.display()
             )));
         }
-        let mut marker = WriteBatch::default();
-        marker.put_cf(
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
             log_cf(&self.db),
             INSTALLING_KEY,
             encode_position(index, term),
         );
-        install::write_durably(&self.db, marker)?;
-        let started = std::time::Instant::now();
-        let records = install::replace_state(&self.db, &path).map_err(StoreError::Corrupt)?;
-        self.finish_install(index, term, records)?;
-        log::info!(
-            "snapshot {index} (term {term}) installed: {records} records in {:?}",
-            started.elapsed()
-        );
-        Ok(())
+        self.reset_log(&mut batch, index, term);
+        install::write_durably(&self.db, batch)?;
+        self.log_was_reset(index, term);
+        self.installing = Some((index, term));
+        Ok(path)
     }
 
-    /// Steps 4-5 of `snapshot::install`, the state replaced.
-    fn finish_install(&mut self, index: u64, term: u64, records: u64) -> Result<(), StoreError> {
+    /// Adds to `batch` the raft state at snapshot `index` (of `term`): the log emptied, the
+    /// compaction point there, the commit index at least there.
+    fn reset_log(&self, batch: &mut WriteBatch, index: u64, term: u64) {
+        let log = log_cf(&self.db);
+        batch.delete_range_cf(log, entry_key(0), entry_key(u64::MAX));
+        batch.delete_cf(log, entry_key(u64::MAX));
+        batch.put_cf(log, TRUNCATED_KEY, encode_position(index, term));
+        batch.put_cf(
+            log,
+            HARD_STATE_KEY,
+            encode(&self.hard_state_at(index, term)),
+        );
+    }
+
+    fn hard_state_at(&self, index: u64, term: u64) -> HardState {
+        let mut hard_state = self.hard_state.clone();
+        hard_state.term = hard_state.term.max(term);
+        hard_state.commit = hard_state.commit.max(index);
+        hard_state
+    }
+
+    /// What `reset_log` wrote, in memory.
+    fn log_was_reset(&mut self, index: u64, term: u64) {
+        self.hard_state = self.hard_state_at(index, term);
+        self.truncated = (index, term);
+        self.last_index = index;
+        self.sizes.clear();
+        self.log_bytes = 0;
+    }
+
+    /// Whether a snapshot's state is being installed (`begin_install` done, `finish_install`
+    /// not yet).
+    pub fn installing(&self) -> Option<(u64, u64)> {
+        self.installing
+    }
+
+    /// Step 5 of `snapshot::install`, the state replaced: the applied index and membership read
+    /// back from it, `S` deleted (durably). The log, which may have grown past the snapshot
+    /// meanwhile, is left alone. The file is left too (`snapshot::remove_received`): until an
+    /// fsync the raft thread asked for covers the deletion, a start-up may still need it.
+    pub fn finish_install(
+        &mut self,
+        index: u64,
+        term: u64,
+        records: u64,
+    ) -> Result<(), StoreError> {
         let path = snapshot::received_path(&snapshot::dir(&self.db), index, term);
         let state = state_cf(&self.db);
         let applied = self
@@ -212,30 +281,20 @@ impl RaftStorage {
             None => return Err(StoreError::Corrupt("a snapshot with no membership".into())),
         };
         let addresses = read_addresses(&self.db)?;
-        let mut hard_state = self.hard_state.clone();
-        hard_state.term = hard_state.term.max(term);
-        hard_state.commit = hard_state.commit.max(index);
-        let log = log_cf(&self.db);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(log, entry_key(0), entry_key(u64::MAX));
-        batch.delete_cf(log, entry_key(u64::MAX));
-        batch.put_cf(log, TRUNCATED_KEY, encode_position(index, term));
-        batch.put_cf(log, HARD_STATE_KEY, encode(&hard_state));
-        batch.delete_cf(log, INSTALLING_KEY);
+        batch.delete_cf(log_cf(&self.db), INSTALLING_KEY);
         install::write_durably(&self.db, batch)?;
-        self.hard_state = hard_state;
         self.conf_state = conf_state;
         // A snapshot made before any membership change holds no map: this node's stays.
         if addresses.is_some() {
             self.addresses = addresses;
         }
-        self.truncated = (index, term);
-        self.last_index = index;
         self.applied = (index, term);
-        self.sizes.clear();
-        self.log_bytes = 0;
-        let _ = std::fs::remove_file(&path);
-        log::debug!("snapshot {index}: {records} records");
+        self.installing = None;
+        log::debug!(
+            "snapshot {index}: {records} records, {} installed",
+            path.display()
+        );
         Ok(())
     }
 
@@ -282,6 +341,7 @@ impl RaftStorage {
             sizes: VecDeque::new(),
             log_bytes: 0,
             snapshots: None,
+            installing: None,
         };
         storage.measure()?;
         Ok(storage)
@@ -621,9 +681,11 @@ impl raft::Storage for RaftStorage {
     /// (`snapshot::generate`): until it is ready raft-rs hears "temporarily unavailable" and
     /// asks again later.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // Not of a state half installed: a node that became leader while installing one.
         let ready = self
             .snapshots
             .as_ref()
+            .filter(|_| self.installing.is_none())
             .and_then(|s| s.get(request_index.max(self.truncated.0), to));
         ready.ok_or(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,

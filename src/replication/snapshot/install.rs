@@ -1,16 +1,18 @@
-//! Installing a received snapshot file on a follower: its state column families' contents are
-//! replaced by the file's, and only then its raft state (`RaftStorage::install_snapshot`), in an
-//! order a crash at any point leaves recoverable:
+//! Installing a received snapshot file on a follower: its raft state first, then its state
+//! column families' contents replaced by the file's, beside the raft thread
+//! (`super::super::installing`), in an order a crash at any point leaves recoverable:
 //!
 //! 1. the file is whole and fsynced under its final name (`receive`) before raft-rs sees it;
-//! 2. `S` = (index, term) is written durably: from here the state column families are not a
-//!    state of the log, and a start-up that finds `S` installs the file again before anything
-//!    reads them (`RaftStorage::open`);
+//! 2. one durable write (`RaftStorage::begin_install`): `S` = (index, term), the log emptied,
+//!    the compaction point and commit index at the snapshot. From here the state column
+//!    families are not a state of the log, and a start-up that finds `S` installs the file
+//!    again before anything reads them (`RaftStorage::open`), keeping the log that followed;
 //! 3. the state column families are emptied (range deletes) and the file's records written,
-//!    in batches of at most `BATCH_BYTES` (bounded memory, whatever the file's size);
-//! 4. one durable write: the applied index and membership read back from the installed state,
-//!    the log emptied, the compaction point and commit index at the snapshot, `S` deleted;
-//! 5. the file is removed.
+//!    in batches of at most `BATCH_BYTES` (bounded memory, whatever the file's size):
+//!    `replace_state`, on a thread of its own;
+//! 4. one durable write (`RaftStorage::finish_install`): the applied index and membership read
+//!    back from the installed state and checked, `S` deleted;
+//! 5. the file is removed once a later fsync is reported (or at the next start).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -31,9 +33,26 @@ pub fn write_durably(db: &DB, batch: WriteBatch) -> Result<(), rocksdb::Error> {
     db.flush_wal(true)
 }
 
+/// Tests make the installs into some databases (by path) this much slower, as a large state's is.
+#[cfg(test)]
+pub static SLOW_FOR_TESTS: std::sync::Mutex<Vec<(std::path::PathBuf, std::time::Duration)>> =
+    std::sync::Mutex::new(Vec::new());
+
 /// Step 3: replaces the state column families' contents by the records of the file at `path`;
 /// returns how many it wrote.
 pub fn replace_state(db: &DB, path: &Path) -> Result<u64, String> {
+    #[cfg(test)]
+    {
+        let slow = SLOW_FOR_TESTS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == db.path())
+            .map(|s| s.1);
+        if let Some(delay) = slow {
+            std::thread::sleep(delay);
+        }
+    }
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file))
         .map_err(|e| format!("{}: {e}", path.display()))?;

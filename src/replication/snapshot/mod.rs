@@ -10,7 +10,8 @@
 //! - `send`, `receive`: one connection per transfer, `SNAPSHOT_MARKER` first; the receiver
 //!   fsyncs the file before raft-rs sees the `MsgSnapshot`, and the leader reports the
 //!   outcome to raft-rs (`report_snapshot`);
-//! - `install`: the follower replaces its state with the file's, raft state last.
+//! - `install`: the follower replaces its state with the file's, raft state first, state
+//!   machine beside the raft thread (`super::installing`).
 //!
 //! Files live in `DATA_DIR/raft-snap/` (RocksDB ignores a directory it did not make).
 
@@ -48,6 +49,21 @@ pub fn generated_path(dir: &Path, index: u64, term: u64) -> PathBuf {
 /// A file received from the leader, to install.
 pub fn received_path(dir: &Path, index: u64, term: u64) -> PathBuf {
     dir.join(format!("received-{index}-{term}.snap"))
+}
+
+/// Removes every received file in `dir`: at a start, once any install it had to redo is done,
+/// none is needed (a file received but not yet installed is sent again by the leader).
+pub fn remove_received(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("received-") && name.ends_with(".snap") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// `Snapshot.data`: the index and term naming the file.
