@@ -61,8 +61,11 @@ pub(super) struct Pending {
 
 pub(super) fn apply(driver: &mut Driver, entries: Vec<Entry>) -> Result<(), String> {
     if let Some(install) = driver.install.as_mut() {
-        // After the snapshot being installed, which they change (`installing`).
-        install.deferred.extend(entries);
+        // After the snapshot being installed, which they change: read back from the log once
+        // it is (`installing`).
+        if let Some(last) = entries.last() {
+            install.committed_to = Some(last.index);
+        }
         return Ok(());
     }
     let Some(last) = entries.last() else {

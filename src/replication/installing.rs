@@ -12,15 +12,18 @@
 //!    (`snapshot::install::replace_state`) and reports `Input::Installed`;
 //! 3. once that is done and the snapshot's `Ready` is persisted (raft-rs allows applying only
 //!    what is persisted), the raft thread finishes (`RaftStorage::finish_install`), tells
-//!    raft-rs the snapshot is applied, and applies the entries committed meanwhile, which
-//!    waited in memory (`Install::deferred`), in log order.
+//!    raft-rs the snapshot is applied, and applies the entries committed meanwhile in log
+//!    order, read back from the log (`Install::committed_to`): however long the install, they
+//!    take no memory while they wait (they are persisted, and compaction keeps every entry
+//!    after the applied index).
 //!
 //! A crash at any point: `S` makes the next start replace the state again before anything
 //! reads it, and the log written after the snapshot is kept (`RaftStorage::open`).
 
 use std::thread::JoinHandle;
 
-use raft::prelude::{Entry, Snapshot};
+use raft::prelude::Snapshot;
+use raft::{GetEntriesContext, Storage};
 
 use super::driver::{Driver, Input};
 
@@ -32,8 +35,9 @@ pub(super) struct Install {
     persisted: bool,
     /// What the state replacement did: records written, or why it failed.
     replaced: Option<Result<u64, String>>,
-    /// Entries committed after the snapshot, to apply once it is installed.
-    pub deferred: Vec<Entry>,
+    /// The last entry committed after the snapshot, if any: those up to it are applied once
+    /// it is installed.
+    pub committed_to: Option<u64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -96,7 +100,7 @@ pub(super) fn begin(driver: &mut Driver, snap: &Snapshot) -> Result<(), String> 
         term,
         persisted: false,
         replaced: None,
-        deferred: Vec::new(),
+        committed_to: None,
         thread: Some(thread),
     });
     Ok(())
@@ -168,5 +172,24 @@ fn finish_if_done(driver: &mut Driver) -> Result<(), String> {
         driver.addresses = addresses.clone();
         driver.members_changed();
     }
-    super::apply::apply(driver, install.deferred)
+    let Some(last) = install.committed_to else {
+        return Ok(());
+    };
+    let mut next = install.index + 1;
+    while next <= last {
+        let entries = driver
+            .raw
+            .store()
+            .entries(next, last + 1, APPLY_BYTES, GetEntriesContext::empty(false))
+            .map_err(|e| format!("reading entries {next}..={last} to apply: {e}"))?;
+        let Some(end) = entries.last().map(|e| e.index) else {
+            return Err(format!("entries {next}..={last} are not in the log"));
+        };
+        super::apply::apply(driver, entries)?;
+        next = end + 1;
+    }
+    Ok(())
 }
+
+/// At most this many bytes of entries are read back and applied at once.
+const APPLY_BYTES: u64 = 4 << 20;
