@@ -812,6 +812,16 @@ def snapshot_stats(server):
     return {k: int(stats[f"cluster_snapshots_{k}"]) for k in ("made", "installed")}
 
 
+def wait_for_installed(server, count=1, timeout=PATIENCE):
+    """Until `server` has installed `count` snapshots: the raft state moves to a snapshot (its
+    commit index with it) before its state machine's is installed beside the raft thread."""
+    deadline = time.monotonic() + timeout
+    while (installed := snapshot_stats(server)["installed"]) < count:
+        assert time.monotonic() < deadline, f"{installed} snapshots installed"
+        time.sleep(0.02)
+    return installed
+
+
 def wait_for_commit(server, commit, timeout=PATIENCE):
     """Seconds until `server` knows `commit` is committed."""
     started = time.monotonic()
@@ -836,9 +846,9 @@ def test_a_wiped_follower_catches_up_from_a_snapshot_and_can_lead_with_every_mes
     started = time.monotonic()
     wiped.start()
     caught_up = wait_for_commit(wiped, view(primary)["commit"])
+    assert wait_for_installed(wiped) >= 1
     print(f"the wiped follower caught up {time.monotonic() - started:.2f} s after its start "
-          f"({caught_up:.2f} s after it answered)")
-    assert snapshot_stats(wiped)["installed"] >= 1
+          f"({caught_up:.2f} s after it answered, to the commit index)")
     assert snapshot_stats(primary)["made"] >= 1
     # More through the log, then the wiped node is the only one that can lead: the other
     # follower misses the last writes (killed: stopped, it would read them from its socket on
@@ -866,7 +876,7 @@ def test_a_single_servers_queues_seed_a_group_whose_other_members_join(make_serv
     acked += [b"t0"] + one_by_one(seed, "q", [f"t{i}".encode() for i in range(1, 10)])
     for j in joiners:
         wait_for_commit(j, view(seed)["commit"])
-        assert snapshot_stats(j)["installed"] == 1, snapshot_stats(j)
+        assert wait_for_installed(j) == 1, snapshot_stats(j)
     # The seed dies: a joiner leads, with the single server's messages and the later ones.
     seed.kill()
     new_leader, _ = wait_for_leader(joiners)

@@ -11,7 +11,7 @@ message that was not read."""
 import time
 
 from test_cluster import (NO_LEADER, PATIENCE, agreed_leader, cluster_of, one_by_one,
-                          snapshot_stats, take, until_served, view, wait_for_commit,
+                          take, until_served, view, wait_for_commit, wait_for_installed,
                           wait_for_leader)
 from test_damaged_blocks import body, fill
 
@@ -156,7 +156,7 @@ def test_a_member_that_finds_damage_gets_its_copy_back_from_the_group(make_serve
     damaged.start()
     assert b"files of the damaged copy removed" in damaged.log_path.read_bytes()[log_from:]
     wait_for_commit(damaged, view(servers[new_leader - 1])["commit"], timeout=4 * PATIENCE)
-    assert snapshot_stats(damaged)["installed"] >= 1
+    assert wait_for_installed(damaged) >= 1
     wait_for_rejoined(damaged, log_from)
     leader, views = agreed_leader(servers)
     assert leader is not None, views
