@@ -14,6 +14,7 @@ import time
 
 from conftest import free_port, mqd_bin
 from test_cluster import PATIENCE, view, wait_for_leader
+from test_persistence import drain_mc
 
 ADMIN_MARKER = b"\xff\xff\xff\xfd"
 
@@ -130,12 +131,7 @@ def write(server, queue, bodies):
 
 def drain(server, queue):
     with server.mc() as c:
-        got = []
-        while True:
-            body = c.get_one(queue)
-            if body is None:
-                return got
-            got.append(body)
+        return drain_mc(c, queue)
 
 
 def stats(server):
