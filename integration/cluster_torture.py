@@ -65,6 +65,15 @@ def setting(name, default, kind=float):
     return kind(os.environ.get(name, default))
 
 
+def quarantined_at_open(server):
+    """Whether `server`, since its last start, runs the quarantine of a member whose database
+    RocksDB cannot open: alive, no client port (cluster.md 8)."""
+    text = server.log_path.read_bytes()
+    since = text[text.rfind(b"===== start #"):]
+    return (server.alive() and b"cannot open" in since
+            and b"takes no part in the group" in since)
+
+
 class Settings:
     def __init__(self):
         self.kinds = os.environ.get("KINDS", " ".join(KINDS)).split()
@@ -121,9 +130,26 @@ class Group:
         return [i for i, s in enumerate(self.servers, 1) if s.alive()]
 
     def start(self, node):
-        """Starts node; False (and the log's tail noted) if it exits while starting."""
+        """Starts node; False (and the log's tail noted) if it exits while starting. A node
+        whose database RocksDB cannot open (damage) serves no client: started once it is in
+        quarantine (cluster.md 8)."""
+        server = self.server(node)
         try:
-            self.server(node).start()
+            server.start(wait=False)
+            deadline = time.monotonic() + 60
+            while not quarantined_at_open(server):
+                try:
+                    server.wait_ready_once()
+                    return True
+                except OSError:
+                    pass
+                if not server.alive():
+                    raise ServerDied(f"exited with {server.proc.returncode}")
+                if time.monotonic() > deadline:
+                    server.kill()
+                    raise AssertionError("did not answer within 60 s")
+                time.sleep(0.05)
+            log(f"node {node} cannot open its database: in quarantine, no client port")
             return True
         except (ServerDied, AssertionError) as e:
             log(f"node {node} did not start: {str(e).splitlines()[0]}")
@@ -138,10 +164,11 @@ class Group:
             return False
 
     def role(self, node):
+        server = self.server(node)
         try:
-            return view(self.server(node))["role"] if self.server(node).alive() else "down"
+            return view(server)["role"] if server.alive() else "down"
         except OSError:
-            return "down"
+            return "resyncing" if quarantined_at_open(server) else "down"
 
     def supervise(self):
         """What systemd's Restart=on-failure does for a member that left to drop its damaged

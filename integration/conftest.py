@@ -91,7 +91,8 @@ class Server:
             cmd += ["--no-wal-prime"]
         return cmd + self.args
 
-    def start(self):
+    def start(self, wait=True):
+        """Starts the server and, unless `wait` is false, waits until it answers."""
         assert self.proc is None or self.proc.poll() is not None, "server already running"
         self.starts += 1
         log = open(self.log_path, "ab")
@@ -112,7 +113,8 @@ class Server:
         )
         log.close()
         self.expect_running = True
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
         return self
 
     def wait_ready(self):
@@ -161,6 +163,16 @@ class Server:
                     f"{self.log_tail()}"
                 )
             time.sleep(0.05)
+
+    def wait_ready_once(self):
+        """One try of `wait_ready`: raises OSError unless every port accepts a connection and
+        the first answers a request."""
+        for port in self.ports:
+            socket.create_connection((self.host, port), timeout=0.5).close()
+        with socket.create_connection((self.host, self.ports[0]), timeout=0.5) as s:
+            s.sendall(b"version\r\n")
+            if not s.recv(64).startswith(b"VERSION"):
+                raise OSError("no answer to version")
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

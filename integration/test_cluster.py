@@ -822,6 +822,16 @@ def wait_for_installed(server, count=1, timeout=PATIENCE):
     return installed
 
 
+def wait_for_exit(server, timeout=PATIENCE):
+    """Until `server`'s process ends by itself: its exit status."""
+    deadline = time.monotonic() + timeout
+    while server.proc.poll() is None:
+        assert time.monotonic() < deadline, f"still running\n{server.log_tail()}"
+        time.sleep(0.05)
+    server.expect_running = False
+    return server.proc.returncode
+
+
 def wait_for_commit(server, commit, timeout=PATIENCE):
     """Seconds until `server` knows `commit` is committed."""
     started = time.monotonic()

@@ -8,11 +8,14 @@ and once the other two committed without it exits with status 75; started again,
 `Restart=on-failure` would, it empties its directory, takes a snapshot, and can lead with every
 message that was not read."""
 
+import socket
 import time
 
+import pytest
+
 from test_cluster import (NO_LEADER, PATIENCE, agreed_leader, cluster_of, one_by_one,
-                          take, until_served, view, wait_for_commit, wait_for_installed,
-                          wait_for_leader)
+                          take, until_served, view, wait_for_commit, wait_for_exit,
+                          wait_for_installed, wait_for_leader)
 from test_damaged_blocks import body, fill
 
 EXIT_RESYNC = 75
@@ -85,15 +88,6 @@ def read_until_failure(server, queue):
                 bodies.append(block[:-2])
     except ConnectionError:
         return bodies, None
-
-
-def wait_for_exit(server, timeout):
-    deadline = time.monotonic() + timeout
-    while server.proc.poll() is None:
-        assert time.monotonic() < deadline, f"still running\n{server.log_tail()}"
-        time.sleep(0.05)
-    server.expect_running = False
-    return server.proc.returncode
 
 
 def wait_for_rejoined(server, log_from):
@@ -219,6 +213,67 @@ def test_a_follower_with_a_damaged_log_keeps_its_copy_until_the_others_can_do_wi
     damaged.start()
     leader, _ = wait_for_leader(servers, timeout=4 * PATIENCE)
     wait_for_commit(damaged, view(servers[leader - 1])["commit"], timeout=4 * PATIENCE)
+    wait_for_rejoined(damaged, log_from)
+    make_leader(servers, damaged)
+    assert drain_through(damaged, b"big") == [body(i) for i in range(N)]
+    assert drain_through(damaged, b"extra") == extra
+
+
+def break_a_footer(data_dir, family):
+    """Flips one bit in the footer of `family`'s largest table file: RocksDB reads footers
+    (and the blocks they point to) while it opens the database, which then fails to open."""
+    tables = [sst for sst in data_dir.glob("*.sst") if family_of(sst) == family]
+    assert tables, f"no {family} table file"
+    sst = max(tables, key=lambda t: t.stat().st_size)
+    data = bytearray(sst.read_bytes())
+    data[-30] ^= 0x10
+    sst.write_bytes(bytes(data))
+
+
+def test_a_member_whose_database_cannot_open_waits_then_takes_the_groups_copy(make_server):
+    servers = cluster_of(make_server, log_entries=16)
+    leader, _ = wait_for_leader(servers)
+    primary = servers[leader - 1]
+    assert until_served(primary, lambda c: take(c, b"big")) is None
+    fill(primary, b"big", N)
+    damaged, down = [s for s in servers if s is not primary]
+    wait_for_commit(damaged, view(primary)["commit"])
+    wait_for_commit(down, view(primary)["commit"])
+    assert damaged.stop() == 0
+    break_a_footer(damaged.data_dir, "messages")
+    # The third member down: what the leader commits from now on needs the damaged member's
+    # copy, which it must keep.
+    down.kill()
+    log_from = damaged.log_path.stat().st_size
+    damaged.start(wait=False)
+    deadline = time.monotonic() + PATIENCE
+    while b"takes no part in the group" not in damaged.log_path.read_bytes()[log_from:]:
+        assert damaged.alive(), f"the start failed\n{damaged.log_tail()}"
+        assert time.monotonic() < deadline, damaged.log_tail()
+        time.sleep(0.05)
+    log = damaged.log_path.read_bytes()[log_from:]
+    assert b"Corruption" in log, damaged.log_tail()
+    time.sleep(3)
+    assert damaged.alive(), damaged.log_tail()
+    assert (damaged.data_dir / "mqd-resync").read_text().startswith("damaged")
+    # No engine, so no client served: refused at once rather than left waiting.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", damaged.ports[0]), timeout=1).close()
+
+    # The third member back: the leader and it commit without the damaged one, which drops its
+    # copy, exits with 75, and started again takes the group's.
+    down.start()
+    leader, _ = wait_for_leader([primary, down], timeout=2 * PATIENCE)
+    first = servers[leader - 1]
+    assert until_served(first, lambda c: c.set("extra", b"e0")) == b"STORED\r\n"
+    extra = [b"e0"] + one_by_one(first, "extra", [b"e%d" % i for i in range(1, 20)])
+    status = wait_for_exit(damaged, 4 * PATIENCE)
+    assert status == EXIT_RESYNC, f"exit status {status}\n{damaged.log_tail()}"
+    assert b"dropping its damaged copy" in damaged.log_path.read_bytes()[log_from:]
+    damaged.start()
+    leader, _ = wait_for_leader(servers, timeout=4 * PATIENCE)
+    wait_for_commit(damaged, view(servers[leader - 1])["commit"], timeout=4 * PATIENCE)
+    assert wait_for_installed(damaged) >= 1
     wait_for_rejoined(damaged, log_from)
     make_leader(servers, damaged)
     assert drain_through(damaged, b"big") == [body(i) for i in range(N)]

@@ -18,7 +18,7 @@ use super::{systemd, LoopStats, Shared};
 use crate::engine::MemoryBudget;
 use crate::engine::{Engine, EngineConfig, Mailbox, Wake as _};
 
-use crate::replication::{ClientHandoff, Replica};
+use crate::replication::{ClientHandoff, ClusterConfig, Replica};
 
 /// Serves until SIGTERM or SIGINT.
 pub fn serve(config: ServerConfig) -> Result<(), String> {
@@ -69,7 +69,7 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         // A member that left to drop its damaged copy: emptied before anything opens it.
         crate::replication::resync::wipe_if_decided(&config.data_dir)?;
     }
-    let engine = Engine::start(
+    let engine = match Engine::start(
         EngineConfig {
             data_dir: config.data_dir.clone(),
             sync: config.sync,
@@ -86,7 +86,18 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
             cluster: config.cluster.is_some(),
         },
         mailboxes,
-    )?;
+    ) {
+        Ok(engine) => engine,
+        Err(e) => match &config.cluster {
+            Some(cluster) if crate::replication::resync::is_damage(&e) => {
+                // No engine, so nobody to serve clients: refused at once, they go elsewhere.
+                drop(listeners);
+                let damaged = Damaged { cluster, why: &e };
+                return serve_damaged(damaged, &config, identity, socket_file, signals, on_ready);
+            }
+            _ => return Err(e),
+        },
+    };
     // Under --cluster: the replicated group. Client connections other members forward here
     // arrive on the raft port and go to the loops (`forwarded_clients`, once they exist).
     let clients = ClientHandoff::default();
@@ -184,6 +195,46 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         replica.stop();
     }
     engine.shutdown();
+    if let Some(path) = &config.pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(socket_file);
+    log::info!("stopped");
+    Ok(())
+}
+
+/// A member's database that RocksDB cannot open, damaged: `why`.
+struct Damaged<'a> {
+    cluster: &'a ClusterConfig,
+    why: &'a str,
+}
+
+/// Runs a member whose database is damaged past opening (`Replica::start_damaged`) until a stop,
+/// or until it leaves to be emptied (exit 75): its quarantine only, no client served.
+fn serve_damaged(
+    damaged: Damaged,
+    config: &ServerConfig,
+    identity: Option<Identity>,
+    socket_file: Option<SocketFile>,
+    mut signals: Signals,
+    on_ready: &mut dyn FnMut(),
+) -> Result<(), String> {
+    log::error!("cannot open {}: {}", config.data_dir.display(), damaged.why);
+    let mut replica = Replica::start_damaged(damaged.cluster, &config.data_dir, damaged.why)?;
+    if let Some(path) = &config.pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
+    }
+    if let Some(identity) = &identity {
+        become_user(identity, config, socket_file.as_ref())?;
+    }
+    systemd::notify("READY=1\nSTATUS=damaged data directory: no client served; waiting to resync");
+    on_ready();
+    if let Some(signal) = signals.forever().next() {
+        log::info!("signal {signal}: stopping");
+    }
+    systemd::notify("STOPPING=1");
+    replica.stop();
     if let Some(path) = &config.pid_file {
         let _ = std::fs::remove_file(path);
     }

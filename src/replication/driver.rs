@@ -236,7 +236,12 @@ impl Node {
                     config.id,
                     quarantine::answer_every(election),
                 );
-                return Node::quarantined(watch, &db, why, inputs, receiver, transport, applier);
+                let mailbox = Mailbox {
+                    sender: inputs,
+                    receiver,
+                };
+                let data_dir = db.path().to_path_buf();
+                return Node::quarantined(watch, data_dir, why, mailbox, transport, applier);
             }
             Err(e) => return Err(format!("raft state of node {}: {e}", config.id)),
         };
@@ -287,21 +292,24 @@ impl Node {
         })
     }
 
-    /// A node whose raft state cannot be read because it is damaged: no `RawNode`, only the
-    /// quarantine (`quarantine::enter`), on the raft thread, until the group can do without
-    /// this copy. Without it the start would fail, and a supervisor would start it again into
-    /// the same failure for ever.
-    fn quarantined(
+    /// A node whose raft state cannot be read because it is damaged (or whose database cannot
+    /// be opened at all: `damaged_start`): no `RawNode`, only the quarantine
+    /// (`quarantine::enter`), on the raft thread, until the group can do without this copy.
+    /// Without it the start would fail, and a supervisor would start it again into the same
+    /// failure for ever.
+    pub(super) fn quarantined(
         watch: Quarantine,
-        db: &DB,
+        data_dir: std::path::PathBuf,
         why: String,
-        inputs: Sender<Input>,
-        receiver: Receiver<Input>,
+        mailbox: Mailbox,
         mut transport: Box<dyn Transport>,
         mut applier: Box<dyn Applier>,
     ) -> Result<Node, String> {
+        let Mailbox {
+            sender: inputs,
+            receiver,
+        } = mailbox;
         let id = watch.node;
-        let data_dir = db.path().to_path_buf();
         let status = Arc::new(Status::new(id));
         status.resyncing();
         let published = status.clone();

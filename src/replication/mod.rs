@@ -20,6 +20,7 @@ mod apply;
 #[cfg(test)]
 mod cluster_tests;
 pub mod compaction;
+mod damaged_start;
 #[cfg(test)]
 pub mod db;
 pub mod driver;

@@ -120,6 +120,18 @@ impl Quarantine {
         }
     }
 
+    /// What node `node` knows when not even its raft log can be opened: nothing, so no
+    /// proof will do, and it waits for an operator (protocol-spec/cluster.md 8).
+    pub fn knowing_nothing(node: u64, answer_every: Duration) -> Quarantine {
+        Quarantine {
+            node,
+            last_index: u64::MAX,
+            term: u64::MAX,
+            committed: 0,
+            answer_every,
+        }
+    }
+
     pub fn look(&self, m: &Message) -> Verdict {
         if m.term < self.term {
             return Verdict::Wait;
@@ -181,13 +193,23 @@ pub(super) fn enter(
     applier: &mut dyn Applier,
     data_dir: &Path,
 ) {
-    log::error!(
-        "{why}: this member's copy is damaged; it takes no part in the group (no vote, no \
-         lead) until the others have committed an entry without it (after its last entry {}, \
-         or of a term after {}), then drops its copy and takes a snapshot",
-        watch.last_index,
-        watch.term
-    );
+    if watch.term == u64::MAX {
+        log::error!(
+            "{why}: this member's copy is damaged and its raft state cannot be read; it takes \
+             no part in the group (no vote, no lead) and cannot tell what the group would lose \
+             without its copy: once the other members have a leader, stop it and empty {} \
+             (protocol-spec/cluster.md 8)",
+            data_dir.display()
+        );
+    } else {
+        log::error!(
+            "{why}: this member's copy is damaged; it takes no part in the group (no vote, no \
+             lead) until the others have committed an entry without it (after its last entry \
+             {}, or of a term after {}), then drops its copy and takes a snapshot",
+            watch.last_index,
+            watch.term
+        );
+    }
     wait(watch, inputs, transport, applier, data_dir);
 }
 
@@ -295,6 +317,16 @@ mod tests {
         // Up to its last entry: it may have acknowledged that itself.
         let m = message(MessageType::MsgAppend, 5, 100);
         assert_eq!(WATCH.look(&m), Verdict::Wait);
+    }
+
+    #[test]
+    fn a_member_that_knows_nothing_of_its_state_accepts_no_proof_and_answers_nothing() {
+        let watch = Quarantine::knowing_nothing(2, Duration::from_millis(1500));
+        let mut append = message(MessageType::MsgAppend, 1_000, u64::MAX - 1);
+        append.entries = vec![entry(u64::MAX - 1, 1_000)].into();
+        assert_eq!(watch.look(&append), Verdict::Wait);
+        let heartbeat = message(MessageType::MsgHeartbeat, 1_000, 0);
+        assert_eq!(watch.look(&heartbeat), Verdict::Wait);
     }
 
     #[test]

@@ -213,6 +213,10 @@ impl Replica {
         Ok(Replica { node, listener })
     }
 
+    pub(super) fn of(node: Node, listener: RaftListener) -> Replica {
+        Replica { node, listener }
+    }
+
     pub fn status(&self) -> &Arc<Status> {
         self.node.status()
     }

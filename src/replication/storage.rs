@@ -107,6 +107,24 @@ pub fn exists(db: &DB) -> Result<bool, StoreError> {
     Ok(db.get_cf(log_cf(db), NODE_ID_KEY)?.is_some())
 }
 
+/// The node whose raft state `db` holds, if any (`I`).
+pub fn stored_node_id(db: &DB) -> Result<Option<u64>, StoreError> {
+    let Some(stored) = db.get_cf(log_cf(db), NODE_ID_KEY)? else {
+        return Ok(None);
+    };
+    let stored: [u8; 8] = stored[..]
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("node id".into()))?;
+    Ok(Some(u64::from_be_bytes(stored)))
+}
+
+/// The stored address map (`M`) of a database opened with or without the `meta` column
+/// family (a damaged one, opened in part: `damaged_start`); `None` if it cannot be read.
+pub fn stored_addresses(db: &DB) -> Option<Addresses> {
+    db.cf_handle(STATE_CF)?;
+    read_addresses(db).ok().flatten()
+}
+
 impl RaftStorage {
     /// Opens node `node_id`'s raft state in `db`. A database with none is bootstrapped as a
     /// founder of a group whose voters are `founders` (durably, before this returns), or, with
@@ -118,18 +136,13 @@ impl RaftStorage {
             return Err(StoreError::Refused("node id 0 is not allowed".into()));
         }
         let log = log_cf(&db);
-        match db.get_cf(log, NODE_ID_KEY)? {
-            Some(stored) => {
-                let stored: [u8; 8] = stored[..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("node id".into()))?;
-                let stored = u64::from_be_bytes(stored);
-                if stored != node_id {
-                    return Err(StoreError::Refused(format!(
-                        "this data directory belongs to node {stored}, not node {node_id}"
-                    )));
-                }
+        match stored_node_id(&db)? {
+            Some(stored) if stored != node_id => {
+                return Err(StoreError::Refused(format!(
+                    "this data directory belongs to node {stored}, not node {node_id}"
+                )));
             }
+            Some(_) => {}
             None if founders.is_empty() => bootstrap_joiner(&db, node_id)?,
             None => bootstrap(&db, node_id, founders)?,
         }
