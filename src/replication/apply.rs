@@ -50,6 +50,10 @@ pub trait Applier: Send + 'static {
     /// (`super::quarantine`); the decision is on disk (`super::resync`): drop the copy.
     /// `mqd serve` exits for its next start to empty the data directory.
     fn discard(&mut self) {}
+
+    /// A membership change removed this node from the group, and its raft thread ended:
+    /// `mqd serve` stops as on SIGTERM (and exits 0: a supervisor leaves it stopped).
+    fn removed(&mut self) {}
 }
 
 /// A proposal of this node awaiting its entry's commit.
@@ -96,8 +100,11 @@ pub(super) fn apply(driver: &mut Driver, entries: Vec<Entry>) -> Result<(), Stri
         .mut_store()
         .apply(batch, last_index, last_term, membership)
         .map_err(|e| format!("applying up to {last_index} failed: {e}"))?;
-    if conf_state.is_some() {
+    if let Some(cs) = &conf_state {
         driver.members_changed();
+        if !super::membership::is_member(cs, driver.raw.raft.id) {
+            driver.removed_at = Some(last_index);
+        }
     }
     driver.raw.advance_apply_to(last_index);
     for entry in &entries {

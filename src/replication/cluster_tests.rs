@@ -263,7 +263,7 @@ impl Cluster {
         // The raft thread first: once it stopped reading, a stalled fsync let go now is one it
         // never hears of, as if the power went before it.
         let _ = node.inputs().send(Input::Stop);
-        while node.status().view().role != Role::Stopped {
+        while !matches!(node.status().view().role, Role::Stopped | Role::Removed) {
             std::thread::sleep(Duration::from_millis(1));
         }
         member.disk.set(Disk::Cut);
@@ -808,6 +808,10 @@ fn a_joiner_is_added_as_a_learner_then_a_voter_and_a_leader_removes_itself_by_ha
         cluster.admin(next, remove(leader)),
         Err(AdminError::Refused(_))
     ));
+    // Having applied its removal, the removed node's raft thread ends.
+    cluster.wait_for("the removed node to stop", |c| {
+        (c.node(leader).status().view().role == Role::Removed).then_some(())
+    });
     cluster.kill(leader);
     cluster.ids.retain(|&id| id != leader);
     cluster.commit_all(201..=250);

@@ -195,6 +195,8 @@ pub(super) struct Driver {
     pub(super) installed_file: Option<(std::path::PathBuf, Option<u64>)>,
     /// This thread's own input channel, for the threads it starts.
     pub(super) inputs: Sender<Input>,
+    /// The index of the applied membership change that removed this node: it stops.
+    pub(super) removed_at: Option<u64>,
 }
 
 impl Node {
@@ -245,6 +247,18 @@ impl Node {
             }
             Err(e) => return Err(format!("raft state of node {}: {e}", config.id)),
         };
+        let cs = storage.conf_state();
+        if !cs.voters.is_empty() && !super::membership::is_member(cs, config.id) {
+            return Err(format!(
+                "node {} was removed from the group (its last membership: voters {:?}, learners \
+                 {:?}): to add it again, empty {} and start it with --join, then `mqd cluster \
+                 add` (protocol-spec/cluster.md 7)",
+                config.id,
+                cs.voters,
+                cs.learners,
+                db.path().display()
+            ));
+        }
         let raft_config = raft_config(config.id, storage.applied().0, config.timing);
         raft_config
             .validate()
@@ -277,6 +291,7 @@ impl Node {
             install: None,
             installed_file: None,
             inputs: inputs.clone(),
+            removed_at: None,
         };
         driver.members_changed();
         driver.publish();
@@ -415,7 +430,11 @@ impl Driver {
             // Its writes end before the database can be closed; `S` redoes it at the next start.
             install.join();
         }
-        self.status.stopped();
+        if self.removed_at.is_some() {
+            self.status.removed();
+        } else {
+            self.status.stopped();
+        }
         if self.established {
             // A stopped node leads no more: the engine must not take writes nobody commits.
             self.established = false;
@@ -425,6 +444,9 @@ impl Driver {
             self.applier.settled(pending.id, Outcome::Unknown);
         }
         self.stopped_waiting();
+        if self.removed_at.is_some() {
+            self.applier.removed();
+        }
     }
 
     /// The loop: inputs until the next tick is due, the tick, then whatever raft-rs has ready.
@@ -454,6 +476,14 @@ impl Driver {
             }
             while self.raw.has_ready() {
                 super::ready::handle_ready(self)?;
+            }
+            if let Some(index) = self.removed_at {
+                log::warn!(
+                    "node {} was removed from the group by the membership change at index \
+                     {index}: it stops (protocol-spec/cluster.md 7)",
+                    self.raw.raft.id
+                );
+                return Ok(());
             }
             self.membership_pass();
             self.compact()?;

@@ -48,6 +48,8 @@ const READ_IDLE: Duration = Duration::from_secs(60);
 const IDENTIFY_WITHIN: Duration = Duration::from_secs(5);
 /// Connections accepted and not yet identified, at most: each has a thread.
 const MOST_UNIDENTIFIED: usize = 256;
+/// How long a stop waits for admin requests being answered.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// The first four bytes of a client connection forwarded by another member: as a raft frame's
 /// length it would be over `frame::MAX_FRAME`, so no raft peer sends it.
@@ -65,6 +67,7 @@ pub struct RaftListener {
     address: std::net::SocketAddr,
     open: Open,
     thread: Option<JoinHandle<()>>,
+    answering: Arc<AtomicUsize>,
 }
 
 /// What a reader checks messages against: this node, and the members it knows now.
@@ -105,6 +108,7 @@ impl RaftListener {
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let open = Open::default();
+        let answering = Arc::<AtomicUsize>::default();
         let members = Arc::new(Members { me, status });
         let thread = {
             let stop = stop.clone();
@@ -117,6 +121,7 @@ impl RaftListener {
                 unidentified: Arc::default(),
                 snapshots: snapshots.map(Arc::new),
                 receiving: Arc::default(),
+                answering: answering.clone(),
             };
             std::thread::Builder::new()
                 .name("raft-accept".into())
@@ -129,6 +134,7 @@ impl RaftListener {
             address: bound,
             open,
             thread: Some(thread),
+            answering,
         })
     }
 
@@ -137,13 +143,19 @@ impl RaftListener {
         self.address
     }
 
-    /// Stops accepting and closes every incoming connection.
+    /// Stops accepting and closes every incoming connection. Admin requests being answered get
+    /// up to `ANSWER_WITHIN` to finish: the change that removed this node (which then stops)
+    /// may have been asked through it, and its reply is on its way back.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wakes the accepting thread.
         let _ = TcpStream::connect(self.address);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        let deadline = std::time::Instant::now() + ANSWER_WITHIN;
+        while self.answering.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
         for (_, stream) in self.open.lock().unwrap().drain() {
             let _ = stream.shutdown(Shutdown::Both);
@@ -170,6 +182,8 @@ struct Accepting {
     snapshots: Option<Arc<PathBuf>>,
     /// A snapshot is being received.
     receiving: Arc<AtomicBool>,
+    /// Admin requests being answered.
+    answering: Arc<AtomicUsize>,
 }
 
 fn accept(listener: TcpListener, stop: &AtomicBool, accepting: Accepting) {
@@ -239,6 +253,7 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
         let ctx = AdminContext {
             status: accepting.members.status.clone(),
             inputs: accepting.inputs.clone(),
+            answering: accepting.answering.clone(),
         };
         if let Err(e) = admin::serve(stream, first == ADMIN_FORWARDED_MARKER, &ctx) {
             log::info!("admin connection from {peer} closed: {e}");

@@ -81,6 +81,18 @@ enum Target {
 }
 
 /// What applying `cc` does to the address map: an added node's address is the change's
+/// Whether `id` is a voter or a learner of `cs` (outgoing or incoming, in a joint one).
+pub fn is_member(cs: &ConfState, id: u64) -> bool {
+    [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ]
+    .iter()
+    .any(|ids| ids.contains(&id))
+}
+
 /// context; a removed node's is dropped.
 pub fn update_addresses(map: &mut Addresses, cc: &ConfChangeV2) {
     let context = std::str::from_utf8(&cc.context)

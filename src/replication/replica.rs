@@ -137,6 +137,13 @@ impl Applier for EngineApplier {
         );
         std::process::exit(resync::EXIT_RESYNC);
     }
+
+    fn removed(&mut self) {
+        // A clean stop, as an operator's: what is in flight on this node is answered first.
+        if let Err(e) = signal_hook::low_level::raise(signal_hook::consts::SIGTERM) {
+            log::error!("cannot stop after this node's removal ({e}): stop it");
+        }
+    }
 }
 
 /// The raft thread's writes are fsynced by the engine's syncer: one WAL, one fsync.

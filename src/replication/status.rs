@@ -23,17 +23,21 @@ pub enum Role {
     /// Its copy is damaged: it takes no part until the group can do without it, then drops
     /// the copy and takes a snapshot (`super::quarantine`).
     Resyncing,
+    /// A membership change removed it from the group: the raft thread ended, and `mqd serve`
+    /// stops (protocol-spec/cluster.md 7).
+    Removed,
 }
 
 impl Role {
     /// Every role, in the order `/metrics` lists them.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Follower,
         Role::PreCandidate,
         Role::Candidate,
         Role::Leader,
         Role::Stopped,
         Role::Resyncing,
+        Role::Removed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Role {
             Role::Leader => "leader",
             Role::Stopped => "stopped",
             Role::Resyncing => "resyncing",
+            Role::Removed => "removed",
         }
     }
 
@@ -54,6 +59,7 @@ impl Role {
             2 => Role::Candidate,
             3 => Role::Leader,
             5 => Role::Resyncing,
+            6 => Role::Removed,
             _ => Role::Stopped,
         }
     }
@@ -182,6 +188,12 @@ impl Status {
 
     pub fn stopped(&self) {
         self.role.store(Role::Stopped as u8, Ordering::Relaxed);
+        self.leader.store(0, Ordering::Relaxed);
+        self.progress.lock().clear();
+    }
+
+    pub fn removed(&self) {
+        self.role.store(Role::Removed as u8, Ordering::Relaxed);
         self.leader.store(0, Ordering::Relaxed);
         self.progress.lock().clear();
     }

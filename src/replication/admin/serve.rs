@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,24 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(1);
 pub struct AdminContext {
     pub status: Arc<Status>,
     pub inputs: Sender<Input>,
+    /// Requests being answered (the listener's stop lets them finish: `answering`).
+    pub answering: Arc<AtomicUsize>,
+}
+
+/// Counts a request from its line read to its reply written.
+struct Answering<'a>(&'a AtomicUsize);
+
+impl<'a> Answering<'a> {
+    fn start(count: &'a AtomicUsize) -> Answering<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Answering(count)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves `stream` (its marker read) until it closes; `forwarded`: it came from another
@@ -53,6 +72,7 @@ pub fn serve(stream: TcpStream, forwarded: bool, ctx: &AdminContext) -> Result<(
             let _ = writer.write_all(refused.as_bytes());
             return Err("request line too long".into());
         }
+        let _answering = Answering::start(&ctx.answering);
         let text = String::from_utf8_lossy(&line);
         let reply = match codec::parse_request(text.trim_end()) {
             Ok(request) => answer(&request, forwarded, ctx),
