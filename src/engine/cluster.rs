@@ -242,20 +242,25 @@ fn establish(engine: &Engine, leadership: u64) {
 /// Under `--cluster`: the state was replaced by a snapshot's (only a follower installs one).
 /// Forgets what memory holds, as a step-down does, and counts the queues again, as start-up
 /// does; a node serving (it cannot be, raft-rs installs only on followers) steps down first.
-pub(super) fn restored(engine: &Engine) {
+/// The count reads every queue record (seconds with a million queues): not on the raft thread,
+/// which called this and must go on answering heartbeats, or a leader that needs this
+/// follower for its majority steps down (as a leader's own count is not, `leading`).
+pub(super) fn restored(engine: &Arc<Engine>) {
     let Some(cluster) = &engine.cluster else {
         return;
     };
     step_down(engine, "a snapshot replaced the state");
     let mut commit = engine.committer.lock();
     forget_state(engine, cluster, &mut commit);
-    if let Err(e) = recount_queues(engine) {
-        if e.kind() == rocksdb::ErrorKind::Corruption && damaged(engine, e.as_ref()) {
-            log::error!("cannot read the queues after installing a snapshot: {e}");
-            return;
-        }
-        log::error!("cannot read the queues after installing a snapshot: {e}; stopping");
-        std::process::exit(1);
+    drop(commit);
+    let leadership = cluster.leaderships.load(Ordering::Acquire);
+    let counting = engine.clone();
+    let spawned = std::thread::Builder::new()
+        .name("recount".into())
+        .spawn(move || recount_queues(&counting, leadership));
+    if let Err(e) = spawned {
+        log::warn!("cannot start a thread to count the queues ({e}): counting here");
+        recount_queues(engine, leadership);
     }
 }
 
@@ -297,11 +302,30 @@ fn forget_state(engine: &Engine, cluster: &Cluster, commit: &mut CommitState) {
 
 /// Counts the queues on disk again, as start-up does, for a follower whose state a snapshot
 /// replaced, under the commit lock. None is loaded (`forget_state`).
-fn recount_queues(engine: &Engine) -> Result<(), rocksdb::Error> {
-    let found = super::store::scan(&engine.db)?;
+/// Counts the queues of an installed snapshot, unless this node became the leader since
+/// (`leadership` is the count of leaderships then): a leader counts them itself, and a count
+/// made earlier must not replace its own.
+fn recount_queues(engine: &Engine, leadership: u64) {
+    let Some(cluster) = &engine.cluster else {
+        return;
+    };
+    let found = match super::store::scan(&engine.db) {
+        Ok(found) => found,
+        Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && damaged(engine, e.as_ref()) => {
+            log::error!("cannot read the queues after installing a snapshot: {e}");
+            return;
+        }
+        Err(e) => {
+            log::error!("cannot read the queues after installing a snapshot: {e}; stopping");
+            std::process::exit(1);
+        }
+    };
+    let _commit = engine.committer.lock();
+    if cluster.serving() || cluster.leaderships.load(Ordering::Acquire) != leadership {
+        return;
+    }
     engine
         .registry
         .recount(found.queues, found.next_queue_id, found.fanout);
     log::info!("{} queues in the installed snapshot", found.queues);
-    Ok(())
 }

@@ -478,8 +478,9 @@ impl Engine {
     }
 
     /// Under `--cluster`: RocksDB's state was replaced by a snapshot's (on a follower): what
-    /// memory holds of the queues is read again, as after a restart.
-    pub fn restored(&self) {
+    /// memory holds of the queues is forgotten, and they are counted again on a thread of
+    /// their own, as a new leader counts them.
+    pub fn restored(self: &Arc<Self>) {
         cluster::restored(self);
     }
 
