@@ -373,6 +373,51 @@ def test_changes_are_refused_with_a_reason_one_at_a_time(make_server):
     write(group.servers[rest[1]], "q", [b"still serving"])
 
 
+def test_a_node_started_without_join_is_refused_by_the_group_it_would_corrupt(make_server):
+    # A group seeded with a single server's queues (cluster.md 5): the other two joined.
+    seed = make_server(prime_wal=False)
+    seeded = [b"s%d" % i for i in range(50)]
+    write(seed, "q", seeded)
+    seed.stop()
+    raft = {i: f"127.0.0.1:{free_port()}" for i in (1, 2, 3)}
+    seed.args = ["--node", "1", "--cluster", Group.spec(raft)]
+    seed.start()
+    servers = [seed] + [
+        make_server(args=["--node", str(i), "--cluster", Group.spec(raft), "--join"],
+                    prime_wal=False)
+        for i in (2, 3)]
+    leader, _ = wait_for_leader(servers)
+    later = [b"t%d" % i for i in range(20)]
+    write(seed, "q", later)
+
+    # A fourth node started as a founder by mistake (no --join): its state at the founders'
+    # starting point lacks the seeded queues, and log matching alone would take it for the
+    # group's (the log still starts at index 2). Its group's number differs: every connection
+    # between it and the group is refused, so the add never completes.
+    raft[4] = f"127.0.0.1:{free_port()}"
+    wrong = make_server(args=["--node", "4", "--cluster", Group.spec(raft)], prime_wal=False)
+    client = f"127.0.0.1:{servers[leader - 1].port}"
+    status, out, err = cli("add", "4", raft[4], "--addr", client, "--wait", "3")
+    assert status == 1 and "SERVER_ERROR timeout: node 4 is not a voter yet" in err, (out, err)
+    refused = b"belongs to another group"
+    assert refused in wrong.log_path.read_bytes(), wrong.log_tail()
+    assert any(refused in s.log_path.read_bytes() for s in servers)
+    found, _ = members(raft[leader])
+    assert found[4][1] == "learner" and found[4][2] == "0", found
+
+    # Given up on, stopped, emptied and started with --join, it takes the group's copy.
+    status, out, err = cli("remove", "4", "--addr", client)
+    assert status == 0, (out, err)
+    assert wrong.stop() == 0
+    shutil.rmtree(wrong.data_dir)
+    wrong.args = wrong.args + ["--join"]
+    wrong.start()
+    status, out, err = cli("add", "4", raft[4], "--addr", client)
+    assert status == 0, (out, err)
+    wait_members(raft[leader], {1: "voter", 2: "voter", 3: "voter", 4: "voter"})
+    assert drain(wrong, "q") == seeded + later
+
+
 def test_cluster_lines_on_the_client_port_of_any_member_and_a_single_server(make_server):
     group = Group(make_server)
     leader = group.leader()

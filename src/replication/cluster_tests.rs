@@ -220,6 +220,8 @@ impl Cluster {
             log: self.log,
             join: self.joiners.contains(&id),
             addresses: Default::default(),
+            seeding: false,
+            group: Default::default(),
         };
         member.disk.set(Disk::Open);
         let (power, disk) = (member.power.clone(), member.disk.clone());

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use rocksdb::{Options, DB};
 
+use super::group::GroupId;
 use super::keys::{RAFT_LOG_CF, STATE_CF};
 use super::listener::{ClientHandoff, RaftListener};
 use super::peers::ClusterConfig;
@@ -79,6 +80,7 @@ impl Replica {
         let answer_every = quarantine::answer_every(election);
         let left = read_what_is_left(data_dir);
         let mut peers = config.peers.clone();
+        let group = GroupId::default();
         let watch = match &left {
             Some(db) => {
                 if let Some(id) = storage::stored_node_id(db).ok().flatten() {
@@ -93,6 +95,7 @@ impl Replica {
                 if let Some(stored) = storage::stored_addresses(db) {
                     peers = stored;
                 }
+                group.set(storage::stored_group_id(db));
                 Quarantine::of_damaged_state(db, config.node, answer_every)
             }
             None => Quarantine::knowing_nothing(config.node, answer_every),
@@ -100,7 +103,7 @@ impl Replica {
         drop(left);
         let mailbox = Mailbox::new();
         let inputs = mailbox.sender();
-        let transport = TcpTransport::start(config.node, &peers, inputs.clone())?;
+        let transport = TcpTransport::start(config.node, &peers, inputs.clone(), group)?;
         let why = format!("cannot open {}: {why}", data_dir.display());
         let node = Node::quarantined(
             watch,

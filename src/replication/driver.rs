@@ -18,6 +18,7 @@ use rocksdb::DB;
 use super::admin::codec::{AdminReply, AdminRequest};
 use super::apply::{Applier, Outcome, Pending};
 use super::compaction::{self, LogLimits, LogState};
+use super::group::GroupId;
 use super::installing::Install;
 use super::members::{Addresses, Members};
 use super::membership::{Marks, Waiter};
@@ -26,7 +27,7 @@ use super::resync;
 use super::slog_bridge;
 use super::snapshot::{self, Snapshots};
 use super::status::{MemberProgress, Role, Status, StatusView};
-use super::storage::{RaftStorage, BOOTSTRAP_INDEX};
+use super::storage::{self, RaftStorage, BOOTSTRAP_INDEX};
 use super::transport::Transport;
 
 /// Timing of a node (notes §6: failover median 0.63 s, p99 0.96 s with these).
@@ -64,6 +65,11 @@ pub struct NodeConfig {
     /// The members' replication addresses from `--cluster`: the map until a membership change
     /// stores one (which then wins).
     pub addresses: Addresses,
+    /// A founder seeding the group with a single server's queues (`group::founding`).
+    pub seeding: bool,
+    /// Where the group's number is published (read from the state at start and after an
+    /// install), for the transport and the listener.
+    pub group: GroupId,
 }
 
 /// What makes the raft thread's writes durable: the engine's WAL fsync under `mqd serve`, so
@@ -228,7 +234,8 @@ impl Node {
         } else {
             &config.founders
         };
-        let storage = match RaftStorage::open(db.clone(), config.id, founders) {
+        let opened = RaftStorage::open_seeding(db.clone(), config.id, founders, config.seeding);
+        let storage = match opened {
             Ok(storage) => storage.with_snapshots(snapshots),
             Err(e) if resync::is_damage(&e.to_string()) => {
                 let why = format!("raft state of node {}: {e}", config.id);
@@ -267,10 +274,11 @@ impl Node {
             .map_err(|e| format!("raft node {}: {e}", config.id))?;
         // The stored map wins over `--cluster` once a membership change stored one.
         let addresses = raw.store().addresses().cloned().unwrap_or(config.addresses);
-        let status = Arc::new(Status::with_members(
-            config.id,
-            Arc::new(Members::new(addresses.clone())),
-        ));
+        config.group.set(storage::stored_group_id(&db));
+        let status = Arc::new(
+            Status::with_members(config.id, Arc::new(Members::new(addresses.clone())))
+                .with_group(config.group),
+        );
         let mut driver = Driver {
             raw,
             transport,

@@ -167,6 +167,9 @@ fn finish_if_done(driver: &mut Driver) -> Result<(), String> {
     ));
     driver.applier.restored();
     driver.snapshots_installed += 1;
+    // The group's number comes with the state: a joiner learns it here.
+    let group = super::storage::stored_group_id(driver.raw.store().db());
+    driver.status.group().set(group);
     // The snapshot's address map (stored beside its membership) replaces this node's.
     if let Some(addresses) = driver.raw.store().addresses() {
         driver.addresses = addresses.clone();

@@ -14,7 +14,9 @@
 //! - `A` -> the last applied entry: index and term;
 //! - `C` -> the `ConfState` as of `A`;
 //! - `M` -> every member's replication address as of `A` (`members::encode`), written with the
-//!   first membership change (before it, `--cluster` is the map).
+//!   first membership change (before it, `--cluster` is the map);
+//! - `G` -> the group's number (u64 big-endian, `group`), written when a founder bootstraps;
+//!   a joiner's comes with its snapshot.
 
 /// Column family of the raft log (opened by the engine, after its own two).
 pub use crate::engine::RAFT_LOG_CF;
@@ -29,6 +31,7 @@ pub const INSTALLING_KEY: &[u8] = b"S";
 pub const APPLIED_KEY: &[u8] = b"A";
 pub const CONF_STATE_KEY: &[u8] = b"C";
 pub const ADDRESSES_KEY: &[u8] = b"M";
+pub const GROUP_KEY: &[u8] = b"G";
 
 /// The key of log entry `index`.
 pub fn entry_key(index: u64) -> [u8; 9] {

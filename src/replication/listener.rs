@@ -21,14 +21,14 @@
 //! the raft limits. The replication does not know the network layer: the server plugs it in.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use raft::prelude::Message;
@@ -37,6 +37,7 @@ use super::admin::serve::{self as admin, AdminContext};
 use super::admin::{ADMIN_FORWARDED_MARKER, ADMIN_MARKER};
 use super::driver::Input;
 use super::frame;
+use super::group::{self, GROUP_MARKER};
 use super::snapshot::{receive, SNAPSHOT_MARKER};
 use super::status::Status;
 
@@ -225,13 +226,20 @@ fn accept(listener: TcpListener, stop: &AtomicBool, accepting: Accepting) {
 fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(IDENTIFY_WITHIN));
-    let mut first = [0; 4];
-    let identified = stream.read_exact(&mut first);
+    let ours = accepting.members.status.group().get();
+    let identified = identify(&mut stream, ours);
     accepting.unidentified.fetch_sub(1, Ordering::AcqRel);
-    if let Err(e) = identified {
-        log::debug!("connection from {peer} closed before it said what it is: {e}");
-        return;
-    }
+    let first = match identified {
+        Ok(Identity::Marker(first)) => first,
+        Ok(Identity::OtherGroup(theirs)) => {
+            log_another_group(peer, theirs, ours);
+            return;
+        }
+        Err(e) => {
+            log::debug!("connection from {peer} closed before it said what it is: {e}");
+            return;
+        }
+    };
     if first == SNAPSHOT_MARKER {
         let Some(dir) = &accepting.snapshots else {
             log::warn!("snapshot from {peer} refused: this node takes none");
@@ -291,6 +299,52 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     accepting.open.lock().unwrap().remove(&key);
 }
 
+/// What a connection's first bytes say.
+enum Identity {
+    /// The four bytes that say what it is (a marker, or a raft frame's length).
+    Marker([u8; 4]),
+    /// A node of another group (its number).
+    OtherGroup(u64),
+}
+
+/// Reads what a connection is. A member's connection states its group first (`GROUP_MARKER`
+/// and the number; `group`): one of this node's group `ours` (or where either is not known)
+/// goes on with the four bytes after it. A connection without it is a client's (forwarded, an
+/// admin's) or a member's of a version before the number.
+fn identify(stream: &mut TcpStream, ours: u64) -> io::Result<Identity> {
+    let mut first = [0; 4];
+    stream.read_exact(&mut first)?;
+    if first != GROUP_MARKER {
+        return Ok(Identity::Marker(first));
+    }
+    let mut theirs = [0; 8];
+    stream.read_exact(&mut theirs)?;
+    let theirs = u64::from_be_bytes(theirs);
+    if !group::same_group(ours, theirs) {
+        return Ok(Identity::OtherGroup(theirs));
+    }
+    stream.read_exact(&mut first)?;
+    Ok(Identity::Marker(first))
+}
+
+/// A connection from another group's node, refused; logged at most once every `QUIET_FOR`
+/// (its node connects again every 100 ms).
+fn log_another_group(peer: &str, theirs: u64, ours: u64) {
+    const QUIET_FOR: Duration = Duration::from_secs(10);
+    static LAST: parking_lot::Mutex<Option<Instant>> = parking_lot::const_mutex(None);
+    let mut last = LAST.lock();
+    if last.is_some_and(|at| at.elapsed() < QUIET_FOR) {
+        return;
+    }
+    *last = Some(Instant::now());
+    log::error!(
+        "connection from {peer} refused: its node belongs to another group (number {theirs:x}; \
+         this node's is {ours:x}). A node added to a running group starts with --join on an \
+         empty data directory: one started without it bootstrapped a group of its own \
+         (protocol-spec/cluster.md 7)"
+    );
+}
+
 /// Whether node `me` takes `message`: one to it, from a member (`known`); or, from a node it
 /// does not know, a leader's (an append, a heartbeat, a snapshot), which raft-rs checks against
 /// its term like any: a member that missed a node's addition while down must take the log from
@@ -332,6 +386,7 @@ mod tests {
 
     use raft::prelude::{Message, MessageType};
 
+    use super::super::group::GroupId;
     use super::super::members::Members as Addresses;
     use super::super::tcp::TcpTransport;
     use super::super::transport::Transport;
@@ -362,6 +417,40 @@ mod tests {
     }
 
     #[test]
+    fn a_node_of_another_group_is_refused_and_one_of_this_group_or_none_taken() {
+        let (to_node_2, node_2) = crossbeam_channel::bounded(64);
+        let ours = GroupId::default();
+        ours.set(7);
+        let map = [1, 2].map(|id| (id, format!("127.0.0.1:{id}"))).into();
+        let status =
+            Arc::new(Status::with_members(2, Arc::new(Addresses::new(map))).with_group(ours));
+        let mut listener = RaftListener::start(
+            "127.0.0.1:0",
+            2,
+            status,
+            to_node_2,
+            ClientHandoff::default(),
+            None,
+        )
+        .unwrap();
+        let addr = listener.address().to_string();
+        let peers = [(1, "127.0.0.1:1".to_string()), (2, addr)].into();
+        for (group, term, delivered) in [(8, 5, false), (7, 6, true), (0, 7, true)] {
+            let theirs = GroupId::default();
+            theirs.set(group);
+            let (to_node_1, _node_1) = crossbeam_channel::bounded(64);
+            let mut transport = TcpTransport::start(1, &peers, to_node_1, theirs).unwrap();
+            transport.send(vec![heartbeat(1, 2, term)]);
+            let got = match node_2.recv_timeout(Duration::from_millis(500)) {
+                Ok(Input::Message(m)) => Some(m.term),
+                _ => None,
+            };
+            assert_eq!(got, delivered.then_some(term), "group {group}");
+        }
+        listener.stop();
+    }
+
+    #[test]
     fn messages_cross_loopback_past_a_bad_peer_and_a_restarted_one() {
         let (to_node_2, node_2) = crossbeam_channel::bounded(64);
         let mut listener = RaftListener::start(
@@ -376,7 +465,7 @@ mod tests {
         let addr = listener.address().to_string();
         let peers = [(1, "127.0.0.1:1".to_string()), (2, addr.clone())].into();
         let (to_node_1, _node_1) = crossbeam_channel::bounded(64);
-        let mut transport = TcpTransport::start(1, &peers, to_node_1).unwrap();
+        let mut transport = TcpTransport::start(1, &peers, to_node_1, Default::default()).unwrap();
         transport.send(vec![heartbeat(1, 2, 5), heartbeat(1, 2, 6)]);
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(5));
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(6));
@@ -508,7 +597,7 @@ mod tests {
         // A raft peer still gets in, its first frame read in full.
         let peers = [(1, "127.0.0.1:1".to_string()), (2, addr.to_string())].into();
         let (to_node_1, _node_1) = crossbeam_channel::bounded(64);
-        let mut transport = TcpTransport::start(1, &peers, to_node_1).unwrap();
+        let mut transport = TcpTransport::start(1, &peers, to_node_1, Default::default()).unwrap();
         transport.send(vec![heartbeat(1, 2, 4)]);
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(4));
     }

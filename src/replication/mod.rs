@@ -25,6 +25,7 @@ mod damaged_start;
 pub mod db;
 pub mod driver;
 mod frame;
+pub mod group;
 mod installing;
 pub mod keys;
 pub mod listener;

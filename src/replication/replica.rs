@@ -11,6 +11,7 @@ use std::sync::Arc;
 use raft::prelude::Entry;
 use rocksdb::{WriteBatch, DB};
 
+use super::group::GroupId;
 use super::listener::{ClientHandoff, RaftListener};
 use super::peers::ClusterConfig;
 use super::resync;
@@ -164,7 +165,7 @@ impl Replica {
         clients: ClientHandoff,
     ) -> Result<Replica, String> {
         let db: Arc<DB> = engine.database();
-        refuse_single_server_data(&db, engine, config.join)?;
+        let seeding = refuse_single_server_data(&db, engine, config.join)?;
         let mailbox = Mailbox::new();
         let inputs = mailbox.sender();
         {
@@ -186,10 +187,13 @@ impl Replica {
             });
         }
         let snapshot_dir = snapshot::dir(&db);
+        let group = GroupId::default();
+        let snapshots =
+            SnapshotSender::new(config.peers.clone(), snapshot_dir.clone(), inputs.clone())
+                .with_group(group.clone());
         let transport =
-            TcpTransport::start(config.node, &config.peers, inputs.clone())?.with_snapshots(
-                SnapshotSender::new(config.peers.clone(), snapshot_dir.clone(), inputs.clone()),
-            );
+            TcpTransport::start(config.node, &config.peers, inputs.clone(), group.clone())?
+                .with_snapshots(snapshots);
         // The node first: a directory of another node is refused before anything listens.
         let node = Node::start(
             NodeConfig {
@@ -199,6 +203,8 @@ impl Replica {
                 log: config.log,
                 join: config.join,
                 addresses: config.peers.clone(),
+                seeding,
+                group,
             },
             db,
             mailbox,
@@ -239,11 +245,12 @@ impl Replica {
 /// other members by snapshot, which they must take from it: they start with `--join` (a
 /// founder started empty would hold another state at the same index). A joiner's directory
 /// must be empty: its queues would be replaced by the snapshot.
-fn refuse_single_server_data(db: &DB, engine: &Engine, join: bool) -> Result<(), String> {
+/// True for a founder that seeds the group so.
+fn refuse_single_server_data(db: &DB, engine: &Engine, join: bool) -> Result<bool, String> {
     let has_state = storage::exists(db).map_err(|e| format!("cannot read the raft state: {e}"))?;
     let queues = engine.queue_count();
     if has_state || queues == 0 {
-        return Ok(());
+        return Ok(false);
     }
     if join {
         return Err(format!(
@@ -255,7 +262,7 @@ fn refuse_single_server_data(db: &DB, engine: &Engine, join: bool) -> Result<(),
         "seeding the group with the {queues} queues of a single server in this directory: \
          start every other member with --join on an empty directory (protocol-spec/cluster.md 5)"
     );
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

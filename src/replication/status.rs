@@ -8,6 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use raft::StateRole;
 
+use super::group::GroupId;
 use super::members::Members;
 
 /// A node's role, as `stats` names it.
@@ -97,6 +98,8 @@ pub struct Status {
     members: Arc<Members>,
     /// On the leader, how far each member's log matches its own (`progress`); empty elsewhere.
     progress: Mutex<Vec<MemberProgress>>,
+    /// The group's number (`super::group`), which the listener checks connections against.
+    group: GroupId,
 }
 
 /// How far a member's log matches the leader's, as the leader sees it (`/metrics`,
@@ -147,6 +150,16 @@ impl Status {
             members,
             ..Default::default()
         }
+    }
+
+    /// The same, with `group` as its group's number (shared with the transport).
+    pub fn with_group(mut self, group: GroupId) -> Status {
+        self.group = group;
+        self
+    }
+
+    pub fn group(&self) -> &GroupId {
+        &self.group
     }
 
     pub fn publish(&self, view: &StatusView) {

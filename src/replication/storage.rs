@@ -22,9 +22,10 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
+use super::group;
 use super::keys::{
     decode_position, encode_position, entry_index, entry_key, ADDRESSES_KEY, APPLIED_KEY,
-    CONF_STATE_KEY, HARD_STATE_KEY, INSTALLING_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF,
+    CONF_STATE_KEY, GROUP_KEY, HARD_STATE_KEY, INSTALLING_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF,
     TRUNCATED_KEY,
 };
 use super::members::{self, Addresses};
@@ -118,6 +119,15 @@ pub fn stored_node_id(db: &DB) -> Result<Option<u64>, StoreError> {
     Ok(Some(u64::from_be_bytes(stored)))
 }
 
+/// The group's number (`G`, `group`); 0 if none is stored (a joiner before its snapshot, a
+/// directory older than the number) or it cannot be read.
+pub fn stored_group_id(db: &DB) -> u64 {
+    db.cf_handle(STATE_CF)
+        .and_then(|cf| db.get_cf(cf, GROUP_KEY).ok().flatten())
+        .and_then(|bytes| <[u8; 8]>::try_from(&bytes[..]).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// The stored address map (`M`) of a database opened with or without the `meta` column
 /// family (a damaged one, opened in part: `damaged_start`); `None` if it cannot be read.
 pub fn stored_addresses(db: &DB) -> Option<Addresses> {
@@ -132,6 +142,17 @@ impl RaftStorage {
     /// campaigns, until a snapshot brings both); one with state keeps it (its membership is in
     /// the state, `founders` is not looked at) and must belong to `node_id`.
     pub fn open(db: Arc<DB>, node_id: u64, founders: &[u64]) -> Result<RaftStorage, StoreError> {
+        Self::open_seeding(db, node_id, founders, false)
+    }
+
+    /// `open`, for a founder that is `seeding` the group with a single server's queues: the
+    /// group's number it bootstraps with is a random one (`group::founding`).
+    pub fn open_seeding(
+        db: Arc<DB>,
+        node_id: u64,
+        founders: &[u64],
+        seeding: bool,
+    ) -> Result<RaftStorage, StoreError> {
         if node_id == 0 {
             return Err(StoreError::Refused("node id 0 is not allowed".into()));
         }
@@ -144,7 +165,7 @@ impl RaftStorage {
             }
             Some(_) => {}
             None if founders.is_empty() => bootstrap_joiner(&db, node_id)?,
-            None => bootstrap(&db, node_id, founders)?,
+            None => bootstrap(&db, node_id, founders, group::founding(founders, seeding))?,
         }
         if let Some(bytes) = db.get_cf(log, INSTALLING_KEY)? {
             let (index, term) = decode_position(&bytes)
@@ -576,7 +597,7 @@ impl RaftStorage {
 
 /// Writes the state of a founder: the log starts after (1, 1), committed and applied there,
 /// with `founders` as voters; one synced write.
-fn bootstrap(db: &DB, node_id: u64, founders: &[u64]) -> Result<(), StoreError> {
+fn bootstrap(db: &DB, node_id: u64, founders: &[u64], group: u64) -> Result<(), StoreError> {
     if !founders.contains(&node_id) {
         return Err(StoreError::Refused(format!(
             "node {node_id} is not among the founders {founders:?}: a node added to a running \
@@ -597,6 +618,7 @@ fn bootstrap(db: &DB, node_id: u64, founders: &[u64]) -> Result<(), StoreError> 
     batch.put_cf(log, TRUNCATED_KEY, position);
     batch.put_cf(state, APPLIED_KEY, position);
     batch.put_cf(state, CONF_STATE_KEY, encode(&conf_state));
+    batch.put_cf(state, GROUP_KEY, group.to_be_bytes());
     // Last: a directory with a node id has all of the above.
     batch.put_cf(log, NODE_ID_KEY, node_id.to_be_bytes());
     let mut sync = WriteOptions::default();

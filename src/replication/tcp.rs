@@ -15,6 +15,7 @@ use raft::prelude::{Message, MessageType};
 
 use super::driver::Input;
 use super::frame;
+use super::group::GroupId;
 use super::snapshot::send::SnapshotSender;
 use super::transport::Transport;
 
@@ -39,21 +40,26 @@ pub struct TcpTransport {
     inputs: Sender<Input>,
     /// Where `MsgSnapshot`s go (their files need a connection of their own).
     snapshots: Option<SnapshotSender>,
+    /// This node's group, stated first on every connection (`group`).
+    group: GroupId,
 }
 
 impl TcpTransport {
     /// Starts a writer thread for every peer in `peers` (id -> `HOST:PORT`) but `me`.
     /// Unreachable peers are reported to `inputs`.
+    /// Every connection states `group` first.
     pub fn start(
         me: u64,
         peers: &std::collections::BTreeMap<u64, String>,
         inputs: Sender<Input>,
+        group: GroupId,
     ) -> Result<TcpTransport, String> {
         let mut transport = TcpTransport {
             me,
             queues: HashMap::new(),
             inputs,
             snapshots: None,
+            group,
         };
         for (&id, addr) in peers.iter().filter(|(&id, _)| id != me) {
             transport.start_writer(id, addr)?;
@@ -71,6 +77,7 @@ impl TcpTransport {
             retry_at: Instant::now(),
             down: false,
             buffer: Vec::new(),
+            group: self.group.clone(),
         };
         std::thread::Builder::new()
             .name(format!("raft-to-{id}"))
@@ -135,6 +142,7 @@ struct Writer {
     /// Whether the peer was reported unreachable since it last took a message.
     down: bool,
     buffer: Vec<u8>,
+    group: GroupId,
 }
 
 impl Writer {
@@ -188,9 +196,12 @@ impl Writer {
     }
 
     fn connect(&self) -> Result<TcpStream, String> {
-        let stream = connect_to(&self.addr, CONNECT_TIMEOUT)?;
+        let mut stream = connect_to(&self.addr, CONNECT_TIMEOUT)?;
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         give_up_on_a_silent_peer(&stream, PEER_SILENT_FOR);
+        stream
+            .write_all(&self.group.hello())
+            .map_err(|e| format!("send failed: {e}"))?;
         Ok(stream)
     }
 }

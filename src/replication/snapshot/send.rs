@@ -22,6 +22,7 @@ use super::format::{Crc32, ACCEPTED};
 use super::{decode_snapshot_data, generated_path, SNAPSHOT_MARKER};
 use crate::replication::driver::Input;
 use crate::replication::frame;
+use crate::replication::group::GroupId;
 
 /// Bytes read from the file and written per write.
 const CHUNK: usize = 1 << 20;
@@ -38,6 +39,8 @@ pub struct SnapshotSender {
     dir: PathBuf,
     inputs: Sender<Input>,
     busy: Arc<Mutex<BTreeSet<u64>>>,
+    /// Stated first on every transfer's connection (`group`).
+    group: GroupId,
 }
 
 impl SnapshotSender {
@@ -47,7 +50,14 @@ impl SnapshotSender {
             dir,
             inputs,
             busy: Arc::default(),
+            group: GroupId::default(),
         }
+    }
+
+    /// States `group` on its connections (without: 0, which any group takes).
+    pub fn with_group(mut self, group: GroupId) -> Self {
+        self.group = group;
+        self
     }
 
     /// The members' addresses changed.
@@ -69,11 +79,12 @@ impl SnapshotSender {
             return;
         }
         let (dir, inputs, busy) = (self.dir.clone(), self.inputs.clone(), self.busy.clone());
+        let hello = self.group.hello();
         let spawned = std::thread::Builder::new()
             .name(format!("raft-snap-to-{to}"))
             .spawn(move || {
                 let started = Instant::now();
-                let outcome = transfer(&addr, &dir, &message);
+                let outcome = transfer(&addr, &hello, &dir, &message);
                 busy.lock().remove(&to);
                 match &outcome {
                     Ok(bytes) => log::info!(
@@ -95,7 +106,12 @@ impl SnapshotSender {
 }
 
 /// Streams the file; returns its size once the follower has it on disk.
-fn transfer(addr: &str, dir: &std::path::Path, message: &Message) -> Result<u64, String> {
+fn transfer(
+    addr: &str,
+    hello: &[u8],
+    dir: &std::path::Path,
+    message: &Message,
+) -> Result<u64, String> {
     let (index, term) =
         decode_snapshot_data(&message.get_snapshot().data).ok_or("a snapshot naming no file")?;
     let path = generated_path(dir, index, term);
@@ -105,7 +121,8 @@ fn transfer(addr: &str, dir: &std::path::Path, message: &Message) -> Result<u64,
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_read_timeout(Some(ANSWER_TIMEOUT));
     let mut out = BufWriter::with_capacity(CHUNK, &stream);
-    let mut head = SNAPSHOT_MARKER.to_vec();
+    let mut head = hello.to_vec();
+    head.extend_from_slice(&SNAPSHOT_MARKER);
     frame::encode(message, &mut head).map_err(|e| e.to_string())?;
     head.extend_from_slice(&len.to_be_bytes());
     out.write_all(&head).map_err(|e| e.to_string())?;
