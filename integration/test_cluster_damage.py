@@ -110,6 +110,42 @@ def drain_through(server, queue):
             got.append(b)
 
 
+def filled_then_a_follower_stopped(servers):
+    """N messages in `big` on every member, then one follower cleanly stopped (its memtables
+    flushed into table files): (servers, the leader, the stopped follower, the other one)."""
+    leader, _ = wait_for_leader(servers)
+    primary = servers[leader - 1]
+    assert until_served(primary, lambda c: take(c, b"big")) is None
+    fill(primary, b"big", N)
+    damaged, down = [s for s in servers if s is not primary]
+    wait_for_commit(damaged, view(primary)["commit"])
+    wait_for_commit(down, view(primary)["commit"])
+    assert damaged.stop() == 0
+    return servers, primary, damaged, down
+
+
+def resyncs_once_the_third_is_back(servers, primary, damaged, down, log_from):
+    """The third member (`down`) back: the leader and it commit without the damaged member,
+    which drops its copy, exits with 75, and started again takes the group's, then leads with
+    every message."""
+    down.start()
+    leader, _ = wait_for_leader([primary, down], timeout=2 * PATIENCE)
+    first = servers[leader - 1]
+    assert until_served(first, lambda c: c.set("extra", b"e0")) == b"STORED\r\n"
+    extra = [b"e0"] + one_by_one(first, "extra", [b"e%d" % i for i in range(1, 20)])
+    status = wait_for_exit(damaged, 4 * PATIENCE)
+    assert status == EXIT_RESYNC, f"exit status {status}\n{damaged.log_tail()}"
+    assert b"dropping its damaged copy" in damaged.log_path.read_bytes()[log_from:]
+    damaged.start()
+    leader, _ = wait_for_leader(servers, timeout=4 * PATIENCE)
+    wait_for_commit(damaged, view(servers[leader - 1])["commit"], timeout=4 * PATIENCE)
+    assert wait_for_installed(damaged) >= 1
+    wait_for_rejoined(damaged, log_from)
+    make_leader(servers, damaged)
+    assert drain_through(damaged, b"big") == [body(i) for i in range(N)]
+    assert drain_through(damaged, b"extra") == extra
+
+
 def test_a_member_that_finds_damage_gets_its_copy_back_from_the_group(make_server):
     # A short log: the leader compacts what the emptied member lacks, which then needs a snapshot.
     servers = cluster_of(make_server, log_entries=16)
@@ -169,15 +205,7 @@ def test_a_member_that_finds_damage_gets_its_copy_back_from_the_group(make_serve
 
 def test_a_follower_with_a_damaged_log_keeps_its_copy_until_the_others_can_do_without_it(
         make_server):
-    servers = cluster_of(make_server)
-    leader, _ = wait_for_leader(servers)
-    primary = servers[leader - 1]
-    assert until_served(primary, lambda c: take(c, b"big")) is None
-    fill(primary, b"big", N)
-    damaged, down = [s for s in servers if s is not primary]
-    wait_for_commit(damaged, view(primary)["commit"])
-    wait_for_commit(down, view(primary)["commit"])
-    assert damaged.stop() == 0
+    servers, primary, damaged, down = filled_then_a_follower_stopped(cluster_of(make_server))
     # In the raft log's table: the start reads every entry, and meets the damaged block.
     flip_a_bit_in(damaged.data_dir, "raft_log", b"m%06d " % DAMAGED)
     # The third member down: every entry committed from now on would be on the leader and the
@@ -201,22 +229,7 @@ def test_a_follower_with_a_damaged_log_keeps_its_copy_until_the_others_can_do_wi
         assert time.monotonic() < deadline, "the leader kept a quorum it does not have"
         time.sleep(0.05)
 
-    # The third member back: the leader and it commit without the damaged one, which drops its
-    # copy, exits with 75, and started again takes the group's.
-    down.start()
-    leader, _ = wait_for_leader([primary, down], timeout=2 * PATIENCE)
-    first = servers[leader - 1]
-    assert until_served(first, lambda c: c.set("extra", b"e0")) == b"STORED\r\n"
-    extra = [b"e0"] + one_by_one(first, "extra", [b"e%d" % i for i in range(1, 20)])
-    status = wait_for_exit(damaged, 4 * PATIENCE)
-    assert status == EXIT_RESYNC, f"exit status {status}\n{damaged.log_tail()}"
-    damaged.start()
-    leader, _ = wait_for_leader(servers, timeout=4 * PATIENCE)
-    wait_for_commit(damaged, view(servers[leader - 1])["commit"], timeout=4 * PATIENCE)
-    wait_for_rejoined(damaged, log_from)
-    make_leader(servers, damaged)
-    assert drain_through(damaged, b"big") == [body(i) for i in range(N)]
-    assert drain_through(damaged, b"extra") == extra
+    resyncs_once_the_third_is_back(servers, primary, damaged, down, log_from)
 
 
 def break_a_footer(data_dir, family):
@@ -231,15 +244,8 @@ def break_a_footer(data_dir, family):
 
 
 def test_a_member_whose_database_cannot_open_waits_then_takes_the_groups_copy(make_server):
-    servers = cluster_of(make_server, log_entries=16)
-    leader, _ = wait_for_leader(servers)
-    primary = servers[leader - 1]
-    assert until_served(primary, lambda c: take(c, b"big")) is None
-    fill(primary, b"big", N)
-    damaged, down = [s for s in servers if s is not primary]
-    wait_for_commit(damaged, view(primary)["commit"])
-    wait_for_commit(down, view(primary)["commit"])
-    assert damaged.stop() == 0
+    servers, primary, damaged, down = filled_then_a_follower_stopped(
+        cluster_of(make_server, log_entries=16))
     break_a_footer(damaged.data_dir, "messages")
     # The third member down: what the leader commits from now on needs the damaged member's
     # copy, which it must keep.
@@ -260,21 +266,4 @@ def test_a_member_whose_database_cannot_open_waits_then_takes_the_groups_copy(ma
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", damaged.ports[0]), timeout=1).close()
 
-    # The third member back: the leader and it commit without the damaged one, which drops its
-    # copy, exits with 75, and started again takes the group's.
-    down.start()
-    leader, _ = wait_for_leader([primary, down], timeout=2 * PATIENCE)
-    first = servers[leader - 1]
-    assert until_served(first, lambda c: c.set("extra", b"e0")) == b"STORED\r\n"
-    extra = [b"e0"] + one_by_one(first, "extra", [b"e%d" % i for i in range(1, 20)])
-    status = wait_for_exit(damaged, 4 * PATIENCE)
-    assert status == EXIT_RESYNC, f"exit status {status}\n{damaged.log_tail()}"
-    assert b"dropping its damaged copy" in damaged.log_path.read_bytes()[log_from:]
-    damaged.start()
-    leader, _ = wait_for_leader(servers, timeout=4 * PATIENCE)
-    wait_for_commit(damaged, view(servers[leader - 1])["commit"], timeout=4 * PATIENCE)
-    assert wait_for_installed(damaged) >= 1
-    wait_for_rejoined(damaged, log_from)
-    make_leader(servers, damaged)
-    assert drain_through(damaged, b"big") == [body(i) for i in range(N)]
-    assert drain_through(damaged, b"extra") == extra
+    resyncs_once_the_third_is_back(servers, primary, damaged, down, log_from)

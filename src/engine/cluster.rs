@@ -192,14 +192,7 @@ pub(super) fn leading(engine: &Arc<Engine>, established: bool) {
     // Counting the queues reads every record (seconds with a million queues): not on the raft
     // thread, which must go on ticking, or the followers take its silence for a dead leader
     // and elect another, which would count them again.
-    let counting = engine.clone();
-    let spawned = std::thread::Builder::new()
-        .name("establish".into())
-        .spawn(move || establish(&counting, leadership));
-    if let Err(e) = spawned {
-        log::warn!("cannot start a thread to count the queues ({e}): counting here");
-        establish(engine, leadership);
-    }
+    count_aside(engine, "establish", leadership, establish);
 }
 
 /// Starts serving on RocksDB's applied state: every entry committed before this leadership
@@ -213,16 +206,8 @@ fn establish(engine: &Engine, leadership: u64) {
     let Some(cluster) = &engine.cluster else {
         return;
     };
-    let found = match super::store::scan(&engine.db) {
-        Ok(found) => found,
-        Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && damaged(engine, e.as_ref()) => {
-            log::error!("cannot read the queues after becoming the leader: {e}; not serving");
-            return;
-        }
-        Err(e) => {
-            log::error!("cannot read the queues after becoming the leader: {e}; stopping");
-            std::process::exit(1);
-        }
+    let Some(found) = read_queues(engine, "becoming the leader") else {
+        return;
     };
     let mut commit = engine.committer.lock();
     if cluster.serving() || cluster.leaderships.load(Ordering::Acquire) != leadership {
@@ -254,14 +239,7 @@ pub(super) fn restored(engine: &Arc<Engine>) {
     forget_state(engine, cluster, &mut commit);
     drop(commit);
     let leadership = cluster.leaderships.load(Ordering::Acquire);
-    let counting = engine.clone();
-    let spawned = std::thread::Builder::new()
-        .name("recount".into())
-        .spawn(move || recount_queues(&counting, leadership));
-    if let Err(e) = spawned {
-        log::warn!("cannot start a thread to count the queues ({e}): counting here");
-        recount_queues(engine, leadership);
-    }
+    count_aside(engine, "recount", leadership, recount_queues);
 }
 
 /// Stops serving and forgets every state RocksDB's applied one does not have (see the module
@@ -300,25 +278,44 @@ fn forget_state(engine: &Engine, cluster: &Cluster, commit: &mut CommitState) {
     engine.registry.forget_all();
 }
 
-/// Counts the queues on disk again, as start-up does, for a follower whose state a snapshot
-/// replaced, under the commit lock. None is loaded (`forget_state`).
-/// Counts the queues of an installed snapshot, unless this node became the leader since
-/// (`leadership` is the count of leaderships then): a leader counts them itself, and a count
-/// made earlier must not replace its own.
+/// Runs `count`, which reads every queue record, on a thread of its own named `name` (here if
+/// none can start), with the leadership count it was asked at.
+fn count_aside(engine: &Arc<Engine>, name: &str, leadership: u64, count: fn(&Engine, u64)) {
+    let counting = engine.clone();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || count(&counting, leadership));
+    if let Err(e) = spawned {
+        log::warn!("cannot start a thread to count the queues ({e}): counting here");
+        count(engine, leadership);
+    }
+}
+
+/// Every queue record, read after `what`. Damage is reported (the member resyncs) and gives
+/// None; any other failure stops the process, as a failed fsync does.
+fn read_queues(engine: &Engine, what: &str) -> Option<super::store::Found> {
+    match super::store::scan(&engine.db) {
+        Ok(found) => Some(found),
+        Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && damaged(engine, e.as_ref()) => {
+            log::error!("cannot read the queues after {what}: {e}");
+            None
+        }
+        Err(e) => {
+            log::error!("cannot read the queues after {what}: {e}; stopping");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Counts the queues of an installed snapshot, as start-up does, unless this node became the
+/// leader since (`leadership` is the count of leaderships then): a leader counts them itself,
+/// and a count made earlier must not replace its own. None is loaded (`forget_state`).
 fn recount_queues(engine: &Engine, leadership: u64) {
     let Some(cluster) = &engine.cluster else {
         return;
     };
-    let found = match super::store::scan(&engine.db) {
-        Ok(found) => found,
-        Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && damaged(engine, e.as_ref()) => {
-            log::error!("cannot read the queues after installing a snapshot: {e}");
-            return;
-        }
-        Err(e) => {
-            log::error!("cannot read the queues after installing a snapshot: {e}; stopping");
-            std::process::exit(1);
-        }
+    let Some(found) = read_queues(engine, "installing a snapshot") else {
+        return;
     };
     let _commit = engine.committer.lock();
     if cluster.serving() || cluster.leaderships.load(Ordering::Acquire) != leadership {

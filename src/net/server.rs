@@ -142,18 +142,7 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         let _ = clients.set(forwarded_clients(shared.clone(), peers));
     }
 
-    if let Some(path) = &config.pid_file {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
-    }
-    if let Some(identity) = &identity {
-        if let Err(e) = become_user(identity, &config, socket_file.as_ref()) {
-            if let Some(path) = &config.pid_file {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(e);
-        }
-    }
+    write_pid_then_become_user(&config, identity.as_ref(), socket_file.as_ref())?;
     let handles: Vec<_> = loops
         .into_iter()
         .map(|event_loop| {
@@ -195,12 +184,17 @@ pub fn serve_then(config: ServerConfig, on_ready: &mut dyn FnMut()) -> Result<()
         replica.stop();
     }
     engine.shutdown();
+    stopped(&config, socket_file);
+    Ok(())
+}
+
+/// The last of a stop: the pid file and the unix socket's file removed.
+fn stopped(config: &ServerConfig, socket_file: Option<SocketFile>) {
     if let Some(path) = &config.pid_file {
         let _ = std::fs::remove_file(path);
     }
     drop(socket_file);
     log::info!("stopped");
-    Ok(())
 }
 
 /// A member's database that RocksDB cannot open, damaged: `why`.
@@ -221,13 +215,7 @@ fn serve_damaged(
 ) -> Result<(), String> {
     log::error!("cannot open {}: {}", config.data_dir.display(), damaged.why);
     let mut replica = Replica::start_damaged(damaged.cluster, &config.data_dir, damaged.why)?;
-    if let Some(path) = &config.pid_file {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
-    }
-    if let Some(identity) = &identity {
-        become_user(identity, config, socket_file.as_ref())?;
-    }
+    write_pid_then_become_user(config, identity.as_ref(), socket_file.as_ref())?;
     systemd::notify("READY=1\nSTATUS=damaged data directory: no client served; waiting to resync");
     on_ready();
     if let Some(signal) = signals.forever().next() {
@@ -235,11 +223,7 @@ fn serve_damaged(
     }
     systemd::notify("STOPPING=1");
     replica.stop();
-    if let Some(path) = &config.pid_file {
-        let _ = std::fs::remove_file(path);
-    }
-    drop(socket_file);
-    log::info!("stopped");
+    stopped(config, socket_file);
     Ok(())
 }
 
@@ -281,6 +265,28 @@ fn forwarded_clients(
             shared.curr_connections.fetch_sub(1, Ordering::Relaxed);
         }
     })
+}
+
+/// Writes the pid file (`-P`), then runs as `-u`'s user if given (the pid file removed if that
+/// fails), once everything that needs root is open.
+fn write_pid_then_become_user(
+    config: &ServerConfig,
+    identity: Option<&Identity>,
+    socket_file: Option<&SocketFile>,
+) -> Result<(), String> {
+    if let Some(path) = &config.pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
+    }
+    if let Some(identity) = identity {
+        if let Err(e) = become_user(identity, config, socket_file) {
+            if let Some(path) = &config.pid_file {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Hands the data directory (and the unix socket, so it can remove it on stop) to `identity`,

@@ -40,12 +40,7 @@ impl Applier for Leaving {
     fn settled(&mut self, _id: u64, _outcome: Outcome) {}
 
     fn discard(&mut self) {
-        log::warn!(
-            "exiting with status {} to be started again on an empty data directory \
-             (protocol-spec/cluster.md 8)",
-            resync::EXIT_RESYNC
-        );
-        std::process::exit(resync::EXIT_RESYNC);
+        resync::leave();
     }
 }
 

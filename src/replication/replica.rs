@@ -129,14 +129,8 @@ impl Applier for EngineApplier {
     }
 
     fn discard(&mut self) {
-        // The database cannot be dropped under the engine: the next start empties the
-        // directory (`resync::wipe_if_decided`), and the supervisor starts it again.
-        log::warn!(
-            "exiting with status {} to be started again on an empty data directory \
-             (protocol-spec/cluster.md 8)",
-            resync::EXIT_RESYNC
-        );
-        std::process::exit(resync::EXIT_RESYNC);
+        // The database cannot be dropped under the engine: the next start empties it.
+        resync::leave();
     }
 
     fn removed(&mut self) {

@@ -30,6 +30,16 @@ use std::path::{Path, PathBuf};
 /// starts it again, and the start wipes it (protocol-spec/cluster.md 8).
 pub const EXIT_RESYNC: i32 = 75;
 
+/// Leaves with `EXIT_RESYNC`, the decision to drop the copy on disk: the next start empties the
+/// directory (`wipe_if_decided`), and the supervisor starts it again.
+pub fn leave() -> ! {
+    log::warn!(
+        "exiting with status {EXIT_RESYNC} to be started again on an empty data directory \
+         (protocol-spec/cluster.md 8)"
+    );
+    std::process::exit(EXIT_RESYNC);
+}
+
 /// The marker's name in the data directory.
 pub const MARKER: &str = "mqd-resync";
 
