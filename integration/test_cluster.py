@@ -869,6 +869,19 @@ def test_a_wiped_follower_catches_up_from_a_snapshot_and_can_lead_with_every_mes
     leads_with_every_message(servers, wiped, primary, other, acked)
 
 
+def test_members_that_all_joined_elect_nobody_and_say_what_they_wait_for(make_server):
+    # Every member started with --join: none may campaign (cluster.md 5). 20 election
+    # timeouts of 10 ticks of 10 ms: each says so after 2 s.
+    servers = cluster_of(make_server, tick_ms=10, extra=["--join"])
+    deadline = time.monotonic() + PATIENCE
+    said = b"was started with --join and no leader has reached it"
+    while not all(said in s.log_path.read_bytes() for s in servers):
+        assert time.monotonic() < deadline, [s.log_tail() for s in servers]
+        time.sleep(0.1)
+    assert all(view(s)["leader"] == 0 for s in servers)
+    assert all(s.log_path.read_bytes().count(said) == 1 for s in servers), "said once"
+
+
 def test_a_single_servers_queues_seed_a_group_whose_other_members_join(make_server):
     seed = make_server(prime_wal=False)
     acked = acknowledged(seed, b"q", [f"s{i}".encode() for i in range(200)])

@@ -150,6 +150,9 @@ impl Mailbox {
     }
 }
 
+/// Election timeouts a joining member waits for a leader before it says so.
+const UNJOINED_ELECTIONS: usize = 20;
+
 /// A running node: its raft thread.
 pub struct Node {
     inputs: Sender<Input>,
@@ -203,6 +206,11 @@ pub(super) struct Driver {
     pub(super) inputs: Sender<Input>,
     /// The index of the applied membership change that removed this node: it stops.
     pub(super) removed_at: Option<u64>,
+    /// A joining member (no membership yet) that no leader has reached: since when, until it
+    /// says so once (`warn_if_unjoined`).
+    unjoined_since: Option<Instant>,
+    /// How long a joining member waits for a leader before it says so.
+    unjoined_warning: Duration,
 }
 
 impl Node {
@@ -300,7 +308,13 @@ impl Node {
             installed_file: None,
             inputs: inputs.clone(),
             removed_at: None,
+            unjoined_since: None,
+            unjoined_warning: config.timing.tick
+                * (config.timing.election_ticks * UNJOINED_ELECTIONS) as u32,
         };
+        if driver.raw.raft.prs().conf().voters().ids().is_empty() {
+            driver.unjoined_since = Some(Instant::now());
+        }
         driver.members_changed();
         driver.publish();
         let tick = config.timing.tick;
@@ -500,6 +514,28 @@ impl Driver {
                 resync::rejoined(self.raw.store().db().path());
             }
             self.publish();
+            self.warn_if_unjoined();
+        }
+    }
+
+    /// A joining member that no leader has reached for `unjoined_warning` says what it waits
+    /// for, once: it never campaigns, so a group whose members all joined never has a leader.
+    fn warn_if_unjoined(&mut self) {
+        let Some(since) = self.unjoined_since else {
+            return;
+        };
+        let raft = &self.raw.raft;
+        if raft.leader_id != 0 || !raft.prs().conf().voters().ids().is_empty() {
+            self.unjoined_since = None;
+        } else if since.elapsed() >= self.unjoined_warning {
+            log::warn!(
+                "node {} was started with --join and no leader has reached it in {:?}: it \
+                 waits for `mqd cluster add` (protocol-spec/cluster.md 7), or, when the group is \
+                 new, for a founder (a member started without --join, cluster.md 5)",
+                raft.id,
+                self.unjoined_warning
+            );
+            self.unjoined_since = None;
         }
     }
 
