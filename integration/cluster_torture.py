@@ -23,6 +23,11 @@ reliable consumers on every member open and close messages, and then the fault s
   from the group by itself (protocol-spec/cluster.md 8): it exits with status 75 once the others
   committed without it, and is started again as systemd's `Restart=on-failure` would, which
   empties its directory. A flip still latent at the end of the cycle is flipped back.
+- `replace`: a follower removed from the group (`mqd cluster remove` through the leader: it
+  stops by itself with status 0), its directory emptied, and the node added back under its id
+  as a new member (`--join`, then `mqd cluster add`: a learner that catches up by snapshot, then
+  a voter). The group has two voters in between. Reported: seconds from the removal asked to
+  the node a voter again.
 
 After each kind the clients stop and the queue is drained through the leader. At the end the
 whole history is checked (cluster_history.examine), and each kind's messages on their own (its
@@ -53,7 +58,7 @@ from test_cluster import agreed_leader, view
 
 SIZE = 3
 RAFT_PORT = 7700
-KINDS = ["kill", "partition", "pause", "power-cut", "wipe", "bit-flip"]
+KINDS = ["kill", "partition", "pause", "power-cut", "wipe", "bit-flip", "replace"]
 FAILOVER_TARGET = 2.0
 # A member that found its copy damaged exits with this once the group can do without it.
 EXIT_RESYNC = 75
@@ -63,6 +68,14 @@ PATIENCE = 60.0
 
 def setting(name, default, kind=float):
     return kind(os.environ.get(name, default))
+
+
+def mqd_cluster(*args):
+    """`mqd cluster ARGS` from this process (it reaches every member's client address):
+    (exit status, stdout, stderr)."""
+    done = subprocess.run([os.environ["MQD_BIN"], "cluster", *args], capture_output=True,
+                          text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
 
 
 def quarantined_at_open(server):
@@ -357,6 +370,7 @@ class Phase:
         self.flipped_at = {}  # node -> its log's size when this cycle's bit was flipped
         self.damage_noted = set()  # nodes whose finding of this cycle's damage is in the faults
         self.resynced = []  # bit-flip: seconds from the flip's restart to the copy back
+        self.replaced = []  # replace: seconds from the removal asked to a voter again
         self.repairs = 0
         self.notes = []
 
@@ -507,6 +521,40 @@ class Phase:
         self.group.restore_backup(follower, backup)
         self.group.start(follower)
         return took, f"wiped follower {follower}: {result}, then {again}: put back"
+
+    def replace(self, cycle):
+        leader = self.leader_now()
+        node = self.follower_now(leader, cycle)
+        server = self.group.server(node)
+        through = self.group.server(leader)
+        client = f"{through.host}:{through.port}"
+        at = time.monotonic()
+        self.fault_times.append(at)  # a member goes
+        status, out, err = mqd_cluster("remove", str(node), "--addr", client)
+        if status != 0:
+            raise RuntimeError(f"remove {node} through {leader}: {(out + err).strip()}")
+        try:
+            exited = server.proc.wait(timeout=PATIENCE)
+        except subprocess.TimeoutExpired:
+            self.note(f"cycle {cycle + 1}: removed node {node} still runs {PATIENCE} s later")
+            exited = "still running"
+        server.expect_running = False
+        self.group.wipe(node)
+        server.args.append("--join")
+        try:
+            started = self.group.start(node)
+        finally:
+            server.args.remove("--join")
+        if not started:
+            raise RuntimeError(f"node {node} did not start with --join")
+        peer = f"{self.group.net.peer_address(node)}:{RAFT_PORT}"
+        status, out, err = mqd_cluster("add", str(node), peer, "--addr", client, "--wait", "60")
+        if status != 0:
+            raise RuntimeError(f"add {node} through {leader}: {(out + err).strip()}")
+        took = time.monotonic() - at
+        self.replaced.append(took)
+        return None, (f"removed follower {node} (it exited: {exited}), emptied it, added it "
+                      f"back: a voter {took:.2f} s after the removal was asked")
 
     def bit_flip(self, cycle):
         leader = self.leader_now()
@@ -800,6 +848,10 @@ def main():
                       f"the group in {len(p.resynced)} of {settings.cycles} cycles "
                       f"({failover_cell(times)} s from its start with the flip, min/median/max); "
                       f"latent (flipped back) in the others")
+            if p.kind == "replace":
+                print(f"replace: a follower removed and added back as a voter in "
+                      f"{len(p.replaced)} of {settings.cycles} cycles "
+                      f"({failover_cell(p.replaced)} s from the removal asked, min/median/max)")
             if p.kind == "wipe":
                 print(f"wipe: a wiped follower caught up at once in {len(p.caught_up)} of "
                       f"{settings.cycles} cycles ({failover_cell(p.caught_up)} s), after a "
