@@ -154,8 +154,8 @@ impl RaftListener {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        let deadline = std::time::Instant::now() + ANSWER_WITHIN;
-        while self.answering.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        while self.answering.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         for (_, stream) in self.open.lock().unwrap().drain() {

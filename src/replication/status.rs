@@ -199,22 +199,24 @@ impl Status {
         &self.members
     }
 
-    pub fn stopped(&self) {
-        self.role.store(Role::Stopped as u8, Ordering::Relaxed);
+    /// `role`, one in which this node takes no part in the group: it knows no leader and no
+    /// member's progress.
+    fn out_of_the_group(&self, role: Role) {
+        self.role.store(role as u8, Ordering::Relaxed);
         self.leader.store(0, Ordering::Relaxed);
         self.progress.lock().clear();
+    }
+
+    pub fn stopped(&self) {
+        self.out_of_the_group(Role::Stopped);
     }
 
     pub fn removed(&self) {
-        self.role.store(Role::Removed as u8, Ordering::Relaxed);
-        self.leader.store(0, Ordering::Relaxed);
-        self.progress.lock().clear();
+        self.out_of_the_group(Role::Removed);
     }
 
     pub fn resyncing(&self) {
-        self.role.store(Role::Resyncing as u8, Ordering::Relaxed);
-        self.leader.store(0, Ordering::Relaxed);
-        self.progress.lock().clear();
+        self.out_of_the_group(Role::Resyncing);
     }
 
     pub fn view(&self) -> StatusView {

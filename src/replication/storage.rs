@@ -105,7 +105,7 @@ fn encode(message: &impl protobuf::Message) -> Vec<u8> {
 
 /// Whether `db` holds a node's raft state (it was started under `--cluster` before).
 pub fn exists(db: &DB) -> Result<bool, StoreError> {
-    Ok(db.get_cf(log_cf(db), NODE_ID_KEY)?.is_some())
+    Ok(stored_node_id(db)?.is_some())
 }
 
 /// The node whose raft state `db` holds, if any (`I`).

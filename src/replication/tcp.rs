@@ -196,14 +196,25 @@ impl Writer {
     }
 
     fn connect(&self) -> Result<TcpStream, String> {
-        let mut stream = connect_to(&self.addr, CONNECT_TIMEOUT)?;
+        let stream = connect_to_member(&self.addr, CONNECT_TIMEOUT, &self.group)?;
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         give_up_on_a_silent_peer(&stream, PEER_SILENT_FOR);
-        stream
-            .write_all(&self.group.hello())
-            .map_err(|e| format!("send failed: {e}"))?;
         Ok(stream)
     }
+}
+
+/// A connection from this member to another (raft messages, snapshots), which states `group`
+/// first (`group::GROUP_MARKER`); clients' and admin connections do not.
+pub fn connect_to_member(
+    addr: &str,
+    timeout: Duration,
+    group: &GroupId,
+) -> Result<TcpStream, String> {
+    let mut stream = connect_to(addr, timeout)?;
+    stream
+        .write_all(&group.hello())
+        .map_err(|e| format!("send failed: {e}"))?;
+    Ok(stream)
 }
 
 /// A connection to a member's address (`HOST:PORT`, resolved now), trying each address it

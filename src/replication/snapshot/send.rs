@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,12 +78,12 @@ impl SnapshotSender {
             return;
         }
         let (dir, inputs, busy) = (self.dir.clone(), self.inputs.clone(), self.busy.clone());
-        let hello = self.group.hello();
+        let group = self.group.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("raft-snap-to-{to}"))
             .spawn(move || {
                 let started = Instant::now();
-                let outcome = transfer(&addr, &hello, &dir, &message);
+                let outcome = transfer(&addr, &group, &dir, &message);
                 busy.lock().remove(&to);
                 match &outcome {
                     Ok(bytes) => log::info!(
@@ -108,7 +107,7 @@ impl SnapshotSender {
 /// Streams the file; returns its size once the follower has it on disk.
 fn transfer(
     addr: &str,
-    hello: &[u8],
+    group: &GroupId,
     dir: &std::path::Path,
     message: &Message,
 ) -> Result<u64, String> {
@@ -117,12 +116,11 @@ fn transfer(
     let path = generated_path(dir, index, term);
     let mut file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let stream = connect(addr)?;
+    let stream = crate::replication::tcp::connect_to_member(addr, CONNECT_TIMEOUT, group)?;
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_read_timeout(Some(ANSWER_TIMEOUT));
     let mut out = BufWriter::with_capacity(CHUNK, &stream);
-    let mut head = hello.to_vec();
-    head.extend_from_slice(&SNAPSHOT_MARKER);
+    let mut head = SNAPSHOT_MARKER.to_vec();
     frame::encode(message, &mut head).map_err(|e| e.to_string())?;
     head.extend_from_slice(&len.to_be_bytes());
     out.write_all(&head).map_err(|e| e.to_string())?;
@@ -152,8 +150,4 @@ fn transfer(
         return Err("refused".into());
     }
     Ok(len)
-}
-
-fn connect(addr: &str) -> Result<TcpStream, String> {
-    crate::replication::tcp::connect_to(addr, CONNECT_TIMEOUT)
 }
