@@ -367,6 +367,8 @@ def test_changes_are_refused_with_a_reason_one_at_a_time(make_server):
     # Removing the leader itself: it hands the leadership on, and the CLI asks again.
     status, out, err = cli("remove", str(leader), "--addr", client)
     assert status == 0, (out, err)
+    # Having applied its removal, the old leader stops by itself.
+    assert wait_for_exit(group.servers[leader]) == 0, group.servers[leader].log_tail()
     rest = [n for n in (1, 2, 3) if n != leader]
     found, fields = wait_members(group.raft[rest[0]], {n: "voter" for n in rest})
     assert fields["LEADER"] in rest

@@ -135,11 +135,27 @@ impl Applier for EngineApplier {
 
     fn removed(&mut self) {
         // A clean stop, as an operator's: what is in flight on this node is answered first.
-        if let Err(e) = signal_hook::low_level::raise(signal_hook::consts::SIGTERM) {
+        // Not at once: the `remove` may have been asked through this node (its client port or
+        // its peer port), and the leader's reply, sent as it applied the change, is still on
+        // its way back through it.
+        let stop = || {
+            std::thread::sleep(REMOVED_GRACE);
+            if let Err(e) = signal_hook::low_level::raise(signal_hook::consts::SIGTERM) {
+                log::error!("cannot stop after this node's removal ({e}): stop it");
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("removed".into())
+            .spawn(stop)
+        {
             log::error!("cannot stop after this node's removal ({e}): stop it");
         }
     }
 }
+
+/// How long a removed node goes on serving (as a follower that forwards nothing: it knows no
+/// leader) before it stops, for the reply to a `remove` asked through it.
+const REMOVED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The raft thread's writes are fsynced by the engine's syncer: one WAL, one fsync.
 struct EngineSync(Arc<Engine>);
