@@ -84,14 +84,23 @@ pub struct RaftStorage {
     last_index: u64,
     /// Index and term of the last entry applied.
     applied: (u64, u64),
-    /// The encoded size of each entry in the log, first to last, and their sum: what
-    /// compaction bounds (`super::compaction`).
-    sizes: VecDeque<u64>,
+    /// The encoded size and term of each entry in the log, first to last (the sizes' sum is
+    /// what compaction bounds, `super::compaction`; the terms are what raft-rs asks for on
+    /// every append and commit, which a read of the entry would cost a copy and a decode).
+    stored: VecDeque<StoredEntry>,
     log_bytes: u64,
     /// Snapshots this node makes for its followers (`None`: it cannot send any).
     snapshots: Option<Snapshots>,
     /// The snapshot whose state is being installed (`begin_install`).
     installing: Option<(u64, u64)>,
+}
+
+/// What the log keeps in memory of each entry it holds.
+#[derive(Clone, Copy)]
+struct StoredEntry {
+    size: u64,
+    /// 0 (no entry has it) when unknown: read from the entry.
+    term: u64,
 }
 
 fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
@@ -279,7 +288,7 @@ impl RaftStorage {
         self.hard_state = self.hard_state_at(index, term);
         self.truncated = (index, term);
         self.last_index = index;
-        self.sizes.clear();
+        self.stored.clear();
         self.log_bytes = 0;
     }
 
@@ -372,7 +381,7 @@ impl RaftStorage {
             truncated,
             last_index,
             applied,
-            sizes: VecDeque::new(),
+            stored: VecDeque::new(),
             log_bytes: 0,
             snapshots: None,
             installing: None,
@@ -381,7 +390,8 @@ impl RaftStorage {
         Ok(storage)
     }
 
-    /// Reads the size of every entry in the log (bounded by compaction).
+    /// Reads the size and term of every entry in the log (bounded by compaction). Past a
+    /// missing entry, terms are unknown (reading them reports the damage).
     fn measure(&mut self) -> Result<(), StoreError> {
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(entry_key(self.last_index + 1));
@@ -391,11 +401,21 @@ impl RaftStorage {
             read,
             IteratorMode::From(&from, Direction::Forward),
         );
-        self.sizes.clear();
+        self.stored.clear();
         self.log_bytes = 0;
+        let mut contiguous = true;
         for item in iter {
-            let (_, value) = item?;
-            self.sizes.push_back(value.len() as u64);
+            let (key, value) = item?;
+            let expected = self.truncated.0 + 1 + self.stored.len() as u64;
+            contiguous &= entry_index(&key) == Some(expected);
+            let term = match contiguous {
+                true => decode::<Entry>("entry", &value).map_or(0, |e| e.term),
+                false => 0,
+            };
+            self.stored.push_back(StoredEntry {
+                size: value.len() as u64,
+                term,
+            });
             self.log_bytes += value.len() as u64;
         }
         Ok(())
@@ -449,7 +469,7 @@ impl RaftStorage {
         let log = log_cf(&self.db);
         let mut batch = WriteBatch::default();
         let mut last_index = self.last_index;
-        let mut sizes = Vec::with_capacity(entries.len());
+        let mut stored = Vec::with_capacity(entries.len());
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             if first.index <= self.truncated.0 || first.index > self.last_index + 1 {
                 return Err(StoreError::Refused(format!(
@@ -464,7 +484,10 @@ impl RaftStorage {
                     return Err(StoreError::Refused("entries out of order".into()));
                 }
                 let encoded = encode(entry);
-                sizes.push(encoded.len() as u64);
+                stored.push(StoredEntry {
+                    size: encoded.len() as u64,
+                    term: entry.term,
+                });
                 batch.put_cf(log, entry_key(entry.index), encoded);
             }
             if self.last_index > last.index {
@@ -486,11 +509,11 @@ impl RaftStorage {
         if let Some(first) = entries.first() {
             // The entries from `first` on are replaced.
             let kept = (first.index - self.truncated.0 - 1) as usize;
-            for size in self.sizes.drain(kept..) {
-                self.log_bytes -= size;
+            for replaced in self.stored.drain(kept..) {
+                self.log_bytes -= replaced.size;
             }
-            self.log_bytes += sizes.iter().sum::<u64>();
-            self.sizes.extend(sizes);
+            self.log_bytes += stored.iter().map(|e| e.size).sum::<u64>();
+            self.stored.extend(stored);
         }
         self.last_index = last_index;
         if let Some(hs) = hard_state {
@@ -548,8 +571,8 @@ impl RaftStorage {
         batch.delete_range_cf(log, entry_key(self.truncated.0 + 1), entry_key(index + 1));
         batch.put_cf(log, TRUNCATED_KEY, encode_position(index, term));
         self.db.write(batch)?;
-        for size in self.sizes.drain(..(index - self.truncated.0) as usize) {
-            self.log_bytes -= size;
+        for dropped in self.stored.drain(..(index - self.truncated.0) as usize) {
+            self.log_bytes -= dropped.size;
         }
         self.truncated = (index, term);
         Ok(())
@@ -557,6 +580,13 @@ impl RaftStorage {
 
     /// The term of an entry in the log (not the compaction point).
     fn stored_term(&self, index: u64) -> Result<u64, StoreError> {
+        let known = index
+            .checked_sub(self.truncated.0 + 1)
+            .and_then(|at| self.stored.get(at as usize))
+            .map_or(0, |e| e.term);
+        if known != 0 {
+            return Ok(known);
+        }
         match self.db.get_cf(log_cf(&self.db), entry_key(index))? {
             Some(bytes) => Ok(decode::<Entry>("entry", &bytes)?.term),
             None => Err(StoreError::Corrupt(format!("entry {index} is missing"))),

@@ -226,3 +226,34 @@ fn reopening_returns_the_same_state_and_raft_resumes_after_the_applied_index() {
         .collect();
     assert_eq!(committed, [5, 6]);
 }
+
+/// The terms `term()` answers from memory are those of the entries stored, through a
+/// replaced conflicting tail, a compaction and a reopen.
+#[test]
+fn terms_answered_from_memory_are_the_stored_entries_terms() {
+    let dir = TempDir::new("storage");
+    let mut s = open(&dir, 1, &[1]).unwrap();
+    let stored_terms = |s: &RaftStorage| -> Vec<(u64, u64)> {
+        let (first, last) = s.bounds();
+        (first..=last).map(|i| (i, s.term(i).unwrap())).collect()
+    };
+    s.persist(&entries(2..=9, 1), Some(&hard_state(1, 4)))
+        .unwrap();
+    s.persist(&entries(6..=7, 3), Some(&hard_state(3, 4)))
+        .unwrap();
+    s.persist(&entries(8..=8, 4), Some(&hard_state(4, 5)))
+        .unwrap();
+    assert_eq!(stored_terms(&s), all(&s));
+    assert_eq!(s.term(7).unwrap(), 3);
+    assert_eq!(s.term(8).unwrap(), 4);
+    assert!(is(s.term(9), StorageError::Unavailable));
+    s.apply(WriteBatch::default(), 5, 1, None).unwrap();
+    s.compact(5).unwrap();
+    assert_eq!(stored_terms(&s), all(&s));
+    assert_eq!(s.term(5).unwrap(), 1);
+    drop(s);
+    let mut s = open(&dir, 1, &[1]).unwrap();
+    assert_eq!(stored_terms(&s), vec![(6, 3), (7, 3), (8, 4)]);
+    s.persist(&entries(9..=10, 5), None).unwrap();
+    assert_eq!(stored_terms(&s), all(&s));
+}
