@@ -172,7 +172,8 @@ impl Peer {
     fn send(&mut self) {
         let messages = std::mem::take(&mut self.outgoing);
         if let Some(mut link) = self.link.try_lock() {
-            if link.stream.is_some() && self.behind.load(Ordering::Acquire) == 0 {
+            let idle = self.behind.load(Ordering::Acquire) == 0 && link.unsent.is_empty();
+            if link.stream.is_some() && idle {
                 self.buffer.clear();
                 encode_all(&messages, &mut self.buffer);
                 match link.write_now(&self.buffer) {
