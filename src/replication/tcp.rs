@@ -1,7 +1,7 @@
 //! The transport between processes: one outgoing TCP connection per peer (a `Link`). The raft
 //! thread never waits on a socket: it writes a batch itself when the link is idle and the
 //! kernel takes the whole batch at once (`MSG_DONTWAIT`), which saves a thread hand-off per
-//! message on the replication's critical path (two per replicated write, measured below);
+//! message on the replication's critical path (two per replicated write; docs/replication.md);
 //! otherwise the batch, or the bytes the kernel did not take, go to the peer's writer thread
 //! through a bounded queue, which connects, waits on a slow peer, and keeps the order. A peer
 //! that cannot be reached is reported to raft-rs (`report_unreachable`: it stops streaming
