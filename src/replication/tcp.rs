@@ -252,7 +252,7 @@ impl Link {
     }
 }
 
-fn encode_all(messages: &[Message], buffer: &mut Vec<u8>) {
+fn encode_all<'a>(messages: impl IntoIterator<Item = &'a Message>, buffer: &mut Vec<u8>) {
     for message in messages {
         if let Err(e) = frame::encode(message, buffer) {
             log::error!("raft message to node {} not sent: {e}", message.to);
@@ -316,11 +316,11 @@ impl Writer {
         }
         self.buffer.clear();
         self.buffer.append(&mut link.unsent);
-        for item in batch {
-            if let Outgoing::Message(message) = item {
-                encode_all(std::slice::from_ref(message), &mut self.buffer);
-            }
-        }
+        let messages = batch.iter().filter_map(|item| match item {
+            Outgoing::Message(message) => Some(message),
+            Outgoing::Unsent => None,
+        });
+        encode_all(messages, &mut self.buffer);
         let stream = link.stream.as_mut().expect("connected above");
         if let Err(e) = stream.write_all(&self.buffer) {
             // Connect again at once for the next batch: the peer may have restarted.
