@@ -303,6 +303,18 @@ def test_a_dead_member_is_replaced_while_a_producer_writes_and_nothing_acknowled
     status, out, err = cli("remove", str(dead), "--addr", group.client(alive[1]))
     assert status == 0, (out, err)
     wait_members(group.raft[5], {alive[0]: "voter", alive[1]: "voter", 5: "voter"})
+    served = acked_more_since(served)
+
+    # The dead member comes back on its directory, believing it is one (it never applied its
+    # removal): the members it campaigns to say so, and it stops as a removed member does
+    # (exit status 0: a supervisor leaves it stopped), while the group goes on serving.
+    revenant = group.servers[dead]
+    log_from = revenant.log_path.stat().st_size
+    revenant.start(wait=False)
+    assert wait_for_exit(revenant) == 0, revenant.log_tail()
+    log = revenant.log_path.read_bytes()[log_from:]
+    assert b"which removed node %d while it was down" % dead in log, log[-3000:]
+    assert b"was removed from the group by the membership change at index" in log
     acked_more_since(served)
     producer.halt.set()
     producer.join(PATIENCE)

@@ -94,7 +94,9 @@ pub(super) fn apply(driver: &mut Driver, entries: Vec<Entry>) -> Result<(), Stri
         }
     }
     driver.applier.finish(&mut batch);
-    let membership = conf_state.as_ref().map(|cs| (cs, &driver.addresses));
+    let membership = conf_state
+        .as_ref()
+        .map(|cs| (cs, &driver.addresses, &driver.removals));
     driver
         .raw
         .mut_store()
@@ -134,6 +136,7 @@ fn apply_conf_change(driver: &mut Driver, entry: &Entry) -> Option<raft::prelude
         Ok((cs, cc)) => {
             // The new member's address came in the change: every member learns it here.
             super::membership::update_addresses(&mut driver.addresses, &cc);
+            super::membership::update_removals(&mut driver.removals, &cc, entry.index);
             log::info!(
                 "raft membership at {}: {cs:?}, addresses {:?}",
                 entry.index,

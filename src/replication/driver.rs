@@ -20,7 +20,7 @@ use super::apply::{Applier, Outcome, Pending};
 use super::compaction::{self, LogLimits, LogState};
 use super::group::GroupId;
 use super::installing::Install;
-use super::members::{Addresses, Members};
+use super::members::{Addresses, Members, Removals};
 use super::membership::{Marks, Waiter};
 use super::quarantine::{self, Quarantine};
 use super::resync;
@@ -100,6 +100,12 @@ pub enum Input {
     },
     /// The transport could not reach this peer.
     Unreachable(u64),
+    /// Peer `by` refused this node's messages: it applied the membership change at `index`,
+    /// which removed this node (`listener`).
+    RemovedBy {
+        by: u64,
+        index: u64,
+    },
     /// From the fsync (`WalSync`).
     Synced(Synced),
     /// A snapshot transfer to `to` ended: the follower has the file (`done`), or not.
@@ -183,6 +189,8 @@ pub(super) struct Driver {
     pub(super) status: Arc<Status>,
     /// Every member's replication address, as applied here (`members`).
     pub addresses: Addresses,
+    /// The members removed, as applied here (`members`).
+    pub removals: Removals,
     /// An admin request waiting for its membership change (`membership`).
     pub(super) admin: Option<Waiter>,
     /// The leader's log end a heartbeat or two ago, to judge a learner's lag (`membership`).
@@ -296,6 +304,7 @@ impl Node {
             pending: VecDeque::new(),
             status: status.clone(),
             addresses,
+            removals: storage::stored_removals(&db),
             admin: None,
             marks: Marks::new(),
             heartbeat: config.timing.tick * config.timing.heartbeat_ticks as u32,
@@ -601,6 +610,7 @@ impl Driver {
             Input::Propose { id, data } => self.propose(id, data),
             Input::Admin { request, reply } => self.admin(request, reply),
             Input::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Input::RemovedBy { by, index } => self.removed_by(by, index),
             Input::Synced(Synced::UpTo(number)) => self.synced(number)?,
             Input::Installed {
                 index,
@@ -612,6 +622,23 @@ impl Driver {
             Input::Stop => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// Peer `by` applied the change at `index` that removed this node. A node that applied it
+    /// stops by itself (`apply`); one that has not was down when it was made, and stops too
+    /// (exit 0, as for its own removal). One that applied past it was added again since, and
+    /// `by`, behind, does not know yet: it goes on.
+    fn removed_by(&mut self, by: u64, index: u64) {
+        let applied = self.raw.store().applied().0;
+        if applied >= index || self.removed_at.is_some() {
+            return;
+        }
+        log::warn!(
+            "node {by} refuses this node's messages: it applied the membership change at index \
+             {index}, which removed node {} while it was down (applied here: {applied})",
+            self.raw.raft.id
+        );
+        self.removed_at = Some(index);
     }
 
     /// A heartbeat carries the commit index the leader believes this node has (the smallest of
@@ -720,6 +747,7 @@ impl Driver {
     pub(super) fn members_changed(&mut self) {
         self.transport.set_peers(&self.addresses);
         self.status.members().set(self.addresses.clone());
+        self.status.members().set_removals(self.removals.clone());
     }
 
     /// Compacts the log when it is over its limits (`compaction` says how far).

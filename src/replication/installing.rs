@@ -173,8 +173,9 @@ fn finish_if_done(driver: &mut Driver) -> Result<(), String> {
     // The snapshot's address map (stored beside its membership) replaces this node's.
     if let Some(addresses) = driver.raw.store().addresses() {
         driver.addresses = addresses.clone();
-        driver.members_changed();
     }
+    driver.removals = super::storage::stored_removals(driver.raw.store().db());
+    driver.members_changed();
     let Some(last) = install.committed_to else {
         return Ok(());
     };

@@ -15,6 +15,8 @@
 //! - `C` -> the `ConfState` as of `A`;
 //! - `M` -> every member's replication address as of `A` (`members::encode`), written with the
 //!   first membership change (before it, `--cluster` is the map);
+//! - `R` -> the members removed, each with the index of the change that removed it
+//!   (`members::encode_removals`), written with `C` from the first removal on;
 //! - `G` -> the group's number (u64 big-endian, `group`), written when a founder bootstraps;
 //!   a joiner's comes with its snapshot.
 
@@ -32,6 +34,7 @@ pub const APPLIED_KEY: &[u8] = b"A";
 pub const CONF_STATE_KEY: &[u8] = b"C";
 pub const ADDRESSES_KEY: &[u8] = b"M";
 pub const GROUP_KEY: &[u8] = b"G";
+pub const REMOVALS_KEY: &[u8] = b"R";
 
 /// The key of log entry `index`.
 pub fn entry_key(index: u64) -> [u8; 9] {

@@ -21,7 +21,7 @@
 //! the raft limits. The replication does not know the network layer: the server plugs it in.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -49,12 +49,19 @@ const READ_IDLE: Duration = Duration::from_secs(60);
 const IDENTIFY_WITHIN: Duration = Duration::from_secs(5);
 /// Connections accepted and not yet identified, at most: each has a thread.
 const MOST_UNIDENTIFIED: usize = 256;
+/// How long a removed member's connection is read (and dropped) after it was told.
+const REMOVED_DRAIN: Duration = Duration::from_secs(1);
 /// How long a stop waits for admin requests being answered.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// The first four bytes of a client connection forwarded by another member: as a raft frame's
 /// length it would be over `frame::MAX_FRAME`, so no raft peer sends it.
 pub const FORWARD_MARKER: [u8; 4] = [0xff; 4];
+
+/// What a member answers, on the connection, to raft messages from a member it knows was
+/// removed: these four bytes, then the index of the change that removed it (u64 BE). Raft
+/// connections carry nothing else towards the node that opened them.
+pub const REMOVED_MARKER: [u8; 4] = [0xff, 0xff, 0xff, 0xf9];
 
 /// Takes a forwarded client connection (set by the server once its event loops exist; until
 /// then such connections are closed).
@@ -289,12 +296,16 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     }
     // A peer whose machine died never closes its end: its connection ends after a silence.
     let _ = stream.set_read_timeout(Some(READ_IDLE));
-    if let Err(e) = read(
-        (&first[..]).chain(stream),
-        &accepting.members,
-        &accepting.inputs,
-    ) {
+    let Ok(answer) = stream.try_clone() else {
+        accepting.open.lock().unwrap().remove(&key);
+        return;
+    };
+    let mut reader = BufReader::with_capacity(64 << 10, (&first[..]).chain(stream));
+    if let Err(e) = read(&mut reader, &accepting.members, &accepting.inputs) {
         log::warn!("raft connection from {peer} closed: {e}");
+        if let Some((id, index)) = e.removed {
+            tell_removed(answer, reader, id, index);
+        }
     }
     accepting.open.lock().unwrap().remove(&key);
 }
@@ -362,21 +373,73 @@ fn admits(me: u64, known: impl Fn(u64) -> bool, message: &Message) -> bool {
         )
 }
 
+/// Why a connection's reading ended early.
+struct ReadError {
+    why: String,
+    /// Its sender was refused, and is a member this node knows removed: its id, and the index
+    /// of the change that removed it.
+    removed: Option<(u64, u64)>,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
 /// Until the peer closes, or the node stops.
-fn read(stream: impl Read, members: &Members, inputs: &Sender<Input>) -> Result<(), String> {
-    let mut reader = BufReader::with_capacity(64 << 10, stream);
-    while let Some(message) = frame::read(&mut reader).map_err(|e| e.to_string())? {
+fn read(
+    reader: &mut impl std::io::BufRead,
+    members: &Members,
+    inputs: &Sender<Input>,
+) -> Result<(), ReadError> {
+    loop {
+        let message = match frame::read(reader) {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(ReadError {
+                    why: e.to_string(),
+                    removed: None,
+                })
+            }
+        };
         if !members.admits(&message) {
-            return Err(format!(
-                "a message from {} to {}: not a member to this node",
-                message.from, message.to
-            ));
+            let removed = (message.to == members.me)
+                .then(|| members.status.members().removed_at(message.from))
+                .flatten()
+                .map(|index| (message.from, index));
+            return Err(ReadError {
+                why: format!(
+                    "a message from {} to {}: not a member to this node",
+                    message.from, message.to
+                ),
+                removed,
+            });
         }
         if inputs.send(Input::Message(Box::new(message))).is_err() {
             return Ok(()); // the node stopped
         }
     }
-    Ok(())
+}
+
+/// Tells node `id`, removed by the change at `index` and still sending as a member (it was down
+/// when it was removed), on its own connection: `REMOVED_MARKER` and the index. Its transport
+/// finds the answer when its next write fails (`tcp`), once this end is closed. What it sends
+/// meanwhile is read and dropped for a moment first: closing with unread bytes would reset the
+/// connection, which can cost the peer the answer.
+fn tell_removed(mut answer: TcpStream, mut reader: impl Read, id: u64, index: u64) {
+    let mut notice = REMOVED_MARKER.to_vec();
+    notice.extend_from_slice(&index.to_be_bytes());
+    if answer.write_all(&notice).is_err() {
+        return;
+    }
+    log::warn!("told node {id} it was removed from the group at index {index}");
+    let _ = answer.shutdown(Shutdown::Write);
+    let _ = answer.set_read_timeout(Some(REMOVED_DRAIN));
+    let deadline = Instant::now() + REMOVED_DRAIN;
+    let mut sink = [0; 4096];
+    while Instant::now() < deadline && matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
 }
 
 #[cfg(test)]

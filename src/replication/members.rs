@@ -5,6 +5,10 @@
 //! `--cluster` after a restart. The raft thread owns the map and publishes each new one here;
 //! the listener (whose messages to accept), forwarding (where the leader is) and the admin
 //! connections read it. The encoding of the stored map and of `ID=HOST:PORT` lives here too.
+//!
+//! Beside the map: the members removed, each with the index of the change that removed it
+//! (`Removals`, stored as `R`), so that a member removed while it was down, which comes back
+//! believing it is one, can be told so (`listener`) and stop.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,17 +18,32 @@ use parking_lot::RwLock;
 /// id -> `HOST:PORT`.
 pub type Addresses = BTreeMap<u64, String>;
 
+/// Removed members: id -> index of the membership change that removed it, until the id is
+/// added again.
+pub type Removals = BTreeMap<u64, u64>;
+
 /// The current map, shared read-mostly.
 #[derive(Debug, Default)]
 pub struct Members {
     map: RwLock<Arc<Addresses>>,
+    removals: RwLock<Arc<Removals>>,
 }
 
 impl Members {
     pub fn new(map: Addresses) -> Members {
         Members {
             map: RwLock::new(Arc::new(map)),
+            removals: RwLock::default(),
         }
+    }
+
+    pub fn set_removals(&self, removals: Removals) {
+        *self.removals.write() = Arc::new(removals);
+    }
+
+    /// The index of the change that removed `id`, if it was removed and not added since.
+    pub fn removed_at(&self, id: u64) -> Option<u64> {
+        self.removals.read().get(&id).copied()
     }
 
     /// The map as of now.
@@ -98,6 +117,35 @@ pub fn decode(bytes: &[u8]) -> Option<Addresses> {
     Some(map)
 }
 
+/// The stored form of `Removals`: `ID@INDEX` joined by commas.
+pub fn encode_removals(removals: &Removals) -> Vec<u8> {
+    removals
+        .iter()
+        .map(|(id, index)| format!("{id}@{index}"))
+        .collect::<Vec<_>>()
+        .join(",")
+        .into_bytes()
+}
+
+/// The removals `encode_removals` wrote; `None` if it is not that.
+pub fn decode_removals(bytes: &[u8]) -> Option<Removals> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut removals = Removals::new();
+    if text.is_empty() {
+        return Some(removals);
+    }
+    for removal in text.split(',') {
+        let (id, index) = removal.split_once('@')?;
+        if removals
+            .insert(id.parse().ok()?, index.parse().ok()?)
+            .is_some()
+        {
+            return None;
+        }
+    }
+    Some(removals)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +167,16 @@ mod tests {
             b"\xff",
         ] {
             assert_eq!(decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn removals_round_trip_and_damaged_ones_are_refused() {
+        let removals: Removals = [(3, 17), (12, 4096)].into();
+        assert_eq!(decode_removals(&encode_removals(&removals)), Some(removals));
+        assert_eq!(decode_removals(b""), Some(Removals::new()));
+        for bad in [&b"3@1,3@2"[..], b"3", b"3@", b"x@1", b"3@1,", b"\xff"] {
+            assert_eq!(decode_removals(bad), None, "{bad:?}");
         }
     }
 

@@ -27,7 +27,7 @@ use raft::StateRole;
 
 use super::admin::codec::{AdminError, AdminReply, AdminRequest, ClusterView, MemberInfo};
 use super::driver::Driver;
-use super::members::{check_address, Addresses};
+use super::members::{check_address, Addresses, Removals};
 use super::peers::MOST_MEMBERS;
 
 /// A learner within this many entries of the leader's last index is made a voter: about what a
@@ -80,7 +80,6 @@ enum Target {
     Gone(u64),
 }
 
-/// What applying `cc` does to the address map: an added node's address is the change's
 /// Whether `id` is a voter or a learner of `cs` (outgoing or incoming, in a joint one).
 pub fn is_member(cs: &ConfState, id: u64) -> bool {
     [
@@ -93,6 +92,7 @@ pub fn is_member(cs: &ConfState, id: u64) -> bool {
     .any(|ids| ids.contains(&id))
 }
 
+/// What applying `cc` does to the address map: an added node's address is the change's
 /// context; a removed node's is dropped.
 pub fn update_addresses(map: &mut Addresses, cc: &ConfChangeV2) {
     let context = std::str::from_utf8(&cc.context)
@@ -112,6 +112,21 @@ pub fn update_addresses(map: &mut Addresses, cc: &ConfChangeV2) {
             }
             ConfChangeType::RemoveNode => {
                 map.remove(&change.node_id);
+            }
+        }
+    }
+}
+
+/// What applying `cc`, the entry at `index`, does to the removals: a removed node is recorded
+/// with `index`, an added one forgotten (the same id may be added again, on a new directory).
+pub fn update_removals(removals: &mut Removals, cc: &ConfChangeV2, index: u64) {
+    for change in cc.changes.iter() {
+        match change.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                removals.remove(&change.node_id);
+            }
+            ConfChangeType::RemoveNode => {
+                removals.insert(change.node_id, index);
             }
         }
     }
@@ -484,5 +499,24 @@ mod tests {
             &conf_change(ConfChangeType::AddLearnerNode, 5, Some("no port")),
         );
         assert!(!addresses.contains_key(&5));
+    }
+
+    #[test]
+    fn removals_are_recorded_with_their_index_and_forgotten_when_added_again() {
+        let mut removals = Removals::new();
+        update_removals(
+            &mut removals,
+            &conf_change(ConfChangeType::RemoveNode, 2, None),
+            40,
+        );
+        update_removals(
+            &mut removals,
+            &conf_change(ConfChangeType::RemoveNode, 3, None),
+            52,
+        );
+        assert_eq!(removals, [(2, 40), (3, 52)].into());
+        let again = conf_change(ConfChangeType::AddLearnerNode, 2, Some("h:2"));
+        update_removals(&mut removals, &again, 60);
+        assert_eq!(removals, [(3, 52)].into());
     }
 }

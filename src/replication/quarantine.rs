@@ -258,6 +258,7 @@ pub(super) fn wait(
             }
             Input::Stop => return,
             Input::Unreachable(_)
+            | Input::RemovedBy { .. }
             | Input::Synced(_)
             | Input::SnapshotSent { .. }
             | Input::Installed { .. }

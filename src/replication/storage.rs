@@ -25,10 +25,10 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB
 use super::group;
 use super::keys::{
     decode_position, encode_position, entry_index, entry_key, ADDRESSES_KEY, APPLIED_KEY,
-    CONF_STATE_KEY, GROUP_KEY, HARD_STATE_KEY, INSTALLING_KEY, NODE_ID_KEY, RAFT_LOG_CF, STATE_CF,
-    TRUNCATED_KEY,
+    CONF_STATE_KEY, GROUP_KEY, HARD_STATE_KEY, INSTALLING_KEY, NODE_ID_KEY, RAFT_LOG_CF,
+    REMOVALS_KEY, STATE_CF, TRUNCATED_KEY,
 };
-use super::members::{self, Addresses};
+use super::members::{self, Addresses, Removals};
 use super::snapshot::{self, install, Snapshots};
 
 /// Index and term of the entry the founders start after.
@@ -142,6 +142,21 @@ pub fn stored_group_id(db: &DB) -> u64 {
 pub fn stored_addresses(db: &DB) -> Option<Addresses> {
     db.cf_handle(STATE_CF)?;
     read_addresses(db).ok().flatten()
+}
+
+/// The members removed as of the applied index (`R`); none if none is stored or it cannot be
+/// read (then a removed member that comes back is refused without being told why).
+pub fn stored_removals(db: &DB) -> Removals {
+    let stored = db
+        .cf_handle(STATE_CF)
+        .and_then(|cf| db.get_cf(cf, REMOVALS_KEY).ok().flatten());
+    match stored {
+        Some(bytes) => members::decode_removals(&bytes).unwrap_or_else(|| {
+            log::warn!("the stored removed members do not read: taken as none");
+            Removals::new()
+        }),
+        None => Removals::new(),
+    }
 }
 
 impl RaftStorage {
@@ -530,7 +545,7 @@ impl RaftStorage {
         mut batch: WriteBatch,
         index: u64,
         term: u64,
-        conf_state: Option<(&ConfState, &Addresses)>,
+        conf_state: Option<(&ConfState, &Addresses, &Removals)>,
     ) -> Result<(), StoreError> {
         if index < self.applied.0 || index > self.hard_state.commit {
             return Err(StoreError::Refused(format!(
@@ -540,13 +555,18 @@ impl RaftStorage {
         }
         let state = state_cf(&self.db);
         batch.put_cf(state, APPLIED_KEY, encode_position(index, term));
-        if let Some((cs, addresses)) = conf_state {
+        if let Some((cs, addresses, removals)) = conf_state {
             batch.put_cf(state, CONF_STATE_KEY, encode(cs));
             batch.put_cf(state, ADDRESSES_KEY, members::encode(addresses));
+            if !removals.is_empty() {
+                batch.put_cf(state, REMOVALS_KEY, members::encode_removals(removals));
+            } else {
+                batch.delete_cf(state, REMOVALS_KEY);
+            }
         }
         self.db.write(batch)?;
         self.applied = (index, term);
-        if let Some((cs, addresses)) = conf_state {
+        if let Some((cs, addresses, _)) = conf_state {
             self.conf_state = cs.clone();
             self.addresses = Some(addresses.clone());
         }

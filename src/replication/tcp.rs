@@ -9,7 +9,7 @@
 //! matters. Incoming connections are `listener`'s.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +23,7 @@ use raft::prelude::{Message, MessageType};
 use super::driver::Input;
 use super::frame;
 use super::group::GroupId;
+use super::listener::REMOVED_MARKER;
 use super::snapshot::send::SnapshotSender;
 use super::transport::Transport;
 
@@ -94,7 +95,9 @@ impl TcpTransport {
             .spawn(move || writer.run(receiver))
             .map_err(|e| format!("cannot start a raft writer thread: {e}"))?;
         let peer = Peer {
+            id,
             addr: addr.to_string(),
+            inputs: self.inputs.clone(),
             queue: sender,
             link,
             behind,
@@ -154,7 +157,10 @@ impl Transport for TcpTransport {
 
 /// A peer as the raft thread sees it: its writer's queue and the connection they share.
 struct Peer {
+    id: u64,
     addr: String,
+    /// The raft thread's channel: what the peer answered on a broken link goes there.
+    inputs: Sender<Input>,
     queue: Sender<Outgoing>,
     link: Arc<Mutex<Link>>,
     /// What was queued for the writer and is not written yet (it counts down once it has
@@ -186,7 +192,7 @@ impl Peer {
                     }
                     Err(_) => {
                         // The writer connects again and reports the peer if it cannot.
-                        link.stream = None;
+                        link.broken(self.id, &self.inputs);
                         drop(link);
                         self.queue_for_writer(
                             messages.into_iter().map(Outgoing::Message).collect(),
@@ -228,6 +234,29 @@ struct Link {
 }
 
 impl Link {
+    /// Drops the connection after a failed write, first reading what `peer` answered on it, if
+    /// anything: a member that knows this node was removed says so (`REMOVED_MARKER` and the
+    /// index of the change) and closes, which fails a later write.
+    fn broken(&mut self, peer: u64, inputs: &Sender<Input>) {
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        let mut notice = [0; 12];
+        let mut got = 0;
+        if stream.set_nonblocking(true).is_ok() {
+            while got < notice.len() {
+                match stream.read(&mut notice[got..]) {
+                    Ok(n) if n > 0 => got += n,
+                    _ => break,
+                }
+            }
+        }
+        if got == notice.len() && notice[..4] == REMOVED_MARKER {
+            let index = u64::from_be_bytes(notice[4..].try_into().expect("8 bytes"));
+            let _ = inputs.send(Input::RemovedBy { by: peer, index });
+        }
+    }
+
     /// Writes what the kernel takes of `bytes` without waiting (nothing is left unsent
     /// before them: the caller checked).
     fn write_now(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -324,7 +353,7 @@ impl Writer {
         let stream = link.stream.as_mut().expect("connected above");
         if let Err(e) = stream.write_all(&self.buffer) {
             // Connect again at once for the next batch: the peer may have restarted.
-            link.stream = None;
+            link.broken(self.peer, &self.inputs);
             return Err(format!("send failed: {e}"));
         }
         if self.down {

@@ -188,7 +188,8 @@ fn reopening_returns_the_same_state_and_raft_resumes_after_the_applied_index() {
     let cs = ConfState::from((vec![1], vec![9]));
     assert_eq!(s.addresses(), None, "none stored before a change");
     let addresses = [(1, "a:1".to_string()), (9, "b:9".to_string())].into();
-    s.apply(batch, 4, 3, Some((&cs, &addresses))).unwrap();
+    s.apply(batch, 4, 3, Some((&cs, &addresses, &Default::default())))
+        .unwrap();
     assert!(
         s.apply(WriteBatch::default(), 7, 3, None).is_err(),
         "7 is not committed"
