@@ -134,8 +134,8 @@ impl StoreOptions {
         // and flushed `messages` with it each time, four times the flushes and L0 files of one
         // node. And it is never compressed: its entries live seconds (log compaction removes
         // them), and LZ4 over message bodies on their way to deletion was the largest part of a
-        // member's compaction work. (Measured, issue 22: pipelined replicated sets +25-30%, CPU
-        // per set -20% on every member.)
+        // member's compaction work. (Measured, issue 22, 20 s of pipelined replicated sets:
+        // +6-10% sets/s, CPU per set -6-7% on every member; docs/replication.md.)
         let mut raft_log_cf = meta_cf.clone();
         raft_log_cf.set_write_buffer_size(MESSAGES_WRITE_BUFFER);
         raft_log_cf.set_compression_type(DBCompressionType::None);
