@@ -31,6 +31,10 @@ use super::keys::{
 use super::members::{self, Addresses, Removals};
 use super::snapshot::{self, install, Snapshots};
 
+/// At most this many bytes of the newest log entries are kept in memory (`recent`): a few
+/// rounds of pipelined writes, read back as they commit.
+const RECENT_BYTES: u64 = 8 << 20;
+
 /// Index and term of the entry the founders start after.
 pub const BOOTSTRAP_INDEX: u64 = 1;
 pub const BOOTSTRAP_TERM: u64 = 1;
@@ -89,6 +93,13 @@ pub struct RaftStorage {
     /// every append and commit, which a read of the entry would cost a copy and a decode).
     stored: VecDeque<StoredEntry>,
     log_bytes: u64,
+    /// The log's newest entries as persisted, with their encoded sizes: always its last
+    /// `recent.len()` entries, at most `RECENT_BYTES` of them. raft-rs asks for entries again
+    /// soon after they are persisted (a follower applies them once committed, a leader sends
+    /// them to a follower a round behind), which a read costs a RocksDB lookup, a copy and a
+    /// decode each.
+    recent: VecDeque<(Entry, u64)>,
+    recent_bytes: u64,
     /// Snapshots this node makes for its followers (`None`: it cannot send any).
     snapshots: Option<Snapshots>,
     /// The snapshot whose state is being installed (`begin_install`).
@@ -305,6 +316,8 @@ impl RaftStorage {
         self.last_index = index;
         self.stored.clear();
         self.log_bytes = 0;
+        self.recent.clear();
+        self.recent_bytes = 0;
     }
 
     /// Whether a snapshot's state is being installed (`begin_install` done, `finish_install`
@@ -398,6 +411,8 @@ impl RaftStorage {
             applied,
             stored: VecDeque::new(),
             log_bytes: 0,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
             snapshots: None,
             installing: None,
         };
@@ -418,6 +433,8 @@ impl RaftStorage {
         );
         self.stored.clear();
         self.log_bytes = 0;
+        self.recent.clear();
+        self.recent_bytes = 0;
         let mut contiguous = true;
         for item in iter {
             let (key, value) = item?;
@@ -527,6 +544,7 @@ impl RaftStorage {
             for replaced in self.stored.drain(kept..) {
                 self.log_bytes -= replaced.size;
             }
+            self.keep_recent(entries, &stored);
             self.log_bytes += stored.iter().map(|e| e.size).sum::<u64>();
             self.stored.extend(stored);
         }
@@ -535,6 +553,33 @@ impl RaftStorage {
             self.hard_state = hs.clone();
         }
         Ok(())
+    }
+
+    /// The index of the first entry in `recent` (one past the log's end when it is empty).
+    fn recent_first(&self) -> u64 {
+        self.last_index + 1 - self.recent.len() as u64
+    }
+
+    /// `entries`, just written from the first one's index on over the log ending at
+    /// `self.last_index` (not moved yet), join the newest entries kept in memory.
+    fn keep_recent(&mut self, entries: &[Entry], sizes: &[StoredEntry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let kept = first.index.saturating_sub(self.recent_first()) as usize;
+        for (_, size) in self.recent.drain(kept.min(self.recent.len())..) {
+            self.recent_bytes -= size;
+        }
+        for (entry, stored) in entries.iter().zip(sizes) {
+            self.recent.push_back((entry.clone(), stored.size));
+            self.recent_bytes += stored.size;
+        }
+        while self.recent_bytes > RECENT_BYTES {
+            let Some((_, size)) = self.recent.pop_front() else {
+                break;
+            };
+            self.recent_bytes -= size;
+        }
     }
 
     /// Writes `batch` (what committed entries up to `index`, of `term`, do to the state
@@ -616,6 +661,24 @@ impl RaftStorage {
     /// Entries `[low, high)` as stored, stopping once they exceed `max_size` bytes (always at
     /// least one).
     fn read_entries(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>, StoreError> {
+        let high = high.min(self.last_index + 1);
+        let recent_first = self.recent_first();
+        if low >= recent_first && low < high {
+            let (from, to) = (
+                (low - recent_first) as usize,
+                (high - recent_first) as usize,
+            );
+            let mut entries = Vec::with_capacity(to - from);
+            let mut size = 0u64;
+            for (entry, entry_size) in self.recent.range(from..to) {
+                size += entry_size;
+                if !entries.is_empty() && size > max_size {
+                    break;
+                }
+                entries.push(entry.clone());
+            }
+            return Ok(entries);
+        }
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(entry_key(high));
         let from = entry_key(low);

@@ -258,3 +258,42 @@ fn terms_answered_from_memory_are_the_stored_entries_terms() {
     s.persist(&entries(9..=10, 5), None).unwrap();
     assert_eq!(stored_terms(&s), all(&s));
 }
+
+/// The entries answered from memory (the newest, at most `RECENT_BYTES`) are the stored
+/// ones, whatever the range and size limit: after appends larger than what memory keeps, and
+/// through a replaced conflicting tail.
+#[test]
+fn entries_answered_from_memory_are_the_stored_entries() {
+    let dir = TempDir::new("storage");
+    let mut s = open(&dir, 1, &[1]).unwrap();
+    let big = |index: u64, term: u64| Entry {
+        index,
+        term,
+        data: vec![index as u8; 1 << 20].into(),
+        ..Default::default()
+    };
+    let appended = (2..=13).map(|i| big(i, 1)).collect::<Vec<_>>();
+    s.persist(&appended, Some(&hard_state(1, 2))).unwrap();
+    let conflicting = (10..=11).map(|i| big(i, 2)).collect::<Vec<_>>();
+    s.persist(&conflicting, Some(&hard_state(2, 2))).unwrap();
+    s.persist(&entries(12..=14, 3), Some(&hard_state(3, 2)))
+        .unwrap();
+    let (first, last) = s.bounds();
+    assert!(s.recent_bytes <= RECENT_BYTES);
+    assert!(s.recent_first() > first, "memory keeps only the newest");
+    // The same database, nothing of it in memory: every entry read from RocksDB.
+    let stored = RaftStorage::open(s.db().clone(), 1, &[1]).unwrap();
+    let context = || GetEntriesContext::empty(false);
+    for low in first..=last {
+        for high in low + 1..=last + 1 {
+            for max_size in [0, 1 << 20, 3 << 20, u64::MAX] {
+                assert_eq!(
+                    s.entries(low, high, max_size, context()).unwrap(),
+                    stored.entries(low, high, max_size, context()).unwrap(),
+                    "entries {low}..{high}, at most {max_size} bytes"
+                );
+            }
+        }
+    }
+    assert_eq!(all(&s)[8..], [(10, 2), (11, 2), (12, 3), (13, 3), (14, 3)]);
+}
