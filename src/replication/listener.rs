@@ -13,7 +13,9 @@
 //! message, so a member added or removed online is let in or shut out at once. A leader's
 //! messages (appends, heartbeats, snapshots) are let in from a node this one does not know yet:
 //! a member that was down while that node was added and became leader learns of it only from
-//! its log (`admits`).
+//! its log (`admits`). A message refused from a node this one knows was removed (`members`) is
+//! answered on its connection with `REMOVED_MARKER` and the index of the removal, so that a
+//! member removed while it was down learns it and stops (`tell_removed`).
 //!
 //! A connection that opens with [`FORWARD_MARKER`] (a frame length no raft frame can have) is a
 //! client connection another member forwards to this one (`crate::net::forward`): it is handed,

@@ -6,7 +6,9 @@
 //! through a bounded queue, which connects, waits on a slow peer, and keeps the order. A peer
 //! that cannot be reached is reported to raft-rs (`report_unreachable`: it stops streaming
 //! appends and probes), and what was queued for it is dropped: raft-rs sends again what still
-//! matters. Incoming connections are `listener`'s.
+//! matters. Incoming connections are `listener`'s. A connection is read only once a write on it
+//! failed: a member that knows this node was removed answers that, then closes
+//! (`Link::broken`).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
