@@ -19,7 +19,7 @@ reliable consumers on every member open and close messages, and then the fault s
   leader's log.
 - `bit-flip`: a follower stopped, one bit flipped in its largest RocksDB table file (`*.sst`),
   restarted; on every second cycle the leader is then killed, so that the damaged member may
-  lead. A member that finds the damage (a read as leader, a compaction) must get its copy back
+  lead (unless it found the damage at once: then it cannot). A member that finds the damage (a read as leader, a compaction) must get its copy back
   from the group by itself (protocol-spec/cluster.md 8): it exits with status 75 once the others
   committed without it, and is started again as systemd's `Restart=on-failure` would, which
   empties its directory. A flip still latent at the end of the cycle is flipped back.
@@ -575,10 +575,15 @@ class Phase:
         what = f"node {follower}: flipped {flipped}; {'started' if started else 'did not start'}"
         took = None
         if started and cycle % 2 == 1 and len(self.group.members()) == SIZE:
-            # The leader goes, so that the damaged member may be elected and serve.
+            # The leader goes, so that the damaged member may be elected and serve. Not when
+            # the member found its damage already (it takes no part until it has the group's
+            # copy): the group would be left one healthy member of three, waiting out this
+            # script's patience for the leader to be started again.
             self.group.settled()
             leader = self.leader_now()
-            if leader != follower:
+            if self.group.role(follower) == "resyncing":
+                what += "; damage found at once, leader left alone"
+            elif leader != follower:
                 self.group.server(leader).kill()
                 at = time.monotonic()
                 self.fault_times.append(at)
