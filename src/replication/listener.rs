@@ -298,15 +298,12 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     }
     // A peer whose machine died never closes its end: its connection ends after a silence.
     let _ = stream.set_read_timeout(Some(READ_IDLE));
-    let Ok(answer) = stream.try_clone() else {
-        accepting.open.lock().unwrap().remove(&key);
-        return;
-    };
     let mut reader = BufReader::with_capacity(64 << 10, (&first[..]).chain(stream));
     if let Err(e) = read(&mut reader, &accepting.members, &accepting.inputs) {
         log::warn!("raft connection from {peer} closed: {e}");
         if let Some((id, index)) = e.removed {
-            tell_removed(answer, reader, id, index);
+            let (_, stream) = reader.into_inner().into_inner();
+            tell_removed(stream, id, index);
         }
     }
     accepting.open.lock().unwrap().remove(&key);
@@ -430,18 +427,18 @@ fn read(
 /// finds the answer when its next write fails (`tcp`), once this end is closed. What it sends
 /// meanwhile is read and dropped for a moment first: closing with unread bytes would reset the
 /// connection, which can cost the peer the answer.
-fn tell_removed(mut answer: TcpStream, mut reader: impl Read, id: u64, index: u64) {
+fn tell_removed(mut stream: TcpStream, id: u64, index: u64) {
     let mut notice = REMOVED_MARKER.to_vec();
     notice.extend_from_slice(&index.to_be_bytes());
-    if answer.write_all(&notice).is_err() {
+    if stream.write_all(&notice).is_err() {
         return;
     }
     log::warn!("told node {id} it was removed from the group at index {index}");
-    let _ = answer.shutdown(Shutdown::Write);
-    let _ = answer.set_read_timeout(Some(REMOVED_DRAIN));
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(REMOVED_DRAIN));
     let deadline = Instant::now() + REMOVED_DRAIN;
     let mut sink = [0; 4096];
-    while Instant::now() < deadline && matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    while Instant::now() < deadline && matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
 }
 
 #[cfg(test)]

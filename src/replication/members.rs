@@ -94,56 +94,54 @@ pub fn parse_member(member: &str) -> Result<(u64, String), String> {
 
 /// The stored form: `ID=HOST:PORT` joined by commas (what `--cluster` takes).
 pub fn encode(map: &Addresses) -> Vec<u8> {
-    map.iter()
-        .map(|(id, addr)| format!("{id}={addr}"))
-        .collect::<Vec<_>>()
-        .join(",")
-        .into_bytes()
+    encode_pairs(map, '=')
 }
 
 /// The map `encode` wrote; `None` if it is not one.
 pub fn decode(bytes: &[u8]) -> Option<Addresses> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut map = Addresses::new();
-    if text.is_empty() {
-        return Some(map);
-    }
-    for member in text.split(',') {
-        let (id, addr) = parse_member(member).ok()?;
-        if map.insert(id, addr).is_some() {
-            return None;
-        }
-    }
-    Some(map)
+    decode_pairs(bytes, |member| parse_member(member).ok())
 }
 
 /// The stored form of `Removals`: `ID@INDEX` joined by commas.
 pub fn encode_removals(removals: &Removals) -> Vec<u8> {
-    removals
-        .iter()
-        .map(|(id, index)| format!("{id}@{index}"))
+    encode_pairs(removals, '@')
+}
+
+/// The removals `encode_removals` wrote; `None` if it is not that.
+pub fn decode_removals(bytes: &[u8]) -> Option<Removals> {
+    decode_pairs(bytes, |removal| {
+        let (id, index) = removal.split_once('@')?;
+        Some((id.parse().ok()?, index.parse().ok()?))
+    })
+}
+
+/// `ID<separator>VALUE` for each pair, joined by commas.
+fn encode_pairs<V: std::fmt::Display>(map: &BTreeMap<u64, V>, separator: char) -> Vec<u8> {
+    map.iter()
+        .map(|(id, value)| format!("{id}{separator}{value}"))
         .collect::<Vec<_>>()
         .join(",")
         .into_bytes()
 }
 
-/// The removals `encode_removals` wrote; `None` if it is not that.
-pub fn decode_removals(bytes: &[u8]) -> Option<Removals> {
+/// What `encode_pairs` wrote, each pair read by `parse`; `None` if a pair does not read or an
+/// id comes twice.
+fn decode_pairs<V>(
+    bytes: &[u8],
+    parse: impl Fn(&str) -> Option<(u64, V)>,
+) -> Option<BTreeMap<u64, V>> {
     let text = std::str::from_utf8(bytes).ok()?;
-    let mut removals = Removals::new();
+    let mut map = BTreeMap::new();
     if text.is_empty() {
-        return Some(removals);
+        return Some(map);
     }
-    for removal in text.split(',') {
-        let (id, index) = removal.split_once('@')?;
-        if removals
-            .insert(id.parse().ok()?, index.parse().ok()?)
-            .is_some()
-        {
+    for pair in text.split(',') {
+        let (id, value) = parse(pair)?;
+        if map.insert(id, value).is_some() {
             return None;
         }
     }
-    Some(removals)
+    Some(map)
 }
 
 #[cfg(test)]
