@@ -1,9 +1,12 @@
 //! Incoming connections on this node's `--cluster` address: a thread accepts, and each
 //! connection gets a thread that reads its first four bytes. Most are raft peers: the thread
 //! goes on decoding frames and hands the messages to the raft thread; a frame that does not
-//! decode, or a message not from a member to this node, closes its connection. Few are expected
-//! (one per peer, and one more while a peer reconnects), so past a small limit new ones are
-//! closed at once.
+//! decode, or a message not from a member to this node, closes its connection. A peer keeps one
+//! connection to this node: one that connects again has given its older ones up, which may
+//! still look open here (after a partition their close never arrived), so a connection's first
+//! message from a peer closes that peer's older connections (`Open::claim`). Past a small
+//! limit of peers, and of connections that have not sent a message yet, new ones are closed at
+//! once.
 //!
 //! A connection that opens with `SNAPSHOT_MARKER` carries a snapshot file from a member
 //! (`snapshot::receive`), one at a time. One that opens with `admin::ADMIN_MARKER` (or
@@ -43,7 +46,8 @@ use super::group::{self, GROUP_MARKER};
 use super::snapshot::{receive, SNAPSHOT_MARKER};
 use super::status::Status;
 
-/// Incoming connections open at once, per peer.
+/// Per peer: incoming raft connections that have not sent a message yet, and peers with a
+/// connection (a node not known yet may send as a leader), at most this many.
 const CONNECTIONS_PER_PEER: usize = 4;
 /// An incoming connection silent this long is closed (its peer reconnects when it next sends).
 const READ_IDLE: Duration = Duration::from_secs(60);
@@ -69,8 +73,63 @@ pub const REMOVED_MARKER: [u8; 4] = [0xff, 0xff, 0xff, 0xf9];
 /// then such connections are closed).
 pub type ClientHandoff = Arc<OnceLock<Box<dyn Fn(TcpStream) + Send + Sync>>>;
 
-/// The incoming connections open, by a number of their own, to close them on stop.
-type Open = Arc<Mutex<HashMap<u64, TcpStream>>>;
+/// The incoming raft connections open.
+#[derive(Default)]
+struct OpenConnections {
+    /// Each by a number of its own (to close them all on stop), with the peer its first
+    /// message came from once it sent one.
+    streams: HashMap<u64, (TcpStream, Option<u64>)>,
+    /// Each peer's newest connection.
+    newest: HashMap<u64, u64>,
+}
+
+type Open = Arc<Mutex<OpenConnections>>;
+
+impl OpenConnections {
+    /// Takes connection `key` in, not yet known to be any peer's: false if `most` such are
+    /// open already.
+    fn admit(&mut self, key: u64, stream: TcpStream, most: usize) -> bool {
+        if self
+            .streams
+            .values()
+            .filter(|(_, peer)| peer.is_none())
+            .count()
+            >= most
+        {
+            return false;
+        }
+        self.streams.insert(key, (stream, None));
+        true
+    }
+
+    /// Connection `key` brought a message from `peer`: it is that peer's connection now, and
+    /// the peer's older one is closed (its reader then ends). False, and nothing changed, if
+    /// `peer` would be one more than `most` peers with a connection.
+    fn claim(&mut self, key: u64, peer: u64, most: usize) -> bool {
+        if !self.newest.contains_key(&peer) && self.newest.len() >= most {
+            return false;
+        }
+        if let Some(older) = self.newest.insert(peer, key) {
+            if let Some((stream, _)) = self.streams.remove(&older) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+        if let Some((stream, owner)) = self.streams.get_mut(&key) {
+            *owner = Some(peer);
+            let _ = stream.set_read_timeout(Some(READ_IDLE));
+        }
+        true
+    }
+
+    /// Connection `key` ended.
+    fn close(&mut self, key: u64) {
+        if let Some((_, Some(peer))) = self.streams.remove(&key) {
+            if self.newest.get(&peer) == Some(&key) {
+                self.newest.remove(&peer);
+            }
+        }
+    }
+}
 
 pub struct RaftListener {
     stop: Arc<AtomicBool>,
@@ -96,7 +155,7 @@ impl Members {
         map.keys().copied().filter(|&id| id != self.me).collect()
     }
 
-    /// Incoming raft connections allowed at once.
+    /// Incoming raft connections not yet any peer's, and peers with a connection, at most.
     fn most_connections(&self) -> usize {
         CONNECTIONS_PER_PEER * self.peers().len().max(1)
     }
@@ -167,7 +226,7 @@ impl RaftListener {
         while self.answering.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        for (_, stream) in self.open.lock().unwrap().drain() {
+        for (_, (stream, _)) in self.open.lock().unwrap().streams.drain() {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
@@ -287,26 +346,28 @@ fn serve(mut stream: TcpStream, key: u64, peer: &str, accepting: &Accepting) {
     let Ok(clone) = stream.try_clone() else {
         return;
     };
-    {
-        let mut open = accepting.open.lock().unwrap();
-        let most = accepting.members.most_connections();
-        if open.len() >= most {
-            log::warn!("raft connection from {peer} refused: {most} already open");
-            return;
-        }
-        open.insert(key, clone);
+    let most = accepting.members.most_connections();
+    if !accepting.open.lock().unwrap().admit(key, clone, most) {
+        log::warn!("raft connection from {peer} refused: {most} open have not sent a message yet");
+        return;
     }
-    // A peer whose machine died never closes its end: its connection ends after a silence.
-    let _ = stream.set_read_timeout(Some(READ_IDLE));
+    // The first message comes at once (a peer connects when it has one to send); then, a
+    // peer whose machine died never closes its end: its connection ends after a silence.
     let mut reader = BufReader::with_capacity(64 << 10, (&first[..]).chain(stream));
-    if let Err(e) = read(&mut reader, &accepting.members, &accepting.inputs) {
+    let mut claim = |from: u64| accepting.open.lock().unwrap().claim(key, from, most);
+    if let Err(e) = read(
+        &mut reader,
+        &accepting.members,
+        &accepting.inputs,
+        &mut claim,
+    ) {
         log::warn!("raft connection from {peer} closed: {e}");
         if let Some((id, index)) = e.removed {
             let (_, stream) = reader.into_inner().into_inner();
             tell_removed(stream, id, index);
         }
     }
-    accepting.open.lock().unwrap().remove(&key);
+    accepting.open.lock().unwrap().close(key);
 }
 
 /// What a connection's first bytes say.
@@ -386,12 +447,15 @@ impl std::fmt::Display for ReadError {
     }
 }
 
-/// Until the peer closes, or the node stops.
+/// Until the peer closes, or the node stops. The first message admitted names the peer whose
+/// connection this is (`claim`: false refuses it).
 fn read(
     reader: &mut impl std::io::BufRead,
     members: &Members,
     inputs: &Sender<Input>,
+    claim: &mut impl FnMut(u64) -> bool,
 ) -> Result<(), ReadError> {
+    let mut claimed = false;
     loop {
         let message = match frame::read(reader) {
             Ok(Some(message)) => message,
@@ -415,6 +479,15 @@ fn read(
                 ),
                 removed,
             });
+        }
+        if !claimed {
+            if !claim(message.from) {
+                return Err(ReadError {
+                    why: format!("node {}: too many peers connected", message.from),
+                    removed: None,
+                });
+            }
+            claimed = true;
         }
         if inputs.send(Input::Message(Box::new(message))).is_err() {
             return Ok(()); // the node stopped
@@ -578,6 +651,52 @@ mod tests {
             }
             assert!(std::time::Instant::now() < deadline, "never reconnected");
         }
+    }
+
+    #[test]
+    fn a_peers_new_connection_replaces_its_old_ones_which_never_lock_others_out() {
+        // After a partition a peer's old connections are half open on this side (the close
+        // never arrived): the peer has dropped them and connects again. Each new one from the
+        // same peer replaces the older, so they cannot fill the slots and lock out a member
+        // reconnecting after the partition (seen: elections held up 5 s).
+        let (to_node_2, node_2) = crossbeam_channel::bounded(64);
+        let mut listener = RaftListener::start(
+            "127.0.0.1:0",
+            2,
+            status_of_2(),
+            to_node_2,
+            ClientHandoff::default(),
+            None,
+        )
+        .unwrap();
+        let addr = listener.address().to_string();
+        let send = |from: u64, term: u64| {
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            let mut frame = Vec::new();
+            super::super::frame::encode(&heartbeat(from, 2, term), &mut frame).unwrap();
+            stream.write_all(&frame).unwrap();
+            stream
+        };
+        let mut old = Vec::new();
+        for term in 1..=(2 * CONNECTIONS_PER_PEER as u64 + 2) {
+            old.push(send(3, term));
+            assert_eq!(next_message(&node_2).map(|m| m.term), Some(term));
+        }
+        let _newest_of_3 = send(3, 100);
+        assert_eq!(next_message(&node_2).map(|m| m.term), Some(100));
+        let _of_1 = send(1, 101);
+        assert_eq!(next_message(&node_2).map(|m| m.term), Some(101));
+        for mut replaced in old {
+            replaced
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut byte = [0];
+            assert_eq!(
+                std::io::Read::read(&mut replaced, &mut byte).unwrap_or(0),
+                0
+            );
+        }
+        listener.stop();
     }
 
     #[test]
