@@ -542,6 +542,30 @@ mod tests {
         Arc::new(Status::with_members(2, Arc::new(Addresses::new(map))))
     }
 
+    /// Node 2 listening on a port of its own, and what it hands its raft thread.
+    fn node_2() -> (RaftListener, crossbeam_channel::Receiver<Input>) {
+        let (to_node_2, node_2) = crossbeam_channel::bounded(64);
+        let listener = RaftListener::start(
+            "127.0.0.1:0",
+            2,
+            status_of_2(),
+            to_node_2,
+            ClientHandoff::default(),
+            None,
+        )
+        .unwrap();
+        (listener, node_2)
+    }
+
+    /// Whether the other end closed `stream` (within 10 s).
+    fn closed(mut stream: std::net::TcpStream) -> bool {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut byte = [0];
+        std::io::Read::read(&mut stream, &mut byte).unwrap_or(0) == 0
+    }
+
     fn next_message(inputs: &crossbeam_channel::Receiver<Input>) -> Option<Message> {
         loop {
             match inputs.recv_timeout(Duration::from_secs(10)).ok()? {
@@ -587,16 +611,7 @@ mod tests {
 
     #[test]
     fn messages_cross_loopback_past_a_bad_peer_and_a_restarted_one() {
-        let (to_node_2, node_2) = crossbeam_channel::bounded(64);
-        let mut listener = RaftListener::start(
-            "127.0.0.1:0",
-            2,
-            status_of_2(),
-            to_node_2,
-            ClientHandoff::default(),
-            None,
-        )
-        .unwrap();
+        let (mut listener, node_2) = node_2();
         let addr = listener.address().to_string();
         let peers = [(1, "127.0.0.1:1".to_string()), (2, addr.clone())].into();
         let (to_node_1, _node_1) = crossbeam_channel::bounded(64);
@@ -614,13 +629,7 @@ mod tests {
         vote.set_msg_type(MessageType::MsgRequestVote);
         super::super::frame::encode(&vote, &mut frame).unwrap();
         stranger.write_all(&frame).unwrap();
-        for mut closed in [garbage, stranger] {
-            closed
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut byte = [0];
-            assert_eq!(std::io::Read::read(&mut closed, &mut byte).unwrap_or(0), 0);
-        }
+        assert!(closed(garbage) && closed(stranger));
         transport.send(vec![heartbeat(1, 2, 8)]);
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(8));
         listener.stop();
@@ -659,16 +668,7 @@ mod tests {
         // never arrived): the peer has dropped them and connects again. Each new one from the
         // same peer replaces the older, so they cannot fill the slots and lock out a member
         // reconnecting after the partition (seen: elections held up 5 s).
-        let (to_node_2, node_2) = crossbeam_channel::bounded(64);
-        let mut listener = RaftListener::start(
-            "127.0.0.1:0",
-            2,
-            status_of_2(),
-            to_node_2,
-            ClientHandoff::default(),
-            None,
-        )
-        .unwrap();
+        let (mut listener, node_2) = node_2();
         let addr = listener.address().to_string();
         let send = |from: u64, term: u64| {
             let mut stream = std::net::TcpStream::connect(&addr).unwrap();
@@ -686,16 +686,7 @@ mod tests {
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(100));
         let _of_1 = send(1, 101);
         assert_eq!(next_message(&node_2).map(|m| m.term), Some(101));
-        for mut replaced in old {
-            replaced
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut byte = [0];
-            assert_eq!(
-                std::io::Read::read(&mut replaced, &mut byte).unwrap_or(0),
-                0
-            );
-        }
+        assert!(old.into_iter().all(closed));
         listener.stop();
     }
 
