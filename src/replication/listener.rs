@@ -4,9 +4,9 @@
 //! decode, or a message not from a member to this node, closes its connection. A peer keeps one
 //! connection to this node: one that connects again has given its older ones up, which may
 //! still look open here (after a partition their close never arrived), so a connection's first
-//! message from a peer closes that peer's older connections (`Open::claim`). Past a small
-//! limit of peers, and of connections that have not sent a message yet, new ones are closed at
-//! once.
+//! message from a peer closes that peer's older connections (`OpenConnections::claim`). Past
+//! a small limit of peers, and of connections that have not sent a message yet, new ones are
+//! closed at once.
 //!
 //! A connection that opens with `SNAPSHOT_MARKER` carries a snapshot file from a member
 //! (`snapshot::receive`), one at a time. One that opens with `admin::ADMIN_MARKER` (or
@@ -51,7 +51,8 @@ use super::status::Status;
 const CONNECTIONS_PER_PEER: usize = 4;
 /// An incoming connection silent this long is closed (its peer reconnects when it next sends).
 const READ_IDLE: Duration = Duration::from_secs(60);
-/// A connection must say what it is (its first four bytes) this soon.
+/// A connection must say what it is (its first four bytes) this soon, and a raft connection
+/// bring its first message (each read, not the whole message).
 const IDENTIFY_WITHIN: Duration = Duration::from_secs(5);
 /// Connections accepted and not yet identified, at most: each has a thread.
 const MOST_UNIDENTIFIED: usize = 256;
