@@ -19,10 +19,10 @@ reliable consumers on every member open and close messages, and then the fault s
   leader's log.
 - `bit-flip`: a follower stopped, one bit flipped in its largest RocksDB table file (`*.sst`),
   restarted; on every second cycle the leader is then killed, so that the damaged member may
-  lead (unless it found the damage at once: then it cannot). A member that finds the damage (a read as leader, a compaction) must get its copy back
-  from the group by itself (protocol-spec/cluster.md 8): it exits with status 75 once the others
-  committed without it, and is started again as systemd's `Restart=on-failure` would, which
-  empties its directory. A flip still latent at the end of the cycle is flipped back.
+  lead (unless it found the damage at once: then it cannot). A member that finds the damage (a
+  read as leader, a compaction) must get its copy back from the group by itself
+  (protocol-spec/cluster.md 8): it exits with status 75 once the others committed without it,
+  and is started again as systemd's `Restart=on-failure` would, which empties its directory. A flip still latent at the end of the cycle is flipped back.
 - `replace`: a follower removed from the group (`mqd cluster remove` through the leader: it
   stops by itself with status 0), its directory emptied, and the node added back under its id
   as a new member (`--join`, then `mqd cluster add`: a learner that catches up by snapshot, then

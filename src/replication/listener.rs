@@ -78,10 +78,8 @@ pub type ClientHandoff = Arc<OnceLock<Box<dyn Fn(TcpStream) + Send + Sync>>>;
 #[derive(Default)]
 struct OpenConnections {
     /// Each by a number of its own (to close them all on stop), with the peer its first
-    /// message came from once it sent one.
+    /// message came from once it sent one: at most one per peer (`claim`).
     streams: HashMap<u64, (TcpStream, Option<u64>)>,
-    /// Each peer's newest connection.
-    newest: HashMap<u64, u64>,
 }
 
 type Open = Arc<Mutex<OpenConnections>>;
@@ -107,13 +105,19 @@ impl OpenConnections {
     /// the peer's older one is closed (its reader then ends). False, and nothing changed, if
     /// `peer` would be one more than `most` peers with a connection.
     fn claim(&mut self, key: u64, peer: u64, most: usize) -> bool {
-        if !self.newest.contains_key(&peer) && self.newest.len() >= most {
-            return false;
-        }
-        if let Some(older) = self.newest.insert(peer, key) {
-            if let Some((stream, _)) = self.streams.remove(&older) {
+        let older = self
+            .streams
+            .iter()
+            .find(|(_, (_, owner))| *owner == Some(peer))
+            .map(|(&older, _)| older);
+        match older.and_then(|older| self.streams.remove(&older)) {
+            Some((stream, _)) => {
                 let _ = stream.shutdown(Shutdown::Both);
             }
+            None if self.streams.values().filter(|(_, o)| o.is_some()).count() >= most => {
+                return false;
+            }
+            None => {}
         }
         if let Some((stream, owner)) = self.streams.get_mut(&key) {
             *owner = Some(peer);
@@ -124,11 +128,7 @@ impl OpenConnections {
 
     /// Connection `key` ended.
     fn close(&mut self, key: u64) {
-        if let Some((_, Some(peer))) = self.streams.remove(&key) {
-            if self.newest.get(&peer) == Some(&key) {
-                self.newest.remove(&peer);
-            }
-        }
+        self.streams.remove(&key);
     }
 }
 
