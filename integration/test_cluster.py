@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+import powercut
 from abuse import rss_mb
 from conftest import BinaryConn, MemcacheConn, Op, free_port, mqd_bin, set_extras, wait_for
 
@@ -23,7 +24,8 @@ FAILOVER_LIMIT = 2.0
 PATIENCE = 15.0
 
 
-def cluster_of(make_server, size=3, tick_ms=None, log_entries=None, extra=()):
+def cluster_of(make_server, size=3, tick_ms=None, log_entries=None, extra=(), powered=False):
+    """`size` members on loopback; `powered`: each under the power-cut shim (powercut.py)."""
     raft_ports = [free_port() for _ in range(size)]
     spec = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(raft_ports))
     servers = []
@@ -33,7 +35,11 @@ def cluster_of(make_server, size=3, tick_ms=None, log_entries=None, extra=()):
             args += ["--raft-tick-ms", str(tick_ms)]
         if log_entries is not None:
             args += ["--raft-log-entries", str(log_entries)]
-        servers.append(make_server(args=args, prime_wal=False))
+        server = make_server(args=args, prime_wal=False, start=not powered)
+        if powered:
+            server.env.update(powercut.env(server.data_dir))
+            server.start()
+        servers.append(server)
     return servers
 
 
@@ -217,6 +223,45 @@ def test_what_the_leader_acknowledged_the_next_leader_returns_in_order(make_serv
     other = next(s for s in followers if s is not successor)
     assert view(other)["role"] == "follower"
     assert until_served(other, lambda c: take(c, b"q")) is None
+
+
+def test_a_write_acknowledged_with_one_follower_survives_that_followers_power_cut(make_server):
+    """A follower acknowledges an append only once its copy is fsynced (a follower fsyncs on
+    its raft thread, src/replication/ready.rs). With the third member paused, every write is
+    committed by the leader and one follower alone; then that follower's power is cut and the
+    leader is killed: the follower, restarted, and the third member elect a leader that must
+    hold every acknowledged write. Fails on a build whose followers acknowledge before their
+    fsync (the acknowledged writes are gone with the follower's page cache)."""
+    servers = cluster_of(make_server, powered=True)
+    leader, _ = wait_for_leader(servers)
+    primary = servers[leader - 1]
+    witness, paused = [s for s in servers if s is not primary]
+    acked = []
+    os.kill(paused.proc.pid, signal.SIGSTOP)
+    try:
+        with primary.mc() as c:
+            for i in range(100):
+                assert c.set("q", f"m{i}") == b"STORED\r\n"
+                acked.append(f"m{i}".encode())
+            batch = [f"m{i}".encode() for i in range(100, 400)]
+            c.send(b"".join(b"set q 0 0 %d\r\n%s\r\n" % (len(b), b) for b in batch))
+            for b in batch:
+                assert c.read_line() == b"STORED\r\n"
+                acked.append(b)
+        powercut.cut(witness)
+        primary.kill()
+    finally:
+        os.kill(paused.proc.pid, signal.SIGCONT)
+    witness.start()
+    survivors = [witness, paused]
+    new_leader, _ = wait_for_leader(survivors)
+    successor = servers[new_leader - 1]
+    got = [until_served(successor, lambda c: take(c, b"q"))]
+    with successor.mc() as c:
+        while got[-1] is not None:
+            got.append(take(c, b"q"))
+    got.pop()
+    assert got == acked, f"{len(got)} back, of {len(acked)} acknowledged"
 
 
 def test_a_follower_restarted_keeps_its_identity_and_the_leader_keeps_leading(make_server):

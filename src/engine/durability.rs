@@ -186,6 +186,17 @@ pub(super) enum SyncFor {
 /// `--cluster` it then tells the raft thread the highest number it asked for before the fsync
 /// began: its writes up to that one are on disk.
 pub(super) fn sync_wal(engine: &Engine, why: SyncFor) -> Result<(), rocksdb::Error> {
+    if let Some(covered) = flush_wal(engine, why)? {
+        if let Some(report) = engine.durability.raft_report.get() {
+            report(covered);
+        }
+    }
+    Ok(())
+}
+
+/// Writes and fsyncs the WAL; the raft thread's highest number that this fsync covers, when
+/// no fsync reported it before.
+fn flush_wal(engine: &Engine, why: SyncFor) -> Result<Option<u64>, rocksdb::Error> {
     let d = &engine.durability;
     let raft_covered = d.raft_requested.load(Ordering::Acquire);
     let started = Instant::now();
@@ -193,12 +204,30 @@ pub(super) fn sync_wal(engine: &Engine, why: SyncFor) -> Result<(), rocksdb::Err
     if matches!(why, SyncFor::Replies | SyncFor::Interval) {
         engine.metrics.observe_sync(started.elapsed());
     }
-    if d.raft_reported.fetch_max(raft_covered, Ordering::AcqRel) < raft_covered {
-        if let Some(report) = d.raft_report.get() {
-            report(raft_covered);
-        }
+    Ok(
+        (d.raft_reported.fetch_max(raft_covered, Ordering::AcqRel) < raft_covered)
+            .then_some(raft_covered),
+    )
+}
+
+/// Under `--cluster`: fsyncs the WAL on the calling thread (a follower's raft thread) for the
+/// raft thread's write `number`, unless an fsync is running: then the syncer is asked as usual
+/// (`None`), and reports. `Some(number)`: every write made before the call is on disk.
+pub(super) fn sync_raft_here(engine: &Engine, number: u64) -> Option<u64> {
+    let d = &engine.durability;
+    d.raft_requested.fetch_max(number, Ordering::AcqRel);
+    if d.syncing.fetch_add(1, Ordering::AcqRel) > 0 {
+        // The syncer is at it, and syncs again for what it does not cover.
+        d.syncing.fetch_sub(1, Ordering::AcqRel);
+        d.request_raft_sync(number);
+        return None;
     }
-    Ok(())
+    if let Err(e) = flush_wal(engine, SyncFor::Replies) {
+        log::error!("WAL sync failed, stopping: {e}");
+        std::process::exit(1);
+    }
+    d.syncing.fetch_sub(1, Ordering::AcqRel);
+    Some(number)
 }
 
 /// The syncer of `--sync interval:<ms>`: fsyncs the WAL every so often. Replies wait for no

@@ -332,6 +332,13 @@ impl Engine {
         self.durability.request_raft_sync(number);
     }
 
+    /// Under `--cluster`: fsyncs the WAL on the calling thread for the raft thread's write
+    /// `number`, and returns it; `None` when an fsync is running, which the syncer follows with
+    /// one covering `number`, reported as `request_wal_sync`'s are.
+    pub fn sync_wal_here(&self, number: u64) -> Option<u64> {
+        durability::sync_raft_here(self, number)
+    }
+
     /// Under `--cluster`: `report(what)` runs when a read finds this node's copy damaged
     /// (RocksDB's corruption error `what`), on the reading thread.
     pub fn report_damage_to(&self, report: DamageReport) {

@@ -79,6 +79,14 @@ pub struct NodeConfig {
 pub trait WalSync: Send + 'static {
     /// Numbers grow.
     fn request(&self, number: u64);
+
+    /// Like `request`, but may fsync on the calling thread instead of handing the fsync to
+    /// another: `Some(n)` when every write made before the call is on disk (nothing is
+    /// reported then), `None` when it was requested (reported as usual).
+    fn sync_here(&self, number: u64) -> Option<u64> {
+        self.request(number);
+        None
+    }
 }
 
 /// What an fsync did.
@@ -712,7 +720,7 @@ impl Driver {
     }
 
     /// The syncer made every Ready up to `requested` durable: tell raft-rs, and send what waited.
-    fn synced(&mut self, requested: u64) -> Result<(), String> {
+    pub(super) fn synced(&mut self, requested: u64) -> Result<(), String> {
         let mut persisted = None;
         let mut messages = Vec::new();
         let mut snapshot = None;

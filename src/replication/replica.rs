@@ -164,6 +164,10 @@ impl WalSync for EngineSync {
     fn request(&self, number: u64) {
         self.0.request_wal_sync(number);
     }
+
+    fn sync_here(&self, number: u64) -> Option<u64> {
+        self.0.sync_wal_here(number)
+    }
 }
 
 impl Replica {
