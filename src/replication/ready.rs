@@ -9,11 +9,11 @@
 //! 3. messages that promise what is on disk (votes, append acknowledgements) wait for the
 //!    fsync covering that write: a vote or an acknowledgement a power cut takes back could
 //!    elect two leaders in a term or lose a committed entry;
-//!    a follower fsyncs on the raft thread itself (`WalSync::sync_here`): it has nothing to do
-//!    meanwhile but queue the next appends, which the next fsync then covers together, and the
-//!    hand-off to the syncer and back costs two context switches per entry, as much as the
-//!    fsync on a virtual machine. The leader hands its fsync over: it sends appends and takes
-//!    acknowledgements while its own copy is fsynced;
+//!    a follower fsyncs on the raft thread itself (`WalSync::sync_here`), as etcd's raft loop
+//!    does: it has nothing to do meanwhile but queue the next appends, which the next fsync
+//!    then covers together, and a hand-off to the syncer and back costs two context switches
+//!    per entry. The leader hands its fsync over: it sends appends and takes acknowledgements
+//!    while its own copy is fsynced. A Ready installing a snapshot hands it over too;
 //! 4. a Ready with nothing to fsync (only the commit index moved) rides on the fsync in
 //!    progress, or counts as persisted at once when none is;
 //! 5. committed entries are applied after the hard state carrying their commit was written, so
