@@ -169,15 +169,7 @@ def test_what_the_leader_acknowledged_the_next_leader_returns_in_order(make_serv
     assert first == b"STORED\r\n", first
     acked = [b"m0"]
     # Unpipelined sets, then pipelined ones: each STORED means a majority fsynced it.
-    with primary.mc() as c:
-        for i in range(1, 200):
-            assert c.set("q", f"m{i}") == b"STORED\r\n"
-            acked.append(f"m{i}".encode())
-        batch = [f"m{i}".encode() for i in range(200, 600)]
-        c.send(b"".join(b"set q 0 0 %d\r\n%s\r\n" % (len(b), b) for b in batch))
-        for b in batch:
-            assert c.read_line() == b"STORED\r\n"
-            acked.append(b)
+    acked += set_acknowledged(primary, range(1, 200), range(200, 600))
     # Followers serve through the leader (their own queue, so that q keeps what the leader
     # acknowledged), and stay followers.
     for follower in followers:
@@ -236,18 +228,9 @@ def test_a_write_acknowledged_with_one_follower_survives_that_followers_power_cu
     leader, _ = wait_for_leader(servers)
     primary = servers[leader - 1]
     witness, paused = [s for s in servers if s is not primary]
-    acked = []
     os.kill(paused.proc.pid, signal.SIGSTOP)
     try:
-        with primary.mc() as c:
-            for i in range(100):
-                assert c.set("q", f"m{i}") == b"STORED\r\n"
-                acked.append(f"m{i}".encode())
-            batch = [f"m{i}".encode() for i in range(100, 400)]
-            c.send(b"".join(b"set q 0 0 %d\r\n%s\r\n" % (len(b), b) for b in batch))
-            for b in batch:
-                assert c.read_line() == b"STORED\r\n"
-                acked.append(b)
+        acked = set_acknowledged(primary, range(100), range(100, 400))
         powercut.cut(witness)
         primary.kill()
     finally:
@@ -256,11 +239,7 @@ def test_a_write_acknowledged_with_one_follower_survives_that_followers_power_cu
     survivors = [witness, paused]
     new_leader, _ = wait_for_leader(survivors)
     successor = servers[new_leader - 1]
-    got = [until_served(successor, lambda c: take(c, b"q"))]
-    with successor.mc() as c:
-        while got[-1] is not None:
-            got.append(take(c, b"q"))
-    got.pop()
+    got = drain(successor, b"q")
     assert got == acked, f"{len(got)} back, of {len(acked)} acknowledged"
 
 
@@ -362,6 +341,17 @@ def acknowledged(server, queue, bodies):
         for b in bodies:
             assert c.read_line() == b"STORED\r\n", b
     return list(bodies)
+
+
+def set_acknowledged(server, one_by_one, pipelined):
+    """On the leader `server`, queue q: `m<i>` for each i of `one_by_one`, each answered before
+    the next is sent, then for each i of `pipelined` in one batch; every reply STORED. The
+    bodies, in order."""
+    with server.mc() as c:
+        for i in one_by_one:
+            assert c.set("q", f"m{i}") == b"STORED\r\n"
+    batch = [f"m{i}".encode() for i in pipelined]
+    return [f"m{i}".encode() for i in one_by_one] + acknowledged(server, b"q", batch)
 
 
 def leader_with_messages(make_server, prefix, count, log_entries=None):
