@@ -162,6 +162,15 @@ impl Durability {
         }
     }
 
+    /// Runs `fsync` (a thread's own fsync of the WAL) unless an fsync is running already: then
+    /// `None`, and the caller leaves its writes to the syncer.
+    fn unless_syncing<T>(&self, fsync: impl FnOnce() -> T) -> Option<T> {
+        let running = self.syncing.fetch_add(1, Ordering::AcqRel) > 0;
+        let done = (!running).then(fsync);
+        self.syncing.fetch_sub(1, Ordering::AcqRel);
+        done
+    }
+
     /// Wakes the syncer so that it sees the engine stopping.
     pub(super) fn stop(&self) {
         let _wanted = self.wanted.lock();
@@ -216,18 +225,17 @@ fn flush_wal(engine: &Engine, why: SyncFor) -> Result<Option<u64>, rocksdb::Erro
 pub(super) fn sync_raft_here(engine: &Engine, number: u64) -> Option<u64> {
     let d = &engine.durability;
     d.raft_requested.fetch_max(number, Ordering::AcqRel);
-    if d.syncing.fetch_add(1, Ordering::AcqRel) > 0 {
+    let synced = d.unless_syncing(|| {
+        if let Err(e) = flush_wal(engine, SyncFor::Replies) {
+            log::error!("WAL sync failed, stopping: {e}");
+            std::process::exit(1);
+        }
+    });
+    if synced.is_none() {
         // The syncer is at it, and syncs again for what it does not cover.
-        d.syncing.fetch_sub(1, Ordering::AcqRel);
         d.request_raft_sync(number);
-        return None;
     }
-    if let Err(e) = flush_wal(engine, SyncFor::Replies) {
-        log::error!("WAL sync failed, stopping: {e}");
-        std::process::exit(1);
-    }
-    d.syncing.fetch_sub(1, Ordering::AcqRel);
-    Some(number)
+    synced.map(|()| number)
 }
 
 /// The syncer of `--sync interval:<ms>`: fsyncs the WAL every so often. Replies wait for no
@@ -252,14 +260,8 @@ pub(super) fn sync_inline(engine: &Engine) -> bool {
     if d.cluster || !d.syncs || *d.wanted.lock() <= d.synced.load(Ordering::Acquire) {
         return false;
     }
-    if d.syncing.fetch_add(1, Ordering::AcqRel) > 0 {
-        // The syncer is at it, and syncs again for what it does not cover.
-        d.syncing.fetch_sub(1, Ordering::AcqRel);
-        return false;
-    }
-    sync_now(engine);
-    d.syncing.fetch_sub(1, Ordering::AcqRel);
-    true
+    // When an fsync is running, the syncer is at it, and syncs again for what it does not cover.
+    d.unless_syncing(|| sync_now(engine)).is_some()
 }
 
 /// Writes and fsyncs the WAL, then wakes every event loop to send what it held.
