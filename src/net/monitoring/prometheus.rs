@@ -184,7 +184,7 @@ fn render_server(s: &Snapshot, out: &mut Exposition) {
     );
     out.histogram(
         "mqd_fsync_duration_seconds",
-        "Duration of each WAL fsync (--sync always: by the syncer, covering every write before it; --sync interval: each periodic sync).",
+        "Duration of each WAL fsync that writes wait for (--sync always: each covering every write before it, by the syncer, an event loop or a cluster follower's raft thread; --sync interval: each periodic sync).",
         &s.engine.sync_micros,
         1e6,
     );
