@@ -321,11 +321,15 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
     producers per protocol (each pausing `producer_pause` s after every burst of ten) and two
     reliable readers, the readers slower than the producers so that a backlog is always at
     risk. Returns the figures: cycles, acknowledged, lost,
-    duplicated, and for each lost message how long before its cut it was acknowledged; the
-    messages the watcher was shown and how many of those were lost. `watch_only`: just the
+    duplicated, and for each lost message how long before its cut (the SIGKILL) it was
+    acknowledged; the longest a killed process took to go; the messages the watcher was shown
+    and how many of those were lost. `watch_only`: just the
     watcher and its producer."""
     tally = Tally()
+    # Per cycle: when SIGKILL was sent (the cut: nothing is fsynced after it), and when the
+    # process was gone (every acknowledgement a client read came before).
     cut_times = []
+    gone_times = []
     for cycle in range(cycles):
         stop = threading.Event()
         workers = [] if watch_only else [
@@ -348,8 +352,11 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
             w.start()
         time.sleep(seconds)
         # The plug is pulled while everybody is busy; the clients then see their sockets die.
-        server.kill()
+        # A killed process can take seconds to go on a slow machine (tearing down its memory),
+        # so the cut is when the signal was sent, not when the process was gone.
         cut_times.append(time.monotonic())
+        server.kill()
+        gone_times.append(time.monotonic())
         stop.set()
         for w in workers:
             w.join(timeout=30)
@@ -365,16 +372,18 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
     ages = []
     for i in lost:
         at = tally.acked[i]
-        # A producer thread may note the time of an acknowledgement it read just before the cut
-        # only after the cut was noted: such a message was acknowledged at the cut (age 0).
-        cut_at = next((t for t in cut_times if t >= at), None)
-        ages.append(cut_at - at if cut_at is not None else 0.0)
+        # Its cycle is the first whose process was gone after the acknowledgement was noted. A
+        # producer thread may note an acknowledgement it read just before the cut only after the
+        # cut was noted: such a message was acknowledged at the cut (age 0).
+        cycle = next((n for n, t in enumerate(gone_times) if t >= at), None)
+        ages.append(max(0.0, cut_times[cycle] - at) if cycle is not None else 0.0)
     return {
         "cycles": cycles,
         "acknowledged": len(tally.acked),
         "lost": len(lost),
         "duplicated": sum(1 for n in tally.seen.values() if n > 1),
         "oldest_lost_age_ms": round(max(ages) * 1000) if ages else 0,
+        "slowest_kill_ms": round(max(g - c for c, g in zip(cut_times, gone_times)) * 1000),
         "lost_examples": sorted(lost)[:5],
         "shown_open": len(tally.shown_open),
         "shown_lost": len(shown_lost),
