@@ -114,7 +114,9 @@ class Tally:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.acked = {}  # id -> monotonic time of the acknowledgement
+        # The cycle whose clients run now: every client of a cycle ends before the next begins.
+        self.cycle = 0
+        self.acked = {}  # id -> (monotonic time of the acknowledgement, its cycle)
         self.seen = {}  # id -> times read
         self.shown_open = set()  # ids a watcher was shown open (never confirmed)
 
@@ -122,7 +124,7 @@ class Tally:
         now = time.monotonic()
         with self.lock:
             for i in ids:
-                self.acked[i] = now
+                self.acked[i] = (now, self.cycle)
 
     def read(self, body):
         with self.lock:
@@ -326,11 +328,12 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
     and how many of those were lost. `watch_only`: just the
     watcher and its producer."""
     tally = Tally()
-    # Per cycle: when SIGKILL was sent (the cut: nothing is fsynced after it), and when the
-    # process was gone (every acknowledgement a client read came before).
+    # Per cycle: when SIGKILL was sent (the cut: nothing is fsynced after it), and how long the
+    # process then took to go.
     cut_times = []
-    gone_times = []
+    kill_seconds = []
     for cycle in range(cycles):
+        tally.cycle = cycle
         stop = threading.Event()
         workers = [] if watch_only else [
             threading.Thread(target=_memcache_producer, args=(server.port, b"mc%d.%d" % (cycle, k), tally, stop, producer_pause))
@@ -352,14 +355,15 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
             w.start()
         time.sleep(seconds)
         # The plug is pulled while everybody is busy; the clients then see their sockets die.
-        # A killed process can take seconds to go on a slow machine (tearing down its memory),
-        # so the cut is when the signal was sent, not when the process was gone.
+        # The cut is when the signal was sent: a killed process may take a while to go.
         cut_times.append(time.monotonic())
         server.kill()
-        gone_times.append(time.monotonic())
+        kill_seconds.append(time.monotonic() - cut_times[-1])
         stop.set()
         for w in workers:
             w.join(timeout=30)
+        # A client still running would tally its acknowledgements to the next cycle.
+        assert not any(w.is_alive() for w in workers), "a client of the crash loop did not end"
         restore(server.data_dir)
         server.start()
         if log:
@@ -371,19 +375,20 @@ def crash_loop(server, cycles, seconds, producer_pause=0.0, reader_pause=0.002, 
     shown_lost = [i for i in tally.shown_open if tally.seen[i] < 2]
     ages = []
     for i in lost:
-        at = tally.acked[i]
-        # Its cycle is the first whose process was gone after the acknowledgement was noted. A
-        # producer thread may note an acknowledgement it read just before the cut only after the
-        # cut was noted: such a message was acknowledged at the cut (age 0).
-        cycle = next((n for n, t in enumerate(gone_times) if t >= at), None)
-        ages.append(max(0.0, cut_times[cycle] - at) if cycle is not None else 0.0)
+        at, cycle = tally.acked[i]
+        # A client may note an acknowledgement it read just before the cut only after the cut
+        # was noted, even after the process was gone: it was acknowledged at the cut (age 0).
+        # Its cycle comes from its client, not from when it was noted: one noted after its cut
+        # would count against the next cycle's cut, a cycle's length later (2.1-2.2 s in this test:
+        # the likely cause of the interval test's two failures on a slow machine).
+        ages.append(max(0.0, cut_times[cycle] - at))
     return {
         "cycles": cycles,
         "acknowledged": len(tally.acked),
         "lost": len(lost),
         "duplicated": sum(1 for n in tally.seen.values() if n > 1),
         "oldest_lost_age_ms": round(max(ages) * 1000) if ages else 0,
-        "slowest_kill_ms": round(max(g - c for c, g in zip(cut_times, gone_times)) * 1000),
+        "slowest_kill_ms": round(max(kill_seconds) * 1000),
         "lost_examples": sorted(lost)[:5],
         "shown_open": len(tally.shown_open),
         "shown_lost": len(shown_lost),
